@@ -1,0 +1,137 @@
+//! The message contract: the AMQP properties and headers every message of the kit carries,
+//! whoever publishes it (the outbox relay, a retry, a replay).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use uuid::Uuid;
+
+/// `content_type` of every message: bodies are JSON.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// `delivery_mode` 2: the broker writes the message to disk.
+pub const PERSISTENT: u8 = 2;
+/// The kit's own attempt counter (1 on first publish). `x-death` counts are not used: their
+/// semantics changed between RabbitMQ versions.
+pub const ATTEMPT_HEADER: &str = "x-attempt";
+
+/// A message ready to publish, with everything the contract requires.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage {
+    /// Stable id: the outbox row id, kept through retries, dead-lettering and replay.
+    pub message_id: Uuid,
+    /// Event type, e.g. `order.placed` (AMQP `type`).
+    pub message_type: String,
+    /// Exchange to publish to.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// The aggregate the event is about (the order id), sent as `correlation_id`.
+    pub correlation_id: String,
+    /// The emitting service (`app_id`).
+    pub app_id: String,
+    /// When the event was created (AMQP `timestamp`, seconds).
+    pub created_at: DateTime<Utc>,
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// String headers (`traceparent`, `tracestate`, ...).
+    pub headers: BTreeMap<String, String>,
+    /// The kit's attempt counter (`x-attempt`), 1 for the first publish.
+    pub attempt: u32,
+}
+
+impl OutgoingMessage {
+    /// The AMQP properties of this message, as the contract fixes them.
+    pub fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        for (name, value) in &self.headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+        headers.insert(
+            ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
+        let timestamp = u64::try_from(self.created_at.timestamp()).unwrap_or_default();
+        BasicProperties::default()
+            .with_message_id(self.message_id.to_string().into())
+            .with_type(self.message_type.as_str().into())
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_timestamp(timestamp)
+            .with_app_id(self.app_id.as_str().into())
+            .with_correlation_id(self.correlation_id.as_str().into())
+            .with_headers(headers)
+    }
+}
+
+/// A string header of a received message, if present and textual.
+pub fn header_str<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+        AMQPValue::ShortString(value) => Some(value.as_str()),
+        _ => None,
+    }
+}
+
+/// An integer header of a received message, whatever integer width the sender chose.
+pub fn header_i64(properties: &BasicProperties, name: &str) -> Option<i64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_carry_the_whole_contract() {
+        let message = OutgoingMessage {
+            message_id: Uuid::now_v7(),
+            message_type: "order.placed".into(),
+            exchange: "events".into(),
+            routing_key: "order.placed".into(),
+            correlation_id: "order-1".into(),
+            app_id: "order".into(),
+            created_at: Utc::now(),
+            body: b"{}".to_vec(),
+            headers: BTreeMap::from([("traceparent".into(), "00-abc".into())]),
+            attempt: 1,
+        };
+        let props = message.properties();
+        assert_eq!(
+            props.message_id().as_ref().map(|v| v.as_str()),
+            Some(message.message_id.to_string().as_str())
+        );
+        assert_eq!(
+            props.kind().as_ref().map(|v| v.as_str()),
+            Some("order.placed")
+        );
+        assert_eq!(*props.delivery_mode(), Some(2));
+        assert_eq!(
+            props.content_type().as_ref().map(|v| v.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(props.app_id().as_ref().map(|v| v.as_str()), Some("order"));
+        assert_eq!(
+            props.correlation_id().as_ref().map(|v| v.as_str()),
+            Some("order-1")
+        );
+        assert!(props.timestamp().is_some());
+        assert_eq!(header_str(&props, "traceparent"), Some("00-abc"));
+        assert_eq!(header_i64(&props, ATTEMPT_HEADER), Some(1));
+    }
+}

@@ -1,0 +1,128 @@
+//! The transactional outbox: a message is written as a row in the same database transaction
+//! as the state change that caused it, and a relay publishes it afterwards. Either both the
+//! state change and the message exist, or neither does; the broker being away only delays
+//! publishing.
+//!
+//! ```no_run
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use msgkit::outbox::{self, OutboxMessage};
+//! let mut tx = pool.begin().await?;
+//! // ... the state change, e.g. INSERT INTO orders ...
+//! let message = OutboxMessage::event("order.placed", "order-42", &serde_json::json!({"order_id": "order-42"}))?;
+//! outbox::enqueue(&mut tx, &message).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+
+mod relay;
+mod store;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::topology::EVENTS_EXCHANGE;
+use crate::trace_context::{TRACEPARENT, TraceParent};
+
+pub use relay::{BatchReport, OutboxRelay, RelayConfig, RelayError, RelayStats};
+pub use store::{Backlog, backlog};
+
+/// What can go wrong writing to or reading the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database refused or could not be reached.
+    #[error("outbox database operation failed: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The kit's schema could not be installed.
+    #[error("outbox schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The payload could not be serialised to JSON.
+    #[error("outbox payload is not serialisable: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// Install or upgrade the outbox table in the pool's current schema (idempotent, safe to run
+/// from several replicas at once). The kit's migrations are tracked in their own table
+/// (`_msgkit_migrations`) so they never clash with the service's own.
+pub async fn migrate(pool: &PgPool) -> Result<(), OutboxError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name("_msgkit_migrations");
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// A message to be written to the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxMessage {
+    id: Uuid,
+    aggregate_id: String,
+    exchange: String,
+    routing_key: String,
+    message_type: String,
+    payload: serde_json::Value,
+    headers: BTreeMap<String, String>,
+}
+
+impl OutboxMessage {
+    /// An event of type `message_type` (e.g. `order.placed`) about `aggregate_id`, for the
+    /// `events` exchange with the type as routing key. The id is a fresh UUIDv7, which becomes
+    /// the AMQP `message_id`.
+    pub fn event(
+        message_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        payload: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        let message_type = message_type.into();
+        Ok(Self {
+            id: Uuid::now_v7(),
+            aggregate_id: aggregate_id.into(),
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            routing_key: message_type.clone(),
+            message_type,
+            payload: serde_json::to_value(payload)?,
+            headers: BTreeMap::new(),
+        })
+    }
+
+    /// Publish to another exchange.
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// Publish with another routing key than the type.
+    pub fn with_routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = routing_key.into();
+        self
+    }
+
+    /// Carry the trace of the work that wrote this message.
+    pub fn with_trace(self, trace: &TraceParent) -> Self {
+        self.with_header(TRACEPARENT, trace.to_string())
+    }
+
+    /// Add a string header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// The message id (the row's primary key and the AMQP `message_id`).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
+/// Write `message` to the outbox inside the caller's transaction. Call it after the state
+/// change it reports (which locks the aggregate's row), so that events of one aggregate are
+/// numbered in commit order.
+#[tracing::instrument(skip_all, fields(message_id = %message.id, message_type = %message.message_type))]
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    message: &OutboxMessage,
+) -> Result<Uuid, OutboxError> {
+    store::insert(conn, message).await?;
+    Ok(message.id)
+}

@@ -1,0 +1,408 @@
+//! The outbox relay: claims unpublished rows, publishes them with confirms, marks them
+//! published only after the broker acked a routed message.
+//!
+//! It wakes on `LISTEN/NOTIFY` when a transaction commits new rows, polls as a fallback (a
+//! lost notification only delays), backs off while the broker is away, and keeps
+//! per-aggregate order with any number of replicas (see [`super::store::claim`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+use super::store::{self, FailedRow, PendingRow};
+use crate::broker::{BrokerError, BrokerSettings};
+use crate::config::{ConfigError, env_millis, env_parse};
+use crate::message::OutgoingMessage;
+use crate::publish::ConfirmedPublisher;
+use crate::shutdown::Shutdown;
+use crate::topology::Topology;
+
+/// How the relay batches, polls, retries and cleans up.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The emitting service, sent as `app_id`.
+    pub app_id: String,
+    /// Rows claimed, published and marked together.
+    pub batch_size: i64,
+    /// Fallback poll period when no notification arrives.
+    pub poll_interval: Duration,
+    /// First delay before retrying a row the broker refused (returned or nacked).
+    pub retry_initial: Duration,
+    /// Longest delay before retrying a refused row.
+    pub retry_max: Duration,
+    /// How long published rows are kept (for audit and debugging) before deletion.
+    pub retention: Duration,
+    /// How often old published rows are deleted.
+    pub cleanup_interval: Duration,
+    /// Limit on waiting for one batch's confirms.
+    pub confirm_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults: batches of 100, poll every second, refused rows retried after 1 s doubling
+    /// to 60 s, published rows kept 24 h.
+    pub fn new(app_id: impl Into<String>) -> Self {
+        Self {
+            app_id: app_id.into(),
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+            confirm_timeout: crate::publish::DEFAULT_CONFIRM_TIMEOUT,
+        }
+    }
+
+    /// The defaults overridden by `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`,
+    /// `OUTBOX_RETRY_INITIAL_MS`, `OUTBOX_RETRY_MAX_MS`, `OUTBOX_RETENTION_MS`,
+    /// `OUTBOX_CLEANUP_INTERVAL_MS`, `OUTBOX_CONFIRM_TIMEOUT_MS`.
+    pub fn from_env(app_id: impl Into<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::new(app_id);
+        Ok(Self {
+            batch_size: env_parse("OUTBOX_BATCH_SIZE", defaults.batch_size)?.max(1),
+            poll_interval: env_millis("OUTBOX_POLL_INTERVAL_MS", defaults.poll_interval)?,
+            retry_initial: env_millis("OUTBOX_RETRY_INITIAL_MS", defaults.retry_initial)?,
+            retry_max: env_millis("OUTBOX_RETRY_MAX_MS", defaults.retry_max)?,
+            retention: env_millis("OUTBOX_RETENTION_MS", defaults.retention)?,
+            cleanup_interval: env_millis("OUTBOX_CLEANUP_INTERVAL_MS", defaults.cleanup_interval)?,
+            confirm_timeout: env_millis("OUTBOX_CONFIRM_TIMEOUT_MS", defaults.confirm_timeout)?,
+            ..defaults
+        })
+    }
+
+    fn retry_delay(&self, attempts_so_far: i32) -> Duration {
+        let exponent = u32::try_from(attempts_so_far.clamp(0, 30)).unwrap_or(30);
+        self.retry_initial
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.retry_max)
+    }
+}
+
+/// Counters a relay keeps while it runs; shared, cheap to read (for `/metrics`, `/readyz`).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    published: AtomicU64,
+    failed: AtomicU64,
+    broker_errors: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl RelayStats {
+    /// Messages published and confirmed.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+    /// Publish attempts the broker refused (returned as unroutable, or nacked).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Batches abandoned because the connection failed (they are retried).
+    pub fn broker_errors(&self) -> u64 {
+        self.broker_errors.load(Ordering::Relaxed)
+    }
+    /// Whether the relay currently holds a usable broker connection.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// What one batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows confirmed and marked published.
+    pub published: usize,
+    /// Rows refused by the broker, left unpublished for a later attempt.
+    pub failed: usize,
+}
+
+/// Why a batch did not complete. The relay loop handles both by backing off.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The broker connection failed; the batch's rows stay unpublished.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The database failed; any rows published in the batch will be published again.
+    #[error("outbox relay database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Publishes a service's outbox. Run one or several per service; see the module docs.
+#[derive(Clone, Debug)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    broker: BrokerSettings,
+    topology: Topology,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+}
+
+impl OutboxRelay {
+    /// A relay for the outbox in `pool`'s current schema, publishing to `broker` after
+    /// declaring `topology`.
+    pub fn new(
+        pool: PgPool,
+        broker: BrokerSettings,
+        topology: Topology,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            pool,
+            broker,
+            topology,
+            config,
+            stats: Arc::new(RelayStats::default()),
+        }
+    }
+
+    /// The relay's live counters.
+    pub fn stats(&self) -> Arc<RelayStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Run until `shutdown` is triggered. A batch in progress is finished (or abandoned
+    /// unmarked, to be published again) before it returns.
+    #[tracing::instrument(name = "outbox_relay", skip_all, fields(app_id = %self.config.app_id))]
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut listener: Option<PgListener> = None;
+        let mut publisher: Option<ConfirmedPublisher> = None;
+        let mut db_delays = self.broker.reconnect_backoff();
+        let mut last_cleanup: Option<Instant> = None;
+        tracing::info!(broker = %self.broker.redacted_url(), "outbox relay started");
+
+        while !shutdown.is_triggered() {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let active = match publisher.take() {
+                Some(p) if p.is_connected() => p,
+                stale => {
+                    if let Some(stale) = stale {
+                        stale.close().await;
+                    }
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    match self.open_publisher(&shutdown).await {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+            };
+            self.stats.connected.store(true, Ordering::Relaxed);
+
+            match self.relay_batch(&active).await {
+                Ok(report) => {
+                    publisher = Some(active);
+                    db_delays = self.broker.reconnect_backoff();
+                    let full =
+                        i64::try_from(report.claimed).unwrap_or(i64::MAX) >= self.config.batch_size;
+                    if !full {
+                        self.cleanup_if_due(&mut last_cleanup).await;
+                        self.wait_for_work(&mut listener, &shutdown).await;
+                    }
+                }
+                Err(RelayError::Broker(error)) => {
+                    self.stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(%error, "outbox batch abandoned; reconnecting");
+                    active.close().await;
+                }
+                Err(RelayError::Database(error)) => {
+                    publisher = Some(active);
+                    let delay = db_delays.next().unwrap_or(self.broker.reconnect_max);
+                    tracing::warn!(%error, retry_in = ?delay, "outbox batch failed on the database");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {},
+                        () = shutdown.triggered() => {},
+                    }
+                }
+            }
+        }
+        if let Some(publisher) = publisher {
+            publisher.close().await;
+        }
+        self.stats.connected.store(false, Ordering::Relaxed);
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Claim, publish and mark one batch on `publisher`.
+    pub async fn relay_batch(
+        &self,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<BatchReport, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = store::claim(&mut tx, self.config.batch_size).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(BatchReport::default());
+        }
+        let messages: Vec<OutgoingMessage> = rows.iter().map(|row| self.outgoing(row)).collect();
+        // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
+        // and unlocked, and are claimed again after reconnecting.
+        let outcomes = publisher.publish_batch(&messages).await?;
+
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failed = Vec::new();
+        for (row, outcome) in rows.iter().zip(&outcomes) {
+            match outcome.failure_reason() {
+                None => published.push(row.id),
+                Some(error) => {
+                    tracing::error!(
+                        message_id = %row.id,
+                        routing_key = %row.routing_key,
+                        exchange = %row.exchange,
+                        attempts = row.attempts + 1,
+                        %error,
+                        "outbox message refused by the broker; kept for retry"
+                    );
+                    failed.push(FailedRow {
+                        id: row.id,
+                        error,
+                        retry_in: self.config.retry_delay(row.attempts),
+                    });
+                }
+            }
+        }
+        store::mark_published(&mut tx, &published).await?;
+        store::mark_failed(&mut tx, &failed).await?;
+        // If this commit fails after the broker confirmed, the rows are published again later:
+        // a duplicate, never a loss. Consumers deduplicate by message_id.
+        tx.commit().await?;
+
+        self.stats
+            .published
+            .fetch_add(published.len() as u64, Ordering::Relaxed);
+        self.stats
+            .failed
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        let report = BatchReport {
+            claimed: rows.len(),
+            published: published.len(),
+            failed: failed.len(),
+        };
+        tracing::debug!(?report, "outbox batch relayed");
+        Ok(report)
+    }
+
+    fn outgoing(&self, row: &PendingRow) -> OutgoingMessage {
+        let headers: BTreeMap<String, String> = match &row.headers {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        OutgoingMessage {
+            message_id: row.id,
+            message_type: row.message_type.clone(),
+            exchange: row.exchange.clone(),
+            routing_key: row.routing_key.clone(),
+            correlation_id: row.aggregate_id.clone(),
+            app_id: self.config.app_id.clone(),
+            created_at: row.created_at,
+            // Serialising a JSON value cannot fail.
+            body: serde_json::to_vec(&row.payload).unwrap_or_default(),
+            headers,
+            attempt: 1,
+        }
+    }
+
+    async fn open_publisher(&self, shutdown: &Shutdown) -> Option<ConfirmedPublisher> {
+        let mut delays = self.broker.reconnect_backoff();
+        loop {
+            match ConfirmedPublisher::open(&self.broker, &self.topology, shutdown).await {
+                Ok(publisher) => {
+                    tracing::info!("outbox relay connected to the broker");
+                    return Some(publisher.with_confirm_timeout(self.config.confirm_timeout));
+                }
+                Err(BrokerError::ShuttingDown) => return None,
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(self.broker.reconnect_max);
+                    tracing::warn!(%error, retry_in = ?delay, "outbox relay cannot set up its channel");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {},
+                        () = shutdown.triggered() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let result = async {
+            let channel = store::notify_channel(&self.pool).await?;
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match result {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay cannot LISTEN; polling only");
+                None
+            }
+        }
+    }
+
+    /// Sleep until a commit notifies us, the poll interval passes, or shutdown.
+    async fn wait_for_work(&self, listener: &mut Option<PgListener>, shutdown: &Shutdown) {
+        let poll = tokio::time::sleep(self.config.poll_interval);
+        match listener {
+            Some(active) => {
+                tokio::select! {
+                    received = active.recv() => {
+                        if let Err(error) = received {
+                            tracing::warn!(%error, "outbox notification listener failed; reconnecting");
+                            *listener = None;
+                        }
+                    }
+                    () = poll => {},
+                    () = shutdown.triggered() => {},
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = poll => {},
+                    () = shutdown.triggered() => {},
+                }
+            }
+        }
+    }
+
+    async fn cleanup_if_due(&self, last_cleanup: &mut Option<Instant>) {
+        if last_cleanup.is_some_and(|at| at.elapsed() < self.config.cleanup_interval) {
+            return;
+        }
+        *last_cleanup = Some(Instant::now());
+        match store::delete_published_before(&self.pool, self.config.retention, 10_000).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted old published outbox rows"),
+            Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_rows_back_off_exponentially_up_to_the_cap() {
+        let config = RelayConfig {
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            ..RelayConfig::new("test")
+        };
+        assert_eq!(config.retry_delay(0), Duration::from_millis(100));
+        assert_eq!(config.retry_delay(1), Duration::from_millis(200));
+        assert_eq!(config.retry_delay(3), Duration::from_millis(800));
+        assert_eq!(config.retry_delay(4), Duration::from_secs(1));
+        assert_eq!(config.retry_delay(1000), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,383 @@
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use serde_json::json;
+
+use super::{block_on_cleanup, is_leftover, unique_name};
+use crate::broker::BrokerSettings;
+use crate::config::env_or;
+
+const PREFIX: &str = "msgkit_test_";
+
+/// A RabbitMQ vhost created for one test (guest has full rights on it) and deleted, with
+/// everything in it, when the value is dropped. Also the test's handle on the management API.
+#[derive(Debug)]
+pub struct TestBroker {
+    vhost: String,
+    amqp_addr: String,
+    api: String,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl TestBroker {
+    /// Create a fresh vhost (and sweep vhosts left by killed runs).
+    pub async fn create() -> Self {
+        let broker = Self {
+            vhost: unique_name(PREFIX),
+            amqp_addr: env_or("TEST_AMQP_ADDR", "127.0.0.1:5672"),
+            api: env_or("TEST_RABBITMQ_API", "http://127.0.0.1:15672"),
+            user: env_or("TEST_RABBITMQ_USER", "guest"),
+            password: env_or("TEST_RABBITMQ_PASSWORD", "guest"),
+            http: reqwest::Client::new(),
+        };
+        broker.sweep_leftovers().await;
+        broker
+            .api_call(
+                reqwest::Method::PUT,
+                &format!("vhosts/{}", broker.vhost),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test vhost (is `make stack` up?): {e}"));
+        broker.grant(true).await;
+        broker
+    }
+
+    /// The vhost's name.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// The AMQP URL of the vhost, as a service would get it in `AMQP_URL`.
+    pub fn amqp_url(&self) -> String {
+        self.amqp_url_via(&self.amqp_addr)
+    }
+
+    /// The AMQP URL of the vhost through another address (a [`super::TcpProxy`]).
+    pub fn amqp_url_via(&self, addr: &str) -> String {
+        format!(
+            "amqp://{}:{}@{addr}/{}?heartbeat=5",
+            self.user, self.password, self.vhost
+        )
+    }
+
+    /// The upstream address for a [`super::TcpProxy`].
+    pub fn amqp_addr(&self) -> &str {
+        &self.amqp_addr
+    }
+
+    /// Broker settings for the vhost, with fast reconnects for tests.
+    pub fn settings(&self, connection_name: &str) -> BrokerSettings {
+        self.settings_via(&self.amqp_addr, connection_name)
+    }
+
+    /// [`TestBroker::settings`] through another address (a [`super::TcpProxy`]).
+    pub fn settings_via(&self, addr: &str, connection_name: &str) -> BrokerSettings {
+        let mut settings = BrokerSettings::new(self.amqp_url_via(addr), connection_name);
+        settings.reconnect_initial = Duration::from_millis(50);
+        settings.reconnect_max = Duration::from_millis(500);
+        settings
+    }
+
+    /// Give (or take away) guest's permissions on the vhost. Taking them away makes every new
+    /// connection fail with `ACCESS_REFUSED`: the broker is "there" but unusable.
+    pub async fn grant(&self, allowed: bool) {
+        let pattern = if allowed { ".*" } else { "" };
+        if allowed {
+            self.api_call(
+                reqwest::Method::PUT,
+                &format!("permissions/{}/{}", self.vhost, self.user),
+                Some(json!({"configure": pattern, "write": pattern, "read": pattern})),
+            )
+            .await
+            .expect("set permissions");
+        } else {
+            self.api_call(
+                reqwest::Method::DELETE,
+                &format!("permissions/{}/{}", self.vhost, self.user),
+                None,
+            )
+            .await
+            .expect("revoke permissions");
+        }
+    }
+
+    /// Names of the open client connections to this vhost.
+    pub async fn connections(&self) -> Vec<String> {
+        let value = self
+            .api_call(
+                reqwest::Method::GET,
+                &format!("vhosts/{}/connections", self.vhost),
+                None,
+            )
+            .await
+            .expect("list connections");
+        value
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Force-close every client connection to this vhost, as an operator would from the
+    /// management UI. Returns how many were closed.
+    pub async fn close_all_connections(&self) -> usize {
+        let names = self.connections().await;
+        for name in &names {
+            let encoded = urlencode(name);
+            let _ = self
+                .api_call(
+                    reqwest::Method::DELETE,
+                    &format!("connections/{encoded}"),
+                    None,
+                )
+                .await;
+        }
+        names.len()
+    }
+
+    /// The number of ready messages in `queue` as the management API reports it (the API's
+    /// statistics lag by a few seconds; tests wait on them with a deadline).
+    pub async fn queue_depth(&self, queue: &str) -> Option<u64> {
+        let value = self
+            .api_call(
+                reqwest::Method::GET,
+                &format!("queues/{}/{}", self.vhost, urlencode(queue)),
+                None,
+            )
+            .await
+            .ok()?;
+        value["messages"].as_u64()
+    }
+
+    /// Open a connection to the vhost (panics on failure: test code).
+    pub async fn connect(&self) -> Connection {
+        self.settings("test")
+            .connect()
+            .await
+            .expect("connect to test vhost")
+    }
+
+    /// Start seeing every message published to `exchange` with a key matching `pattern`,
+    /// through an exclusive queue bound now. Declares the exchange (topic, durable) if needed.
+    pub async fn probe(&self, exchange: &str, pattern: &str) -> Probe {
+        let connection = self.connect().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare probe queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind probe queue");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "probe".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume probe queue");
+        Probe {
+            _connection: connection,
+            _channel: channel,
+            consumer,
+        }
+    }
+
+    async fn api_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        api_call(
+            &self.http,
+            &self.api,
+            &self.user,
+            &self.password,
+            method,
+            path,
+            body,
+        )
+        .await
+    }
+
+    async fn sweep_leftovers(&self) {
+        let Ok(vhosts) = self.api_call(reqwest::Method::GET, "vhosts", None).await else {
+            return;
+        };
+        let names = vhosts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str())
+            .filter(|name| is_leftover(PREFIX, name))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        for name in names {
+            let _ = self
+                .api_call(reqwest::Method::DELETE, &format!("vhosts/{name}"), None)
+                .await;
+        }
+    }
+}
+
+async fn api_call(
+    http: &reqwest::Client,
+    api: &str,
+    user: &str,
+    password: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let mut request = http
+        .request(method, format!("{api}/api/{path}"))
+        .basic_auth(user, Some(password))
+        .timeout(Duration::from_secs(30));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {text}"));
+    }
+    if text.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// Percent-encode a path segment for the management API (connection names contain spaces,
+/// `->` and colons).
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let (api, user, password, vhost) = (
+            self.api.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.vhost.clone(),
+        );
+        block_on_cleanup(async move {
+            // A fresh client: the test's one is bound to the test's runtime.
+            let http = reqwest::Client::new();
+            if let Err(error) = api_call(
+                &http,
+                &api,
+                &user,
+                &password,
+                reqwest::Method::DELETE,
+                &format!("vhosts/{vhost}"),
+                None,
+            )
+            .await
+            {
+                eprintln!("could not delete test vhost {vhost}: {error}");
+            }
+        });
+    }
+}
+
+/// Sees the messages published to an exchange since it was created.
+pub struct Probe {
+    _connection: Connection,
+    _channel: Channel,
+    consumer: Consumer,
+}
+
+impl Probe {
+    /// The next message, acked, or `None` if none arrives within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Delivery> {
+        let delivery = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .ok()??
+            .ok()?;
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack probe delivery");
+        Some(delivery)
+    }
+
+    /// Collect messages until `done` says the collection is complete, or panic after
+    /// `deadline` naming what was missing.
+    pub async fn collect_until<F>(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        mut done: F,
+    ) -> Vec<Delivery>
+    where
+        F: FnMut(&[Delivery]) -> bool,
+    {
+        let started = std::time::Instant::now();
+        let mut received = Vec::new();
+        while !done(&received) {
+            let left = deadline.saturating_sub(started.elapsed());
+            assert!(
+                !left.is_zero(),
+                "timed out after {deadline:?} waiting for {what}; received {} message(s)",
+                received.len()
+            );
+            if let Some(delivery) = self.next(left).await {
+                received.push(delivery);
+            }
+        }
+        received
+    }
+}

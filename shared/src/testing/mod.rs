@@ -1,0 +1,64 @@
+//! The integration-test harness every crate of the workspace uses: a fresh PostgreSQL database
+//! and a fresh RabbitMQ vhost per test (both removed when the test ends, pass or fail), a TCP
+//! proxy that can cut the broker away, probes that see what reached the broker, and a wait
+//! for a condition with a deadline (never a sleep).
+//!
+//! Environment (defaults match `scripts/stack.sh`):
+//! `TEST_DATABASE_ADMIN_URL` (`postgres://postgres@127.0.0.1:5432/postgres`),
+//! `TEST_AMQP_ADDR` (`127.0.0.1:5672`), `TEST_RABBITMQ_API` (`http://127.0.0.1:15672`),
+//! `TEST_RABBITMQ_USER` / `TEST_RABBITMQ_PASSWORD` (`guest` / `guest`).
+
+mod broker;
+mod database;
+mod proxy;
+mod wait;
+
+pub use broker::{Probe, TestBroker};
+pub use database::TestDatabase;
+pub use proxy::TcpProxy;
+pub use wait::{wait_until, wait_until_async};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Test resources older than this are leftovers of killed runs and are swept.
+const LEFTOVER_AGE_SECS: u64 = 3600;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A unique name `<prefix><unix seconds>_<random>`; the timestamp lets later runs sweep
+/// leftovers of runs that were killed before they could clean up.
+fn unique_name(prefix: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}_{}", now_secs(), &random[..12])
+}
+
+/// Whether a name made by [`unique_name`] is older than [`LEFTOVER_AGE_SECS`].
+fn is_leftover(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|ts| ts.parse::<u64>().ok())
+        .is_some_and(|ts| now_secs().saturating_sub(ts) > LEFTOVER_AGE_SECS)
+}
+
+/// Run async clean-up from a `Drop` impl, even while a failed test unwinds: on its own thread
+/// with its own runtime, because the test's runtime may be shutting down.
+fn block_on_cleanup<F>(cleanup: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(cleanup),
+            Err(error) => eprintln!("test clean-up could not start a runtime: {error}"),
+        }
+    });
+    let _ = handle.join();
+}

@@ -1,0 +1,197 @@
+//! The broker topology: one durable topic exchange for events, and per consuming service one
+//! durable quorum work queue with its dead-letter queue.
+//!
+//! Declared idempotently by every process at start-up and after every reconnect, so a queue
+//! exists (and buffers events) before its consumer first runs, and a broker that lost its
+//! definitions gets them back without an operator.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::broker::BrokerError;
+
+/// Name of the exchange every event is published to.
+pub const EVENTS_EXCHANGE: &str = "events";
+
+/// Default bound on redeliveries of one message (crash loops: a handler that kills its process
+/// before it can ack). Past it the broker dead-letters the message.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// A consuming service's durable work queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkQueue {
+    name: String,
+    bindings: Vec<String>,
+    delivery_limit: u32,
+}
+
+impl WorkQueue {
+    /// A queue named after the service that owns it (`inventory`, `payment`, ...).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            bindings: Vec::new(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
+    }
+
+    /// Also receive events whose routing key matches `pattern` (topic syntax: `order.*`).
+    pub fn bind(mut self, pattern: impl Into<String>) -> Self {
+        self.bindings.push(pattern.into());
+        self
+    }
+
+    /// Redeliveries allowed before the broker dead-letters a message.
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit;
+        self
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The routing-key patterns bound to this queue.
+    pub fn bindings(&self) -> &[String] {
+        &self.bindings
+    }
+
+    /// The dead-letter queue's name: `<queue>.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.name)
+    }
+
+    fn arguments(&self) -> FieldTable {
+        let mut args = quorum_arguments();
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
+        // Dead-letter through the default exchange straight to `<queue>.dlq`, so a dead letter
+        // reaches only this service's DLQ, never the other consumers of the event.
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.dead_letter_queue()),
+        );
+        // At-least-once dead-lettering (RabbitMQ >= 3.10, quorum queues) keeps a message in the
+        // source queue until the DLQ has confirmed it; it requires reject-publish overflow.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+        args
+    }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+/// Everything a service declares before it publishes or consumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    exchange: String,
+    queues: Vec<WorkQueue>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new(EVENTS_EXCHANGE)
+    }
+}
+
+impl Topology {
+    /// A topology publishing to the topic exchange `exchange`, with no queues yet.
+    pub fn new(exchange: impl Into<String>) -> Self {
+        Self {
+            exchange: exchange.into(),
+            queues: Vec::new(),
+        }
+    }
+
+    /// Add a work queue (and its dead-letter queue).
+    pub fn with_queue(mut self, queue: WorkQueue) -> Self {
+        self.queues.push(queue);
+        self
+    }
+
+    /// The events exchange.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The work queues.
+    pub fn queues(&self) -> &[WorkQueue] {
+        &self.queues
+    }
+
+    /// The work queue named `name`, if declared.
+    pub fn queue(&self, name: &str) -> Option<&WorkQueue> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// Declare the exchange, every queue with its DLQ, and every binding. Idempotent; fails
+    /// with `PRECONDITION_FAILED` (closing the channel) if a queue exists with other arguments.
+    #[tracing::instrument(skip_all, fields(exchange = %self.exchange, queues = self.queues.len()))]
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::operation(format!(
+                "exchange.declare {}",
+                self.exchange
+            )))?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        for queue in &self.queues {
+            let dlq = queue.dead_letter_queue();
+            channel
+                .queue_declare(dlq.as_str().into(), durable, quorum_arguments())
+                .await
+                .map_err(BrokerError::operation(format!("queue.declare {dlq}")))?;
+            channel
+                .queue_declare(queue.name.as_str().into(), durable, queue.arguments())
+                .await
+                .map_err(BrokerError::operation(format!(
+                    "queue.declare {}",
+                    queue.name
+                )))?;
+            for pattern in &queue.bindings {
+                channel
+                    .queue_bind(
+                        queue.name.as_str().into(),
+                        self.exchange.as_str().into(),
+                        pattern.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(BrokerError::operation(format!(
+                        "queue.bind {} {pattern}",
+                        queue.name
+                    )))?;
+            }
+        }
+        Ok(())
+    }
+}
