@@ -20,6 +20,7 @@ pub mod message;
 pub mod outbox;
 pub mod publish;
 pub mod shutdown;
+pub mod telemetry;
 pub mod topology;
 pub mod trace_context;
 

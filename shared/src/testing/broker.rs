@@ -148,18 +148,24 @@ impl TestBroker {
         names.len()
     }
 
-    /// The number of ready messages in `queue` as the management API reports it (the API's
-    /// statistics lag by a few seconds; tests wait on them with a deadline).
-    pub async fn queue_depth(&self, queue: &str) -> Option<u64> {
-        let value = self
-            .api_call(
-                reqwest::Method::GET,
-                &format!("queues/{}/{}", self.vhost, urlencode(queue)),
-                None,
+    /// The number of ready messages in `queue` now (a passive declare over AMQP, so unlike the
+    /// management API's statistics it does not lag), or `None` if the queue does not exist.
+    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let connection = self.settings("test/queue-depth").connect().await.ok()?;
+        let channel = connection.create_channel().await.ok()?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
             )
             .await
-            .ok()?;
-        value["messages"].as_u64()
+            .ok();
+        let _ = connection.close(200, "done".into()).await;
+        declared.map(|q| q.message_count())
     }
 
     /// Open a connection to the vhost (panics on failure: test code).

@@ -1,0 +1,89 @@
+//! API errors: each maps to a status and a JSON body `{"error": code, "message": ..., "field": ...}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::domain::InvalidField;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not acceptable JSON for this endpoint (syntax, types, unknown or missing
+    /// fields) or a value is invalid.
+    #[error("{0}")]
+    Invalid(InvalidField),
+    /// The body is not JSON at all.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The declared content type is not JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// The body exceeds the limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The `Idempotency-Key` header is malformed.
+    #[error("Idempotency-Key {0}")]
+    InvalidIdempotencyKey(&'static str),
+    /// The `Idempotency-Key` was used before with another request body.
+    #[error("Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// No such order (or not an order id).
+    #[error("order not found")]
+    NotFound,
+    /// Something on our side failed; details are logged, not returned.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl From<msgkit::outbox::OutboxError> for ApiError {
+    fn from(error: msgkit::outbox::OutboxError) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let body = match &self {
+            Self::Invalid(invalid) => json!({
+                "error": code,
+                "field": invalid.field,
+                "message": invalid.reason,
+            }),
+            Self::InvalidIdempotencyKey(_) | Self::IdempotencyKeyReused => json!({
+                "error": code,
+                "field": "Idempotency-Key",
+                "message": self.to_string(),
+            }),
+            _ => json!({"error": code, "message": self.to_string()}),
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,145 @@
+//! The order tables: writing a new order, reading one back with its history.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, OrderStatus};
+
+/// An order as `GET /orders/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    /// The order id.
+    pub order_id: Uuid,
+    /// Who ordered.
+    pub customer_id: String,
+    /// Current state.
+    pub status: String,
+    /// What was ordered.
+    pub items: Vec<ItemView>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Every state it went through, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One order line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemView {
+    /// SKU.
+    pub sku: String,
+    /// Quantity.
+    pub quantity: i32,
+}
+
+/// One step of an order's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// The state entered.
+    pub status: String,
+    /// The event that caused it (`order.placed`, `payment.succeeded`, ...).
+    pub event: String,
+    /// Why, when the event says (e.g. out of stock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Insert a pending order, its lines and its first history entry.
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    order: &NewOrder,
+    event: &str,
+    message_id: Uuid,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO orders (id, customer_id, status) VALUES ($1, $2, $3) RETURNING created_at",
+    )
+    .bind(order_id)
+    .bind(order.customer_id.as_str())
+    .bind(OrderStatus::Pending.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    let lines: Vec<i32> = (1..).take(order.lines.len()).collect();
+    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+    let quantities: Vec<i32> = order
+        .lines
+        .iter()
+        .map(|l| i32::try_from(l.quantity.get()).unwrap_or(i32::MAX))
+        .collect();
+    sqlx::query(
+        "INSERT INTO order_items (order_id, line, sku, quantity) \
+         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::int[])",
+    )
+    .bind(order_id)
+    .bind(lines)
+    .bind(skus)
+    .bind(quantities)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO order_history (order_id, status, event, message_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(order_id)
+    .bind(OrderStatus::Pending.as_str())
+    .bind(event)
+    .bind(message_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(created_at)
+}
+
+/// The order with its lines and history, if it exists.
+pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+    let Some(order) =
+        sqlx::query("SELECT customer_id, status, created_at, updated_at FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let items =
+        sqlx::query("SELECT sku, quantity FROM order_items WHERE order_id = $1 ORDER BY line")
+            .bind(order_id)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(ItemView {
+                    sku: row.try_get("sku")?,
+                    quantity: row.try_get("quantity")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let history = sqlx::query(
+        "SELECT status, event, reason, at FROM order_history WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| {
+        Ok(HistoryEntry {
+            status: row.try_get("status")?,
+            event: row.try_get("event")?,
+            reason: row.try_get("reason")?,
+            at: row.try_get("at")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(OrderView {
+        order_id,
+        customer_id: order.try_get("customer_id")?,
+        status: order.try_get("status")?,
+        items,
+        created_at: order.try_get("created_at")?,
+        updated_at: order.try_get("updated_at")?,
+        history,
+    }))
+}

@@ -1,0 +1,23 @@
+//! Logging set-up shared by every service: `RUST_LOG` filtering (default `info`), and
+//! `LOG_FORMAT=json` for one JSON object per line.
+
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber. Call once, first thing in `main`; a second call is a no-op.
+pub fn init(service: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let result = if json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_current_span(true)
+            .try_init()
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+    };
+    if result.is_ok() {
+        tracing::debug!(service, "logging initialised");
+    }
+}
