@@ -54,6 +54,14 @@ pub enum BrokerError {
         /// The limit that was exceeded.
         timeout: Duration,
     },
+    /// The broker refused a message the kit had to publish (unroutable, nacked).
+    #[error("RabbitMQ refused a message for {destination}: {reason}")]
+    Refused {
+        /// Exchange and routing key.
+        destination: String,
+        /// Why.
+        reason: String,
+    },
     /// Gave up because shutdown was requested.
     #[error("shutdown requested")]
     ShuttingDown,

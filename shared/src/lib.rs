@@ -16,9 +16,12 @@
 
 pub mod broker;
 pub mod config;
+pub mod consume;
+pub mod inbox;
 pub mod message;
 pub mod outbox;
 pub mod publish;
+pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

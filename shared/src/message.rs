@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use uuid::Uuid;
 
 /// `content_type` of every message: bodies are JSON.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -20,7 +19,7 @@ pub const ATTEMPT_HEADER: &str = "x-attempt";
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutgoingMessage {
     /// Stable id: the outbox row id, kept through retries, dead-lettering and replay.
-    pub message_id: Uuid,
+    pub message_id: String,
     /// Event type, e.g. `order.placed` (AMQP `type`).
     pub message_type: String,
     /// Exchange to publish to.
@@ -57,7 +56,7 @@ impl OutgoingMessage {
         );
         let timestamp = u64::try_from(self.created_at.timestamp()).unwrap_or_default();
         BasicProperties::default()
-            .with_message_id(self.message_id.to_string().into())
+            .with_message_id(self.message_id.as_str().into())
             .with_type(self.message_type.as_str().into())
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(PERSISTENT)
@@ -96,11 +95,12 @@ pub fn header_i64(properties: &BasicProperties, name: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn properties_carry_the_whole_contract() {
         let message = OutgoingMessage {
-            message_id: Uuid::now_v7(),
+            message_id: Uuid::now_v7().to_string(),
             message_type: "order.placed".into(),
             exchange: "events".into(),
             routing_key: "order.placed".into(),
@@ -114,7 +114,7 @@ mod tests {
         let props = message.properties();
         assert_eq!(
             props.message_id().as_ref().map(|v| v.as_str()),
-            Some(message.message_id.to_string().as_str())
+            Some(message.message_id.as_str())
         );
         assert_eq!(
             props.kind().as_ref().map(|v| v.as_str()),

@@ -5,6 +5,8 @@
 //! exists (and buffers events) before its consumer first runs, and a broker that lost its
 //! definitions gets them back without an operator.
 
+use std::time::Duration;
+
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
@@ -95,6 +97,35 @@ fn quorum_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string("quorum"));
     args
+}
+
+/// Shortest fixed delay of the retry tiers.
+pub const DELAY_TIER_BASE: Duration = Duration::from_millis(25);
+/// Number of retry tiers: 25 ms doubling to 25 ms * 2^17 (about 55 minutes).
+pub const DELAY_TIER_COUNT: u32 = 18;
+
+/// The fixed delays of the retry tiers, shortest first.
+///
+/// Delayed retry needs no broker plugin and has no head-of-line blocking: each tier is a queue
+/// whose messages all share one TTL (so they expire in arrival order), fed by a fanout exchange
+/// of the same name. A message published to a tier with the destination queue's name as its
+/// routing key is dead-lettered on expiry through the default exchange, with that routing key,
+/// straight back into the destination queue. A delay is the sum of the tiers it passes through
+/// (largest tier that fits, repeatedly: at most ~18 hops for an hour), decided by the consumer
+/// runtime when the message comes back early.
+pub fn delay_tiers() -> impl Iterator<Item = Duration> {
+    (0..DELAY_TIER_COUNT).map(|k| DELAY_TIER_BASE * 2u32.pow(k))
+}
+
+/// The exchange and queue name of the tier with this delay: `msgkit.delay.<ms>ms`.
+pub fn delay_tier_name(delay: Duration) -> String {
+    format!("msgkit.delay.{}ms", delay.as_millis())
+}
+
+/// The longest tier not longer than `remaining`, or `None` when `remaining` is shorter than the
+/// shortest tier (the message is due).
+pub fn delay_tier_for(remaining: Duration) -> Option<Duration> {
+    delay_tiers().take_while(|tier| *tier <= remaining).last()
 }
 
 /// Everything a service declares before it publishes or consumes.
@@ -192,6 +223,89 @@ impl Topology {
                     )))?;
             }
         }
+        if !self.queues.is_empty() {
+            declare_delay_tiers(channel).await?;
+        }
         Ok(())
+    }
+}
+
+async fn declare_delay_tiers(channel: &Channel) -> Result<(), BrokerError> {
+    for delay in delay_tiers() {
+        let name = delay_tier_name(delay);
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::operation(format!("exchange.declare {name}")))?;
+        let mut args = quorum_arguments();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        );
+        // No dead-letter routing key: an expired message keeps the routing key it was
+        // published with, which is its destination queue's name.
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(BrokerError::operation(format!("queue.declare {name}")))?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                name.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::operation(format!("queue.bind {name}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tier_for_a_delay_is_the_longest_that_fits() {
+        assert_eq!(delay_tier_for(Duration::from_millis(10)), None);
+        assert_eq!(
+            delay_tier_for(Duration::from_millis(25)),
+            Some(Duration::from_millis(25))
+        );
+        assert_eq!(
+            delay_tier_for(Duration::from_millis(437)),
+            Some(Duration::from_millis(400))
+        );
+        let longest = delay_tiers().last().unwrap();
+        assert_eq!(
+            delay_tier_for(Duration::from_secs(24 * 3600)),
+            Some(longest)
+        );
+        assert_eq!(
+            delay_tier_name(Duration::from_millis(400)),
+            "msgkit.delay.400ms"
+        );
     }
 }

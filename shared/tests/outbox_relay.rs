@@ -1,5 +1,6 @@
 //! The outbox relay against the real RabbitMQ and PostgreSQL: each test has its own vhost and
 //! database.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,7 +25,9 @@ async fn harness() -> Harness {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let pool = db.pool().await;
-    outbox::migrate(&pool).await.expect("migrate outbox");
+    msgkit::schema::migrate(&pool)
+        .await
+        .expect("migrate outbox");
     Harness {
         pool,
         broker,

@@ -28,9 +28,9 @@ impl Application {
     /// connects (and keeps reconnecting) in the background.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = connect_database(&settings.database).await?;
-        msgkit::outbox::migrate(&pool)
+        msgkit::schema::migrate(&pool)
             .await
-            .context("installing the outbox schema")?;
+            .context("installing the kit's tables (outbox, inbox)")?;
         let mut migrator = sqlx::migrate!("./migrations");
         migrator.dangerous_set_table_name("_order_migrations");
         migrator

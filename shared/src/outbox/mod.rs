@@ -20,7 +20,7 @@ mod store;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::topology::EVENTS_EXCHANGE;
@@ -35,22 +35,9 @@ pub enum OutboxError {
     /// The database refused or could not be reached.
     #[error("outbox database operation failed: {0}")]
     Database(#[from] sqlx::Error),
-    /// The kit's schema could not be installed.
-    #[error("outbox schema migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// The payload could not be serialised to JSON.
     #[error("outbox payload is not serialisable: {0}")]
     Serialize(#[from] serde_json::Error),
-}
-
-/// Install or upgrade the outbox table in the pool's current schema (idempotent, safe to run
-/// from several replicas at once). The kit's migrations are tracked in their own table
-/// (`_msgkit_migrations`) so they never clash with the service's own.
-pub async fn migrate(pool: &PgPool) -> Result<(), OutboxError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.dangerous_set_table_name("_msgkit_migrations");
-    migrator.run(pool).await?;
-    Ok(())
 }
 
 /// A message to be written to the outbox.

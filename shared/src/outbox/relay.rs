@@ -298,7 +298,7 @@ impl OutboxRelay {
             _ => BTreeMap::new(),
         };
         OutgoingMessage {
-            message_id: row.id,
+            message_id: row.id.to_string(),
             message_type: row.message_type.clone(),
             exchange: row.exchange.clone(),
             routing_key: row.routing_key.clone(),

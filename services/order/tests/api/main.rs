@@ -1,5 +1,6 @@
 //! The order service against the real PostgreSQL and RabbitMQ; every test gets its own
 //! database and vhost.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod broker_outage;
 mod crash_recovery;

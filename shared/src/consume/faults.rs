@@ -1,0 +1,89 @@
+//! Fault injection for tests and chaos runs. Off by default; each setting is read from the
+//! environment of the consumer's process, so every consumer (service) gets its own.
+//!
+//! | variable | effect |
+//! | --- | --- |
+//! | `FAULT_TRANSIENT_RATE` | fraction (0.0-1.0) of attempts that fail as transient |
+//! | `FAULT_FAIL_FIRST_ATTEMPTS` | the first N attempts of every message fail as transient |
+//! | `FAULT_DELAY_MS` | extra processing time per message |
+//! | `FAULT_POISON_MARKER` | a message whose body contains this text is poison |
+//!
+//! A process that reads any of these logs a warning at start-up, so a forgotten setting in
+//! production is visible.
+
+use std::time::Duration;
+
+use super::handler::{FailureKind, HandlerError};
+use super::message::IncomingMessage;
+use super::retry::random_unit;
+use crate::config::{ConfigError, env_millis, env_or, env_parse};
+
+/// Faults to inject before the handler runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Fraction of attempts that fail as transient.
+    pub transient_rate: f64,
+    /// The first N attempts of each message fail as transient.
+    pub fail_first_attempts: u32,
+    /// Extra processing time per message.
+    pub delay: Duration,
+    /// Body text that makes a message poison.
+    pub poison_marker: Option<String>,
+}
+
+impl Faults {
+    /// From `FAULT_*` (see the module docs); all off when unset.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let marker = env_or("FAULT_POISON_MARKER", "");
+        let faults = Self {
+            transient_rate: env_parse("FAULT_TRANSIENT_RATE", 0.0_f64)?.clamp(0.0, 1.0),
+            fail_first_attempts: env_parse("FAULT_FAIL_FIRST_ATTEMPTS", 0)?,
+            delay: env_millis("FAULT_DELAY_MS", Duration::ZERO)?,
+            poison_marker: (!marker.is_empty()).then_some(marker),
+        };
+        if faults.is_active() {
+            tracing::warn!(?faults, "FAULT INJECTION IS ON");
+        }
+        Ok(faults)
+    }
+
+    /// Whether any fault is configured.
+    pub fn is_active(&self) -> bool {
+        *self != Self::default()
+    }
+
+    /// Inject the configured faults for this attempt.
+    pub(crate) async fn apply(&self, message: &IncomingMessage) -> Result<(), HandlerError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if let Some(marker) = &self.poison_marker
+            && contains(message.body(), marker.as_bytes())
+        {
+            return Err(HandlerError::new(
+                FailureKind::Poison,
+                "msgkit::faults::InjectedPoison",
+                format!("injected poison: body contains {marker:?}"),
+            ));
+        }
+        if message.attempt() <= self.fail_first_attempts {
+            return Err(HandlerError::new(
+                FailureKind::Transient,
+                "msgkit::faults::InjectedFailure",
+                format!("injected failure of attempt {}", message.attempt()),
+            ));
+        }
+        if self.transient_rate > 0.0 && random_unit() < self.transient_rate {
+            return Err(HandlerError::new(
+                FailureKind::Transient,
+                "msgkit::faults::InjectedFailure",
+                "injected transient failure",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

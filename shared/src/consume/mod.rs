@@ -1,0 +1,43 @@
+//! The consumer runtime: manual acks, per-consumer prefetch and concurrency, handlers that
+//! answer done / retry later / dead-letter now, durable delayed retry through the broker,
+//! dead-lettering with headers an operator can read, an inbox that makes redelivery harmless,
+//! reconnection, and graceful shutdown.
+//!
+//! ```no_run
+//! use msgkit::consume::{Consumer, ConsumerConfig, Handler, HandlerError, IncomingMessage};
+//! use sqlx::PgConnection;
+//!
+//! struct Reserve;
+//!
+//! impl Handler for Reserve {
+//!     async fn handle(&self, message: &IncomingMessage, tx: &mut PgConnection) -> Result<(), HandlerError> {
+//!         match message.message_type() {
+//!             "order.placed" => {
+//!                 let order: serde_json::Value = message.decode()?; // undecodable: poison
+//!                 sqlx::query("UPDATE stock SET ...").execute(&mut *tx).await?; // db error: retry
+//!                 let reply = message.follow_up("inventory.reserved", &order)?;
+//!                 msgkit::outbox::enqueue(tx, &reply).await?;
+//!                 Ok(())
+//!             }
+//!             _ => Err(message.unknown_type()), // poison
+//!         }
+//!     }
+//! }
+//! ```
+
+mod dead_letter;
+mod faults;
+mod handler;
+mod message;
+mod retry;
+mod runtime;
+
+pub use dead_letter::{
+    EXCEPTION_DETAIL, EXCEPTION_MESSAGE, EXCEPTION_TYPE, FAILED_AT, FAILED_SERVICE, FAILURE_REASON,
+    FailureReason, MAX_DETAIL_BYTES, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY,
+};
+pub use faults::Faults;
+pub use handler::{FailureKind, Handler, HandlerError};
+pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
+pub use retry::RetryPolicy;
+pub use runtime::{Consumer, ConsumerConfig, ConsumerStats};

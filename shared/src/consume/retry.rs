@@ -1,0 +1,118 @@
+//! When to try a failed message again.
+
+use std::time::Duration;
+
+use crate::config::{ConfigError, env_millis, env_parse};
+
+/// Exponential backoff with jitter, bounded in delay and in attempts.
+///
+/// After failed attempt `n` (1-based) the message waits
+/// `min(initial_delay * multiplier^(n-1), max_delay)`, spread uniformly by `± jitter` of
+/// itself (so retries of many messages that failed together do not return together). After
+/// attempt `max_attempts` fails it is dead-lettered as `retries-exhausted`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay after the first failure.
+    pub initial_delay: Duration,
+    /// Growth per attempt (2.0 doubles).
+    pub multiplier: f64,
+    /// Upper bound of the nominal delay.
+    pub max_delay: Duration,
+    /// Total attempts, the first included.
+    pub max_attempts: u32,
+    /// Relative spread, 0.0 to 1.0 (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s doubling to 5 min, ±20 %, 8 attempts (about 4 minutes of retrying in all).
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(300),
+            max_attempts: 8,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The defaults overridden by `RETRY_INITIAL_DELAY_MS`, `RETRY_MULTIPLIER`,
+    /// `RETRY_MAX_DELAY_MS`, `RETRY_MAX_ATTEMPTS`, `RETRY_JITTER`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            initial_delay: env_millis("RETRY_INITIAL_DELAY_MS", d.initial_delay)?,
+            multiplier: env_parse("RETRY_MULTIPLIER", d.multiplier)?.max(1.0),
+            max_delay: env_millis("RETRY_MAX_DELAY_MS", d.max_delay)?,
+            max_attempts: env_parse("RETRY_MAX_ATTEMPTS", d.max_attempts)?.max(1),
+            jitter: env_parse("RETRY_JITTER", d.jitter)?.clamp(0.0, 1.0),
+        })
+    }
+
+    /// The delay after failed attempt `attempt` before jitter.
+    pub fn nominal_delay(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial_delay.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = secs.min(self.max_delay.as_secs_f64());
+        Duration::try_from_secs_f64(capped).unwrap_or(self.max_delay)
+    }
+
+    /// The delay after failed attempt `attempt`, jitter applied.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let nominal = self.nominal_delay(attempt).as_secs_f64();
+        let spread = (random_unit() * 2.0 - 1.0) * self.jitter;
+        Duration::try_from_secs_f64((nominal * (1.0 + spread)).max(0.0)).unwrap_or_default()
+    }
+
+    /// Whether a message whose attempt `attempt` failed may be tried again.
+    pub fn allows_another_attempt(&self, attempt: u32) -> bool {
+        attempt < self.max_attempts
+    }
+}
+
+/// A uniform number in [0, 1), from the v4 UUID generator's randomness (no extra dependency
+/// for jitter, which needs no cryptographic quality but must differ between processes).
+pub(crate) fn random_unit() -> f64 {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64 >> 11;
+    bits as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_exponentially_up_to_the_cap() {
+        let policy = RetryPolicy {
+            initial_delay: Duration::from_millis(100),
+            multiplier: 3.0,
+            max_delay: Duration::from_secs(2),
+            max_attempts: 5,
+            jitter: 0.0,
+        };
+        assert_eq!(policy.nominal_delay(1), Duration::from_millis(100));
+        assert_eq!(policy.nominal_delay(2), Duration::from_millis(300));
+        assert_eq!(policy.nominal_delay(3), Duration::from_millis(900));
+        assert_eq!(policy.nominal_delay(4), Duration::from_secs(2));
+        assert_eq!(policy.delay_after(3), Duration::from_millis(900));
+        assert!(policy.allows_another_attempt(4));
+        assert!(!policy.allows_another_attempt(5));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bounds_and_varies() {
+        let policy = RetryPolicy {
+            jitter: 0.25,
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<Duration> = (0..200).map(|_| policy.delay_after(1)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(750) && *d <= Duration::from_millis(1250))
+        );
+        assert!(delays.iter().any(|d| *d != delays[0]));
+    }
+}

@@ -1,0 +1,594 @@
+//! The consume loop.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::{
+    FailureReason, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY, failure_headers,
+};
+use super::faults::Faults;
+use super::handler::{FailureKind, Handler, HandlerError};
+use super::message::{IncomingMessage, RETRY_AT_HEADER};
+use super::retry::RetryPolicy;
+use crate::broker::{BrokerError, BrokerSettings};
+use crate::config::{ConfigError, env_parse};
+use crate::inbox;
+use crate::publish::ConfirmedPublisher;
+use crate::shutdown::Shutdown;
+use crate::topology::{DELAY_TIER_BASE, Topology, delay_tier_for, delay_tier_name};
+
+/// How long a consumer keeps retrying to open a database transaction for a message before it
+/// gives the message back to the broker. A database outage is not the message's fault, so it
+/// should not burn the message's attempts.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How one consumer consumes.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// The consumer's name in the inbox (and the management UI); usually the service name.
+    pub name: String,
+    /// The work queue it consumes.
+    pub queue: String,
+    /// The emitting service, recorded in `x-failed-service`.
+    pub service: String,
+    /// Unacked deliveries the broker may push ahead (`basic.qos`).
+    pub prefetch: u16,
+    /// Messages handled at the same time.
+    pub concurrency: usize,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// Deduplicate through the inbox (on unless the handler is idempotent by itself).
+    pub inbox: bool,
+}
+
+impl ConsumerConfig {
+    /// Defaults: prefetch 32, concurrency 8, the default retry policy, inbox on.
+    pub fn new(service: impl Into<String>, queue: impl Into<String>) -> Self {
+        let service = service.into();
+        Self {
+            name: service.clone(),
+            queue: queue.into(),
+            service,
+            prefetch: 32,
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+            inbox: true,
+        }
+    }
+
+    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY` and the
+    /// `RETRY_*` variables of [`RetryPolicy::from_env`].
+    pub fn from_env(
+        service: impl Into<String>,
+        queue: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = Self::new(service, queue);
+        Ok(Self {
+            prefetch: env_parse("CONSUMER_PREFETCH", defaults.prefetch)?.max(1),
+            concurrency: env_parse("CONSUMER_CONCURRENCY", defaults.concurrency)?.max(1),
+            retry: RetryPolicy::from_env()?,
+            ..defaults
+        })
+    }
+}
+
+/// A consumer's counters, by outcome.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    handled: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    poison: AtomicU64,
+    deferred: AtomicU64,
+    reconnects: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl ConsumerStats {
+    /// Messages handled and acked.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+    /// Duplicates acked without running the handler.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+    /// Failed attempts sent to a delayed retry.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+    /// Messages dead-lettered after their last attempt.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Messages dead-lettered as poison.
+    pub fn poison(&self) -> u64 {
+        self.poison.load(Ordering::Relaxed)
+    }
+    /// Delayed retries passed on to the next delay tier.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.load(Ordering::Relaxed)
+    }
+    /// Sessions (connection + channel + subscription) opened after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+    /// Whether the consumer is subscribed right now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a delivery was left unacknowledged (the broker redelivers it).
+#[derive(Debug, thiserror::Error)]
+enum Unsettled {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the database stayed unavailable for {0:?}")]
+    DatabaseUnavailable(Duration),
+}
+
+/// What became of one delivery (it is acked in every case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Handled,
+    Duplicate,
+    Deferred,
+    Retried,
+    DeadLettered(FailureReason),
+}
+
+/// Consumes one work queue with a [`Handler`].
+pub struct Consumer<H> {
+    pool: PgPool,
+    broker: BrokerSettings,
+    topology: Topology,
+    config: ConsumerConfig,
+    handler: H,
+    faults: Faults,
+    stats: Arc<ConsumerStats>,
+}
+
+/// One connection's worth of consuming: its own connection for consuming and another for
+/// publishing retries and dead letters (a blocked publishing connection must not stop acks).
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    publisher: ConfirmedPublisher,
+    consumer: lapin::Consumer,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// A consumer of `config.queue` in the database behind `pool` (inbox and outbox in its
+    /// current schema), declaring `topology` on every connection.
+    pub fn new(
+        pool: PgPool,
+        broker: BrokerSettings,
+        topology: Topology,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> Self {
+        Self {
+            pool,
+            broker,
+            topology,
+            config,
+            handler,
+            faults: Faults::default(),
+            stats: Arc::new(ConsumerStats::default()),
+        }
+    }
+
+    /// Inject faults before the handler (tests and chaos runs).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Consume until `shutdown`: then stop taking deliveries, finish (and ack) the ones in
+    /// flight, and close. Connection or channel loss, a broker restart or a stream that goes
+    /// quiet on a dead connection all lead to a new session after a backoff; unacked
+    /// deliveries are redelivered by the broker meanwhile.
+    #[tracing::instrument(name = "consumer", skip_all, fields(queue = %self.config.queue))]
+    pub async fn run(self, shutdown: Shutdown) {
+        let this = Arc::new(self);
+        let mut delays = this.broker.reconnect_backoff();
+        let mut sessions = 0u64;
+        while !shutdown.is_triggered() {
+            let Some(session) = this.open_session(&shutdown).await else {
+                break;
+            };
+            if sessions > 0 {
+                this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            sessions += 1;
+            this.stats.connected.store(true, Ordering::Relaxed);
+            tracing::info!(
+                prefetch = this.config.prefetch,
+                concurrency = this.config.concurrency,
+                "consuming"
+            );
+            let started = Instant::now();
+            Arc::clone(&this).consume(session, &shutdown).await;
+            this.stats.connected.store(false, Ordering::Relaxed);
+            if shutdown.is_triggered() {
+                break;
+            }
+            // A session that lasted a while resets the backoff: this is a new incident.
+            if started.elapsed() > Duration::from_secs(30) {
+                delays = this.broker.reconnect_backoff();
+            }
+            let delay = delays.next().unwrap_or(this.broker.reconnect_max);
+            tracing::warn!(retry_in = ?delay, "consumer session ended; reconnecting");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {},
+                () = shutdown.triggered() => break,
+            }
+        }
+        tracing::info!("consumer stopped");
+    }
+
+    async fn open_session(&self, shutdown: &Shutdown) -> Option<Session> {
+        let mut delays = self.broker.reconnect_backoff();
+        loop {
+            match self.try_open_session(shutdown).await {
+                Ok(session) => return Some(session),
+                Err(BrokerError::ShuttingDown) => return None,
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(self.broker.reconnect_max);
+                    tracing::warn!(%error, retry_in = ?delay, "cannot start consuming");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {},
+                        () = shutdown.triggered() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_open_session(&self, shutdown: &Shutdown) -> Result<Session, BrokerError> {
+        let publisher = ConfirmedPublisher::open(
+            &self
+                .broker
+                .for_role(format!("{}/publish", self.config.name)),
+            &self.topology,
+            shutdown,
+        )
+        .await?;
+        let connection = self
+            .broker
+            .for_role(format!("{}/consume", self.config.name))
+            .connect_with_backoff(shutdown)
+            .await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::operation("channel.open"))?;
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(BrokerError::operation("basic.qos"))?;
+        let consumer = channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                format!("{}-{}", self.config.name, uuid::Uuid::new_v4().simple()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::operation(format!(
+                "basic.consume {}",
+                self.config.queue
+            )))?;
+        Ok(Session {
+            connection,
+            channel,
+            publisher,
+            consumer,
+        })
+    }
+
+    async fn consume(self: Arc<Self>, session: Session, shutdown: &Shutdown) {
+        let Session {
+            connection,
+            channel,
+            publisher,
+            consumer,
+        } = session;
+        // Ends the session: shutdown, or a delivery that could not be settled on this
+        // connection (the broker redelivers it to the next session).
+        let broken = CancellationToken::new();
+        let stop = {
+            let (shutdown, broken) = (shutdown.clone(), broken.clone());
+            async move {
+                tokio::select! {
+                    () = shutdown.triggered() => {},
+                    () = broken.cancelled() => {},
+                }
+            }
+        };
+        let publisher = &publisher;
+        let processing = consumer
+            .take_until(stop)
+            .for_each_concurrent(self.config.concurrency, |delivery| {
+                let (this, broken) = (Arc::clone(&self), broken.clone());
+                async move {
+                    match delivery {
+                        Ok(delivery) => {
+                            if let Err(error) = this.settle(delivery, publisher).await {
+                                tracing::warn!(%error, "could not settle a delivery; restarting the session");
+                                broken.cancel();
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "consumer stream failed");
+                            broken.cancel();
+                        }
+                    }
+                }
+            });
+        // A consumer stream can stay silent after the broker died without telling it: watch
+        // the connections too.
+        let watch = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if !connection.status().connected()
+                    || !channel.status().connected()
+                    || !publisher.is_connected()
+                {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = processing => {},
+            () = watch => tracing::warn!("broker connection lost"),
+        }
+        // In-flight deliveries have been settled (or abandoned with the connection); closing
+        // returns anything still prefetched to the queue.
+        let _ = channel.close(200, "consumer stopping".into()).await;
+        let _ = connection.close(200, "consumer stopping".into()).await;
+    }
+
+    /// Process one delivery and acknowledge it. An `Err` means it could not be settled on this
+    /// connection and will be redelivered.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<(), Unsettled> {
+        let message = IncomingMessage {
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            redelivered: delivery.redelivered,
+            properties: delivery.properties.clone(),
+            body: delivery.data.clone(),
+        };
+        let Some(settled) = self.process(&message, publisher).await? else {
+            return Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE));
+        };
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(BrokerError::operation("basic.ack"))?;
+        let counter = match settled {
+            Settled::Handled => &self.stats.handled,
+            Settled::Duplicate => &self.stats.duplicates,
+            Settled::Deferred => &self.stats.deferred,
+            Settled::Retried => &self.stats.retried,
+            Settled::DeadLettered(FailureReason::Poison) => &self.stats.poison,
+            Settled::DeadLettered(FailureReason::RetriesExhausted) => &self.stats.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Decide and carry out what becomes of `message`; `None` when the database could not be
+    /// reached (the message is not the problem).
+    async fn process(
+        &self,
+        message: &IncomingMessage,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<Option<Settled>, BrokerError> {
+        // A delayed retry that came back from a tier before it is due goes on to the next.
+        if let Some(due) = message.retry_due_at() {
+            let remaining = (due - Utc::now()).to_std().unwrap_or_default();
+            if let Some(tier) = delay_tier_for(remaining) {
+                let onward = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
+                self.publish_confirmed(publisher, &onward).await?;
+                return Ok(Some(Settled::Deferred));
+            }
+        }
+        let Some(message_id) = message.message_id().filter(|id| !id.is_empty()) else {
+            let error = HandlerError::new(
+                FailureKind::Poison,
+                "msgkit::consume::MissingMessageId",
+                "message has no message_id: it cannot be deduplicated",
+            );
+            return self
+                .dead_letter(message, FailureReason::Poison, &error, publisher)
+                .await
+                .map(Some);
+        };
+
+        let Some(mut tx) = self.begin().await else {
+            return Ok(None);
+        };
+        let outcome = self.run_handler(message, message_id, &mut tx).await;
+        let outcome = match outcome {
+            Ok(true) => tx
+                .commit()
+                .await
+                .map(|()| Settled::Handled)
+                .map_err(HandlerError::from),
+            Ok(false) => tx
+                .commit()
+                .await
+                .map(|()| Settled::Duplicate)
+                .map_err(HandlerError::from),
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        };
+        match outcome {
+            Ok(settled) => Ok(Some(settled)),
+            Err(error) if error.is_poison() => {
+                tracing::error!(message_id, message_type = message.message_type(), %error, "poison message; dead-lettering");
+                self.dead_letter(message, FailureReason::Poison, &error, publisher)
+                    .await
+                    .map(Some)
+            }
+            Err(error) => {
+                let attempt = message.attempt();
+                if self.config.retry.allows_another_attempt(attempt) {
+                    let delay = self.config.retry.delay_after(attempt);
+                    tracing::warn!(message_id, attempt, retry_in = ?delay, %error, "handler failed; retrying later");
+                    self.retry(message, delay, publisher).await.map(Some)
+                } else {
+                    tracing::error!(message_id, attempt, %error, "handler failed on its last attempt; dead-lettering");
+                    self.dead_letter(message, FailureReason::RetriesExhausted, &error, publisher)
+                        .await
+                        .map(Some)
+                }
+            }
+        }
+    }
+
+    /// Inbox check, faults, handler. `Ok(false)` for a duplicate.
+    async fn run_handler(
+        &self,
+        message: &IncomingMessage,
+        message_id: &str,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<bool, HandlerError> {
+        if self.config.inbox
+            && !inbox::record(tx, &self.config.name, message_id, message.message_type()).await?
+        {
+            tracing::info!(message_id, "duplicate delivery; already applied");
+            return Ok(false);
+        }
+        self.faults.apply(message).await?;
+        match AssertUnwindSafe(self.handler.handle(message, tx))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result.map(|()| true),
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                Err(HandlerError::new(FailureKind::Transient, "panic", text))
+            }
+        }
+    }
+
+    /// A transaction, waiting up to [`DATABASE_PATIENCE`] for the database.
+    async fn begin(&self) -> Option<Transaction<'static, Postgres>> {
+        let deadline = Instant::now() + DATABASE_PATIENCE;
+        let mut delays = self.broker.reconnect_backoff();
+        loop {
+            match self.pool.begin().await {
+                Ok(tx) => return Some(tx),
+                Err(error) if Instant::now() < deadline => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                    tracing::warn!(%error, retry_in = ?delay, "database unavailable; holding the message");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "database unavailable; returning the message to the broker");
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn retry(
+        &self,
+        message: &IncomingMessage,
+        delay: Duration,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<Settled, BrokerError> {
+        let tier = delay_tier_for(delay).unwrap_or(DELAY_TIER_BASE);
+        let mut retry = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
+        retry.attempt = message.attempt() + 1;
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        retry.headers.insert(
+            RETRY_AT_HEADER.to_owned(),
+            due.timestamp_millis().to_string(),
+        );
+        self.remember_origin(message, &mut retry);
+        self.publish_confirmed(publisher, &retry).await?;
+        Ok(Settled::Retried)
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &IncomingMessage,
+        reason: FailureReason,
+        error: &HandlerError,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<Settled, BrokerError> {
+        let dlq = format!("{}.dlq", self.config.queue);
+        let mut dead = message.to_outgoing("", &dlq);
+        dead.headers.remove(RETRY_AT_HEADER);
+        self.remember_origin(message, &mut dead);
+        for (name, value) in failure_headers(reason, error, &self.config.service) {
+            dead.headers.insert(name.to_owned(), value);
+        }
+        self.publish_confirmed(publisher, &dead).await?;
+        Ok(Settled::DeadLettered(reason))
+    }
+
+    /// Where the message was first delivered, kept through its retries.
+    fn remember_origin(
+        &self,
+        message: &IncomingMessage,
+        out: &mut crate::message::OutgoingMessage,
+    ) {
+        if !out.headers.contains_key(ORIGINAL_ROUTING_KEY) {
+            out.headers
+                .insert(ORIGINAL_EXCHANGE.to_owned(), message.exchange().to_owned());
+            out.headers.insert(
+                ORIGINAL_ROUTING_KEY.to_owned(),
+                message.routing_key().to_owned(),
+            );
+        }
+        out.headers
+            .insert(ORIGINAL_QUEUE.to_owned(), self.config.queue.clone());
+    }
+
+    async fn publish_confirmed(
+        &self,
+        publisher: &ConfirmedPublisher,
+        message: &crate::message::OutgoingMessage,
+    ) -> Result<(), BrokerError> {
+        let outcome = publisher.publish(message).await?;
+        match outcome.failure_reason() {
+            None => Ok(()),
+            Some(reason) => Err(BrokerError::Refused {
+                destination: format!("{} / {}", message.exchange, message.routing_key),
+                reason,
+            }),
+        }
+    }
+}

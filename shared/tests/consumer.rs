@@ -1,0 +1,559 @@
+//! The consumer runtime against the real RabbitMQ and PostgreSQL.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lapin::options::{BasicConsumeOptions, BasicGetOptions};
+use lapin::types::FieldTable;
+use msgkit::consume::{
+    Consumer, ConsumerConfig, ConsumerStats, FailureKind, Handler, HandlerError, IncomingMessage,
+    RetryPolicy,
+};
+use msgkit::message::{ATTEMPT_HEADER, OutgoingMessage, header_i64, header_str};
+use msgkit::testing::{TestBroker, TestDatabase, wait_until, wait_until_async};
+use msgkit::{ConfirmedPublisher, Shutdown, Topology, WorkQueue};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Applies `{"key": ..}` messages by inserting an `effects` row; fails or panics on the first
+/// attempts when the body asks for it; remembers when each attempt started.
+#[derive(Clone, Default)]
+struct Recording {
+    attempts: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
+    delay: Duration,
+}
+
+impl Recording {
+    fn attempt_times(&self, key: &str) -> Vec<Instant> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Handler for Recording {
+    async fn handle(
+        &self,
+        message: &IncomingMessage,
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let body: Value = message.decode()?;
+        let key = body["key"].as_str().unwrap_or_default().to_owned();
+        self.attempts
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .push(Instant::now());
+        let attempt = u64::from(message.attempt());
+        if attempt <= body["fail_attempts"].as_u64().unwrap_or(0) {
+            return Err(HandlerError::new(
+                FailureKind::Transient,
+                "test::Flaky",
+                format!("attempt {attempt} fails"),
+            ));
+        }
+        if attempt <= body["panic_attempts"].as_u64().unwrap_or(0) {
+            panic!("handler panics on attempt {attempt}");
+        }
+        if body["reject"].as_bool() == Some(true) {
+            return Err(HandlerError::new(
+                FailureKind::Poison,
+                "test::Rejected",
+                "rejected by the handler",
+            ));
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        sqlx::query("INSERT INTO effects (key) VALUES ($1)")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+struct Harness {
+    pool: PgPool,
+    broker: TestBroker,
+    publisher: ConfirmedPublisher,
+    topology: Topology,
+    shutdown: Shutdown,
+    _db: TestDatabase,
+}
+
+fn topology() -> Topology {
+    Topology::default()
+        .with_queue(WorkQueue::new("work").bind("test.#"))
+        .with_queue(WorkQueue::new("slow").bind("slow.#"))
+        .with_queue(
+            WorkQueue::new("fragile")
+                .bind("fragile.#")
+                .delivery_limit(2),
+        )
+}
+
+async fn harness() -> Harness {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let pool = db.pool().await;
+    msgkit::schema::migrate(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE effects (key text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let topology = topology();
+    let publisher = ConfirmedPublisher::open(
+        &broker.settings("test-publisher"),
+        &topology,
+        &Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    Harness {
+        pool,
+        broker,
+        publisher,
+        topology,
+        shutdown: Shutdown::new(),
+        _db: db,
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial_delay: Duration::from_millis(50),
+        multiplier: 2.0,
+        max_delay: Duration::from_secs(1),
+        max_attempts: 4,
+        jitter: 0.1,
+    }
+}
+
+impl Harness {
+    fn start(&self, queue: &str, handler: Recording, retry: RetryPolicy) -> Arc<ConsumerStats> {
+        let config = ConsumerConfig {
+            retry,
+            ..ConsumerConfig::new("test-service", queue)
+        };
+        let consumer = Consumer::new(
+            self.pool.clone(),
+            self.broker.settings(&format!("consumer-{queue}")),
+            self.topology.clone(),
+            config,
+            handler,
+        );
+        let stats = consumer.stats();
+        self.shutdown.spawn(consumer.run(self.shutdown.child()));
+        stats
+    }
+
+    fn message(routing_key: &str, body: &Value) -> OutgoingMessage {
+        OutgoingMessage {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            message_type: "test.happened".into(),
+            exchange: "events".into(),
+            routing_key: routing_key.into(),
+            correlation_id: "agg-1".into(),
+            app_id: "test".into(),
+            created_at: Utc::now(),
+            body: serde_json::to_vec(body).unwrap(),
+            headers: BTreeMap::from([(
+                "traceparent".to_owned(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            )]),
+            attempt: 1,
+        }
+    }
+
+    async fn publish(&self, message: &OutgoingMessage) {
+        let outcome = self.publisher.publish(message).await.unwrap();
+        assert!(outcome.is_confirmed(), "{outcome:?}");
+    }
+
+    async fn effects(&self, key: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM effects WHERE key = $1")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn wait_for_effects(&self, key: &str, count: i64) {
+        wait_until_async(&format!("{count} effect(s) of {key}"), DEADLINE, || async {
+            (self.effects(key).await == count).then_some(())
+        })
+        .await;
+    }
+
+    /// Take the one message from `queue` (failing if there is none within the deadline).
+    async fn take_one(&self, queue: &str) -> lapin::message::BasicGetMessage {
+        let connection = self.broker.connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        wait_until_async(&format!("a message in {queue}"), DEADLINE, || {
+            let channel = channel.clone();
+            async move {
+                channel
+                    .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap()
+            }
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, self.shutdown.wait_for_tasks())
+            .await
+            .expect("consumers stop promptly");
+    }
+}
+
+#[tokio::test]
+async fn a_handled_message_is_applied_once_and_acked() {
+    let h = harness().await;
+    let stats = h.start("work", Recording::default(), fast_retry());
+    h.publish(&Harness::message("test.ok", &json!({"key": "a"})))
+        .await;
+    h.wait_for_effects("a", 1).await;
+    wait_until("the ack to be counted", DEADLINE, || stats.handled() == 1).await;
+    wait_until_async("the queue to be empty", DEADLINE, || async {
+        (h.broker.queue_depth("work").await == Some(0)).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_is_applied_once() {
+    let h = harness().await;
+    let stats = h.start("work", Recording::default(), fast_retry());
+    let message = Harness::message("test.dup", &json!({"key": "dup"}));
+    h.publish(&message).await;
+    h.publish(&message).await;
+    wait_until("one handled and one duplicate", DEADLINE, || {
+        stats.handled() == 1 && stats.duplicates() == 1
+    })
+    .await;
+    assert_eq!(h.effects("dup").await, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_exponentially_growing_delays() {
+    let h = harness().await;
+    let handler = Recording::default();
+    let policy = RetryPolicy {
+        initial_delay: Duration::from_millis(200),
+        multiplier: 2.0,
+        max_delay: Duration::from_secs(10),
+        max_attempts: 5,
+        jitter: 0.1,
+    };
+    let stats = h.start("work", handler.clone(), policy.clone());
+    h.publish(&Harness::message(
+        "test.flaky",
+        &json!({"key": "flaky", "fail_attempts": 3}),
+    ))
+    .await;
+    h.wait_for_effects("flaky", 1).await;
+
+    let times = handler.attempt_times("flaky");
+    assert_eq!(times.len(), 4, "three failures, then success");
+    for (n, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let nominal = policy.nominal_delay(n as u32 + 1);
+        // Jitter bounds, minus the shortest delay tier (a retry may be released up to 25 ms
+        // early), plus the hops through the broker.
+        let low = nominal.mul_f64(1.0 - policy.jitter) - Duration::from_millis(25);
+        let high = nominal.mul_f64(1.0 + policy.jitter) + Duration::from_millis(300);
+        assert!(
+            gap >= low && gap <= high,
+            "gap {n}: {gap:?} not within [{low:?}, {high:?}]"
+        );
+    }
+    assert_eq!(stats.retried(), 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_retried_with_a_long_delay_does_not_hold_back_one_with_a_short_delay() {
+    let h = harness().await;
+    let slow = Recording::default();
+    let fast = Recording::default();
+    h.start(
+        "slow",
+        slow.clone(),
+        RetryPolicy {
+            initial_delay: Duration::from_secs(20),
+            jitter: 0.0,
+            ..fast_retry()
+        },
+    );
+    h.start(
+        "work",
+        fast.clone(),
+        RetryPolicy {
+            initial_delay: Duration::from_millis(100),
+            jitter: 0.0,
+            ..fast_retry()
+        },
+    );
+    // The long wait enters the delay tiers first.
+    h.publish(&Harness::message(
+        "slow.one",
+        &json!({"key": "long", "fail_attempts": 1}),
+    ))
+    .await;
+    wait_until("the long retry to be scheduled", DEADLINE, || {
+        slow.attempt_times("long").len() == 1
+    })
+    .await;
+    let started = Instant::now();
+    h.publish(&Harness::message(
+        "test.one",
+        &json!({"key": "short", "fail_attempts": 1}),
+    ))
+    .await;
+    h.wait_for_effects("short", 1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "short retry took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        h.effects("long").await,
+        0,
+        "the long retry is still waiting"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_ends_in_the_dlq_with_every_failure_header() {
+    let h = harness().await;
+    let stats = h.start("work", Recording::default(), fast_retry());
+    let message = Harness::message(
+        "test.doomed",
+        &json!({"key": "doomed", "fail_attempts": 99}),
+    );
+    h.publish(&message).await;
+    let dead = h.take_one("work.dlq").await;
+    let props = &dead.delivery.properties;
+    let header = |name: &str| header_str(props, name).map(str::to_owned);
+    assert_eq!(
+        props.message_id().as_ref().unwrap().as_str(),
+        message.message_id
+    );
+    assert_eq!(
+        header("x-failure-reason").as_deref(),
+        Some("retries-exhausted")
+    );
+    assert_eq!(header("x-exception-type").as_deref(), Some("test::Flaky"));
+    assert_eq!(
+        header("x-exception-message").as_deref(),
+        Some("attempt 4 fails")
+    );
+    assert!(header("x-exception-detail").is_some());
+    assert_eq!(header("x-failed-service").as_deref(), Some("test-service"));
+    assert!(chrono::DateTime::parse_from_rfc3339(&header("x-failed-at").unwrap()).is_ok());
+    assert_eq!(header("x-original-exchange").as_deref(), Some("events"));
+    assert_eq!(
+        header("x-original-routing-key").as_deref(),
+        Some("test.doomed")
+    );
+    assert_eq!(header("x-original-queue").as_deref(), Some("work"));
+    assert_eq!(header_i64(props, ATTEMPT_HEADER), Some(4));
+    assert_eq!(
+        header("traceparent"),
+        message.headers.get("traceparent").cloned()
+    );
+    assert_eq!(props.kind().as_ref().unwrap().as_str(), "test.happened");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&dead.delivery.data).unwrap()["key"],
+        "doomed"
+    );
+    assert!(header("x-retry-at").is_none());
+    wait_until("the dead letter to be counted", DEADLINE, || {
+        stats.dead_lettered() == 1
+    })
+    .await;
+    assert_eq!(h.effects("doomed").await, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn poison_goes_to_the_dlq_after_one_attempt() {
+    let h = harness().await;
+    let handler = Recording::default();
+    let stats = h.start("work", handler.clone(), fast_retry());
+    let mut undecodable = Harness::message("test.poison", &json!({}));
+    undecodable.body = b"{not json".to_vec();
+    h.publish(&undecodable).await;
+    let dead = h.take_one("work.dlq").await;
+    let props = &dead.delivery.properties;
+    assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
+    assert_eq!(header_i64(props, ATTEMPT_HEADER), Some(1));
+    assert!(
+        header_str(props, "x-exception-type")
+            .unwrap()
+            .contains("UndecodableBody")
+    );
+
+    h.publish(&Harness::message(
+        "test.rejected",
+        &json!({"key": "r", "reject": true}),
+    ))
+    .await;
+    let dead = h.take_one("work.dlq").await;
+    assert_eq!(
+        header_str(&dead.delivery.properties, "x-failure-reason"),
+        Some("poison")
+    );
+    assert_eq!(
+        handler.attempt_times("r").len(),
+        1,
+        "poison is never retried"
+    );
+    wait_until("both counted as poison", DEADLINE, || stats.poison() == 2).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_counts_as_a_failure_and_is_retried() {
+    let h = harness().await;
+    let stats = h.start("work", Recording::default(), fast_retry());
+    h.publish(&Harness::message(
+        "test.panic",
+        &json!({"key": "p", "panic_attempts": 2}),
+    ))
+    .await;
+    h.wait_for_effects("p", 1).await;
+    assert_eq!(stats.retried(), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_is_bounded_by_the_delivery_limit_and_ends_in_the_dlq() {
+    let h = harness().await;
+    // A consumer that "crashes" on every delivery: it takes the message and dies (connection
+    // closed without an ack), like a handler that kills its process.
+    h.publish(&Harness::message("fragile.boom", &json!({"key": "boom"})))
+        .await;
+    for _ in 0..3 {
+        let connection = h.broker.connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                "fragile".into(),
+                "crasher".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        use futures_util::StreamExt;
+        let delivery = tokio::time::timeout(DEADLINE, consumer.next()).await;
+        drop(delivery);
+        connection
+            .close(320, "simulated crash".into())
+            .await
+            .unwrap();
+    }
+    let dead = h.take_one("fragile.dlq").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&dead.delivery.data).unwrap()["key"],
+        "boom"
+    );
+    assert_eq!(h.broker.queue_depth("fragile").await, Some(0));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_recover_when_the_broker_force_closes_every_connection() {
+    let h = harness().await;
+    let stats = h.start("work", Recording::default(), fast_retry());
+    h.publish(&Harness::message("test.before", &json!({"key": "before"})))
+        .await;
+    h.wait_for_effects("before", 1).await;
+
+    // The management API lists connections a few seconds after they open.
+    wait_until_async(
+        "the management API to list the consumer's connections",
+        DEADLINE,
+        || async { (h.broker.connections().await.len() >= 3).then_some(()) },
+    )
+    .await;
+    let closed = h.broker.close_all_connections().await;
+    assert!(closed >= 3, "closed {closed} connections");
+    wait_until("the consumer to reconnect", DEADLINE, || {
+        stats.reconnects() >= 1 && stats.connected()
+    })
+    .await;
+
+    let publisher = ConfirmedPublisher::open(
+        &h.broker.settings("test-publisher-2"),
+        &h.topology,
+        &Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    for n in 0..20 {
+        let message = Harness::message("test.after", &json!({"key": format!("after-{n}")}));
+        assert!(publisher.publish(&message).await.unwrap().is_confirmed());
+    }
+    for n in 0..20 {
+        h.wait_for_effects(&format!("after-{n}"), 1).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_and_acks_in_flight_messages() {
+    let h = harness().await;
+    let handler = Recording {
+        delay: Duration::from_millis(500),
+        ..Recording::default()
+    };
+    let stats = h.start("work", handler.clone(), fast_retry());
+    for n in 0..4 {
+        h.publish(&Harness::message(
+            "test.slow",
+            &json!({"key": format!("slow-{n}")}),
+        ))
+        .await;
+    }
+    wait_until("all four to be in flight", DEADLINE, || {
+        (0..4).all(|n| !handler.attempt_times(&format!("slow-{n}")).is_empty())
+    })
+    .await;
+    let started = Instant::now();
+    h.shutdown.trigger();
+    tokio::time::timeout(DEADLINE, h.shutdown.wait_for_tasks())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats.handled(), 4, "in-flight messages finished");
+    for n in 0..4 {
+        assert_eq!(h.effects(&format!("slow-{n}")).await, 1);
+    }
+    assert_eq!(
+        h.broker.queue_depth("work").await,
+        Some(0),
+        "and were acked"
+    );
+}
