@@ -1,0 +1,37 @@
+# Developer entry points. The local stack (RabbitMQ + PostgreSQL as plain processes) is
+# managed by scripts/stack.sh; `make stack` is idempotent and fast when it is already up.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+.DEFAULT_GOAL := help
+.PHONY: help stack stack-down test run fmt lint
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+stack: ## Start RabbitMQ and PostgreSQL (installs them if missing; needs root then)
+	scripts/stack.sh up
+
+stack-down: ## Stop RabbitMQ and PostgreSQL
+	scripts/stack.sh down
+
+test: ## Start the stack, then run every test in the workspace
+	scripts/stack.sh up
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		echo "cargo nextest run --workspace --no-fail-fast"; \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		echo "cargo test --workspace  (install cargo-nextest for faster runs)"; \
+		cargo test --workspace; \
+	fi
+
+run: ## Start the stack, build and run the services (Ctrl-C stops them)
+	scripts/stack.sh up
+	scripts/run.sh
+
+fmt: ## Format the code
+	cargo fmt --all
+
+lint: ## Check formatting and clippy (warnings are errors)
+	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
