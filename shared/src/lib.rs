@@ -10,6 +10,8 @@
 //!   but a broker ack of a routed message is a failure;
 //! - [`outbox`]: enqueue a message inside the caller's database transaction, and the relay
 //!   that publishes it;
+//! - [`consume`]: the consumer runtime (ack, retry with backoff, dead-letter, inbox);
+//! - [`service`]: a service's database, relay, consumers and HTTP endpoints run as one;
 //! - [`shutdown`]: the cancellation and task tracking every background task hangs off;
 //! - `testing` (feature `testing`): the harness used by every crate's integration tests.
 #![warn(missing_docs)]
@@ -17,11 +19,14 @@
 pub mod broker;
 pub mod config;
 pub mod consume;
+pub mod database;
 pub mod inbox;
 pub mod message;
+pub mod ops;
 pub mod outbox;
 pub mod publish;
 pub mod schema;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -8,10 +8,26 @@ use msgkit::{Topology, WorkQueue};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Event types (also the routing keys on the `events` exchange).
+/// Event types (also the routing keys on the `events` exchange), in saga order.
 pub mod event_type {
-    /// An order was accepted over HTTP.
+    /// An order was accepted over HTTP (order -> inventory).
     pub const ORDER_PLACED: &str = "order.placed";
+    /// Stock was reserved for every line (inventory -> payment, order).
+    pub const INVENTORY_RESERVED: &str = "inventory.reserved";
+    /// Stock could not be reserved (inventory -> order).
+    pub const INVENTORY_REJECTED: &str = "inventory.rejected";
+    /// A reservation was released after a failed payment (inventory -> order).
+    pub const INVENTORY_RELEASED: &str = "inventory.released";
+    /// The charge was taken (payment -> order).
+    pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
+    /// The charge was declined (payment -> inventory, order).
+    pub const PAYMENT_FAILED: &str = "payment.failed";
+    /// The order is confirmed (order -> notify).
+    pub const ORDER_CONFIRMED: &str = "order.confirmed";
+    /// The order is rejected: out of stock (order -> notify).
+    pub const ORDER_REJECTED: &str = "order.rejected";
+    /// The order is cancelled: payment declined (order -> notify).
+    pub const ORDER_CANCELLED: &str = "order.cancelled";
 }
 
 /// One line of an order.
@@ -34,6 +50,52 @@ pub struct OrderPlaced {
     pub items: Vec<OrderLine>,
     /// When the order was accepted.
     pub placed_at: DateTime<Utc>,
+}
+
+/// Payload of `inventory.reserved`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReserved {
+    /// The order.
+    pub order_id: Uuid,
+    /// Who to charge.
+    pub customer_id: String,
+    /// The total to charge, in cents.
+    pub amount_cents: i64,
+}
+
+/// Payload of `inventory.rejected`, `inventory.released` and `payment.failed`: an order and
+/// why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSetback {
+    /// The order.
+    pub order_id: Uuid,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// Payload of `payment.succeeded`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentSucceeded {
+    /// The order.
+    pub order_id: Uuid,
+    /// The gateway's charge id.
+    pub charge_id: String,
+    /// What was charged, in cents.
+    pub amount_cents: i64,
+}
+
+/// Payload of `order.confirmed`, `order.rejected` and `order.cancelled`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConcluded {
+    /// The order.
+    pub order_id: Uuid,
+    /// Whom to notify.
+    pub customer_id: String,
+    /// `confirmed`, `rejected` or `cancelled`.
+    pub status: String,
+    /// Why, when it did not go through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The saga's topology: every service declares all of it, so each work queue exists (and

@@ -143,3 +143,53 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderVie
         history,
     }))
 }
+
+/// The order's status and customer, locked for the rest of the transaction.
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let row = sqlx::query("SELECT status, customer_id FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| Ok((row.try_get("status")?, row.try_get("customer_id")?)))
+        .transpose()
+}
+
+/// Move the order to `status`.
+pub async fn set_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    status: OrderStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(order_id)
+        .bind(status.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Add a history entry.
+pub async fn record_history(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    status: &str,
+    event: &str,
+    reason: Option<&str>,
+    message_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_history (order_id, status, event, reason, message_id) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(event)
+    .bind(reason)
+    .bind(message_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

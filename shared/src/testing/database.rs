@@ -54,6 +54,15 @@ impl TestDatabase {
         self.options.clone()
     }
 
+    /// Database settings for a service using `schema` in this database (pool of 5).
+    pub fn settings(&self, schema: &str) -> crate::database::DatabaseSettings {
+        crate::database::DatabaseSettings {
+            url: secrecy::SecretString::from(self.url()),
+            schema: schema.to_owned(),
+            max_connections: 5,
+        }
+    }
+
     /// A small pool on the database's `public` schema.
     pub async fn pool(&self) -> PgPool {
         PgPoolOptions::new()

@@ -20,6 +20,25 @@ pub use wait::{wait_until, wait_until_async};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::broker::BrokerSettings;
+use crate::service::ServiceSettings;
+
+/// Settings for service `name` in this test's database (schema `schema`) and broker, its HTTP
+/// endpoints on a free port.
+pub fn service_settings(
+    name: &str,
+    schema: &str,
+    db: &TestDatabase,
+    broker: BrokerSettings,
+) -> ServiceSettings {
+    ServiceSettings {
+        name: name.to_owned(),
+        http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        database: db.settings(schema),
+        broker,
+    }
+}
+
 /// Test resources older than this are leftovers of killed runs and are swept.
 const LEFTOVER_AGE_SECS: u64 = 3600;
 

@@ -1,10 +1,9 @@
 use std::time::Duration;
 
+use msgkit::consume::{ConsumerConfig, RetryPolicy};
 use msgkit::testing::{TcpProxy, TestBroker, TestDatabase};
 use msgkit::{BrokerSettings, RelayConfig, Shutdown};
-use order::configuration::{DatabaseSettings, Settings};
-use order::startup::Application;
-use secrecy::SecretString;
+use order::startup::{Settings, build};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -20,21 +19,24 @@ pub struct TestApp {
     shutdown: Shutdown,
 }
 
-/// Settings pointing at this test's database and vhost, HTTP on a free port.
+/// Settings pointing at this test's database and vhost, HTTP on a free port, fast retries.
 pub fn test_settings(db: &TestDatabase, broker: BrokerSettings) -> Settings {
     Settings {
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        database: DatabaseSettings {
-            url: SecretString::from(db.url()),
-            schema: "orders".into(),
-            max_connections: 5,
-        },
-        broker,
+        service: msgkit::testing::service_settings("order", "orders", db, broker),
         relay: RelayConfig {
             poll_interval: Duration::from_millis(200),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_millis(500),
             ..RelayConfig::new("order")
+        },
+        consumer: ConsumerConfig {
+            retry: RetryPolicy {
+                initial_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(500),
+                max_attempts: 3,
+                ..RetryPolicy::default()
+            },
+            ..ConsumerConfig::new("order", "order")
         },
     }
 }
@@ -61,13 +63,13 @@ async fn spawn(behind_proxy: bool) -> TestApp {
         Some(proxy) => broker.settings_via(&proxy.addr(), "order/outbox-relay"),
         None => broker.settings("order/outbox-relay"),
     };
-    let application = Application::build(test_settings(&db, broker_settings))
+    let service = build(test_settings(&db, broker_settings))
         .await
-        .expect("build app");
-    let address = format!("http://{}", application.local_addr().expect("addr"));
-    let pool = application.pool().clone();
+        .expect("build the order service");
+    let address = format!("http://{}", service.local_addr().expect("addr"));
+    let pool = service.pool().clone();
     let shutdown = Shutdown::new();
-    tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    tokio::spawn(service.run_until_stopped(shutdown.clone()));
     TestApp {
         address,
         client: reqwest::Client::new(),

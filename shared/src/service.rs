@@ -1,0 +1,238 @@
+//! A kit service in one value: its database schema, outbox relay, consumers and HTTP endpoints
+//! (its own routes plus `/healthz`, `/readyz`, `/metrics`), started together and stopped
+//! together on one [`Shutdown`].
+//!
+//! ```no_run
+//! # async fn example(handler: impl msgkit::consume::Handler) -> Result<(), Box<dyn std::error::Error>> {
+//! use msgkit::service::{Service, ServiceSettings};
+//! let settings = ServiceSettings::from_env("inventory", 8081, "inventory")?;
+//! let service = Service::start(settings, msgkit::Topology::default()).await?;
+//! // run the service's own migrations on service.pool() here
+//! let service = service
+//!     .with_relay(msgkit::RelayConfig::from_env("inventory")?)
+//!     .with_consumer(msgkit::consume::ConsumerConfig::from_env("inventory", "inventory")?, handler);
+//! let shutdown = msgkit::Shutdown::new();
+//! service.run_until_stopped(shutdown).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use axum::Router;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::broker::BrokerSettings;
+use crate::config::{ConfigError, env_parse};
+use crate::consume::{Consumer, ConsumerConfig, Faults, Handler};
+use crate::database::{DatabaseError, DatabaseSettings};
+use crate::ops::{self, OpsState};
+use crate::outbox::{OutboxRelay, RelayConfig};
+use crate::shutdown::Shutdown;
+use crate::topology::Topology;
+
+/// What every service needs to start.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// The service's name: `app_id` of what it publishes, its inbox consumer name, the prefix
+    /// of its connection names.
+    pub name: String,
+    /// Where its HTTP endpoints listen.
+    pub http_addr: SocketAddr,
+    /// Its database schema.
+    pub database: DatabaseSettings,
+    /// The broker.
+    pub broker: BrokerSettings,
+}
+
+impl ServiceSettings {
+    /// `<NAME>_HTTP_ADDR` (default `127.0.0.1:<default_port>`), the database settings of
+    /// [`DatabaseSettings::from_env`] and the broker settings of [`BrokerSettings::from_env`].
+    pub fn from_env(
+        name: &str,
+        default_port: u16,
+        default_schema: &str,
+    ) -> Result<Self, ConfigError> {
+        let prefix = name.to_ascii_uppercase();
+        Ok(Self {
+            name: name.to_owned(),
+            http_addr: env_parse(
+                &format!("{prefix}_HTTP_ADDR"),
+                SocketAddr::from(([127, 0, 0, 1], default_port)),
+            )?,
+            database: DatabaseSettings::from_env(&prefix, default_schema)?,
+            broker: BrokerSettings::from_env(name)?,
+        })
+    }
+}
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The database.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    /// The kit's tables could not be installed.
+    #[error("installing the kit's tables (outbox, inbox): {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The HTTP address is taken or invalid.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+type Task = Box<dyn FnOnce(Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A service, connected and bound but not yet running.
+pub struct Service {
+    settings: ServiceSettings,
+    topology: Topology,
+    pool: PgPool,
+    listener: TcpListener,
+    routes: Router,
+    ops: OpsState,
+    tasks: Vec<Task>,
+}
+
+impl Service {
+    /// Connect to the database (creating the schema), install the kit's tables, bind the HTTP
+    /// address. The broker is not needed yet: relays and consumers connect in the background
+    /// and keep retrying.
+    pub async fn start(
+        settings: ServiceSettings,
+        topology: Topology,
+    ) -> Result<Self, ServiceError> {
+        let pool = settings.database.connect().await?;
+        crate::schema::migrate(&pool).await?;
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| ServiceError::Bind {
+                addr: settings.http_addr,
+                source,
+            })?;
+        Ok(Self {
+            ops: OpsState::new(pool.clone()),
+            settings,
+            topology,
+            pool,
+            listener,
+            routes: Router::new(),
+            tasks: Vec::new(),
+        })
+    }
+
+    /// The service's database (its schema on the search path).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The settings it started with.
+    pub fn settings(&self) -> &ServiceSettings {
+        &self.settings
+    }
+
+    /// Where the HTTP endpoints listen (the real port when started on port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Publish the service's outbox.
+    pub fn with_relay(mut self, config: RelayConfig) -> Self {
+        let relay = OutboxRelay::new(
+            self.pool.clone(),
+            self.settings
+                .broker
+                .for_role(format!("{}/outbox-relay", self.settings.name)),
+            self.topology.clone(),
+            config,
+        );
+        self.ops = self.ops.with_relay(relay.stats());
+        self.tasks
+            .push(Box::new(move |shutdown| Box::pin(relay.run(shutdown))));
+        self
+    }
+
+    /// Consume `config.queue` with `handler`, with the fault injection of the environment
+    /// (`FAULT_*`, off when unset).
+    pub fn with_consumer<H: Handler>(
+        self,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> Result<Self, ConfigError> {
+        let faults = Faults::from_env()?;
+        Ok(self.with_consumer_and_faults(config, handler, faults))
+    }
+
+    /// Consume `config.queue` with `handler`, injecting `faults`.
+    pub fn with_consumer_and_faults<H: Handler>(
+        mut self,
+        config: ConsumerConfig,
+        handler: H,
+        faults: Faults,
+    ) -> Self {
+        let queue = config.queue.clone();
+        let consumer = Consumer::new(
+            self.pool.clone(),
+            self.settings.broker.clone(),
+            self.topology.clone(),
+            config,
+            handler,
+        )
+        .with_faults(faults);
+        self.ops = self.ops.with_consumer(queue, consumer.stats());
+        self.tasks
+            .push(Box::new(move |shutdown| Box::pin(consumer.run(shutdown))));
+        self
+    }
+
+    /// Serve these routes beside the operational ones.
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
+    /// Run until SIGTERM or Ctrl-C, then shut down gracefully (see
+    /// [`Service::run_until_stopped`]).
+    pub async fn run_until_signal(self) -> Result<(), ServiceError> {
+        let shutdown = Shutdown::new();
+        let on_signal = shutdown.clone();
+        let name = self.settings.name.clone();
+        // Owned by the runtime: it ends with the process, and only triggers the shutdown.
+        tokio::spawn(async move {
+            Shutdown::os_signal().await;
+            tracing::info!(service = %name, "shutdown requested; finishing in-flight work");
+            on_signal.trigger();
+        });
+        self.run_until_stopped(shutdown).await
+    }
+
+    /// Run everything until `shutdown`; then stop taking requests and deliveries, finish what
+    /// is in flight, and return once every task has ended.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        for task in self.tasks {
+            shutdown.spawn(task(shutdown.child()));
+        }
+        let app = self.routes.merge(ops::router(self.ops));
+        let addr = self.listener.local_addr().map_err(ServiceError::Serve)?;
+        tracing::info!(service = %self.settings.name, %addr, "listening");
+        let stop = shutdown.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { stop.triggered().await })
+            .await;
+        // The server can also end on its own: stop the other tasks either way.
+        shutdown.trigger();
+        shutdown.wait_for_tasks().await;
+        self.pool.close().await;
+        tracing::info!(service = %self.settings.name, "stopped");
+        served.map_err(ServiceError::Serve)
+    }
+}
