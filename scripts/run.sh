@@ -11,13 +11,16 @@
 set -euo pipefail
 
 # The services, in start order. To add one: append its name here and give it a port below.
-SERVICES="order"
+SERVICES="order inventory payment notify"
 # RUN_SERVICES="a b" runs a subset instead.
 SERVICES=${RUN_SERVICES:-$SERVICES}
 
 # HTTP port of each service (shown in the URL list).
 declare -A PORT=(
     [order]=8080
+    [inventory]=8081
+    [payment]=8082
+    [notify]=8083
 )
 
 # Grace period for a service to exit after SIGTERM before it gets SIGKILL.
@@ -168,7 +171,7 @@ done
 say "URLs:"
 for name in "${names[@]}"; do
     if [[ -n "${PORT[$name]:-}" ]]; then
-        printf '  %-14s http://127.0.0.1:%s\n' "$name API" "${PORT[$name]}"
+        printf '  %-14s http://127.0.0.1:%s\n' "$name" "${PORT[$name]}"
     fi
 done
 printf '  %-14s http://127.0.0.1:15672  (guest/guest)\n' "management UI"
@@ -184,6 +187,13 @@ while [[ -z "$finished" ]]; do # interrupted without a trap exiting: wait again
     wait -n -p finished "${pids[@]}" || rc=$?
 done
 exited[$finished]=1
+# A service exits 0 only when it was asked to stop: a Ctrl-C reaches the whole process group,
+# and a service can finish its graceful shutdown before this script's trap has run.
+if ((rc == 0 || rc == 130 || rc == 143)); then
+    say "${name_of[$finished]} stopped on a signal; stopping the others"
+    stop_all && exit 0
+    exit 1
+fi
 say "${name_of[$finished]} exited on its own (status $rc); stopping the others"
 stop_all || true
 exit 1

@@ -41,6 +41,29 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
+    /// A first-attempt event of type `message_type` (also its routing key) for the `events`
+    /// exchange, with a fresh UUIDv7 id. Services publish through the outbox; this is for
+    /// tools and tests that publish directly.
+    pub fn event(
+        message_type: &str,
+        correlation_id: &str,
+        app_id: &str,
+        payload: &impl serde::Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            message_type: message_type.to_owned(),
+            exchange: crate::topology::EVENTS_EXCHANGE.to_owned(),
+            routing_key: message_type.to_owned(),
+            correlation_id: correlation_id.to_owned(),
+            app_id: app_id.to_owned(),
+            created_at: Utc::now(),
+            body: serde_json::to_vec(payload)?,
+            headers: BTreeMap::new(),
+            attempt: 1,
+        })
+    }
+
     /// The AMQP properties of this message, as the contract fixes them.
     pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();

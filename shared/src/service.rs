@@ -6,9 +6,8 @@
 //! # async fn example(handler: impl msgkit::consume::Handler) -> Result<(), Box<dyn std::error::Error>> {
 //! use msgkit::service::{Service, ServiceSettings};
 //! let settings = ServiceSettings::from_env("inventory", 8081, "inventory")?;
-//! let service = Service::start(settings, msgkit::Topology::default()).await?;
-//! // run the service's own migrations on service.pool() here
-//! let service = service
+//! let migrations = sqlx::migrate::Migrator::DEFAULT; // sqlx::migrate!("./migrations") in a service
+//! let service = Service::start(settings, msgkit::Topology::default(), migrations).await?
 //!     .with_relay(msgkit::RelayConfig::from_env("inventory")?)
 //!     .with_consumer(msgkit::consume::ConsumerConfig::from_env("inventory", "inventory")?, handler);
 //! let shutdown = msgkit::Shutdown::new();
@@ -22,11 +21,12 @@ use std::pin::Pin;
 
 use axum::Router;
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 
 use crate::broker::BrokerSettings;
 use crate::config::{ConfigError, env_parse};
-use crate::consume::{Consumer, ConsumerConfig, Faults, Handler};
+use crate::consume::{Consumer, ConsumerConfig, Handler};
 use crate::database::{DatabaseError, DatabaseSettings};
 use crate::ops::{self, OpsState};
 use crate::outbox::{OutboxRelay, RelayConfig};
@@ -74,9 +74,17 @@ pub enum ServiceError {
     /// The database.
     #[error(transparent)]
     Database(#[from] DatabaseError),
-    /// The kit's tables could not be installed.
-    #[error("installing the kit's tables (outbox, inbox): {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The kit's or the service's tables could not be migrated.
+    #[error("migrating {what}: {source}")]
+    Migrate {
+        /// Whose tables.
+        what: String,
+        /// Why.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The HTTP address is taken or invalid.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -104,15 +112,30 @@ pub struct Service {
 }
 
 impl Service {
-    /// Connect to the database (creating the schema), install the kit's tables, bind the HTTP
-    /// address. The broker is not needed yet: relays and consumers connect in the background
-    /// and keep retrying.
+    /// Connect to the database (creating the schema), install the kit's tables and run the
+    /// service's own `migrations` (tracked in `_<name>_migrations`), bind the HTTP address.
+    /// The broker is not needed yet: relays and consumers connect in the background and keep
+    /// retrying.
     pub async fn start(
         settings: ServiceSettings,
         topology: Topology,
+        mut migrations: Migrator,
     ) -> Result<Self, ServiceError> {
         let pool = settings.database.connect().await?;
-        crate::schema::migrate(&pool).await?;
+        crate::schema::migrate(&pool)
+            .await
+            .map_err(|source| ServiceError::Migrate {
+                what: "the kit's tables (outbox, inbox)".to_owned(),
+                source,
+            })?;
+        migrations.dangerous_set_table_name(format!("_{}_migrations", settings.name));
+        migrations
+            .run(&pool)
+            .await
+            .map_err(|source| ServiceError::Migrate {
+                what: format!("the {} service's tables", settings.name),
+                source,
+            })?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .map_err(|source| ServiceError::Bind {
@@ -161,24 +184,25 @@ impl Service {
         self
     }
 
-    /// Consume `config.queue` with `handler`, with the fault injection of the environment
-    /// (`FAULT_*`, off when unset).
-    pub fn with_consumer<H: Handler>(
-        self,
-        config: ConsumerConfig,
-        handler: H,
-    ) -> Result<Self, ConfigError> {
-        let faults = Faults::from_env()?;
-        Ok(self.with_consumer_and_faults(config, handler, faults))
-    }
-
-    /// Consume `config.queue` with `handler`, injecting `faults`.
-    pub fn with_consumer_and_faults<H: Handler>(
-        mut self,
-        config: ConsumerConfig,
-        handler: H,
-        faults: Faults,
-    ) -> Self {
+    /// Consume `config.queue` with `handler`.
+    ///
+    /// Each message in flight holds a pooled connection for its transaction; the relay and the
+    /// HTTP routes need one too. So that handlers can never starve each other of connections,
+    /// concurrency is capped at the pool size minus two (raise `DATABASE_MAX_CONNECTIONS` for
+    /// more).
+    pub fn with_consumer<H: Handler>(mut self, mut config: ConsumerConfig, handler: H) -> Self {
+        let limit = (self.settings.database.max_connections as usize)
+            .saturating_sub(2)
+            .max(1);
+        if config.concurrency > limit {
+            tracing::warn!(
+                queue = %config.queue,
+                requested = config.concurrency,
+                limit,
+                "consumer concurrency capped by the database pool size"
+            );
+            config.concurrency = limit;
+        }
         let queue = config.queue.clone();
         let consumer = Consumer::new(
             self.pool.clone(),
@@ -186,8 +210,7 @@ impl Service {
             self.topology.clone(),
             config,
             handler,
-        )
-        .with_faults(faults);
+        );
         self.ops = self.ops.with_consumer(queue, consumer.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(consumer.run(shutdown))));

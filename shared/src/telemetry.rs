@@ -15,7 +15,11 @@ pub fn init(service: &str) {
             .with_current_span(true)
             .try_init()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+        // Colours only for a terminal: piped output (make run's prefixes, log files) stays plain.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "logging initialised");

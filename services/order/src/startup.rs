@@ -34,31 +34,19 @@ impl Settings {
     }
 }
 
-/// Why the service could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// The kit could not start the service.
-    #[error(transparent)]
-    Service(#[from] ServiceError),
-    /// The order tables could not be migrated.
-    #[error("running the order service's migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A setting is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
-
 /// The order service, ready to run: the API, the outbox relay, the saga consumer.
-pub async fn build(settings: Settings) -> Result<Service, StartupError> {
-    let service = Service::start(settings.service, contracts::topology()).await?;
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.dangerous_set_table_name("_order_migrations");
-    migrator.run(service.pool()).await?;
+pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
+    let service = Service::start(
+        settings.service,
+        contracts::topology(),
+        sqlx::migrate!("./migrations"),
+    )
+    .await?;
     let routes = routes::router(AppState {
         pool: service.pool().clone(),
     });
     Ok(service
         .with_routes(routes)
         .with_relay(settings.relay)
-        .with_consumer(settings.consumer, OrderSaga)?)
+        .with_consumer(settings.consumer, OrderSaga))
 }

@@ -50,6 +50,8 @@ pub struct ConsumerConfig {
     pub retry: RetryPolicy,
     /// Deduplicate through the inbox (on unless the handler is idempotent by itself).
     pub inbox: bool,
+    /// Faults to inject before the handler (tests and chaos runs; none by default).
+    pub faults: Faults,
 }
 
 impl ConsumerConfig {
@@ -64,11 +66,12 @@ impl ConsumerConfig {
             concurrency: 8,
             retry: RetryPolicy::default(),
             inbox: true,
+            faults: Faults::default(),
         }
     }
 
-    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY` and the
-    /// `RETRY_*` variables of [`RetryPolicy::from_env`].
+    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY`, the `RETRY_*`
+    /// variables of [`RetryPolicy::from_env`] and the `FAULT_*` ones of [`Faults::from_env`].
     pub fn from_env(
         service: impl Into<String>,
         queue: impl Into<String>,
@@ -78,6 +81,7 @@ impl ConsumerConfig {
             prefetch: env_parse("CONSUMER_PREFETCH", defaults.prefetch)?.max(1),
             concurrency: env_parse("CONSUMER_CONCURRENCY", defaults.concurrency)?.max(1),
             retry: RetryPolicy::from_env()?,
+            faults: Faults::from_env()?,
             ..defaults
         })
     }
@@ -157,7 +161,6 @@ pub struct Consumer<H> {
     topology: Topology,
     config: ConsumerConfig,
     handler: H,
-    faults: Faults,
     stats: Arc<ConsumerStats>,
 }
 
@@ -186,15 +189,8 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             handler,
-            faults: Faults::default(),
             stats: Arc::new(ConsumerStats::default()),
         }
-    }
-
-    /// Inject faults before the handler (tests and chaos runs).
-    pub fn with_faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
-        self
     }
 
     /// The live counters.
@@ -485,7 +481,7 @@ impl<H: Handler> Consumer<H> {
             tracing::info!(message_id, "duplicate delivery; already applied");
             return Ok(false);
         }
-        self.faults.apply(message).await?;
+        self.config.faults.apply(message).await?;
         match AssertUnwindSafe(self.handler.handle(message, tx))
             .catch_unwind()
             .await

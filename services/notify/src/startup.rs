@@ -1,0 +1,42 @@
+//! Building the service from its settings (shared by `main` and the tests).
+
+use msgkit::config::ConfigError;
+use msgkit::consume::ConsumerConfig;
+use msgkit::service::{Service, ServiceError, ServiceSettings};
+
+use crate::handlers::Notifier;
+
+/// The service's name: its queue, its inbox consumer, its `app_id`.
+pub const NAME: &str = "notify";
+
+/// Everything the notify service needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Database, broker, HTTP address (`NOTIFY_HTTP_ADDR`, default 127.0.0.1:8083; schema
+    /// `NOTIFY_DB_SCHEMA`, default `notify`).
+    pub service: ServiceSettings,
+    /// The consumer of the `notify` queue (`CONSUMER_*`, `RETRY_*`).
+    pub consumer: ConsumerConfig,
+}
+
+impl Settings {
+    /// From the environment, with local defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            service: ServiceSettings::from_env(NAME, 8083, NAME)?,
+            consumer: ConsumerConfig::from_env(NAME, NAME)?,
+        })
+    }
+}
+
+/// The notify service, ready to run.
+pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
+    let service = Service::start(
+        settings.service,
+        contracts::topology(),
+        sqlx::migrate!("./migrations"),
+    )
+    .await?;
+    // Notify emits nothing, so it runs no outbox relay.
+    Ok(service.with_consumer(settings.consumer, Notifier))
+}

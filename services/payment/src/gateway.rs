@@ -1,0 +1,149 @@
+//! A payment-gateway simulator with the behaviour that matters to a consumer: latency,
+//! transient errors, declines, and idempotency keys.
+//!
+//! | variable | default | effect |
+//! | --- | --- | --- |
+//! | `GATEWAY_LATENCY_MS` | 20 | time each charge takes |
+//! | `GATEWAY_ERROR_RATE` | 0 | fraction of calls that fail with "unavailable" (nothing charged) |
+//! | `GATEWAY_DECLINE_ABOVE_CENTS` | 100000 | charges above this amount are declined |
+//!
+//! The first call with an idempotency key decides; every later call with the same key returns
+//! that decision, so a retried charge is never taken twice.
+
+use std::time::Duration;
+
+use msgkit::config::{ConfigError, env_millis, env_parse};
+use sqlx::{PgPool, Row};
+
+/// How the simulated gateway behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewaySettings {
+    /// Time each charge takes.
+    pub latency: Duration,
+    /// Fraction of calls that fail as unavailable.
+    pub error_rate: f64,
+    /// Charges above this amount (cents) are declined.
+    pub decline_above_cents: i64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(20),
+            error_rate: 0.0,
+            decline_above_cents: 100_000,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// From `GATEWAY_*` (see the module docs).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            latency: env_millis("GATEWAY_LATENCY_MS", d.latency)?,
+            error_rate: env_parse("GATEWAY_ERROR_RATE", d.error_rate)?.clamp(0.0, 1.0),
+            decline_above_cents: env_parse("GATEWAY_DECLINE_ABOVE_CENTS", d.decline_above_cents)?,
+        })
+    }
+}
+
+/// What the gateway decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    /// Money taken.
+    Captured {
+        /// The gateway's charge id.
+        charge_id: String,
+    },
+    /// Refused, for good.
+    Declined {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The gateway could not decide this time.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A simulated outage: nothing was charged; try again later.
+    #[error("payment gateway unavailable (simulated); nothing was charged")]
+    Unavailable,
+    /// The simulator's own storage failed.
+    #[error("payment gateway storage failed: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+/// The simulator. Its ledger is the `gateway_charges` table, written in its own transactions,
+/// as an external system would.
+#[derive(Clone, Debug)]
+pub struct GatewaySimulator {
+    pool: PgPool,
+    settings: GatewaySettings,
+}
+
+impl GatewaySimulator {
+    /// A simulator keeping its ledger in `pool`.
+    pub fn new(pool: PgPool, settings: GatewaySettings) -> Self {
+        Self { pool, settings }
+    }
+
+    /// Charge `amount_cents` under `idempotency_key`.
+    #[tracing::instrument(skip(self))]
+    pub async fn charge(
+        &self,
+        idempotency_key: &str,
+        amount_cents: i64,
+    ) -> Result<ChargeOutcome, GatewayError> {
+        tokio::time::sleep(self.settings.latency).await;
+        if self.settings.error_rate > 0.0 && random_unit() < self.settings.error_rate {
+            return Err(GatewayError::Unavailable);
+        }
+        let (outcome, reason) = if amount_cents > self.settings.decline_above_cents {
+            (
+                "declined",
+                Some(format!(
+                    "declined: amount {amount_cents} cents is above the limit of {} cents",
+                    self.settings.decline_above_cents
+                )),
+            )
+        } else {
+            ("captured", None)
+        };
+        sqlx::query(
+            "INSERT INTO gateway_charges (idempotency_key, charge_id, amount_cents, outcome, reason) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(idempotency_key)
+        .bind(format!("ch_{}", uuid::Uuid::new_v4().simple()))
+        .bind(amount_cents)
+        .bind(outcome)
+        .bind(&reason)
+        .execute(&self.pool)
+        .await?;
+        // The first decision under this key stands, whoever made it.
+        let row = sqlx::query(
+            "SELECT charge_id, outcome, reason FROM gateway_charges WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        let outcome: String = row.try_get("outcome")?;
+        Ok(if outcome == "captured" {
+            ChargeOutcome::Captured {
+                charge_id: row.try_get("charge_id")?,
+            }
+        } else {
+            ChargeOutcome::Declined {
+                reason: row
+                    .try_get::<Option<String>, _>("reason")?
+                    .unwrap_or_default(),
+            }
+        })
+    }
+}
+
+/// A uniform number in [0, 1) (a simulator needs no better randomness).
+fn random_unit() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,54 @@
+//! The payment-gateway simulator against the real database.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use msgkit::testing::TestDatabase;
+use payment::gateway::{ChargeOutcome, GatewayError, GatewaySettings, GatewaySimulator};
+
+async fn gateway(settings: GatewaySettings) -> (GatewaySimulator, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+    (GatewaySimulator::new(pool, settings), db)
+}
+
+fn instant() -> GatewaySettings {
+    GatewaySettings {
+        latency: Duration::ZERO,
+        ..GatewaySettings::default()
+    }
+}
+
+#[tokio::test]
+async fn a_retried_charge_with_the_same_key_is_taken_once() {
+    let (gateway, _db) = gateway(instant()).await;
+    let first = gateway.charge("order-1", 5_000).await.unwrap();
+    let again = gateway.charge("order-1", 5_000).await.unwrap();
+    assert!(matches!(first, ChargeOutcome::Captured { .. }));
+    assert_eq!(first, again, "the same charge comes back");
+    let other = gateway.charge("order-2", 5_000).await.unwrap();
+    assert_ne!(first, other);
+}
+
+#[tokio::test]
+async fn charges_above_the_limit_are_declined_with_a_reason() {
+    let (gateway, _db) = gateway(instant()).await;
+    match gateway.charge("order-big", 100_001).await.unwrap() {
+        ChargeOutcome::Declined { reason } => assert!(reason.contains("above the limit")),
+        captured => panic!("expected a decline, got {captured:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_gateway_charges_nothing() {
+    let (gateway, _db) = gateway(GatewaySettings {
+        error_rate: 1.0,
+        ..instant()
+    })
+    .await;
+    assert!(matches!(
+        gateway.charge("order-x", 100).await,
+        Err(GatewayError::Unavailable)
+    ));
+}

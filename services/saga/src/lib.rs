@@ -1,0 +1,245 @@
+//! A harness that runs the whole saga (order, inventory, payment, notify) in one test process,
+//! each service in its own schema of one fresh database, all on one fresh vhost: the same
+//! layout as `make run`, isolated per test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a panic is the report
+
+use std::time::Duration;
+
+use msgkit::consume::{ConsumerConfig, Faults, RetryPolicy};
+use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until_async};
+use msgkit::{RelayConfig, Shutdown};
+use payment::gateway::GatewaySettings;
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// How long a test waits for the saga to settle.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// What to change from a plain run.
+#[derive(Clone, Debug, Default)]
+pub struct SagaOptions {
+    /// Faults injected in the inventory consumer.
+    pub inventory_faults: Faults,
+    /// Faults injected in the payment consumer.
+    pub payment_faults: Faults,
+    /// The gateway simulator (default: no latency, no errors, declines above 1,000.00).
+    pub gateway: Option<GatewaySettings>,
+    /// Retry policy of every consumer (default: fast, 4 attempts).
+    pub retry: Option<RetryPolicy>,
+}
+
+/// The four services, running.
+pub struct Saga {
+    /// Base URL of the order API.
+    pub api: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// The test's vhost.
+    pub broker: TestBroker,
+    /// One pool per service schema.
+    pub orders: PgPool,
+    /// The inventory schema.
+    pub inventory: PgPool,
+    /// The payment schema.
+    pub payment: PgPool,
+    /// The notify schema.
+    pub notify: PgPool,
+    shutdown: Shutdown,
+    _db: TestDatabase,
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial_delay: Duration::from_millis(50),
+        multiplier: 2.0,
+        max_delay: Duration::from_millis(500),
+        max_attempts: 4,
+        jitter: 0.1,
+    }
+}
+
+fn fast_relay(name: &str) -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_millis(200),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+        ..RelayConfig::new(name)
+    }
+}
+
+impl Saga {
+    /// Start all four services.
+    pub async fn start(options: SagaOptions) -> Self {
+        // Service logs appear in a failing test's captured output (RUST_LOG to change).
+        msgkit::telemetry::init("saga-test");
+        let db = TestDatabase::create().await;
+        let broker = TestBroker::create().await;
+        let retry = options.retry.clone().unwrap_or_else(fast_retry);
+        let consumer = |name: &str| ConsumerConfig {
+            retry: retry.clone(),
+            ..ConsumerConfig::new(name, name)
+        };
+        let settings = |name: &str, schema: &str| {
+            service_settings(name, schema, &db, broker.settings(&format!("{name}-test")))
+        };
+
+        let order = order::startup::build(order::startup::Settings {
+            service: settings("order", "orders"),
+            relay: fast_relay("order"),
+            consumer: consumer("order"),
+        })
+        .await
+        .expect("start order");
+        let api = format!("http://{}", order.local_addr().unwrap());
+
+        let inventory = inventory::startup::build(inventory::startup::Settings {
+            service: settings("inventory", "inventory"),
+            relay: fast_relay("inventory"),
+            consumer: ConsumerConfig {
+                faults: options.inventory_faults.clone(),
+                ..consumer("inventory")
+            },
+        })
+        .await
+        .expect("start inventory");
+
+        let payment_service = payment::startup::build(payment::startup::Settings {
+            service: settings("payment", "payment"),
+            relay: fast_relay("payment"),
+            consumer: ConsumerConfig {
+                faults: options.payment_faults.clone(),
+                ..consumer("payment")
+            },
+            gateway: options.gateway.clone().unwrap_or(GatewaySettings {
+                latency: Duration::ZERO,
+                ..GatewaySettings::default()
+            }),
+        })
+        .await
+        .expect("start payment");
+
+        let notify = notify::startup::build(notify::startup::Settings {
+            service: settings("notify", "notify"),
+            consumer: consumer("notify"),
+        })
+        .await
+        .expect("start notify");
+
+        let pools = [
+            order.pool(),
+            inventory.pool(),
+            payment_service.pool(),
+            notify.pool(),
+        ]
+        .map(Clone::clone);
+        let shutdown = Shutdown::new();
+        for service in [order, inventory, payment_service, notify] {
+            tokio::spawn(service.run_until_stopped(shutdown.clone()));
+        }
+        let [orders, inventory, payment, notify] = pools;
+        Self {
+            api,
+            client: reqwest::Client::new(),
+            broker,
+            orders,
+            inventory,
+            payment,
+            notify,
+            shutdown,
+            _db: db,
+        }
+    }
+
+    /// Place an order; returns its id.
+    pub async fn place_order(&self, customer: &str, items: &[(&str, u32)]) -> String {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(sku, quantity)| serde_json::json!({"sku": sku, "quantity": quantity}))
+            .collect();
+        let response = self
+            .client
+            .post(format!("{}/orders", self.api))
+            .json(&serde_json::json!({"customer_id": customer, "items": items}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["order_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /orders/{id}`.
+    pub async fn order(&self, order_id: &str) -> Value {
+        self.client
+            .get(format!("{}/orders/{order_id}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Wait until the order is final; returns the order.
+    pub async fn wait_final(&self, order_id: &str) -> Value {
+        wait_until_async(
+            &format!("order {order_id} to reach a final state"),
+            DEADLINE,
+            || async {
+                let order = self.order(order_id).await;
+                (order["status"] != "pending").then_some(order)
+            },
+        )
+        .await
+    }
+
+    /// Units of `sku` available.
+    pub async fn stock(&self, sku: &str) -> i32 {
+        sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.inventory)
+            .await
+            .unwrap()
+    }
+
+    /// The gateway's charges for an order, as (outcome, amount).
+    pub async fn charges(&self, order_id: &str) -> Vec<(String, i64)> {
+        sqlx::query_as(
+            "SELECT outcome, amount_cents FROM gateway_charges WHERE idempotency_key = $1",
+        )
+        .bind(format!("order-{order_id}"))
+        .fetch_all(&self.payment)
+        .await
+        .unwrap()
+    }
+
+    /// The notifications sent for an order (their statuses).
+    pub async fn notifications(&self, order_id: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT status FROM notifications WHERE order_id = $1::uuid")
+            .bind(order_id)
+            .fetch_all(&self.notify)
+            .await
+            .unwrap()
+    }
+
+    /// Wait until `count` notifications exist for the order.
+    pub async fn wait_notifications(&self, order_id: &str, count: usize) -> Vec<String> {
+        wait_until_async(
+            &format!("{count} notification(s) for {order_id}"),
+            DEADLINE,
+            || async {
+                let sent = self.notifications(order_id).await;
+                (sent.len() >= count).then_some(sent)
+            },
+        )
+        .await
+    }
+
+    /// Stop every service and wait for them.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, self.shutdown.wait_for_tasks())
+            .await
+            .expect("services stop promptly");
+    }
+}
