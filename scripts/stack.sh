@@ -343,6 +343,21 @@ rabbit_up() {
         fi
     fi
     rabbit_ensure_guest
+    rabbit_heal_dead_letter_supervisor
+}
+
+# RabbitMQ (3.10 up to at least 4.2, rabbitmq-server#16652) can lose the supervisor of its
+# at-least-once dead-letter workers for good, after which every quorum queue using that
+# strategy (all of the kit's) fails until the node restarts. Detect it and restart the app.
+rabbit_heal_dead_letter_supervisor() {
+    is_root || return 0
+    local alive
+    alive=$(rabbitmqctl -q eval 'is_pid(whereis(rabbit_fifo_dlx_sup)).' </dev/null 2>/dev/null 9>&-) || return 0
+    [[ "$alive" == "false" ]] || return 0
+    say "rabbitmq: its dead-letter worker supervisor has died (rabbitmq-server#16652); restarting the rabbit app ..."
+    run_logged "rabbitmqctl stop_app" "see $RABBIT_LOG_DIR/" rabbitmqctl stop_app
+    run_logged "rabbitmqctl start_app" "see $RABBIT_LOG_DIR/" rabbitmqctl start_app
+    rabbit_wait_ready
 }
 
 # ---------------------------------------------------------------------------------------

@@ -322,6 +322,23 @@ impl Drop for TestBroker {
         block_on_cleanup(async move {
             // A fresh client: the test's one is bound to the test's runtime.
             let http = reqwest::Client::new();
+            // RabbitMQ (3.10 up to at least 4.2, rabbitmq-server#16652) can lose its
+            // dead-letter worker supervisor for good when a quorum queue with at-least-once
+            // dead-lettering is deleted while it is still starting: every such queue on the
+            // node is broken until a restart. A test's services may still be (re)declaring
+            // their queues when it ends (a failed test never stops them), so first shut the
+            // vhost to new connections, let declarations in flight finish, then delete it.
+            let _ = api_call(
+                &http,
+                &api,
+                &user,
+                &password,
+                reqwest::Method::DELETE,
+                &format!("permissions/{vhost}/{user}"),
+                None,
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(error) = api_call(
                 &http,
                 &api,
