@@ -12,15 +12,15 @@ use saga::{DEADLINE, Saga, SagaOptions};
 
 async fn take_dead_letter(saga: &Saga, queue: &str) -> lapin::message::BasicGetMessage {
     let connection = saga.broker.connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    wait_until_async(&format!("a dead letter in {queue}"), DEADLINE, || {
-        let channel = channel.clone();
-        async move {
-            channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-        }
+    wait_until_async(&format!("a dead letter in {queue}"), DEADLINE, || async {
+        // A fresh channel each time: until the services have declared the queue, the get
+        // fails with NOT_FOUND, which closes the channel.
+        let channel = connection.create_channel().await.ok()?;
+        channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .ok()
+            .flatten()
     })
     .await
 }
