@@ -22,6 +22,7 @@ pub mod consume;
 pub mod database;
 pub mod inbox;
 pub mod message;
+pub mod metrics;
 pub mod ops;
 pub mod outbox;
 pub mod publish;

@@ -14,6 +14,9 @@ pub const PERSISTENT: u8 = 2;
 /// The kit's own attempt counter (1 on first publish). `x-death` counts are not used: their
 /// semantics changed between RabbitMQ versions.
 pub const ATTEMPT_HEADER: &str = "x-attempt";
+/// When the message was created (the outbox row), in milliseconds since the Unix epoch: the
+/// AMQP `timestamp` has only seconds, too coarse for end-to-end latency.
+pub const CREATED_AT_HEADER: &str = "x-created-at-ms";
 
 /// A message ready to publish, with everything the contract requires.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +79,10 @@ impl OutgoingMessage {
         headers.insert(
             ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
+        headers.insert(
+            CREATED_AT_HEADER.into(),
+            AMQPValue::LongLongInt(self.created_at.timestamp_millis()),
         );
         let timestamp = u64::try_from(self.created_at.timestamp()).unwrap_or_default();
         BasicProperties::default()

@@ -2,7 +2,6 @@
 //! `/readyz` (database and broker usable; 503 with the reasons when not) and `/metrics`
 //! (Prometheus text format).
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,8 @@ use crate::outbox::RelayStats;
 #[derive(Clone, Debug, Default)]
 pub struct OpsState {
     pool: Option<PgPool>,
+    /// The service whose outbox backlog `/metrics` reports, once it runs a relay.
+    outbox_of: Option<String>,
     relays: Vec<Arc<RelayStats>>,
     consumers: Vec<(String, Arc<ConsumerStats>)>,
 }
@@ -34,8 +35,9 @@ impl OpsState {
         }
     }
 
-    /// Include an outbox relay.
-    pub fn with_relay(mut self, stats: Arc<RelayStats>) -> Self {
+    /// Include the outbox relay of `service`.
+    pub fn with_relay(mut self, service: impl Into<String>, stats: Arc<RelayStats>) -> Self {
+        self.outbox_of = Some(service.into());
         self.relays.push(stats);
         self
     }
@@ -95,78 +97,23 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
+    let metrics = crate::metrics::metrics();
+    // The backlog is read from the database at scrape time, so it is right even while the
+    // relay is stuck (broker away) and therefore not updating anything.
     if let Some(pool) = &state.pool
-        && !state.relays.is_empty()
-        && let Ok(backlog) = crate::outbox::backlog(pool).await
+        && let Some(service) = &state.outbox_of
     {
-        metric(
-            "msgkit_outbox_pending",
-            "Outbox rows not yet published.",
-            "gauge",
-            &[(String::new(), backlog.pending as f64)],
-        );
-        metric(
-            "msgkit_outbox_failing",
-            "Unpublished outbox rows whose last publish was refused by the broker.",
-            "gauge",
-            &[(String::new(), backlog.failing as f64)],
-        );
-        metric(
-            "msgkit_outbox_oldest_pending_age_seconds",
-            "Age of the oldest unpublished outbox row.",
-            "gauge",
-            &[(String::new(), backlog.oldest_pending_age.as_secs_f64())],
-        );
-    }
-    let relays = |f: fn(&RelayStats) -> u64| -> Vec<(String, f64)> {
-        vec![(
-            String::new(),
-            state.relays.iter().map(|r| f(r) as f64).sum(),
-        )]
-    };
-    if !state.relays.is_empty() {
-        metric(
-            "msgkit_relay_published_total",
-            "Messages published and confirmed by the outbox relay.",
-            "counter",
-            &relays(RelayStats::published),
-        );
-        metric(
-            "msgkit_relay_refused_total",
-            "Publishes refused by the broker (unroutable or nacked).",
-            "counter",
-            &relays(RelayStats::failed),
-        );
-    }
-    let mut consumed = Vec::new();
-    for (queue, stats) in &state.consumers {
-        for (outcome, value) in [
-            ("ack", stats.handled()),
-            ("duplicate", stats.duplicates()),
-            ("retry", stats.retried()),
-            ("dead_letter", stats.dead_lettered()),
-            ("poison", stats.poison()),
-        ] {
-            consumed.push((
-                format!("{{queue=\"{queue}\",outcome=\"{outcome}\"}}"),
-                value as f64,
-            ));
+        match tokio::time::timeout(Duration::from_secs(2), crate::outbox::backlog(pool)).await {
+            Ok(Ok(backlog)) => metrics.set_backlog(service, &backlog),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot read the outbox backlog"),
+            Err(_) => tracing::warn!("reading the outbox backlog timed out"),
         }
     }
-    if !consumed.is_empty() {
-        metric(
-            "msgkit_consumed_total",
-            "Messages consumed, by queue and outcome.",
-            "counter",
-            &consumed,
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
 }

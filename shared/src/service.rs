@@ -178,7 +178,9 @@ impl Service {
             self.topology.clone(),
             config,
         );
-        self.ops = self.ops.with_relay(relay.stats());
+        self.ops = self
+            .ops
+            .with_relay(self.settings.name.clone(), relay.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(relay.run(shutdown))));
         self
@@ -244,7 +246,12 @@ impl Service {
         for task in self.tasks {
             shutdown.spawn(task(shutdown.child()));
         }
-        let app = self.routes.merge(ops::router(self.ops));
+        let app = self
+            .routes
+            .merge(ops::router(self.ops))
+            .route_layer(axum::middleware::from_fn(
+                crate::telemetry::http::trace_request,
+            ));
         let addr = self.listener.local_addr().map_err(ServiceError::Serve)?;
         tracing::info!(service = %self.settings.name, %addr, "listening");
         let stop = shutdown.clone();

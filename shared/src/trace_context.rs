@@ -54,6 +54,25 @@ impl TraceParent {
             .unwrap_or_else(Self::new_root)
     }
 
+    /// A context from its raw parts (ids as bytes, W3C flags).
+    pub fn from_parts(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Self {
+        Self {
+            trace_id,
+            span_id,
+            flags,
+        }
+    }
+
+    /// The trace id's bytes.
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The span id's bytes.
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        self.span_id
+    }
+
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id(&self) -> String {
         hex(&self.trace_id)

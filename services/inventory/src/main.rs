@@ -3,7 +3,7 @@ use inventory::startup::{Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    msgkit::telemetry::init("inventory");
+    let _telemetry = msgkit::telemetry::init("inventory");
     let settings = Settings::from_env().context("reading configuration")?;
     let service = build(settings)
         .await

@@ -3,7 +3,7 @@ use notify::startup::{Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    msgkit::telemetry::init("notify");
+    let _telemetry = msgkit::telemetry::init("notify");
     let settings = Settings::from_env().context("reading configuration")?;
     let service = build(settings)
         .await

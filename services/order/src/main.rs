@@ -3,7 +3,7 @@ use order::startup::{Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    msgkit::telemetry::init("order");
+    let _telemetry = msgkit::telemetry::init("order");
     let settings = Settings::from_env().context("reading configuration")?;
     let service = build(settings)
         .await

@@ -3,7 +3,7 @@ use payment::startup::{Settings, build};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    msgkit::telemetry::init("payment");
+    let _telemetry = msgkit::telemetry::init("payment");
     let settings = Settings::from_env().context("reading configuration")?;
     let service = build(settings)
         .await

@@ -71,7 +71,7 @@ impl Saga {
     /// Start all four services.
     pub async fn start(options: SagaOptions) -> Self {
         // Service logs appear in a failing test's captured output (RUST_LOG to change).
-        msgkit::telemetry::init("saga-test");
+        let _ = msgkit::telemetry::init("saga-test");
         let db = TestDatabase::create().await;
         let broker = TestBroker::create().await;
         let retry = options.retry.clone().unwrap_or_else(fast_retry);

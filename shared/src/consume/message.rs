@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::handler::{FailureKind, HandlerError};
-use crate::message::{ATTEMPT_HEADER, OutgoingMessage, header_i64, header_str};
+use crate::message::{ATTEMPT_HEADER, CREATED_AT_HEADER, OutgoingMessage, header_i64, header_str};
 use crate::outbox::OutboxMessage;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
@@ -131,22 +131,28 @@ impl IncomingMessage {
         HandlerError::poison(UnknownMessageType(self.message_type().to_owned()))
     }
 
-    /// A follow-up event about the same aggregate, continuing this message's trace, to enqueue
-    /// in the handler's transaction.
+    /// A follow-up event about the same aggregate, to enqueue in the handler's transaction
+    /// (where it continues this message's trace).
     pub fn follow_up(
         &self,
         message_type: &str,
         payload: &impl Serialize,
     ) -> Result<OutboxMessage, HandlerError> {
         let aggregate = self.correlation_id().unwrap_or_default();
-        let event = OutboxMessage::event(message_type, aggregate, payload).map_err(|e| {
-            HandlerError::new(FailureKind::Poison, "serde_json::Error", e.to_string())
-        })?;
-        let trace = self
-            .trace()
-            .map(|parent| parent.child())
-            .unwrap_or_else(TraceParent::new_root);
-        Ok(event.with_trace(&trace))
+        OutboxMessage::event(message_type, aggregate, payload)
+            .map_err(|e| HandlerError::new(FailureKind::Poison, "serde_json::Error", e.to_string()))
+    }
+
+    /// When the message was first created (`x-created-at-ms`, else the AMQP timestamp).
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        header_i64(&self.properties, CREATED_AT_HEADER)
+            .and_then(|millis| Utc.timestamp_millis_opt(millis).single())
+            .or_else(|| {
+                self.properties
+                    .timestamp()
+                    .and_then(|secs| i64::try_from(secs).ok())
+                    .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
+            })
     }
 
     /// When a delayed retry of this message is due, if it is one.
@@ -176,11 +182,7 @@ impl IncomingMessage {
                     .collect()
             })
             .unwrap_or_default();
-        let created_at = props
-            .timestamp()
-            .and_then(|secs| i64::try_from(secs).ok())
-            .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
-            .unwrap_or_else(Utc::now);
+        let created_at = self.created_at().unwrap_or_else(Utc::now);
         let text = |v: &Option<lapin::types::ShortString>| {
             v.as_ref().map(|v| v.to_string()).unwrap_or_default()
         };

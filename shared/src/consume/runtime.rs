@@ -13,6 +13,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::dead_letter::{
     FailureReason, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY, failure_headers,
@@ -24,8 +25,10 @@ use super::retry::RetryPolicy;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::config::{ConfigError, env_parse};
 use crate::inbox;
+use crate::metrics::metrics;
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
+use crate::telemetry::context;
 use crate::topology::{DELAY_TIER_BASE, Topology, delay_tier_for, delay_tier_name};
 
 /// How long a consumer keeps retrying to open a database transaction for a message before it
@@ -213,9 +216,10 @@ impl<H: Handler> Consumer<H> {
             };
             if sessions > 0 {
                 this.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                metrics().reconnected(&this.component());
             }
             sessions += 1;
-            this.stats.connected.store(true, Ordering::Relaxed);
+            this.set_connected(true);
             tracing::info!(
                 prefetch = this.config.prefetch,
                 concurrency = this.config.concurrency,
@@ -223,7 +227,7 @@ impl<H: Handler> Consumer<H> {
             );
             let started = Instant::now();
             Arc::clone(&this).consume(session, &shutdown).await;
-            this.stats.connected.store(false, Ordering::Relaxed);
+            this.set_connected(false);
             if shutdown.is_triggered() {
                 break;
             }
@@ -239,6 +243,15 @@ impl<H: Handler> Consumer<H> {
             }
         }
         tracing::info!("consumer stopped");
+    }
+
+    fn component(&self) -> String {
+        format!("{}/consumer", self.config.name)
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.stats.connected.store(connected, Ordering::Relaxed);
+        metrics().set_connected(&self.component(), connected);
     }
 
     async fn open_session(&self, shutdown: &Shutdown) -> Option<Session> {
@@ -377,21 +390,65 @@ impl<H: Handler> Consumer<H> {
             properties: delivery.properties.clone(),
             body: delivery.data.clone(),
         };
-        let Some(settled) = self.process(&message, publisher).await? else {
+        let queue = self.config.queue.as_str();
+        // ERROR level, so that a quiet RUST_LOG never disables the span that carries the trace
+        // ids of the handler's log lines and the parent of its outgoing messages.
+        let span = tracing::error_span!(
+            "process",
+            otel.name = format!("{queue} process"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = %queue,
+            messaging.rabbitmq.destination.routing_key = %message.routing_key(),
+            messaging.message.id = message.message_id().unwrap_or_default(),
+            messaging.message.conversation_id = message.correlation_id().unwrap_or_default(),
+            messaging.message.type = message.message_type(),
+            msgkit.attempt = message.attempt(),
+            msgkit.outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let trace = context::continue_trace(&span, message.trace());
+        let started = Instant::now();
+        let processed = context::scope(
+            trace,
+            self.process(&message, publisher).instrument(span.clone()),
+        )
+        .await;
+        let Some(settled) = processed? else {
             return Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE));
         };
         delivery
             .ack(BasicAckOptions::default())
             .await
             .map_err(BrokerError::operation("basic.ack"))?;
-        let counter = match settled {
-            Settled::Handled => &self.stats.handled,
-            Settled::Duplicate => &self.stats.duplicates,
-            Settled::Deferred => &self.stats.deferred,
-            Settled::Retried => &self.stats.retried,
-            Settled::DeadLettered(FailureReason::Poison) => &self.stats.poison,
-            Settled::DeadLettered(FailureReason::RetriesExhausted) => &self.stats.dead_lettered,
+        let metrics = metrics();
+        metrics.handler_duration(queue, started.elapsed());
+        if settled == Settled::Handled
+            && let Some(created) = message.created_at()
+        {
+            metrics.end_to_end(queue, (Utc::now() - created).to_std().unwrap_or_default());
+        }
+        let (counter, outcome) = match settled {
+            Settled::Handled => (&self.stats.handled, "ack"),
+            Settled::Duplicate => (&self.stats.duplicates, "duplicate"),
+            Settled::Deferred => (&self.stats.deferred, "deferred"),
+            Settled::Retried => (&self.stats.retried, "retry"),
+            Settled::DeadLettered(FailureReason::Poison) => (&self.stats.poison, "poison"),
+            Settled::DeadLettered(FailureReason::RetriesExhausted) => {
+                (&self.stats.dead_lettered, "dead_letter")
+            }
         };
+        span.record("msgkit.outcome", outcome);
+        if !matches!(
+            settled,
+            Settled::Handled | Settled::Duplicate | Settled::Deferred
+        ) {
+            span.record("otel.status_code", "error");
+        }
+        metrics.consumed(queue, outcome);
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -408,7 +465,7 @@ impl<H: Handler> Consumer<H> {
             let remaining = (due - Utc::now()).to_std().unwrap_or_default();
             if let Some(tier) = delay_tier_for(remaining) {
                 let onward = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
-                self.publish_confirmed(publisher, &onward).await?;
+                self.publish_confirmed(publisher, &onward, "retry").await?;
                 return Ok(Some(Settled::Deferred));
             }
         }
@@ -533,7 +590,7 @@ impl<H: Handler> Consumer<H> {
             due.timestamp_millis().to_string(),
         );
         self.remember_origin(message, &mut retry);
-        self.publish_confirmed(publisher, &retry).await?;
+        self.publish_confirmed(publisher, &retry, "retry").await?;
         Ok(Settled::Retried)
     }
 
@@ -551,7 +608,8 @@ impl<H: Handler> Consumer<H> {
         for (name, value) in failure_headers(reason, error, &self.config.service) {
             dead.headers.insert(name.to_owned(), value);
         }
-        self.publish_confirmed(publisher, &dead).await?;
+        self.publish_confirmed(publisher, &dead, "dead_letter")
+            .await?;
         Ok(Settled::DeadLettered(reason))
     }
 
@@ -577,8 +635,11 @@ impl<H: Handler> Consumer<H> {
         &self,
         publisher: &ConfirmedPublisher,
         message: &crate::message::OutgoingMessage,
+        purpose: &'static str,
     ) -> Result<(), BrokerError> {
+        let started = Instant::now();
         let outcome = publisher.publish(message).await?;
+        metrics().confirm(purpose, started.elapsed());
         match outcome.failure_reason() {
             None => Ok(()),
             Some(reason) => Err(BrokerError::Refused {

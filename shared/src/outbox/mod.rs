@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::topology::EVENTS_EXCHANGE;
@@ -85,7 +86,8 @@ impl OutboxMessage {
         self
     }
 
-    /// Carry the trace of the work that wrote this message.
+    /// Continue this trace instead of the current one (by default [`enqueue`] continues the
+    /// trace of the request or message being handled).
     pub fn with_trace(self, trace: &TraceParent) -> Self {
         self.with_header(TRACEPARENT, trace.to_string())
     }
@@ -105,11 +107,37 @@ impl OutboxMessage {
 /// Write `message` to the outbox inside the caller's transaction. Call it after the state
 /// change it reports (which locks the aggregate's row), so that events of one aggregate are
 /// numbered in commit order.
-#[tracing::instrument(skip_all, fields(message_id = %message.id, message_type = %message.message_type))]
+///
+/// The message carries the trace of the work that writes it (the HTTP request, the message
+/// being handled) through a `create` span, unless [`OutboxMessage::with_trace`] named a
+/// parent explicitly.
 pub async fn enqueue(
     conn: &mut PgConnection,
     message: &OutboxMessage,
 ) -> Result<Uuid, OutboxError> {
-    store::insert(conn, message).await?;
+    let span = tracing::info_span!(
+        "create",
+        otel.name = format!("{} create", message.message_type),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "create",
+        messaging.destination.name = %message.exchange,
+        messaging.rabbitmq.destination.routing_key = %message.routing_key,
+        messaging.message.id = %message.id,
+        messaging.message.conversation_id = %message.aggregate_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let parent = message
+        .headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.parse::<TraceParent>().ok())
+        .or_else(crate::telemetry::context::current);
+    let trace = crate::telemetry::context::continue_trace(&span, parent);
+    let mut message = message.clone();
+    message
+        .headers
+        .insert(TRACEPARENT.to_owned(), trace.to_string());
+    store::insert(conn, &message).instrument(span).await?;
     Ok(message.id)
 }

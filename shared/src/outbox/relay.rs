@@ -20,6 +20,7 @@ use crate::message::OutgoingMessage;
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
+use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// How the relay batches, polls, retries and cleans up.
 #[derive(Clone, Debug)]
@@ -174,6 +175,7 @@ impl OutboxRelay {
         let mut publisher: Option<ConfirmedPublisher> = None;
         let mut db_delays = self.broker.reconnect_backoff();
         let mut last_cleanup: Option<Instant> = None;
+        let mut opened_before = false;
         tracing::info!(broker = %self.broker.redacted_url(), "outbox relay started");
 
         while !shutdown.is_triggered() {
@@ -186,14 +188,20 @@ impl OutboxRelay {
                     if let Some(stale) = stale {
                         stale.close().await;
                     }
-                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.set_connected(false);
                     match self.open_publisher(&shutdown).await {
-                        Some(p) => p,
+                        Some(p) => {
+                            if opened_before {
+                                crate::metrics::metrics().reconnected(&self.component());
+                            }
+                            opened_before = true;
+                            p
+                        }
                         None => break,
                     }
                 }
             };
-            self.stats.connected.store(true, Ordering::Relaxed);
+            self.set_connected(true);
 
             match self.relay_batch(&active).await {
                 Ok(report) => {
@@ -208,7 +216,7 @@ impl OutboxRelay {
                 }
                 Err(RelayError::Broker(error)) => {
                     self.stats.broker_errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.set_connected(false);
                     tracing::warn!(%error, "outbox batch abandoned; reconnecting");
                     active.close().await;
                 }
@@ -226,7 +234,7 @@ impl OutboxRelay {
         if let Some(publisher) = publisher {
             publisher.close().await;
         }
-        self.stats.connected.store(false, Ordering::Relaxed);
+        self.set_connected(false);
         tracing::info!("outbox relay stopped");
     }
 
@@ -241,10 +249,20 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(BatchReport::default());
         }
-        let messages: Vec<OutgoingMessage> = rows.iter().map(|row| self.outgoing(row)).collect();
+        let mut messages: Vec<OutgoingMessage> =
+            rows.iter().map(|row| self.outgoing(row)).collect();
+        let spans: Vec<tracing::Span> = messages.iter_mut().map(publish_span).collect();
+        let started = Instant::now();
         // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
         // and unlocked, and are claimed again after reconnecting.
         let outcomes = publisher.publish_batch(&messages).await?;
+        crate::metrics::metrics().confirm("relay", started.elapsed());
+        for (span, outcome) in spans.iter().zip(&outcomes) {
+            if let Some(reason) = outcome.failure_reason() {
+                span.record("otel.status_code", "error");
+                span.record("otel.status_description", reason.as_str());
+            }
+        }
 
         let mut published = Vec::with_capacity(rows.len());
         let mut failed = Vec::new();
@@ -274,6 +292,11 @@ impl OutboxRelay {
         // a duplicate, never a loss. Consumers deduplicate by message_id.
         tx.commit().await?;
 
+        crate::metrics::metrics().relayed(
+            &self.config.app_id,
+            published.len() as u64,
+            failed.len() as u64,
+        );
         self.stats
             .published
             .fetch_add(published.len() as u64, Ordering::Relaxed);
@@ -310,6 +333,15 @@ impl OutboxRelay {
             headers,
             attempt: 1,
         }
+    }
+
+    fn component(&self) -> String {
+        format!("{}/relay", self.config.app_id)
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.stats.connected.store(connected, Ordering::Relaxed);
+        crate::metrics::metrics().set_connected(&self.component(), connected);
     }
 
     async fn open_publisher(&self, shutdown: &Shutdown) -> Option<ConfirmedPublisher> {
@@ -386,6 +418,35 @@ impl OutboxRelay {
             Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
         }
     }
+}
+
+/// A `publish` span for `message`, continuing the trace of the work that wrote it; the message
+/// then carries the span's context, so consumers become its children.
+fn publish_span(message: &mut OutgoingMessage) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("{} publish", message.message_type),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.destination.name = %message.exchange,
+        messaging.rabbitmq.destination.routing_key = %message.routing_key,
+        messaging.message.id = %message.message_id,
+        messaging.message.conversation_id = %message.correlation_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let parent = message
+        .headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.parse::<TraceParent>().ok());
+    let trace = crate::telemetry::context::continue_trace(&span, parent);
+    message
+        .headers
+        .insert(TRACEPARENT.to_owned(), trace.to_string());
+    span
 }
 
 #[cfg(test)]

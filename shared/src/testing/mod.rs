@@ -11,11 +11,13 @@
 mod broker;
 mod database;
 mod proxy;
+mod scrape;
 mod wait;
 
 pub use broker::{Probe, TestBroker};
 pub use database::TestDatabase;
 pub use proxy::TcpProxy;
+pub use scrape::{metric_value, scrape};
 pub use wait::{wait_until, wait_until_async};
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -40,8 +40,9 @@ pub async fn place_order(
     let request: PlaceOrderRequest = deserialize(&raw).map_err(ApiError::Invalid)?;
     let order = NewOrder::try_from(&request).map_err(ApiError::Invalid)?;
     let key = IdempotencyKey::from_headers(&headers)?;
-    let trace =
-        TraceParent::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    // The request's span continues an incoming traceparent (the kit's HTTP middleware), and
+    // the event continues the request.
+    let trace = msgkit::telemetry::context::current().unwrap_or_else(TraceParent::new_root);
 
     if let Some(key) = &key {
         let mut conn = state.pool.acquire().await?;
@@ -66,8 +67,7 @@ pub async fn place_order(
         placed_at: Utc::now(),
     };
     let message = OutboxMessage::event(event_type::ORDER_PLACED, order_id.to_string(), &event)
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .with_trace(&trace);
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let response = SavedResponse {
         status: StatusCode::ACCEPTED,
         body: json!({"order_id": order_id, "status": "pending"}),

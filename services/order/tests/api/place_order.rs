@@ -135,14 +135,10 @@ async fn health_and_readiness_answer() {
         (response.status() == 200).then_some(())
     })
     .await;
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("msgkit_outbox_pending 0"), "{metrics}");
+    let metrics = msgkit::testing::scrape(&app.client, &app.address).await;
+    assert_eq!(
+        msgkit::testing::metric_value(&metrics, "msgkit_outbox_pending", &[("service", "order")]),
+        Some(0.0),
+        "{metrics}"
+    );
 }

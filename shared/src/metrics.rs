@@ -1,0 +1,202 @@
+//! The kit's Prometheus metrics: one registry per process, rendered by every service's
+//! `/metrics` (see `docs/observability.md` for what each means).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type One = [(&'static str, String); 1];
+type Two = [(&'static str, String); 2];
+
+/// 1 ms to about 33 s, doubling.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The kit's metric families.
+pub struct Metrics {
+    registry: Registry,
+    consumed: Family<Two, Counter>,
+    handler_duration: Family<One, Histogram, fn() -> Histogram>,
+    end_to_end: Family<One, Histogram, fn() -> Histogram>,
+    confirm: Family<One, Histogram, fn() -> Histogram>,
+    relay_published: Family<One, Counter>,
+    relay_refused: Family<One, Counter>,
+    reconnects: Family<One, Counter>,
+    connected: Family<One, Gauge>,
+    outbox_pending: Family<One, Gauge>,
+    outbox_failing: Family<One, Gauge>,
+    outbox_oldest_age: Family<One, Gauge<f64, AtomicU64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("msgkit");
+        let metrics = Self {
+            consumed: Family::default(),
+            handler_duration: Family::new_with_constructor(seconds),
+            end_to_end: Family::new_with_constructor(seconds),
+            confirm: Family::new_with_constructor(seconds),
+            relay_published: Family::default(),
+            relay_refused: Family::default(),
+            reconnects: Family::default(),
+            connected: Family::default(),
+            outbox_pending: Family::default(),
+            outbox_failing: Family::default(),
+            outbox_oldest_age: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "consumed",
+            "Messages consumed, by queue and outcome",
+            metrics.consumed.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time from delivery to settled (handler, transaction, republish)",
+            metrics.handler_duration.clone(),
+        );
+        registry.register(
+            "end_to_end_latency_seconds",
+            "Time from the outbox row's creation to the end of its handling",
+            metrics.end_to_end.clone(),
+        );
+        registry.register(
+            "publish_confirm_seconds",
+            "Time from publishing to the broker's confirm, by publisher",
+            metrics.confirm.clone(),
+        );
+        registry.register(
+            "relay_published",
+            "Messages the outbox relay published and the broker confirmed",
+            metrics.relay_published.clone(),
+        );
+        registry.register(
+            "relay_refused",
+            "Publishes refused by the broker (unroutable or nacked), kept in the outbox for retry",
+            metrics.relay_refused.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Broker sessions re-opened after a failure, by component",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while the component holds a broker connection",
+            metrics.connected.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Outbox rows not yet published",
+            metrics.outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_failing",
+            "Unpublished outbox rows whose last publish the broker refused",
+            metrics.outbox_failing.clone(),
+        );
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest unpublished outbox row",
+            metrics.outbox_oldest_age.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// A message of `queue` settled with `outcome` (ack, retry, dead_letter, duplicate,
+    /// poison, deferred).
+    pub fn consumed(&self, queue: &str, outcome: &'static str) {
+        self.consumed
+            .get_or_create(&[("queue", queue.to_owned()), ("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// How long settling one delivery of `queue` took.
+    pub fn handler_duration(&self, queue: &str, took: Duration) {
+        self.handler_duration
+            .get_or_create(&[("queue", queue.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// From the message's creation to the end of its handling in `queue`.
+    pub fn end_to_end(&self, queue: &str, took: Duration) {
+        self.end_to_end
+            .get_or_create(&[("queue", queue.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// How long `publisher` (relay, retry, dead_letter) waited for a confirm.
+    pub fn confirm(&self, publisher: &'static str, took: Duration) {
+        self.confirm
+            .get_or_create(&[("publisher", publisher.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The relay of `service` published `published` and had `refused` refused.
+    pub fn relayed(&self, service: &str, published: u64, refused: u64) {
+        let labels = [("service", service.to_owned())];
+        self.relay_published
+            .get_or_create(&labels)
+            .inc_by(published);
+        self.relay_refused.get_or_create(&labels).inc_by(refused);
+    }
+
+    /// `component` (e.g. `order/relay`, `inventory/consumer`) re-opened its broker session.
+    pub fn reconnected(&self, component: &str) {
+        self.reconnects
+            .get_or_create(&[("component", component.to_owned())])
+            .inc();
+    }
+
+    /// Whether `component` holds a broker connection.
+    pub fn set_connected(&self, component: &str, connected: bool) {
+        self.connected
+            .get_or_create(&[("component", component.to_owned())])
+            .set(i64::from(connected));
+    }
+
+    /// The outbox backlog of `service`, read at scrape time.
+    pub fn set_backlog(&self, service: &str, backlog: &crate::outbox::Backlog) {
+        let labels = [("service", service.to_owned())];
+        self.outbox_pending
+            .get_or_create(&labels)
+            .set(backlog.pending);
+        self.outbox_failing
+            .get_or_create(&labels)
+            .set(backlog.failing);
+        self.outbox_oldest_age
+            .get_or_create(&labels)
+            .set(backlog.oldest_pending_age.as_secs_f64());
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

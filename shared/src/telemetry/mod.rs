@@ -1,0 +1,123 @@
+//! Logs and traces for every service, set up in one call.
+//!
+//! - Logs: `RUST_LOG` filtering (default `info`), `LOG_FORMAT=json` for one JSON object per
+//!   line. Lines inside a request or a message carry its `trace_id` and `span_id`.
+//! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are exported over OTLP/HTTP
+//!   (batched, from a thread of the SDK's). When it is not, no tracing pipeline exists at all:
+//!   the W3C trace context is still carried from hop to hop ([`context`]) so that logs and a
+//!   later-enabled collector see one trace per order.
+
+pub mod context;
+pub mod http;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter::LevelFilter};
+
+/// Keeps the trace pipeline alive; dropping it flushes and shuts the exporter down. Hold it
+/// in `main` for the life of the process.
+#[must_use = "dropping the guard shuts tracing down"]
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Export every finished span now.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Install logging, and OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call once,
+/// first thing in `main`; later calls change nothing.
+pub fn init(service: &str) -> TelemetryGuard {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+    if endpoint.trim().is_empty() {
+        install(service, None::<opentelemetry_otlp::SpanExporter>)
+    } else {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => install(service, Some(exporter)),
+            Err(error) => {
+                let guard = install(service, None::<opentelemetry_otlp::SpanExporter>);
+                tracing::error!(%error, "cannot build the OTLP exporter; traces are not exported");
+                guard
+            }
+        }
+    }
+}
+
+/// [`init`] with a given span exporter (tests use the SDK's in-memory exporter: the layers,
+/// the batch processor and the propagation are the same as with OTLP).
+pub fn init_with_exporter<E: SpanExporter + 'static>(service: &str, exporter: E) -> TelemetryGuard {
+    install(service, Some(exporter))
+}
+
+fn install<E: SpanExporter + 'static>(service: &str, exporter: Option<E>) -> TelemetryGuard {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    } else {
+        // Colours only for a terminal: piped output (make run's prefixes, files) stays plain.
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed()
+    }
+    .with_filter(filter);
+
+    let provider = exporter.map(|exporter| {
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(service.to_owned())
+                    .build(),
+            )
+            .build()
+    });
+    // The span pipeline has its own level filter, so that `RUST_LOG=warn` quiets the logs
+    // without cutting traces into pieces.
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("msgkit"))
+            .with_filter(LevelFilter::INFO)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if installed {
+        context::set_otel_enabled(provider.is_some());
+        tracing::debug!(
+            service,
+            tracing = provider.is_some(),
+            "telemetry initialised"
+        );
+        TelemetryGuard { provider }
+    } else {
+        TelemetryGuard::default()
+    }
+}
