@@ -77,7 +77,7 @@ fn install<E: SpanExporter + 'static>(service: &str, exporter: Option<E>) -> Tel
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .boxed()
     } else {
         // Colours only for a terminal: piped output (make run's prefixes, files) stays plain.

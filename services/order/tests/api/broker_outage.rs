@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 
+use msgkit::testing::metric_value;
 use serde_json::Value;
 
 use crate::helpers::{DEADLINE, correlation_ids, spawn_app, spawn_app_behind_proxy, valid_order};
@@ -33,6 +34,30 @@ async fn orders_are_accepted_while_the_broker_is_unreachable_and_all_published_w
         msgkit::outbox::backlog(&app.pool).await.unwrap().pending,
         25
     );
+    let during = msgkit::testing::scrape(&app.client, &app.address).await;
+    let pending = |text: &str| metric_value(text, "msgkit_outbox_pending", &[("service", "order")]);
+    assert_eq!(
+        pending(&during),
+        Some(25.0),
+        "the backlog gauge rises while the broker is away"
+    );
+    assert!(
+        metric_value(
+            &during,
+            "msgkit_outbox_oldest_pending_age_seconds",
+            &[("service", "order")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        metric_value(
+            &during,
+            "msgkit_broker_connected",
+            &[("component", "order/relay")]
+        ),
+        Some(0.0)
+    );
 
     proxy.restore();
     let received = probe
@@ -43,8 +68,20 @@ async fn orders_are_accepted_while_the_broker_is_unreachable_and_all_published_w
         )
         .await;
     assert!(correlation_ids(&received).is_superset(&accepted));
-    msgkit::testing::wait_until_async("the outbox to drain", DEADLINE, || async {
-        (msgkit::outbox::backlog(&app.pool).await.ok()?.pending == 0).then_some(())
+    msgkit::testing::wait_until_async("the backlog gauge to fall to zero", DEADLINE, || async {
+        let after = msgkit::testing::scrape(&app.client, &app.address).await;
+        (pending(&after) == Some(0.0)).then_some(())
+    })
+    .await;
+    // Ready again, without a restart.
+    msgkit::testing::wait_until_async("/readyz to report ready again", DEADLINE, || async {
+        let response = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
     })
     .await;
 }

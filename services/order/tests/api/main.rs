@@ -6,5 +6,6 @@ mod broker_outage;
 mod crash_recovery;
 mod helpers;
 mod idempotency;
+mod logs;
 mod place_order;
 mod validation;
