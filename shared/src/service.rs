@@ -243,8 +243,10 @@ impl Service {
     /// Run everything until `shutdown`; then stop taking requests and deliveries, finish what
     /// is in flight, and return once every task has ended.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        // This service's own tasks, so that stopping it waits for them and nothing else.
+        let shutdown = shutdown.child();
         for task in self.tasks {
-            shutdown.spawn(task(shutdown.child()));
+            shutdown.spawn(task(shutdown.clone()));
         }
         let app = self
             .routes

@@ -38,11 +38,12 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
-    /// A child signal: triggered with this one, or on its own (to stop one component).
+    /// A child: triggered with this one, or on its own (to stop one component), with its own
+    /// set of tasks, so that waiting for a component's tasks does not wait for its siblings'.
     pub fn child(&self) -> Self {
         Self {
             token: self.token.child_token(),
-            tasks: self.tasks.clone(),
+            tasks: TaskTracker::new(),
         }
     }
 

@@ -45,7 +45,13 @@ pub struct Saga {
     /// The notify schema.
     pub notify: PgPool,
     shutdown: Shutdown,
-    _db: TestDatabase,
+    /// The inventory service's own stop signal and task, to restart it alone.
+    inventory_run: Option<(
+        Shutdown,
+        tokio::task::JoinHandle<Result<(), msgkit::service::ServiceError>>,
+    )>,
+    retry: RetryPolicy,
+    db: TestDatabase,
 }
 
 fn fast_retry() -> RetryPolicy {
@@ -133,9 +139,11 @@ impl Saga {
         ]
         .map(Clone::clone);
         let shutdown = Shutdown::new();
-        for service in [order, inventory, payment_service, notify] {
+        for service in [order, payment_service, notify] {
             tokio::spawn(service.run_until_stopped(shutdown.clone()));
         }
+        let inventory_shutdown = shutdown.child();
+        let inventory_task = tokio::spawn(inventory.run_until_stopped(inventory_shutdown.clone()));
         let [orders, inventory, payment, notify] = pools;
         Self {
             api,
@@ -146,8 +154,44 @@ impl Saga {
             payment,
             notify,
             shutdown,
-            _db: db,
+            inventory_run: Some((inventory_shutdown, inventory_task)),
+            retry,
+            db,
         }
+    }
+
+    /// Stop the inventory service (gracefully) and start it again with other faults, as an
+    /// operator would after fixing a failing consumer.
+    pub async fn restart_inventory(&mut self, faults: Faults) {
+        if let Some((stop, task)) = self.inventory_run.take() {
+            stop.trigger();
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("inventory stops promptly")
+                .expect("inventory task")
+                .expect("inventory stopped cleanly");
+        }
+        let service = inventory::startup::build(inventory::startup::Settings {
+            service: service_settings(
+                "inventory",
+                "inventory",
+                &self.db,
+                self.broker.settings("inventory-test"),
+            ),
+            relay: fast_relay("inventory"),
+            consumer: ConsumerConfig {
+                faults,
+                retry: self.retry.clone(),
+                ..ConsumerConfig::new("inventory", "inventory")
+            },
+        })
+        .await
+        .expect("restart inventory");
+        // The stopped service closed its pool; read through the new one.
+        self.inventory = service.pool().clone();
+        let stop = self.shutdown.child();
+        let task = tokio::spawn(service.run_until_stopped(stop.clone()));
+        self.inventory_run = Some((stop, task));
     }
 
     /// Place an order; returns its id.

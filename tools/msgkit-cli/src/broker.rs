@@ -1,0 +1,115 @@
+//! Reaching the broker: AMQP for messages, the management API for listings.
+
+use std::time::Duration;
+
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde::Deserialize;
+
+use crate::CliError;
+
+/// Where the broker is.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    amqp_url: String,
+    vhost: String,
+    api: String,
+    api_user: String,
+    api_password: String,
+}
+
+/// A queue as the management API lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    #[serde(default)]
+    pub messages: u64,
+}
+
+impl BrokerConfig {
+    pub fn new(amqp_url: &str, management_url: &str) -> Result<Self, CliError> {
+        let uri: AMQPUri = amqp_url.parse().map_err(|error| {
+            CliError::Usage(format!(
+                "AMQP_URL {} is not a valid AMQP URL: {error}",
+                msgkit::config::redact_url(amqp_url)
+            ))
+        })?;
+        let user = &uri.authority.userinfo;
+        Ok(Self {
+            amqp_url: amqp_url.to_owned(),
+            vhost: uri.vhost.clone(),
+            api: management_url.trim_end_matches('/').to_owned(),
+            api_user: std::env::var("RABBITMQ_MANAGEMENT_USER")
+                .unwrap_or_else(|_| user.username.clone()),
+            api_password: std::env::var("RABBITMQ_MANAGEMENT_PASSWORD")
+                .unwrap_or_else(|_| user.password.clone()),
+        })
+    }
+
+    /// The vhost the commands work on.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// A channel on a fresh connection (kept alive by the returned connection).
+    pub async fn channel(&self) -> Result<(Connection, Channel), CliError> {
+        let properties = ConnectionProperties::default().with_connection_name("msgkit-cli".into());
+        let connection = Connection::connect(&self.amqp_url, properties)
+            .await
+            .map_err(|error| {
+                CliError::Unavailable(format!(
+                    "cannot connect to RabbitMQ at {}: {error}",
+                    msgkit::config::redact_url(&self.amqp_url)
+                ))
+            })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| CliError::Unavailable(format!("cannot open a channel: {error}")))?;
+        Ok((connection, channel))
+    }
+
+    /// Every queue of the vhost.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, CliError> {
+        let vhost = encode(&self.vhost);
+        let url = format!("{}/api/queues/{vhost}?columns=name,messages", self.api);
+        let response = reqwest::Client::new()
+            .get(&url)
+            .basic_auth(&self.api_user, Some(&self.api_password))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(|error| {
+                CliError::Unavailable(format!(
+                    "cannot reach the RabbitMQ management API at {}: {error}",
+                    self.api
+                ))
+            })?;
+        match response.status().as_u16() {
+            200 => response.json().await.map_err(|error| {
+                CliError::Other(anyhow::anyhow!("unexpected management API answer: {error}"))
+            }),
+            401 => Err(CliError::Unavailable(format!(
+                "the management API at {} refused the credentials (set RABBITMQ_MANAGEMENT_USER/PASSWORD)",
+                self.api
+            ))),
+            404 => Err(CliError::NotFound(format!("no vhost {:?}", self.vhost))),
+            status => Err(CliError::Unavailable(format!(
+                "the management API answered {status}"
+            ))),
+        }
+    }
+}
+
+/// Percent-encode a path segment.
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,103 @@
+//! `msgkit`: the operator CLI of the messaging kit.
+//!
+//! Configured like the services: `AMQP_URL` (broker and vhost), and for the management API
+//! `RABBITMQ_MANAGEMENT_URL` (default `http://127.0.0.1:15672`) with the AMQP credentials
+//! unless `RABBITMQ_MANAGEMENT_USER` / `RABBITMQ_MANAGEMENT_PASSWORD` are set.
+//!
+//! Exit codes (sysexits): 0 done, 64 bad usage or filter, 66 no such queue or message,
+//! 69 broker unreachable, 70 anything else.
+
+mod broker;
+mod dlq;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::broker::BrokerConfig;
+
+/// Operate a msgkit deployment.
+#[derive(Debug, Parser)]
+#[command(name = "msgkit", version, about)]
+struct Cli {
+    /// Broker URL, vhost included.
+    #[arg(long, env = "AMQP_URL", default_value = msgkit::broker::DEFAULT_AMQP_URL, hide_env_values = true, global = true)]
+    amqp_url: String,
+    /// RabbitMQ management API.
+    #[arg(
+        long,
+        env = "RABBITMQ_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672",
+        global = true
+    )]
+    management_url: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect, replay and purge dead-lettered messages.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments or filter.
+    #[error("{0}")]
+    Usage(String),
+    /// The queue or message does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The broker or its management API cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 64,
+            Self::NotFound(_) => 66,
+            Self::Unavailable(_) => 69,
+            Self::Other(_) => 70,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match BrokerConfig::new(&cli.amqp_url, &cli.management_url) {
+        Ok(broker) => match cli.command {
+            Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,
+        },
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("msgkit: {error:#}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
