@@ -18,6 +18,7 @@ stack-down: ## Stop RabbitMQ and PostgreSQL
 
 test: ## Start the stack, then run every test in the workspace
 	scripts/stack.sh up
+	scripts/ui-deps.sh
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace --no-fail-fast"; \
 		cargo nextest run --workspace --no-fail-fast; \

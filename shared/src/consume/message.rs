@@ -172,6 +172,14 @@ impl IncomingMessage {
                 table
                     .inner()
                     .iter()
+                    // The broker's own dead-lettering records (a delay tier's expiry) describe
+                    // a hop, not the message: a republished copy starts without them.
+                    .filter(|(name, _)| {
+                        let name = name.as_str();
+                        !(name.starts_with("x-first-death-")
+                            || name.starts_with("x-last-death-")
+                            || name == "x-delivery-count")
+                    })
                     .filter_map(|(name, value)| match value {
                         AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes())
                             .ok()
