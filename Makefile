@@ -16,9 +16,12 @@ stack: ## Start RabbitMQ and PostgreSQL (installs them if missing; needs root th
 stack-down: ## Stop RabbitMQ and PostgreSQL
 	scripts/stack.sh down
 
-test: ## Start the stack, then run every test in the workspace
+test: ## Start the stack, run the quick chaos scenario, then every test in the workspace
 	scripts/stack.sh up
 	scripts/ui-deps.sh
+	cargo build --workspace --bins
+	@# Restarts RabbitMQ and PostgreSQL, so it runs alone, before the tests.
+	cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace --no-fail-fast"; \
 		cargo nextest run --workspace --no-fail-fast; \

@@ -24,6 +24,7 @@ fn seconds() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     consumed: Family<Two, Counter>,
+    redelivered: Family<One, Counter>,
     handler_duration: Family<One, Histogram, fn() -> Histogram>,
     end_to_end: Family<One, Histogram, fn() -> Histogram>,
     confirm: Family<One, Histogram, fn() -> Histogram>,
@@ -53,6 +54,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("msgkit");
         let metrics = Self {
             consumed: Family::default(),
+            redelivered: Family::default(),
             handler_duration: Family::new_with_constructor(seconds),
             end_to_end: Family::new_with_constructor(seconds),
             confirm: Family::new_with_constructor(seconds),
@@ -69,6 +71,11 @@ impl Metrics {
             "consumed",
             "Messages consumed, by queue and outcome",
             metrics.consumed.clone(),
+        );
+        registry.register(
+            "redelivered",
+            "Deliveries the broker redelivered (a consumer died or a channel closed before the ack)",
+            metrics.redelivered.clone(),
         );
         registry.register(
             "handler_duration_seconds",
@@ -131,6 +138,13 @@ impl Metrics {
     pub fn consumed(&self, queue: &str, outcome: &'static str) {
         self.consumed
             .get_or_create(&[("queue", queue.to_owned()), ("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// The broker redelivered a message of `queue`.
+    pub fn redelivered(&self, queue: &str) {
+        self.redelivered
+            .get_or_create(&[("queue", queue.to_owned())])
             .inc();
     }
 

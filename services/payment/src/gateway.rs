@@ -96,7 +96,9 @@ impl GatewaySimulator {
         amount_cents: i64,
     ) -> Result<ChargeOutcome, GatewayError> {
         tokio::time::sleep(self.settings.latency).await;
-        if self.settings.error_rate > 0.0 && random_unit() < self.settings.error_rate {
+        if self.settings.error_rate > 0.0
+            && msgkit::consume::random_unit() < self.settings.error_rate
+        {
             return Err(GatewayError::Unavailable);
         }
         let (outcome, reason) = if amount_cents > self.settings.decline_above_cents {
@@ -141,9 +143,4 @@ impl GatewaySimulator {
             }
         })
     }
-}
-
-/// A uniform number in [0, 1) (a simulator needs no better randomness).
-fn random_unit() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
 }

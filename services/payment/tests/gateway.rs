@@ -52,3 +52,24 @@ async fn an_unavailable_gateway_charges_nothing() {
         Err(GatewayError::Unavailable)
     ));
 }
+
+#[tokio::test]
+async fn an_error_rate_below_one_half_fails_about_that_share_of_calls() {
+    // Regression: the random draw was always in [0.5, 0.75), so rates below one half never
+    // fired (found by the chaos runner).
+    let (gateway, _db) = gateway(GatewaySettings {
+        error_rate: 0.3,
+        ..instant()
+    })
+    .await;
+    let mut failures = 0;
+    for n in 0..200 {
+        if gateway.charge(&format!("order-{n}"), 100).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert!(
+        (30..=90).contains(&failures),
+        "{failures} of 200 failed at rate 0.3"
+    );
+}

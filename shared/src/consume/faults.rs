@@ -7,6 +7,7 @@
 //! | `FAULT_FAIL_FIRST_ATTEMPTS` | the first N attempts of every message fail as transient |
 //! | `FAULT_DELAY_MS` | extra processing time per message |
 //! | `FAULT_POISON_MARKER` | a message whose body contains this text is poison |
+//! | `FAULT_ACK_BEFORE_COMMIT` | `1`: ack before handling — a deliberately broken consumer |
 //!
 //! A process that reads any of these logs a warning at start-up, so a forgotten setting in
 //! production is visible.
@@ -29,6 +30,10 @@ pub struct Faults {
     pub delay: Duration,
     /// Body text that makes a message poison.
     pub poison_marker: Option<String>,
+    /// Acknowledge each delivery before handling it: deliberately breaks the kit's guarantee
+    /// (a crash mid-handling loses the message), so that the chaos runner can prove it
+    /// catches a broken consumer. Never for production.
+    pub ack_before_commit: bool,
 }
 
 impl Faults {
@@ -40,6 +45,7 @@ impl Faults {
             fail_first_attempts: env_parse("FAULT_FAIL_FIRST_ATTEMPTS", 0)?,
             delay: env_millis("FAULT_DELAY_MS", Duration::ZERO)?,
             poison_marker: (!marker.is_empty()).then_some(marker),
+            ack_before_commit: env_parse("FAULT_ACK_BEFORE_COMMIT", 0u8)? == 1,
         };
         if faults.is_active() {
             tracing::warn!(?faults, "FAULT INJECTION IS ON");

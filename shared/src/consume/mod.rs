@@ -39,5 +39,5 @@ pub use dead_letter::{
 pub use faults::Faults;
 pub use handler::{FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, random_unit};
 pub use runtime::{Consumer, ConsumerConfig, ConsumerStats};

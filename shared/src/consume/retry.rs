@@ -74,9 +74,15 @@ impl RetryPolicy {
 
 /// A uniform number in [0, 1), from the v4 UUID generator's randomness (no extra dependency
 /// for jitter, which needs no cryptographic quality but must differ between processes).
-pub(crate) fn random_unit() -> f64 {
-    let bits = uuid::Uuid::new_v4().as_u128() as u64 >> 11;
-    bits as f64 / (1u64 << 53) as f64
+///
+/// Only the low 62 bits of a v4 UUID are random: bits 62-63 hold the variant (`10`) and
+/// bits 76-79 the version. (Taking the low 64 bits made every draw land in [0.5, 0.75): fault
+/// injection rates below one half never fired and jitter only ever lengthened delays, which
+/// the chaos runner exposed.)
+pub fn random_unit() -> f64 {
+    const RANDOM_BITS: u32 = 62;
+    let bits = (uuid::Uuid::new_v4().as_u128() as u64) & ((1u64 << RANDOM_BITS) - 1);
+    bits as f64 / (1u64 << RANDOM_BITS) as f64
 }
 
 #[cfg(test)]
@@ -114,5 +120,30 @@ mod tests {
                 .all(|d| *d >= Duration::from_millis(750) && *d <= Duration::from_millis(1250))
         );
         assert!(delays.iter().any(|d| *d != delays[0]));
+        assert!(
+            delays.iter().any(|d| *d < Duration::from_millis(950)),
+            "jitter shortens too"
+        );
+        assert!(
+            delays.iter().any(|d| *d > Duration::from_millis(1050)),
+            "jitter lengthens too"
+        );
+    }
+
+    #[test]
+    fn random_units_cover_the_whole_interval_evenly() {
+        let draws: Vec<f64> = (0..20_000).map(|_| random_unit()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
+        for decile in 0..10 {
+            let low = f64::from(decile) / 10.0;
+            let share = draws
+                .iter()
+                .filter(|u| **u >= low && **u < low + 0.1)
+                .count() as f64
+                / draws.len() as f64;
+            assert!((share - 0.1).abs() < 0.02, "decile {decile} holds {share}");
+        }
     }
 }

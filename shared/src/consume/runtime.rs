@@ -412,6 +412,13 @@ impl<H: Handler> Consumer<H> {
         );
         let trace = context::continue_trace(&span, message.trace());
         let started = Instant::now();
+        if self.config.faults.ack_before_commit {
+            // The deliberately broken consumer (see `Faults::ack_before_commit`).
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(BrokerError::operation("basic.ack"))?;
+        }
         let processed = context::scope(
             trace,
             self.process(&message, publisher).instrument(span.clone()),
@@ -420,10 +427,12 @@ impl<H: Handler> Consumer<H> {
         let Some(settled) = processed? else {
             return Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE));
         };
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(BrokerError::operation("basic.ack"))?;
+        if !self.config.faults.ack_before_commit {
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(BrokerError::operation("basic.ack"))?;
+        }
         let metrics = metrics();
         metrics.handler_duration(queue, started.elapsed());
         if settled == Settled::Handled
@@ -449,6 +458,9 @@ impl<H: Handler> Consumer<H> {
             span.record("otel.status_code", "error");
         }
         metrics.consumed(queue, outcome);
+        if message.redelivered() {
+            metrics.redelivered(queue);
+        }
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

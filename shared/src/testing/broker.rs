@@ -168,6 +168,23 @@ impl TestBroker {
         declared.map(|q| q.message_count())
     }
 
+    /// Ready and unacknowledged messages of `queue` per the management API (its statistics lag
+    /// by a few seconds), or `None` if it cannot say.
+    pub async fn queue_totals(&self, queue: &str) -> Option<(u64, u64)> {
+        let value = self
+            .api_call(
+                reqwest::Method::GET,
+                &format!("queues/{}/{}", self.vhost, urlencode(queue)),
+                None,
+            )
+            .await
+            .ok()?;
+        Some((
+            value["messages_ready"].as_u64().unwrap_or(0),
+            value["messages_unacknowledged"].as_u64().unwrap_or(0),
+        ))
+    }
+
     /// Open a connection to the vhost (panics on failure: test code).
     pub async fn connect(&self) -> Connection {
         self.settings("test")

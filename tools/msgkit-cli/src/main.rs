@@ -4,10 +4,11 @@
 //! `RABBITMQ_MANAGEMENT_URL` (default `http://127.0.0.1:15672`) with the AMQP credentials
 //! unless `RABBITMQ_MANAGEMENT_USER` / `RABBITMQ_MANAGEMENT_PASSWORD` are set.
 //!
-//! Exit codes (sysexits): 0 done, 64 bad usage or filter, 66 no such queue or message,
-//! 69 broker unreachable, 70 anything else.
+//! Exit codes: 0 done, 1 a chaos run found violations, and (sysexits) 64 bad usage or filter,
+//! 66 no such queue, message or scenario, 69 broker unreachable, 70 anything else.
 
 mod broker;
+mod chaos;
 mod dlq;
 mod table;
 
@@ -44,6 +45,9 @@ enum Command {
     /// Inspect, replay and purge dead-lettered messages.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Run the example services under load and faults, then check nothing was lost or applied
+    /// twice (exit 1 if something was).
+    Chaos(chaos::ChaosArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -58,6 +62,9 @@ pub enum CliError {
     /// The broker or its management API cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// A chaos run broke invariants (listed in its report).
+    #[error("{0} invariant violation(s)")]
+    Violations(usize),
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -66,6 +73,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
+            Self::Violations(_) => 1,
             Self::Usage(_) => 64,
             Self::NotFound(_) => 66,
             Self::Unavailable(_) => 69,
@@ -90,6 +98,7 @@ async fn main() -> ExitCode {
     let result = match BrokerConfig::new(&cli.amqp_url, &cli.management_url) {
         Ok(broker) => match cli.command {
             Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,
+            Command::Chaos(args) => chaos::run(args, cli.json).await,
         },
         Err(error) => Err(error),
     };

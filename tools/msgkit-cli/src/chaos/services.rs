@@ -1,0 +1,140 @@
+//! The four services as OS processes, and the shared infrastructure the faults act on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::CliError;
+
+/// One service process, restartable with the same settings.
+pub struct ServiceProcess {
+    pub name: &'static str,
+    pub port: u16,
+    binary: PathBuf,
+    env: BTreeMap<String, String>,
+    log: PathBuf,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+impl ServiceProcess {
+    pub fn new(
+        name: &'static str,
+        binary: PathBuf,
+        env: BTreeMap<String, String>,
+        log: PathBuf,
+        port: u16,
+    ) -> Self {
+        Self {
+            name,
+            port,
+            binary,
+            env,
+            log,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn start(&mut self) -> Result<(), CliError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| CliError::Other(anyhow::anyhow!("opening {}: {e}", self.log.display())))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| CliError::Other(anyhow::anyhow!("log file: {e}")))?;
+        let child = Command::new(&self.binary)
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                CliError::Other(anyhow::anyhow!("starting {}: {e}", self.binary.display()))
+            })?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM and wait (graceful shutdown), SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> Result<u16, CliError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| CliError::Other(anyhow::anyhow!("no free port: {e}")))
+}
+
+/// Run a fault command; its failure is the scenario's failure.
+pub async fn run_command(words: &[String]) -> Result<(), CliError> {
+    let (program, args) = words
+        .split_first()
+        .ok_or_else(|| CliError::Usage("an empty fault command".to_owned()))?;
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!("running {}: {e}", words.join(" "))))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(CliError::Other(anyhow::anyhow!(
+            "{} failed ({}): {}",
+            words.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// The installed PostgreSQL cluster version (`ls /etc/postgresql`).
+pub fn postgres_version() -> Option<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
