@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
 .DEFAULT_GOAL := help
-.PHONY: help stack stack-down test run fmt lint
+.PHONY: help stack stack-down test run fmt lint check-deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -22,6 +22,7 @@ test: ## Start the stack, run the quick chaos scenario, then every test in the w
 	cargo build --workspace --bins
 	@# Restarts RabbitMQ and PostgreSQL, so it runs alone, before the tests.
 	cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
+	scripts/check-deploy.sh
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace --no-fail-fast"; \
 		cargo nextest run --workspace --no-fail-fast; \
@@ -39,3 +40,7 @@ fmt: ## Format the code
 
 lint: ## Check formatting and clippy (warnings are errors)
 	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
+
+check-deploy: ## Validate Dockerfile, docker-compose.yml, RabbitMQ definitions, k8s/ and the dashboard
+	scripts/stack.sh up
+	scripts/check-deploy.sh

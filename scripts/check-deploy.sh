@@ -1,0 +1,1248 @@
+#!/usr/bin/env bash
+# Validate the deployment files: Dockerfile, docker-compose.yml, deploy/rabbitmq/,
+# k8s/ and the Grafana dashboard. Prints one line per check ("ok" or "FAIL") and exits non-zero
+# if any check failed.
+#
+#   scripts/check-deploy.sh
+#
+# Needs the local stack (scripts/stack.sh up): the RabbitMQ definitions are imported into a
+# throw-away virtual host of the local broker and exercised there over AMQP and HTTP. Everything
+# created there (vhosts, users) is deleted on exit, pass or fail. Python tools (check-jsonschema,
+# kubernetes-validate, pika, PyYAML) are installed once into a virtualenv under
+# ${XDG_CACHE_HOME:-~/.cache}/msgkit-deploy-venv.
+#
+# Environment: RABBITMQ_API (http://127.0.0.1:15672/api), RABBITMQ_API_USER / _PASSWORD
+# (guest / guest, an administrator), RABBITMQ_AMQP_HOST / _PORT (127.0.0.1 / 5672),
+# K8S_VERSION (1.30.0, the Kubernetes schema version to validate against).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+export RABBITMQ_API=${RABBITMQ_API:-http://127.0.0.1:15672/api}
+export RABBITMQ_API_USER=${RABBITMQ_API_USER:-guest}
+export RABBITMQ_API_PASSWORD=${RABBITMQ_API_PASSWORD:-guest}
+export RABBITMQ_AMQP_HOST=${RABBITMQ_AMQP_HOST:-127.0.0.1}
+export RABBITMQ_AMQP_PORT=${RABBITMQ_AMQP_PORT:-5672}
+export K8S_VERSION=${K8S_VERSION:-1.30.0}
+
+VENV="${XDG_CACHE_HOME:-$HOME/.cache}/msgkit-deploy-venv"
+# Pinned: a new release must not change what passes. Bump together, deliberately.
+REQUIREMENTS="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 pika==1.4.4 PyYAML==6.0.3"
+
+# Names of everything this run creates in RabbitMQ start with this prefix (and carry our PID,
+# so a later run can sweep what a killed run left behind).
+export CHECK_PREFIX="msgkit-deploy-check-$$-${RANDOM}"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/msgkit-check-deploy.XXXXXX")
+failures=0
+
+ok() { printf 'ok    %s\n' "$*"; }
+fail() { printf 'FAIL  %s\n' "$*"; failures=$((failures + 1)); }
+
+api() { # METHOD PATH: a management API call as the administrator; prints the body
+    curl -sS --fail-with-body -m 20 -u "$RABBITMQ_API_USER:$RABBITMQ_API_PASSWORD" \
+        -X "$1" "$RABBITMQ_API$2"
+}
+
+urlencode() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
+
+# Delete this run's vhosts and users (by name prefix). A quorum queue with at-least-once
+# dead-lettering that is deleted while still starting can kill the broker's dead-letter
+# supervisor on RabbitMQ 3.10-4.2 (rabbitmq-server#16652): wait before deleting vhosts.
+rabbit_cleanup() { # PREFIX
+    local prefix=$1 names name
+    names=$(api GET "/vhosts?columns=name" 2>/dev/null |
+        jq -r --arg p "$prefix" '.[].name | select(startswith($p))' 2>/dev/null) || names=""
+    if [[ -n "$names" ]]; then
+        sleep 1.5
+        while IFS= read -r name; do
+            api DELETE "/vhosts/$(urlencode "$name")" >/dev/null 2>&1 || true
+        done <<<"$names"
+    fi
+    names=$(api GET "/users?columns=name" 2>/dev/null |
+        jq -r --arg p "$prefix" '.[].name | select(startswith($p))' 2>/dev/null) || names=""
+    if [[ -n "$names" ]]; then
+        while IFS= read -r name; do
+            api DELETE "/users/$(urlencode "$name")" >/dev/null 2>&1 || true
+        done <<<"$names"
+    fi
+}
+
+on_exit() {
+    local status=$?
+    rabbit_cleanup "$CHECK_PREFIX"
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Leftovers of runs that were killed (their PID is gone): sweep them.
+sweep_stale() {
+    local names name pid
+    names=$( { api GET "/vhosts?columns=name"; api GET "/users?columns=name"; } 2>/dev/null |
+        jq -r '.[].name | select(startswith("msgkit-deploy-check-"))' 2>/dev/null | sort -u) || return 0
+    while IFS= read -r name; do
+        [[ -n "$name" ]] || continue
+        pid=${name#msgkit-deploy-check-}
+        pid=${pid%%-*}
+        if [[ "$pid" =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null; then
+            rabbit_cleanup "msgkit-deploy-check-$pid-"
+        fi
+    done <<<"$names"
+}
+
+# ------------------------------------------------------------------------------------------
+# Tools
+# ------------------------------------------------------------------------------------------
+ensure_venv() {
+    local stamp="$VENV/.msgkit-requirements"
+    if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$REQUIREMENTS" ]]; then
+        return 0
+    fi
+    echo "..    installing $REQUIREMENTS into $VENV (first run only)" >&2
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $REQUIREMENTS >&2
+    printf '%s' "$REQUIREMENTS" >"$stamp"
+}
+
+for tool in python3 curl jq; do
+    command -v "$tool" >/dev/null || { fail "tools: $tool is not installed"; exit 1; }
+done
+if ensure_venv; then
+    ok "tools: virtualenv $VENV ($REQUIREMENTS)"
+else
+    fail "tools: could not install $REQUIREMENTS into $VENV"
+    exit 1
+fi
+PY="$VENV/bin/python"
+
+# The checks written in Python; `$PY $CHECKS <name>` runs one group, printing its own lines.
+CHECKS="$WORK/checks.py"
+cat >"$CHECKS" <<'PYTHON'
+import base64
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path.cwd()
+FAILED = 0
+
+
+def ok(msg):
+    print(f"ok    {msg}", flush=True)
+
+
+def fail(msg):
+    global FAILED
+    FAILED += 1
+    print(f"FAIL  {msg}", flush=True)
+
+
+def load_yaml_all(path):
+    import yaml
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+# ------------------------------------------------------------------------------------------
+# The kit's topology, read from its sources so that the definitions are compared with what
+# the services really declare (shared/src/topology.rs, services/contracts/src/lib.rs).
+# ------------------------------------------------------------------------------------------
+ARG_KEYS = {"x-queue-type", "x-delivery-limit", "x-dead-letter-exchange",
+            "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow", "x-message-ttl"}
+
+
+class Kit:
+    def __init__(self):
+        topo = (ROOT / "shared/src/topology.rs").read_text()
+        contracts = (ROOT / "services/contracts/src/lib.rs").read_text()
+
+        def const(pattern, what):
+            m = re.search(pattern, topo)
+            if not m:
+                raise ValueError(f"cannot find {what} in shared/src/topology.rs")
+            return m.group(1)
+
+        self.exchange = const(r'EVENTS_EXCHANGE:\s*&str\s*=\s*"([^"]+)"', "EVENTS_EXCHANGE")
+        self.delivery_limit = int(const(r"DEFAULT_DELIVERY_LIMIT:\s*u32\s*=\s*(\d+)", "DEFAULT_DELIVERY_LIMIT"))
+        base = int(const(r"DELAY_TIER_BASE:\s*Duration\s*=\s*Duration::from_millis\((\d+)\)", "DELAY_TIER_BASE"))
+        count = int(const(r"DELAY_TIER_COUNT:\s*u32\s*=\s*(\d+)", "DELAY_TIER_COUNT"))
+        self.delays = [base * 2 ** k for k in range(count)]
+        used = set(re.findall(r'"(x-[a-z-]+)"', topo))
+        if used != ARG_KEYS:
+            raise ValueError(f"the kit's queue arguments changed: {sorted(used ^ ARG_KEYS)}; update this check")
+
+        body = contracts[contracts.index("pub fn topology()"):]
+        body = body[:body.index("\n}\n")]
+        self.queues = {}  # name -> {"bindings": [...], "limit": n}
+        current = None
+        for m in re.finditer(r'WorkQueue::new\("([^"]+)"\)|\.bind\("([^"]+)"\)|\.delivery_limit\((\d+)\)', body):
+            if m.group(1):
+                current = m.group(1)
+                self.queues[current] = {"bindings": [], "limit": self.delivery_limit}
+            elif m.group(2):
+                self.queues[current]["bindings"].append(m.group(2))
+            else:
+                self.queues[current]["limit"] = int(m.group(3))
+        if not self.queues:
+            raise ValueError("no WorkQueue found in services/contracts/src/lib.rs topology()")
+        # Which services publish events (run an outbox relay): they need write on `events`.
+        self.publishers = set()
+        for svc in self.queues:
+            startup = ROOT / f"services/{svc}/src/startup.rs"
+            if startup.exists() and ".with_relay(" in startup.read_text():
+                self.publishers.add(svc)
+
+    def work_args(self, q):
+        return {"x-queue-type": "quorum", "x-delivery-limit": self.queues[q]["limit"],
+                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{q}.dlq",
+                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+    @staticmethod
+    def dlq_args():
+        return {"x-queue-type": "quorum"}
+
+    @staticmethod
+    def delay_args(d):
+        return {"x-queue-type": "quorum", "x-message-ttl": d, "x-dead-letter-exchange": "",
+                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+    def delay_name(self, d):
+        return f"msgkit.delay.{d}ms"
+
+    def expected_queues(self):
+        """name -> arguments, for every queue the kit declares."""
+        out = {}
+        for q in self.queues:
+            out[f"{q}.dlq"] = self.dlq_args()
+            out[q] = self.work_args(q)
+        for d in self.delays:
+            out[self.delay_name(d)] = self.delay_args(d)
+        return out
+
+    def expected_exchanges(self):
+        out = {self.exchange: "topic"}
+        for d in self.delays:
+            out[self.delay_name(d)] = "fanout"
+        return out
+
+    def expected_bindings(self):
+        out = set()
+        for q, spec in self.queues.items():
+            for key in spec["bindings"]:
+                out.add((self.exchange, q, key))
+        for d in self.delays:
+            out.add((self.delay_name(d), self.delay_name(d), ""))
+        return out
+
+    # What each user's permissions must allow, from the AMQP methods the kit calls
+    # (RabbitMQ access control: queue.declare = configure on the queue, and when the queue is
+    # created with a dead-letter exchange also read on the queue and write on the DLX;
+    # exchange.declare = configure; queue.bind = write on the queue, read on the exchange;
+    # basic.publish = write on the exchange, "" being checked as amq.default;
+    # basic.consume = read on the queue).
+    def needed(self, svc):
+        work = list(self.queues)
+        delays = [self.delay_name(d) for d in self.delays]
+        configure = [self.exchange] + work + [f"{q}.dlq" for q in work] + delays
+        write = work + delays + ["amq.default"] + ([self.exchange] if svc in self.publishers else [])
+        read = [self.exchange] + work + delays
+        return {"configure": configure, "write": write, "read": read}
+
+    def not_needed(self, svc):
+        """Names each permission should NOT match (least privilege), checked statically."""
+        foreign = ["amq.direct", "amq.topic", "other", "events2", "xorder", "order2",
+                   "msgkit.delay.x", "msgkit.delayed"]
+        work = list(self.queues)
+        out = {"configure": foreign + [f"{self.exchange}.dlq"],
+               "write": foreign + [f"{q}.dlq" for q in work],
+               "read": foreign + [f"{q}.dlq" for q in work] + ["amq.default"]}
+        if svc not in self.publishers:
+            out["write"].append(self.exchange)
+        return out
+
+
+def check_hash(password, password_hash):
+    raw = base64.b64decode(password_hash, validate=True)
+    if len(raw) != 36:
+        return False
+    salt = raw[:4]
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode() == password_hash
+
+
+# ------------------------------------------------------------------------------------------
+# definitions.json, statically
+# ------------------------------------------------------------------------------------------
+SERVICE_USERS = None
+
+
+def definitions_static(kit, path):
+    global SERVICE_USERS
+    label = "rabbitmq definitions"
+    try:
+        doc = json.loads(Path(path).read_text())
+    except Exception as e:
+        fail(f"{label}: {path} does not parse: {e}")
+        return None
+    problems = []
+    if [v.get("name") for v in doc.get("vhosts", [])] != ["/"]:
+        problems.append("vhosts must be exactly [\"/\"]")
+    for kind in ("queues", "exchanges", "bindings", "permissions"):
+        for item in doc.get(kind, []):
+            if item.get("vhost") != "/":
+                problems.append(f"{kind}: {item.get('name') or item.get('user') or item} is not in vhost /")
+
+    # Queues: exactly the kit's, with exactly its arguments (types included: 20, not "20").
+    expected = kit.expected_queues()
+    got = {q.get("name"): q for q in doc.get("queues", [])}
+    for name in sorted(set(expected) - set(got)):
+        problems.append(f"queue {name} is missing")
+    for name in sorted(set(got) - set(expected)):
+        problems.append(f"queue {name} is not declared by the kit")
+    for name in sorted(set(expected) & set(got)):
+        q = got[name]
+        args = q.get("arguments", {})
+        if not (q.get("durable") is True and q.get("auto_delete") is False):
+            problems.append(f"queue {name}: must be durable and not auto-delete")
+        if args != expected[name] or any(type(args[k]) is not type(v) for k, v in expected[name].items() if k in args):
+            problems.append(f"queue {name}: arguments {json.dumps(args, sort_keys=True)} != the kit's {json.dumps(expected[name], sort_keys=True)}")
+
+    expected_x = kit.expected_exchanges()
+    got_x = {x.get("name"): x for x in doc.get("exchanges", [])}
+    if set(got_x) != set(expected_x):
+        problems.append(f"exchanges differ from the kit's: {sorted(set(got_x) ^ set(expected_x))}")
+    for name in sorted(set(expected_x) & set(got_x)):
+        x = got_x[name]
+        if x.get("type") != expected_x[name] or x.get("durable") is not True or x.get("auto_delete") or x.get("internal") or x.get("arguments"):
+            problems.append(f"exchange {name}: must be a durable {expected_x[name]} exchange without arguments")
+
+    got_b = {(b.get("source"), b.get("destination"), b.get("routing_key")) for b in doc.get("bindings", [])
+             if b.get("destination_type") == "queue" and not b.get("arguments")}
+    if len(got_b) != len(doc.get("bindings", [])):
+        problems.append("a binding is not to a queue, has arguments, or is duplicated")
+    for b in sorted(kit.expected_bindings() - got_b):
+        problems.append(f"binding {b[0]} -> {b[1]} ({b[2]!r}) is missing")
+    for b in sorted(got_b - kit.expected_bindings()):
+        problems.append(f"binding {b[0]} -> {b[1]} ({b[2]!r}) is not the kit's")
+
+    # Users: password hashes in RabbitMQ's SHA-256 format, of the documented dev passwords.
+    users = {u.get("name"): u for u in doc.get("users", [])}
+    SERVICE_USERS = list(kit.queues)
+    for name in SERVICE_USERS + ["admin", "keda"]:
+        u = users.get(name)
+        if u is None:
+            problems.append(f"user {name} is missing")
+            continue
+        if u.get("hashing_algorithm") != "rabbit_password_hashing_sha256":
+            problems.append(f"user {name}: hashing_algorithm must be rabbit_password_hashing_sha256")
+        try:
+            good = check_hash(f"{name}-dev-password", u.get("password_hash", ""))
+        except Exception:
+            good = False
+        if not good:
+            problems.append(f"user {name}: password_hash is not base64(salt4 + sha256(salt4 + '{name}-dev-password'))")
+    want_tags = {**{s: [] for s in SERVICE_USERS}, "admin": ["administrator"], "keda": ["management"]}
+    for name, tags in want_tags.items():
+        if name in users and sorted(users[name].get("tags") or []) != tags:
+            problems.append(f"user {name}: tags must be {tags}")
+    for name in sorted(set(users) - set(want_tags)):
+        problems.append(f"user {name} is not expected")
+
+    # Permissions: allow what the kit does, nothing more (checked on names; the live check
+    # below proves it on the broker).
+    perms = {p.get("user"): p for p in doc.get("permissions", [])}
+    for svc in SERVICE_USERS:
+        p = perms.get(svc)
+        if p is None:
+            problems.append(f"permissions of {svc} are missing")
+            continue
+        for what, names in kit.needed(svc).items():
+            rx = p.get(what, "")
+            miss = [n for n in names if not re.search(rx, n)]
+            if miss:
+                problems.append(f"{svc}: {what} permission {rx!r} does not allow {miss[:4]}")
+        for what, names in kit.not_needed(svc).items():
+            rx = p.get(what, "")
+            extra = [n for n in names if re.search(rx, n)]
+            if extra:
+                problems.append(f"{svc}: {what} permission {rx!r} allows more than needed: {extra[:4]}")
+    if "keda" in perms and any(perms["keda"].get(k) != "^$" for k in ("configure", "write", "read")):
+        problems.append("keda must have no configure/write/read permission (^$)")
+    if problems:
+        for p in problems:
+            fail(f"{label}: {p}")
+        return None
+    ok(f"{label}: {len(expected)} queues, {len(expected_x)} exchanges, {len(got_b)} bindings equal the kit's "
+       f"(shared/src/topology.rs, services/contracts); {len(users)} users with valid sha256 hashes; "
+       f"least-privilege permissions")
+    return doc
+
+
+# ------------------------------------------------------------------------------------------
+# definitions.json, live on the local broker
+# ------------------------------------------------------------------------------------------
+class Api:
+    def __init__(self, base, user, password):
+        self.base, self.user, self.password = base.rstrip("/"), user, password
+
+    def call(self, method, path, body=None, user=None, password=None, expect=(200, 201, 204)):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        cred = f"{user or self.user}:{password if password is not None else self.password}"
+        req.add_header("authorization", "Basic " + base64.b64encode(cred.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, text = r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        if expect and status not in expect:
+            raise RuntimeError(f"{method} {path}: HTTP {status} {text[:300]}")
+        return status, (json.loads(text) if text.strip() else None)
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+def definitions_live(kit, doc):
+    import pika
+    from pika.exceptions import ChannelClosedByBroker, UnroutableError
+
+    prefix = os.environ["CHECK_PREFIX"]
+    api = Api(os.environ["RABBITMQ_API"], os.environ["RABBITMQ_API_USER"], os.environ["RABBITMQ_API_PASSWORD"])
+    host, port = os.environ["RABBITMQ_AMQP_HOST"], int(os.environ["RABBITMQ_AMQP_PORT"])
+    services = list(kit.queues)
+    v_defs = f"{prefix}-defs"
+    v_fresh = {svc: f"{prefix}-fresh-{svc}" for svc in services}
+    rename = lambda user: f"{prefix}-{user}"  # noqa: E731
+
+    # The definitions, into throw-away vhosts: v_defs gets everything (users renamed, since
+    # users are global); one empty vhost per service gets only that service's permissions, for
+    # it to declare the topology from scratch (creating needs more than re-declaring).
+    def moved(items, vhost):
+        return [{**i, "vhost": vhost} for i in items]
+
+    perms = doc["permissions"]
+    imp = {
+        "vhosts": [{"name": v_defs}] + [{"name": v} for v in v_fresh.values()],
+        "users": [{**u, "name": rename(u["name"])} for u in doc["users"]],
+        "permissions": [{**p, "user": rename(p["user"]), "vhost": v_defs} for p in perms]
+                       + [{**p, "user": rename(p["user"]), "vhost": v_fresh[p["user"]]} for p in perms if p["user"] in v_fresh],
+        "exchanges": moved(doc["exchanges"], v_defs),
+        "queues": moved(doc["queues"], v_defs),
+        "bindings": moved(doc["bindings"], v_defs),
+    }
+    label = "rabbitmq live"
+    started = time.monotonic()
+    api.call("POST", "/definitions", imp)
+
+    # 1. What the broker made of the import: every queue with exactly the kit's arguments.
+    problems = []
+    _, queues = api.call("GET", f"/queues/{q(v_defs)}?columns=name,durable,auto_delete,arguments,type")
+    got = {x["name"]: x for x in queues}
+    for name, args in kit.expected_queues().items():
+        x = got.get(name)
+        if x is None:
+            problems.append(f"queue {name} was not created by the import")
+        elif x["arguments"] != args or not x["durable"] or x["auto_delete"] or x.get("type") != "quorum":
+            problems.append(f"queue {name} on the broker: {x['arguments']} (type {x.get('type')}) != {args}")
+    _, bindings = api.call("GET", f"/bindings/{q(v_defs)}")
+    got_b = {(b["source"], b["destination"], b["routing_key"]) for b in bindings if b["source"]}
+    if got_b != kit.expected_bindings():
+        problems.append(f"bindings on the broker differ: {sorted(got_b ^ kit.expected_bindings())[:4]}")
+    _, got_perms = api.call("GET", f"/vhosts/{q(v_defs)}/permissions")
+    got_perms = {p["user"]: p for p in got_perms}
+    for p in perms:
+        g = got_perms.get(rename(p["user"]))
+        if not g or any(g[k] != p[k] for k in ("configure", "write", "read")):
+            problems.append(f"permissions of {p['user']} were not imported as written")
+    if problems:
+        for p in problems:
+            fail(f"{label}: {p}")
+    else:
+        ok(f"{label}: definitions imported into vhost {v_defs}; the broker holds every queue with the "
+           f"exact arguments, every binding and every permission")
+
+    # 2. Each service, as its own user (so the dev passwords match the hashes), does what the
+    #    kit does: declare the whole topology with the kit's arguments (an inequivalent argument
+    #    would close the channel with PRECONDITION_FAILED), publish events (relay), retries (delay
+    #    tier, routing key = its queue) and dead letters (default exchange -> <queue>.dlq), all
+    #    mandatory and confirmed, and consume its queue.
+    def connect(user, vhost):
+        params = pika.ConnectionParameters(host=host, port=port, virtual_host=vhost,
+                                           credentials=pika.PlainCredentials(rename(user), f"{user}-dev-password"),
+                                           connection_attempts=1, socket_timeout=10, blocked_connection_timeout=30)
+        return pika.BlockingConnection(params)
+
+    def declare_topology(ch):
+        ch.exchange_declare(kit.exchange, exchange_type="topic", durable=True)
+        for name, spec in kit.queues.items():
+            ch.queue_declare(f"{name}.dlq", durable=True, arguments=kit.dlq_args())
+            ch.queue_declare(name, durable=True, arguments=kit.work_args(name))
+            for key in spec["bindings"]:
+                ch.queue_bind(name, kit.exchange, routing_key=key)
+        for d in kit.delays:
+            n = kit.delay_name(d)
+            ch.exchange_declare(n, exchange_type="fanout", durable=True)
+            ch.queue_declare(n, durable=True, arguments=kit.delay_args(d))
+            ch.queue_bind(n, n, routing_key="")
+
+    def refused(conn, action):
+        """Run action on a fresh channel; return the broker's reply code if it closed the channel."""
+        ch = conn.channel()
+        ch.confirm_delivery()
+        try:
+            action(ch)
+        except ChannelClosedByBroker as e:
+            return e.reply_code
+        except UnroutableError:
+            ch.close()
+            return "unroutable"
+        ch.close()
+        return None
+
+    def routed_key(svc):
+        for spec in kit.queues.values():
+            for key in spec["bindings"]:
+                if key.startswith(f"{svc}."):
+                    return key.replace("*", "deploy-check")
+        return None
+
+    props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+    connections = []
+    try:
+        for svc in services:
+            problems = []
+            try:
+                conn = connect(svc, v_defs)
+            except Exception as e:
+                fail(f"{label}: {svc} cannot log in with {svc}-dev-password: {e!r}")
+                continue
+            connections.append(conn)
+            steps = [("declare the topology", declare_topology)]
+            if svc in kit.publishers:
+                key = routed_key(svc)
+                steps.append((f"publish {key} to {kit.exchange}",
+                              lambda ch, key=key: ch.basic_publish(kit.exchange, key, b"{}", props, mandatory=True)))
+            first = kit.delay_name(kit.delays[0])
+            steps.append((f"publish a retry to {first}",
+                          lambda ch, svc=svc: ch.basic_publish(first, svc, b"{}", props, mandatory=True)))
+            steps.append((f"publish a dead letter to {svc}.dlq",
+                          lambda ch, svc=svc: ch.basic_publish("", f"{svc}.dlq", b"{}", props, mandatory=True)))
+            steps.append((f"consume {svc}",
+                          lambda ch, svc=svc: ch.basic_cancel(ch.basic_consume(svc, lambda *a: None))))
+            for what, action in steps:
+                code = refused(conn, action)
+                if code is not None:
+                    problems.append(f"{what}: refused ({code})")
+            # Least privilege, live: what the service does not need is refused.
+            denied = [("declare a foreign queue", lambda ch: ch.queue_declare(f"{prefix}-foreign", durable=True), 403),
+                      (f"consume {svc}.dlq", lambda ch: ch.basic_consume(f"{svc}.dlq", lambda *a: None), 403),
+                      ("publish to amq.topic", lambda ch: ch.basic_publish("amq.topic", "x", b"{}", props), 403)]
+            if svc not in kit.publishers:
+                denied.append((f"publish to {kit.exchange}",
+                               lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403))
+            for what, action, code in denied:
+                got_code = refused(conn, action)
+                if got_code != code:
+                    problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+            if problems:
+                for p in problems:
+                    fail(f"{label}: as {svc}: {p}")
+            else:
+                ok(f"{label}: as {svc}: declares the kit's topology over the imported one (equivalent), "
+                   f"{'publishes events, ' if svc in kit.publishers else ''}retries and dead letters, consumes {svc}; "
+                   f"refused what it does not need")
+
+        # 3. Negative control: the same declaration with one argument changed must fail, or the
+        #    equivalence above proves nothing.
+        conn = connections[0] if connections else connect(services[0], v_defs)
+        name = services[0]
+        bad = {**kit.work_args(name), "x-delivery-limit": kit.queues[name]["limit"] + 1}
+        code = refused(conn, lambda ch: ch.queue_declare(name, durable=True, arguments=bad))
+        if code == 406:
+            ok(f"{label}: negative control: declaring {name} with x-delivery-limit "
+               f"{bad['x-delivery-limit']} is refused with PRECONDITION_FAILED")
+        else:
+            fail(f"{label}: negative control: an inequivalent {name} declaration was not refused (got {code})")
+
+        # 4. Creation path: in an empty vhost, each service declares everything from scratch
+        #    (queue.declare with a dead-letter exchange then also needs read on the queue and
+        #    write on amq.default, which re-declaring does not); the result must equal the
+        #    definitions.
+        want = {x["name"]: x["arguments"] for x in doc["queues"]}
+        created = []
+        for svc in services:
+            conn = connect(svc, v_fresh[svc])
+            connections.append(conn)
+            code = refused(conn, declare_topology)
+            if code is not None:
+                fail(f"{label}: as {svc}: declaring the topology in an empty vhost is refused ({code})")
+                continue
+            _, fresh = api.call("GET", f"/queues/{q(v_fresh[svc])}?columns=name,arguments")
+            fresh = {x["name"]: x["arguments"] for x in fresh}
+            if fresh != want:
+                diff = sorted(n for n in set(fresh) | set(want) if fresh.get(n) != want.get(n))
+                fail(f"{label}: queues declared by {svc} differ from the definitions: {diff[:4]}")
+            else:
+                created.append(svc)
+        if created == services:
+            ok(f"{label}: each of {', '.join(services)} creates the whole topology in an empty vhost "
+               f"with its own permissions; the result equals definitions.json")
+
+        # 5. KEDA's user reads queue lengths over HTTP and nothing else; the admin logs in.
+        status, body = api.call("GET", f"/queues/{q(v_defs)}/{services[-1]}", user=rename("keda"),
+                                password="keda-dev-password", expect=None)
+        # (A fresh queue's message counts appear with the next statistics emission; the
+        # access is what is checked here.)
+        if status == 200 and (body or {}).get("name") == services[-1]:
+            ok(f"{label}: keda (management tag, no permissions) reads queue {services[-1]} over the management API")
+        else:
+            fail(f"{label}: keda cannot read /api/queues/{v_defs}/{services[-1]}: HTTP {status}")
+        status, body = api.call("GET", "/whoami", user=rename("admin"), password="admin-dev-password", expect=None)
+        if status == 200 and "administrator" in str((body or {}).get("tags")):
+            ok(f"{label}: admin logs in to the management API as an administrator")
+        else:
+            fail(f"{label}: admin cannot log in with admin-dev-password: HTTP {status}")
+    finally:
+        for conn in connections:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        # rabbitmq-server#16652: let quorum queues finish starting before deleting their vhost.
+        time.sleep(1.5)
+        for v in [v_defs, *v_fresh.values()]:
+            api.call("DELETE", f"/vhosts/{q(v)}", expect=None)
+        for u in doc["users"]:
+            api.call("DELETE", f"/users/{q(rename(u['name']))}", expect=None)
+        _, vhosts = api.call("GET", "/vhosts?columns=name")
+        _, users = api.call("GET", "/users?columns=name")
+        left = [x["name"] for x in vhosts + users if x["name"].startswith(prefix)]
+        if left:
+            fail(f"{label}: could not delete {left}")
+        else:
+            ok(f"{label}: throw-away vhosts and users deleted ({time.monotonic() - started:.1f} s)")
+
+
+def cmd_definitions():
+    try:
+        kit = Kit()
+    except Exception as e:
+        fail(f"rabbitmq definitions: cannot read the kit's topology: {e}")
+        return
+    doc = definitions_static(kit, ROOT / "deploy/rabbitmq/definitions.json")
+    if doc is None:
+        fail("rabbitmq live: skipped, the definitions are broken")
+        return
+    try:
+        definitions_live(kit, doc)
+    except Exception as e:
+        fail(f"rabbitmq live: {type(e).__name__}: {e}")
+
+
+# ------------------------------------------------------------------------------------------
+# docker-compose.yml (beyond the schema), Dockerfile, rabbitmq.conf
+# ------------------------------------------------------------------------------------------
+def amqp_credentials_ok(url, doc, problems, where):
+    u = urllib.parse.urlsplit(url)
+    users = {x["name"]: x for x in doc.get("users", [])}
+    user = urllib.parse.unquote(u.username or "")
+    if user not in users:
+        problems.append(f"{where}: user {user!r} is not in definitions.json")
+    elif not check_hash(urllib.parse.unquote(u.password or ""), users[user]["password_hash"]):
+        problems.append(f"{where}: the password of {user} does not match its hash in definitions.json")
+    return user
+
+
+def cmd_compose():
+    import yaml
+    label = "compose semantics"
+    problems = []
+    try:
+        data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+        doc = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
+    except Exception as e:
+        fail(f"{label}: {e}")
+        return
+    services = data.get("services") or {}
+    # Interpolation: this file means every "$" literally, so each must be written "$$".
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(node, str) and "$" in node.replace("$$", ""):
+            problems.append(f"{path}: unescaped $ (compose would interpolate it): {node[:60]}")
+    walk({k: v for k, v in data.items() if not k.startswith("x-")}, "")  # x-*: merged into services
+    duration = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
+    for name, svc in services.items():
+        hc = svc.get("healthcheck") or {}
+        if "retries" in hc and not isinstance(hc["retries"], int):
+            problems.append(f"{name}: healthcheck.retries must be an integer, not {hc['retries']!r}")
+        for key in ("interval", "timeout", "start_period", "start_interval"):
+            if key in hc and not duration.match(str(hc[key])):
+                problems.append(f"{name}: healthcheck.{key} {hc[key]!r} is not a duration")
+        if "stop_grace_period" in svc and not duration.match(str(svc["stop_grace_period"])):
+            problems.append(f"{name}: stop_grace_period {svc['stop_grace_period']!r} is not a duration")
+        for dep in (svc.get("depends_on") or {}):
+            if dep not in services:
+                problems.append(f"{name}: depends_on unknown service {dep}")
+        for vol in svc.get("volumes") or []:
+            src = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
+            if src.startswith((".", "/")) and not (ROOT / src).exists():
+                problems.append(f"{name}: mounted file {src} does not exist")
+        build = svc.get("build")
+        if build:
+            ctx = ROOT / build.get("context", ".")
+            if not (ctx / build.get("dockerfile", "Dockerfile")).exists():
+                problems.append(f"{name}: no Dockerfile at {ctx}")
+    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083}
+    targets = set(re.findall(r'"([a-z]+:\d+)"', (ROOT / "observability/prometheus-docker.yml").read_text()))
+    for name, port in want_ports.items():
+        svc = services.get(name)
+        if svc is None:
+            problems.append(f"service {name} is missing")
+            continue
+        env = svc.get("environment") or {}
+        if (svc.get("build") or {}).get("args", {}).get("SERVICE") != name:
+            problems.append(f"{name}: build arg SERVICE must be {name}")
+        if env.get(f"{name.upper()}_HTTP_ADDR") != f"0.0.0.0:{port}":
+            problems.append(f"{name}: {name.upper()}_HTTP_ADDR must be 0.0.0.0:{port}")
+        if f"{name}:{port}" not in targets:
+            problems.append(f"{name}: observability/prometheus-docker.yml does not scrape {name}:{port}")
+        for key in ("DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "AMQP_URL"):
+            if not env.get(key):
+                problems.append(f"{name}: {key} is not set")
+        if env.get("LOG_FORMAT") != "json":
+            problems.append(f"{name}: LOG_FORMAT must be json")
+        if env.get("AMQP_URL"):
+            user = amqp_credentials_ok(env["AMQP_URL"], doc, problems, f"{name} AMQP_URL")
+            if user != name:
+                problems.append(f"{name}: must connect as its own broker user, not {user!r}")
+        for dep in ("rabbitmq", "postgres"):
+            cond = ((svc.get("depends_on") or {}).get(dep) or {}).get("condition")
+            if cond != "service_healthy":
+                problems.append(f"{name}: depends_on {dep} must wait for service_healthy")
+        test = " ".join((svc.get("healthcheck") or {}).get("test") or [])
+        if "/readyz" not in test:
+            problems.append(f"{name}: the healthcheck must probe /readyz")
+        if svc.get("restart") != "unless-stopped":
+            problems.append(f"{name}: restart must be unless-stopped")
+    for name in ("rabbitmq", "postgres"):
+        if not (services.get(name) or {}).get("healthcheck"):
+            problems.append(f"{name}: needs a healthcheck (services wait for it)")
+    if problems:
+        for p in problems:
+            fail(f"{label}: {p}")
+    else:
+        ok(f"{label}: mounts exist, depends_on/healthchecks/ports/env consistent, AMQP passwords match "
+           f"definitions.json, no unescaped $, Prometheus targets match")
+
+
+def cmd_dockerfile():
+    label = "Dockerfile"
+    text = (ROOT / "Dockerfile").read_text()
+    problems = []
+    for svc in ("order", "inventory", "payment", "notify"):
+        cargo = (ROOT / f"services/{svc}/Cargo.toml").read_text()
+        if not re.search(rf'\[\[bin\]\]\s*\nname\s*=\s*"{svc}"', cargo):
+            problems.append(f"services/{svc} has no [[bin]] named {svc}")
+        if f"/out/{svc}" not in text:
+            problems.append(f"the runtime stage does not copy {svc}")
+    for needle in ("FROM rust:1-bookworm", "FROM debian:bookworm-slim", "cargo build --release --locked --bins",
+                   "USER 10001", "STOPSIGNAL SIGTERM", "ARG SERVICE", "ENV SERVICE"):
+        if needle not in text:
+            problems.append(f"missing {needle!r}")
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    for needle in ("target/", ".git/"):
+        if needle not in ignore:
+            problems.append(f".dockerignore does not exclude {needle}")
+    # The planner stubs src/lib.rs, src/main.rs and src/bin/*.rs; a member with another target
+    # root (a `path =` elsewhere, or a build script) would break the dependency layer.
+    members = re.search(r"members\s*=\s*\[([^\]]*)\]", (ROOT / "Cargo.toml").read_text())
+    for member in re.findall(r'"([^"]+)"', members.group(1) if members else ""):
+        cargo = (ROOT / member / "Cargo.toml").read_text()
+        for path in re.findall(r'^path\s*=\s*"([^"]+)"', cargo, re.M):
+            if not re.fullmatch(r"src/(lib|main)\.rs|src/bin/[^/]+\.rs", path):
+                problems.append(f"{member}: target path {path} is not stubbed by the planner stage")
+        if (ROOT / member / "build.rs").exists() or re.search(r"^build\s*=", cargo, re.M):
+            problems.append(f"{member}: has a build script, which the planner stage does not copy")
+    if problems:
+        for p in problems:
+            fail(f"{label}: {p}")
+    else:
+        ok(f"{label}: builds --release --locked, ships the four [[bin]]s, non-root, STOPSIGNAL SIGTERM; "
+           f"every workspace member's targets are covered by the dependency-layer stubs")
+
+
+def cmd_rabbitmq_conf():
+    label = "rabbitmq.conf"
+    conf = (ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text()
+    keys = [line.split("=", 1)[0].strip() for line in conf.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    if "load_definitions" not in keys:
+        fail(f"{label}: load_definitions is not set")
+        return
+    path = re.search(r"^load_definitions\s*=\s*(\S+)", conf, re.M).group(1)
+    compose = (ROOT / "docker-compose.yml").read_text()
+    if f":{path}:" not in compose and not compose.rstrip().endswith(path):
+        fail(f"{label}: {path} is not where docker-compose.yml mounts definitions.json")
+        return
+    # The keys must be known to RabbitMQ's config schema (the local broker's, when installed).
+    schemas = list(Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*/plugins/*/priv/schema/*.schema"))
+    if schemas:
+        known = set()
+        for s in schemas:
+            known |= set(re.findall(r'\{mapping,\s*"([^"]+)"', s.read_text(errors="replace")))
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            fail(f"{label}: unknown keys {unknown} (not in RabbitMQ's config schema)")
+            return
+        ok(f"{label}: keys {keys} are in the local RabbitMQ's config schema; definitions path matches the compose mount")
+    else:
+        ok(f"{label}: sets load_definitions = {path} (the compose mount); no local RabbitMQ schema to check keys against")
+
+
+# ------------------------------------------------------------------------------------------
+# Kubernetes manifests
+# ------------------------------------------------------------------------------------------
+CUSTOM = {("rabbitmq.com/v1beta1", "RabbitmqCluster"), ("keda.sh/v1alpha1", "ScaledObject"),
+          ("keda.sh/v1alpha1", "TriggerAuthentication")}
+
+
+def dig(obj, *path):
+    for p in path:
+        if isinstance(obj, dict):
+            obj = obj.get(p)
+        elif isinstance(obj, list) and isinstance(p, int) and p < len(obj):
+            obj = obj[p]
+        else:
+            return None
+    return obj
+
+
+def check_custom(doc):
+    """Required fields of the custom resources (their CRD schemas are not bundled offline)."""
+    p = []
+    kind, spec = doc["kind"], doc.get("spec") or {}
+    if kind == "RabbitmqCluster":
+        allowed = {"replicas", "image", "imagePullSecrets", "service", "persistence", "resources", "affinity",
+                   "tolerations", "rabbitmq", "tls", "override", "skipPostDeploySteps",
+                   "terminationGracePeriodSeconds", "secretBackend"}
+        p += [f"spec.{k} is not a RabbitmqCluster field" for k in spec if k not in allowed]
+        if not isinstance(spec.get("replicas"), int) or spec["replicas"] < 3 or spec["replicas"] % 2 == 0:
+            p.append("spec.replicas must be an odd integer >= 3 (quorum queues)")
+        if not isinstance(dig(spec, "resources", "limits", "memory"), str):
+            p.append("spec.resources.limits.memory must be set")
+        rmq = spec.get("rabbitmq") or {}
+        p += [f"spec.rabbitmq.{k} is not a field" for k in rmq
+              if k not in {"additionalPlugins", "additionalConfig", "advancedConfig", "envConfig"}]
+        conf = rmq.get("additionalConfig") or ""
+        if len(conf) > 2000:
+            p.append("spec.rabbitmq.additionalConfig is longer than the CRD's 2000 characters")
+        m = re.search(r"^\s*load_definitions\s*=\s*(\S+)", conf, re.M)
+        if not m:
+            p.append("spec.rabbitmq.additionalConfig must set load_definitions")
+        sts = dig(spec, "override", "statefulSet", "spec", "template", "spec") or {}
+        containers = {c.get("name"): c for c in sts.get("containers") or []}
+        if "rabbitmq" not in containers:
+            p.append("override.statefulSet...containers must patch the container named rabbitmq")
+        mounts = {mt.get("name"): mt.get("mountPath") for mt in (containers.get("rabbitmq") or {}).get("volumeMounts") or []}
+        vols = {v.get("name"): v for v in sts.get("volumes") or []}
+        if m and not any(m.group(1).startswith(str(path).rstrip("/") + "/") for path in mounts.values()):
+            p.append(f"load_definitions path {m.group(1)} is not under a mounted volume")
+        for name in mounts:
+            if name not in vols:
+                p.append(f"volumeMount {name} has no volume")
+    elif kind == "TriggerAuthentication":
+        refs = spec.get("secretTargetRef") or []
+        if not refs:
+            p.append("spec.secretTargetRef is empty")
+        for r in refs:
+            if not all(isinstance(r.get(k), str) and r.get(k) for k in ("parameter", "name", "key")):
+                p.append("each secretTargetRef needs parameter, name and key")
+        if "host" not in {r.get("parameter") for r in refs}:
+            p.append("the rabbitmq scaler needs the host parameter")
+    elif kind == "ScaledObject":
+        allowed = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "idleReplicaCount", "minReplicaCount",
+                   "maxReplicaCount", "fallback", "advanced", "triggers", "initialCooldownPeriod"}
+        p += [f"spec.{k} is not a ScaledObject field" for k in spec if k not in allowed]
+        if not dig(spec, "scaleTargetRef", "name"):
+            p.append("spec.scaleTargetRef.name is required")
+        lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+            p.append("minReplicaCount/maxReplicaCount must be integers, min <= max")
+        triggers = spec.get("triggers") or []
+        if not triggers:
+            p.append("spec.triggers is required")
+        for t in triggers:
+            md = t.get("metadata") or {}
+            if t.get("type") != "rabbitmq":
+                p.append(f"trigger type {t.get('type')!r} is not rabbitmq")
+                continue
+            if md.get("protocol") not in ("amqp", "http", "auto"):
+                p.append("rabbitmq trigger: protocol must be amqp, http or auto")
+            if md.get("mode") not in ("QueueLength", "MessageRate"):
+                p.append("rabbitmq trigger: mode must be QueueLength or MessageRate")
+            if md.get("mode") == "MessageRate" and md.get("protocol") != "http":
+                p.append("rabbitmq trigger: MessageRate needs protocol http")
+            if not md.get("queueName"):
+                p.append("rabbitmq trigger: queueName is required")
+            if not dig(t, "authenticationRef", "name") and not (md.get("host") or md.get("hostFromEnv")):
+                p.append("rabbitmq trigger: needs authenticationRef (or host)")
+            for k, v in md.items():
+                if not isinstance(v, str):
+                    p.append(f"rabbitmq trigger: metadata.{k} must be a string")
+    return p
+
+
+def cmd_k8s():
+    import yaml
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+    version = os.environ.get("K8S_VERSION", "1.30.0")
+    files = sorted((ROOT / "k8s").glob("*.yaml"))
+    if not files:
+        fail("k8s: no manifests in k8s/")
+        return
+    objects = []
+    for f in files:
+        rel = f.relative_to(ROOT)
+        problems = []
+        try:
+            docs = load_yaml_all(f)
+        except yaml.YAMLError as e:
+            fail(f"{rel}: not YAML: {' '.join(str(e).split())}")
+            continue
+        if not docs:
+            problems.append("no object")
+        for doc in docs:
+            if not isinstance(doc, dict) or not all(k in doc for k in ("apiVersion", "kind", "metadata")):
+                problems.append("an object lacks apiVersion/kind/metadata")
+                continue
+            name = dig(doc, "metadata", "name")
+            where = f"{doc['kind']}/{name}"
+            if not name:
+                problems.append(f"{doc['kind']}: metadata.name is required")
+            if doc["kind"] != "Namespace" and dig(doc, "metadata", "namespace") != "msgkit":
+                problems.append(f"{where}: metadata.namespace must be msgkit")
+            if (doc["apiVersion"], doc["kind"]) in CUSTOM:
+                problems += [f"{where}: {p}" for p in check_custom(doc)]
+            else:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except ValidationError as e:
+                    path = ".".join(str(x) for x in e.path)
+                    problems.append(f"{where}: {path}: {e.message}")
+                except SchemaNotFoundError:
+                    problems.append(f"{where}: no schema for {doc['apiVersion']} {doc['kind']} in Kubernetes {version}")
+            objects.append((rel, doc))
+        if problems:
+            for p in problems:
+                fail(f"{rel}: {p}")
+        else:
+            kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+            ok(f"{rel}: valid ({kinds})")
+    k8s_references(objects)
+
+
+def k8s_references(objects):
+    """Cross-references between the manifests, and agreement with deploy/rabbitmq/."""
+    label = "k8s references"
+    p = []
+    by = {}
+    for _, d in objects:
+        by.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    secrets = {n: {**(d.get("stringData") or {}), **{k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()}}
+               for n, d in by.get("Secret", {}).items()}
+    configmaps = {n: d.get("data") or {} for n, d in by.get("ConfigMap", {}).items()}
+    defs = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
+    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083}
+
+    def check_pod(owner, pod):
+        for c in (pod.get("containers") or []):
+            for e in c.get("env") or []:
+                ref = dig(e, "valueFrom", "secretKeyRef")
+                if ref and ref.get("key") not in secrets.get(ref.get("name"), {}):
+                    p.append(f"{owner}: env {e['name']} refers to missing secret key {ref.get('name')}/{ref.get('key')}")
+            for e in c.get("envFrom") or []:
+                if "configMapRef" in e and e["configMapRef"]["name"] not in configmaps:
+                    p.append(f"{owner}: envFrom missing ConfigMap {e['configMapRef']['name']}")
+                if "secretRef" in e and e["secretRef"]["name"] not in secrets:
+                    p.append(f"{owner}: envFrom missing Secret {e['secretRef']['name']}")
+        for v in pod.get("volumes") or []:
+            if "secret" in v and v["secret"]["secretName"] not in secrets:
+                p.append(f"{owner}: volume {v['name']} refers to missing Secret {v['secret']['secretName']}")
+
+    for name, port in want_ports.items():
+        dep = by.get("Deployment", {}).get(name)
+        if dep is None:
+            p.append(f"Deployment {name} is missing")
+            continue
+        spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+        labels = dep["spec"]["template"]["metadata"].get("labels") or {}
+        sel = dig(spec, "selector", "matchLabels") or {}
+        if any(labels.get(k) != v for k, v in sel.items()):
+            p.append(f"Deployment {name}: selector does not match the pod labels")
+        c = (pod.get("containers") or [{}])[0]
+        env = {e["name"]: e for e in c.get("env") or []}
+        if spec.get("replicas") != 2:
+            p.append(f"Deployment {name}: replicas must be 2")
+        if pod.get("terminationGracePeriodSeconds") != 30:
+            p.append(f"Deployment {name}: terminationGracePeriodSeconds must be 30")
+        if dig(env, f"{name.upper()}_HTTP_ADDR", "value") != f"0.0.0.0:{port}":
+            p.append(f"Deployment {name}: {name.upper()}_HTTP_ADDR must be 0.0.0.0:{port}")
+        if dig(env, "SERVICE", "value") != name:
+            p.append(f"Deployment {name}: SERVICE must be {name}")
+        if [x.get("containerPort") for x in c.get("ports") or []] != [port]:
+            p.append(f"Deployment {name}: containerPort must be {port}")
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+            if dig(c, probe, "httpGet", "path") != path:
+                p.append(f"Deployment {name}: {probe} must GET {path}")
+        if not (dig(pod, "securityContext", "runAsNonRoot") and dig(c, "securityContext", "readOnlyRootFilesystem")):
+            p.append(f"Deployment {name}: must run as non-root with a read-only root filesystem")
+        if not (dig(c, "resources", "requests") and dig(c, "resources", "limits")):
+            p.append(f"Deployment {name}: needs resource requests and limits")
+        ann = dig(dep, "spec", "template", "metadata", "annotations") or {}
+        if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(port):
+            p.append(f"Deployment {name}: prometheus.io scrape annotations missing or wrong port")
+        amqp = dig(env, "AMQP_URL", "valueFrom", "secretKeyRef")
+        if amqp and amqp.get("key") in secrets.get(amqp.get("name"), {}):
+            url = secrets[amqp["name"]][amqp["key"]]
+            if amqp_credentials_ok(url, defs, p, f"Deployment {name} AMQP_URL") != name:
+                p.append(f"Deployment {name}: must connect as broker user {name}")
+        if not (dig(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or any(
+                "OTEL_EXPORTER_OTLP_ENDPOINT" in configmaps.get(dig(e, "configMapRef", "name"), {}) for e in c.get("envFrom") or [])):
+            p.append(f"Deployment {name}: OTEL_EXPORTER_OTLP_ENDPOINT is not set")
+        check_pod(f"Deployment {name}", pod)
+        svc = by.get("Service", {}).get(name)
+        if svc is None or any(labels.get(k) != v for k, v in (svc["spec"].get("selector") or {}).items()):
+            p.append(f"Service {name}: missing or its selector does not match the Deployment's pods")
+        elif [x.get("port") for x in svc["spec"].get("ports") or []] != [port]:
+            p.append(f"Service {name}: port must be {port}")
+        pdb = by.get("PodDisruptionBudget", {}).get(name)
+        if pdb is None or pdb["spec"].get("minAvailable") != 1 or any(
+                labels.get(k) != v for k, v in (dig(pdb, "spec", "selector", "matchLabels") or {}).items()):
+            p.append(f"PodDisruptionBudget {name}: missing, not minAvailable 1, or not selecting the pods")
+    for name, sts in by.get("StatefulSet", {}).items():
+        check_pod(f"StatefulSet {name}", sts["spec"]["template"]["spec"])
+        if sts["spec"].get("serviceName") not in by.get("Service", {}):
+            p.append(f"StatefulSet {name}: serviceName {sts['spec'].get('serviceName')} has no Service")
+    for name in ("inventory", "payment", "notify"):
+        so = by.get("ScaledObject", {}).get(name)
+        if so is None:
+            p.append(f"ScaledObject {name} is missing")
+            continue
+        if dig(so, "spec", "scaleTargetRef", "name") not in by.get("Deployment", {}):
+            p.append(f"ScaledObject {name}: scaleTargetRef is not a Deployment here")
+        for t in so["spec"].get("triggers") or []:
+            md = t.get("metadata") or {}
+            if md.get("queueName") not in {x["name"] for x in defs["queues"]}:
+                p.append(f"ScaledObject {name}: queue {md.get('queueName')} is not in definitions.json")
+            if md.get("mode") != "QueueLength" or md.get("value") != "50":
+                p.append(f"ScaledObject {name}: must scale on QueueLength 50")
+            auth = by.get("TriggerAuthentication", {}).get(dig(t, "authenticationRef", "name"))
+            if auth is None:
+                p.append(f"ScaledObject {name}: authenticationRef has no TriggerAuthentication")
+                continue
+            for ref in auth["spec"].get("secretTargetRef") or []:
+                if ref["key"] not in secrets.get(ref["name"], {}):
+                    p.append(f"TriggerAuthentication {auth['metadata']['name']}: missing secret key {ref['name']}/{ref['key']}")
+                elif ref["parameter"] == "host":
+                    host = secrets[ref["name"]][ref["key"]]
+                    if md.get("protocol", "auto") not in ("auto", urllib.parse.urlsplit(host).scheme):
+                        p.append(f"ScaledObject {name}: protocol {md.get('protocol')} does not match the host URL")
+                    user = amqp_credentials_ok(host, defs, p, "keda host")
+                    if user != "keda":
+                        p.append("the KEDA host URL must use the keda user")
+    for name, cluster in by.get("RabbitmqCluster", {}).items():
+        vols = dig(cluster, "spec", "override", "statefulSet", "spec", "template", "spec", "volumes") or []
+        for v in vols:
+            if "secret" in v:
+                content = secrets.get(v["secret"]["secretName"], {})
+                if "definitions.json" not in content:
+                    p.append(f"RabbitmqCluster {name}: Secret {v['secret']['secretName']} has no definitions.json")
+                elif json.loads(content["definitions.json"]) != defs:
+                    p.append(f"RabbitmqCluster {name}: Secret {v['secret']['secretName']} differs from deploy/rabbitmq/definitions.json")
+        pdbs = [d for d in by.get("PodDisruptionBudget", {}).values()
+                if dig(d, "spec", "selector", "matchLabels", "app.kubernetes.io/name") == name]
+        if not pdbs or pdbs[0]["spec"].get("maxUnavailable") != 1:
+            p.append(f"RabbitmqCluster {name}: needs a PodDisruptionBudget with maxUnavailable 1")
+        for sname, s in secrets.items():
+            for key, val in s.items():
+                if val.startswith("amqp://") and urllib.parse.urlsplit(val).hostname != f"{name}.msgkit.svc":
+                    p.append(f"Secret {sname}/{key}: AMQP host is not the RabbitmqCluster's Service {name}.msgkit.svc")
+    db = secrets.get("msgkit-database", {})
+    if db:
+        u = urllib.parse.urlsplit(db.get("DATABASE_URL", ""))
+        if (u.username, u.password, u.path.lstrip("/")) != (db.get("POSTGRES_USER"), db.get("POSTGRES_PASSWORD"), db.get("POSTGRES_DB")):
+            p.append("Secret msgkit-database: DATABASE_URL does not match POSTGRES_USER/PASSWORD/DB")
+        if u.hostname and u.hostname.split(".")[0] not in by.get("Service", {}):
+            p.append(f"Secret msgkit-database: DATABASE_URL host {u.hostname} is not a Service here")
+    if p:
+        for x in p:
+            fail(f"{label}: {x}")
+    else:
+        ok(f"{label}: secret/configmap keys exist, selectors match, ports/probes/env consistent, "
+           f"passwords match definitions.json, the definitions Secret equals deploy/rabbitmq/definitions.json")
+
+
+# ------------------------------------------------------------------------------------------
+# Grafana dashboard
+# ------------------------------------------------------------------------------------------
+def cmd_dashboard():
+    label = "grafana dashboard"
+    path = ROOT / "observability/grafana/dashboards/msgkit.json"
+    try:
+        dash = json.loads(path.read_text())
+    except Exception as e:
+        fail(f"{label}: {path.relative_to(ROOT)} does not parse: {e}")
+        return
+    # The metrics the kit exports, from docs/observability.md's table.
+    doc = (ROOT / "docs/observability.md").read_text()
+    documented = dict(re.findall(r"^\|\s*`(msgkit_[a-z0-9_]+)`\s*\|\s*(counter|gauge|histogram)\s*\|", doc, re.M))
+    if not documented:
+        fail(f"{label}: no metric table found in docs/observability.md")
+        return
+    series = set()
+    for name, kind in documented.items():
+        series |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+    exprs = []
+
+    def walk(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k == "expr" and isinstance(v, str):
+                    exprs.append(v)
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(dash)
+    used = set(re.findall(r"\bmsgkit_[a-zA-Z0-9_]+", " ".join(exprs)))
+    problems = [f"{m} is not a metric the kit exports (docs/observability.md)" for m in sorted(used - series)]
+    if not exprs:
+        problems.append("no PromQL expression found")
+    # The docs' names against the registry in shared/src/metrics.rs (prefix msgkit_; counters
+    # get _total from the Prometheus client).
+    metrics_rs = ROOT / "shared/src/metrics.rs"
+    if metrics_rs.exists():
+        registered = {"msgkit_" + n for n in re.findall(r'register\(\s*"([a-z0-9_]+)"', metrics_rs.read_text())}
+        for name in documented:
+            base = name[: -len("_total")] if documented[name] == "counter" and name.endswith("_total") else name
+            if base not in registered:
+                problems.append(f"{name} (docs/observability.md) is not registered in shared/src/metrics.rs")
+    if problems:
+        for p in problems:
+            fail(f"{label}: {p}")
+    else:
+        ok(f"{label}: parses; {len(exprs)} expressions use {len(used)} msgkit_* series, all exported "
+           f"(docs/observability.md, shared/src/metrics.rs)")
+
+
+if __name__ == "__main__":
+    try:
+        {"definitions": cmd_definitions, "compose": cmd_compose, "dockerfile": cmd_dockerfile,
+         "rabbitmq-conf": cmd_rabbitmq_conf, "k8s": cmd_k8s, "dashboard": cmd_dashboard}[sys.argv[1]]()
+    except Exception as e:  # a broken input the checks did not foresee: still one FAIL line
+        fail(f"{sys.argv[1]}: {type(e).__name__}: {e}")
+    sys.exit(1 if FAILED else 0)
+PYTHON
+
+run_py() { # GROUP: run one group of Python checks; its lines are printed as they come
+    local rc=0
+    "$PY" "$CHECKS" "$1" || rc=$?
+    if ((rc == 1)); then
+        failures=$((failures + 1))
+    elif ((rc != 0)); then
+        fail "$1: the check did not finish (exit $rc)"
+    fi
+}
+
+# ------------------------------------------------------------------------------------------
+# a. docker-compose.yml and the Dockerfile
+# ------------------------------------------------------------------------------------------
+if docker compose version >/dev/null 2>&1; then
+    if out=$(docker compose -f docker-compose.yml config -q 2>&1); then
+        ok "compose: docker compose config -q"
+    else
+        fail "compose: docker compose config -q: $out"
+    fi
+else
+    # No compose plugin here: validate against the Compose Specification's JSON schema, which
+    # check-jsonschema ships (offline).
+    if out=$("$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml 2>&1); then
+        ok "compose: docker-compose.yml valid against the compose-spec schema (no docker compose plugin here)"
+    else
+        fail "compose: docker-compose.yml against the compose-spec schema: $(tr -s '\n ' ' ' <<<"$out" | cut -c1-600)"
+    fi
+fi
+run_py compose
+run_py dockerfile
+
+# ------------------------------------------------------------------------------------------
+# b. RabbitMQ definitions: statically against the kit, then live on the local broker
+# ------------------------------------------------------------------------------------------
+run_py rabbitmq-conf
+dlx_sup_alive() { # prints true/false, or nothing when it cannot be asked (not root)
+    rabbitmqctl -q eval 'is_pid(whereis(rabbit_fifo_dlx_sup)).' </dev/null 2>/dev/null || true
+}
+api_up() { # the management API answers (waits up to 30 s: the broker may be restarting)
+    local _
+    for _ in $(seq 1 30); do
+        api GET /whoami >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    return 1
+}
+if ! api_up; then
+    fail "rabbitmq live: the management API at $RABBITMQ_API does not answer as $RABBITMQ_API_USER (scripts/stack.sh up)"
+else
+    before=$(dlx_sup_alive)
+    if [[ "$before" == "false" ]]; then
+        fail "rabbitmq live: the broker's dead-letter supervisor is already dead (rabbitmq-server#16652); scripts/stack.sh up heals it"
+    else
+        sweep_stale
+        run_py definitions
+        after=$(dlx_sup_alive)
+        if [[ "$after" == "false" ]]; then
+            fail "rabbitmq live: the broker's dead-letter supervisor died during the check (rabbitmq-server#16652)"
+        elif [[ "$after" == "true" ]]; then
+            ok "rabbitmq live: the broker is healthy afterwards (dead-letter supervisor alive)"
+        fi
+    fi
+fi
+
+# ------------------------------------------------------------------------------------------
+# c. Kubernetes manifests, offline
+# ------------------------------------------------------------------------------------------
+run_py k8s
+
+# ------------------------------------------------------------------------------------------
+# d. Grafana dashboard
+# ------------------------------------------------------------------------------------------
+run_py dashboard
+
+if ((failures > 0)); then
+    echo "check-deploy: FAILED ($failures group(s) with failures)"
+    exit 1
+fi
+echo "check-deploy: all checks passed"
