@@ -7,6 +7,7 @@
 //! Exit codes: 0 done, 1 a chaos run found violations, and (sysexits) 64 bad usage or filter,
 //! 66 no such queue, message or scenario, 69 broker unreachable, 70 anything else.
 
+mod bench;
 mod broker;
 mod chaos;
 mod dlq;
@@ -48,6 +49,8 @@ enum Command {
     /// Run the example services under load and faults, then check nothing was lost or applied
     /// twice (exit 1 if something was).
     Chaos(chaos::ChaosArgs),
+    /// Measure the kit against raw lapin ceilings on the same broker and database.
+    Bench(bench::BenchArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -99,6 +102,7 @@ async fn main() -> ExitCode {
         Ok(broker) => match cli.command {
             Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,
             Command::Chaos(args) => chaos::run(args, cli.json).await,
+            Command::Bench(args) => bench::run(args, cli.json).await,
         },
         Err(error) => Err(error),
     };

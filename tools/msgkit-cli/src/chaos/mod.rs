@@ -5,11 +5,11 @@
 //! Each run has its own database and vhost (removed afterwards). Faults that restart RabbitMQ
 //! or PostgreSQL act on the shared local services: do not run other tests meanwhile.
 
-mod check;
+pub(crate) mod check;
 mod counters;
 mod load;
-mod scenario;
-mod services;
+pub(crate) mod scenario;
+pub(crate) mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -176,7 +176,7 @@ pub async fn run(args: ChaosArgs, json_output: bool) -> Result<(), CliError> {
     }
 }
 
-fn run_directory(name: &str) -> Result<std::path::PathBuf, CliError> {
+pub(crate) fn run_directory(name: &str) -> Result<std::path::PathBuf, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Other(e.into()))?;
     let base = exe
         .parent()
@@ -189,7 +189,7 @@ fn run_directory(name: &str) -> Result<std::path::PathBuf, CliError> {
     Ok(dir)
 }
 
-async fn start_services(
+pub(crate) async fn start_services(
     scenario: &Scenario,
     db: &TestDatabase,
     broker: &TestBroker,
