@@ -26,14 +26,20 @@ pub async fn record(
     Ok(inserted == 1)
 }
 
-/// Delete inbox rows older than `retention` (a duplicate older than that is no longer
-/// recognised: keep it well above the longest retry and replay window).
-pub async fn delete_older_than(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+/// Delete `consumer`'s inbox rows older than `retention` (a duplicate older than that is no
+/// longer recognised: keep it well above the longest retry and replay window).
+pub async fn delete_older_than(
+    pool: &PgPool,
+    consumer: &str,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     Ok(sqlx::query(
-        "DELETE FROM msgkit_inbox WHERE processed_at < now() - $1 * interval '1 millisecond'",
+        "DELETE FROM msgkit_inbox \
+         WHERE consumer = $2 AND processed_at < now() - $1 * interval '1 millisecond'",
     )
     .bind(retention_ms)
+    .bind(consumer)
     .execute(pool)
     .await?
     .rows_affected())

@@ -519,6 +519,50 @@ async fn consumers_recover_when_the_broker_force_closes_every_connection() {
 }
 
 #[tokio::test]
+async fn old_inbox_rows_are_retired_by_their_consumer_and_only_theirs() {
+    let h = harness().await;
+    for (consumer, age) in [
+        ("test-service", "2 days"),
+        ("test-service", "1 minute"),
+        ("other", "2 days"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO msgkit_inbox (consumer, message_id, message_type, processed_at) \
+             VALUES ('{consumer}', gen_random_uuid()::text, 't', now() - interval '{age}')"
+        )))
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    }
+    let config = ConsumerConfig {
+        inbox_retention: Duration::from_secs(3600),
+        ..ConsumerConfig::new("test-service", "work")
+    };
+    let consumer = Consumer::new(
+        h.pool.clone(),
+        h.broker.settings("consumer"),
+        h.topology.clone(),
+        config,
+        Recording::default(),
+    );
+    h.shutdown.spawn(consumer.run(h.shutdown.child()));
+    wait_until_async(
+        "the old row of test-service to be deleted",
+        DEADLINE,
+        || async {
+            let left: Vec<String> =
+                sqlx::query_scalar("SELECT consumer FROM msgkit_inbox ORDER BY consumer")
+                    .fetch_all(&h.pool)
+                    .await
+                    .unwrap();
+            (left == ["other", "test-service"]).then_some(())
+        },
+    )
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_finishes_and_acks_in_flight_messages() {
     let h = harness().await;
     let handler = Recording {

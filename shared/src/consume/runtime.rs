@@ -23,7 +23,7 @@ use super::handler::{FailureKind, Handler, HandlerError};
 use super::message::{IncomingMessage, RETRY_AT_HEADER};
 use super::retry::RetryPolicy;
 use crate::broker::{BrokerError, BrokerSettings};
-use crate::config::{ConfigError, env_parse};
+use crate::config::{ConfigError, env_millis, env_parse};
 use crate::inbox;
 use crate::metrics::metrics;
 use crate::publish::ConfirmedPublisher;
@@ -53,6 +53,11 @@ pub struct ConsumerConfig {
     pub retry: RetryPolicy,
     /// Deduplicate through the inbox (on unless the handler is idempotent by itself).
     pub inbox: bool,
+    /// How long inbox rows are kept: a duplicate arriving later than this is no longer
+    /// recognised, so keep it well above the longest retry and replay window.
+    pub inbox_retention: Duration,
+    /// How often old inbox rows are deleted.
+    pub inbox_cleanup_interval: Duration,
     /// Faults to inject before the handler (tests and chaos runs; none by default).
     pub faults: Faults,
 }
@@ -69,6 +74,8 @@ impl ConsumerConfig {
             concurrency: 8,
             retry: RetryPolicy::default(),
             inbox: true,
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            inbox_cleanup_interval: Duration::from_secs(3600),
             faults: Faults::default(),
         }
     }
@@ -84,6 +91,7 @@ impl ConsumerConfig {
             prefetch: env_parse("CONSUMER_PREFETCH", defaults.prefetch)?.max(1),
             concurrency: env_parse("CONSUMER_CONCURRENCY", defaults.concurrency)?.max(1),
             retry: RetryPolicy::from_env()?,
+            inbox_retention: env_millis("CONSUMER_INBOX_RETENTION_MS", defaults.inbox_retention)?,
             faults: Faults::from_env()?,
             ..defaults
         })
@@ -356,8 +364,28 @@ impl<H: Handler> Consumer<H> {
         // A consumer stream can stay silent after the broker died without telling it: watch
         // the connections too.
         let watch = async {
+            let mut last_cleanup: Option<Instant> = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                // The consumer that writes inbox rows also retires them (between deliveries'
+                // own work; a failure is only logged and tried again next interval).
+                if self.config.inbox
+                    && last_cleanup
+                        .is_none_or(|at| at.elapsed() >= self.config.inbox_cleanup_interval)
+                {
+                    last_cleanup = Some(Instant::now());
+                    match inbox::delete_older_than(
+                        &self.pool,
+                        &self.config.name,
+                        self.config.inbox_retention,
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::info!(deleted, "deleted old inbox rows"),
+                        Err(error) => tracing::warn!(%error, "inbox clean-up failed"),
+                    }
+                }
                 if !connection.status().connected()
                     || !channel.status().connected()
                     || !publisher.is_connected()
