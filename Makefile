@@ -22,6 +22,7 @@ test: ## Start the stack, run the quick chaos scenario, then every test in the w
 	cargo build --workspace --bins
 	@# Restarts RabbitMQ and PostgreSQL, so it runs alone, before the tests.
 	cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
+	cargo run -q -p msgkit-cli --bin msgkit -- cluster-test
 	scripts/check-deploy.sh
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace --no-fail-fast"; \

@@ -212,7 +212,14 @@ write_rabbit_plugin_config() {
     fi
 }
 
-rabbit_beam_running() { pgrep -u rabbitmq -x beam.smp >/dev/null 2>&1; }
+# The main node's own VM, found through its pid file: other nodes of the rabbitmq user (the
+# failover test's cluster, scripts/rabbitmq-cluster.sh) must not count.
+readonly RABBIT_PID_FILE=/var/lib/rabbitmq/mnesia/rabbit@localhost.pid
+rabbit_beam_running() {
+    local pid
+    pid=$(cat "$RABBIT_PID_FILE" 2>/dev/null) || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == beam.smp ]]
+}
 rabbit_ping() { rabbitmq-diagnostics -q ping </dev/null >/dev/null 2>&1 9>&-; }
 rabbit_mgmt_ok() {
     curl -fsS -m 3 -o /dev/null -u guest:guest "http://127.0.0.1:$MGMT_PORT/api/overview" 2>/dev/null

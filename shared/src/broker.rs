@@ -1,10 +1,18 @@
 //! Connecting to RabbitMQ: one connection per role (publishing and consuming never share a
 //! connection, because a blocked connection stops acks as well as publishes), retried with
 //! exponential backoff, the URL's password kept out of every log line and error.
+//!
+//! The broker may be a cluster: `AMQP_URL` then lists one URL per node, comma-separated (same
+//! vhost and credentials). A connection attempt tries them in turn, starting after the last
+//! address that failed, so a dead node costs one refused attempt and is then skipped.
 
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -15,15 +23,24 @@ use crate::shutdown::Shutdown;
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Where the broker is and how patiently to reach it.
+///
+/// Clones (and [`BrokerSettings::for_role`]) share the rotation through the addresses: once one
+/// connection of a process finds a node dead, the others start with the next node too.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
-    url: SecretString,
+    /// One URL per broker node, at least one.
+    urls: Arc<[SecretString]>,
+    /// Index into `urls` of the address the next attempt starts with.
+    next: Arc<AtomicUsize>,
     /// Shown in the management UI's connection list, e.g. `order/outbox-relay`.
     pub connection_name: String,
     /// First delay between connection attempts.
     pub reconnect_initial: Duration,
     /// Longest delay between connection attempts.
     pub reconnect_max: Duration,
+    /// Limit on one attempt at one address (TCP connect and AMQP handshake), so that a node
+    /// that does not answer at all cannot hold up the others.
+    pub connect_timeout: Duration,
 }
 
 /// What can go wrong talking to the broker. Every variant is transient from the kit's point of
@@ -76,17 +93,28 @@ impl BrokerError {
 
 impl BrokerSettings {
     /// Settings for `url` with the default reconnect backoff (100 ms doubling to 10 s).
+    ///
+    /// `url` may list several URLs separated by commas, one per node of a cluster, e.g.
+    /// `amqp://guest:guest@10.0.0.1:5672/%2f,amqp://guest:guest@10.0.0.2:5672/%2f`. A comma
+    /// inside a URL (an unencoded one in a password) is kept when the text after it does not
+    /// start with a scheme (`amqp://`); percent-encoding it as `%2C` is safest.
     pub fn new(url: impl Into<String>, connection_name: impl Into<String>) -> Self {
+        let urls: Vec<SecretString> = split_urls(&url.into())
+            .into_iter()
+            .map(SecretString::from)
+            .collect();
         Self {
-            url: SecretString::from(url.into()),
+            urls: urls.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             connection_name: connection_name.into(),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 
-    /// From `AMQP_URL` (default [`DEFAULT_AMQP_URL`]), `AMQP_RECONNECT_INITIAL_MS` and
-    /// `AMQP_RECONNECT_MAX_MS`.
+    /// From `AMQP_URL` (default [`DEFAULT_AMQP_URL`]; a comma-separated list for a cluster),
+    /// `AMQP_RECONNECT_INITIAL_MS` and `AMQP_RECONNECT_MAX_MS`.
     pub fn from_env(connection_name: impl Into<String>) -> Result<Self, ConfigError> {
         let mut settings = Self::new(env_or("AMQP_URL", DEFAULT_AMQP_URL), connection_name);
         settings.reconnect_initial =
@@ -95,7 +123,8 @@ impl BrokerSettings {
         Ok(settings)
     }
 
-    /// The same broker under another connection name (one connection per role).
+    /// The same broker under another connection name (one connection per role). The copy
+    /// shares the rotation through the addresses with `self`.
     pub fn for_role(&self, connection_name: impl Into<String>) -> Self {
         Self {
             connection_name: connection_name.into(),
@@ -103,14 +132,38 @@ impl BrokerSettings {
         }
     }
 
-    /// The URL with its password redacted, for logs.
+    /// The URL with its password redacted, for logs; with several addresses, all of them,
+    /// comma-separated.
     pub fn redacted_url(&self) -> String {
-        redact_url(self.url.expose_secret())
+        self.redacted_urls().join(",")
     }
 
-    /// The URL including credentials. Only for handing to a client library, never to a log.
+    /// Every address, password redacted, in configuration order.
+    pub fn redacted_urls(&self) -> Vec<String> {
+        self.urls
+            .iter()
+            .map(|url| redact_url(url.expose_secret()))
+            .collect()
+    }
+
+    /// How many broker addresses there are.
+    pub fn address_count(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// The address the next connection attempt starts with, password redacted.
+    pub fn current_url_redacted(&self) -> String {
+        redact_url(self.urls[self.start_index()].expose_secret())
+    }
+
+    /// The URL including credentials (with several, the one the next attempt starts with).
+    /// Only for handing to a client library, never to a log.
     pub fn expose_url(&self) -> &str {
-        self.url.expose_secret()
+        self.urls[self.start_index()].expose_secret()
+    }
+
+    fn start_index(&self) -> usize {
+        self.next.load(Ordering::Acquire) % self.urls.len()
     }
 
     /// The reconnect schedule: exponential with jitter, capped, never giving up.
@@ -124,19 +177,73 @@ impl BrokerSettings {
             .build()
     }
 
-    /// One connection attempt.
+    /// One connection attempt: with several addresses, one round through them, starting after
+    /// the last address that failed. The error of a failed round names every address (password
+    /// redacted) and carries the last one's cause; each address's own failure is logged.
     pub async fn connect(&self) -> Result<Connection, BrokerError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.connection_name.clone().into());
-        Connection::connect(self.url.expose_secret(), properties)
-            .await
-            .map_err(|source| BrokerError::Connect {
-                url: self.redacted_url(),
-                source,
-            })
+        let count = self.urls.len();
+        let mut last_error = None;
+        for index in attempt_order(self.start_index(), count) {
+            match self.connect_to(index).await {
+                Ok(connection) => return Ok(connection),
+                Err(source) => {
+                    // The next attempt (of any role) starts after this address, unless another
+                    // one has moved the rotation on meanwhile.
+                    let _ = self.next.compare_exchange(
+                        index,
+                        (index + 1) % count,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    if count > 1 {
+                        tracing::warn!(
+                            url = %redact_url(self.urls[index].expose_secret()),
+                            error = %source,
+                            connection = %self.connection_name,
+                            "broker address unusable; trying the next"
+                        );
+                    }
+                    last_error = Some(source);
+                }
+            }
+        }
+        Err(BrokerError::Connect {
+            url: self.redacted_urls().join(", "),
+            source: last_error.unwrap_or_else(|| io::Error::other("no broker address").into()),
+        })
     }
 
-    /// Connect, retrying with backoff until it works or `shutdown` is triggered.
+    /// One attempt at the address `index`, bounded by `connect_timeout`.
+    async fn connect_to(&self, index: usize) -> Result<Connection, lapin::Error> {
+        let raw = self.urls[index].expose_secret();
+        // Parsed here rather than by the client, whose error for some malformed URLs quotes
+        // the whole text, password included.
+        let uri: AMQPUri = raw.parse().map_err(|reason: String| {
+            let reason = reason.replace(raw, &redact_url(raw));
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a valid AMQP URL: {reason}"),
+            )
+        })?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        match tokio::time::timeout(
+            self.connect_timeout,
+            Connection::connect_uri(uri, properties),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no AMQP connection within {:?}", self.connect_timeout),
+            )
+            .into()),
+        }
+    }
+
+    /// Connect, retrying with backoff until it works or `shutdown` is triggered. With several
+    /// addresses, each try is a round through all of them; the backoff is between rounds.
     pub async fn connect_with_backoff(
         &self,
         shutdown: &Shutdown,
@@ -158,5 +265,177 @@ impl BrokerSettings {
                 }
             }
         }
+    }
+}
+
+/// The URLs of a comma-separated list (whitespace around each ignored). A piece that does not
+/// start with a scheme belongs to the URL before it (a comma in a password). Never empty: a
+/// list without any URL becomes one empty (invalid) URL, so the error shows up on connecting.
+fn split_urls(list: &str) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for piece in list.split(',') {
+        let trimmed = piece.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        match urls.last_mut() {
+            Some(previous) if !starts_with_scheme(trimmed) => {
+                previous.push(',');
+                previous.push_str(piece.trim_end());
+            }
+            _ => urls.push(trimmed.to_owned()),
+        }
+    }
+    if urls.is_empty() {
+        urls.push(String::new());
+    }
+    urls
+}
+
+/// Whether `text` starts with `scheme://` (RFC 3986 scheme characters).
+fn starts_with_scheme(text: &str) -> bool {
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        let mut chars = scheme.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+/// The indexes of one round through `count` addresses, beginning at `start`.
+fn attempt_order(start: usize, count: usize) -> impl Iterator<Item = usize> {
+    (0..count).map(move |offset| (start + offset) % count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    #[test]
+    fn a_single_url_is_used_as_before() {
+        let settings = BrokerSettings::new(ONE, "test");
+        assert_eq!(settings.address_count(), 1);
+        assert_eq!(settings.expose_url(), ONE);
+        assert_eq!(
+            settings.redacted_url(),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(settings.current_url_redacted(), settings.redacted_url());
+    }
+
+    #[test]
+    fn a_comma_separated_list_gives_one_address_per_node() {
+        let settings = BrokerSettings::new(
+            " amqp://guest:pw@127.0.0.1:5681/%2f, amqp://guest:pw@127.0.0.1:5682/%2f ,\
+             amqp://guest:pw@127.0.0.1:5683/%2f?heartbeat=5,",
+            "test",
+        );
+        assert_eq!(
+            settings.redacted_urls(),
+            [
+                "amqp://guest:***@127.0.0.1:5681/%2f",
+                "amqp://guest:***@127.0.0.1:5682/%2f",
+                "amqp://guest:***@127.0.0.1:5683/%2f?heartbeat=5",
+            ]
+        );
+        assert_eq!(settings.expose_url(), "amqp://guest:pw@127.0.0.1:5681/%2f");
+        assert_eq!(
+            settings.redacted_url(),
+            "amqp://guest:***@127.0.0.1:5681/%2f,amqp://guest:***@127.0.0.1:5682/%2f,\
+             amqp://guest:***@127.0.0.1:5683/%2f?heartbeat=5"
+        );
+    }
+
+    #[test]
+    fn a_comma_inside_a_password_does_not_split_the_url() {
+        assert_eq!(
+            split_urls("amqp://app:pa,ss@h1/v,amqps://app:x@h2/v"),
+            ["amqp://app:pa,ss@h1/v", "amqps://app:x@h2/v"]
+        );
+        assert_eq!(split_urls(""), [""]);
+        assert_eq!(split_urls(" , "), [""]);
+        assert!(starts_with_scheme("amqp+tls://x"));
+        assert!(!starts_with_scheme("ss@h1/v"));
+        assert!(!starts_with_scheme("://x"));
+    }
+
+    #[test]
+    fn a_round_visits_every_address_once_from_the_start_index() {
+        assert_eq!(attempt_order(0, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(attempt_order(2, 3).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(attempt_order(0, 1).collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn clones_share_the_rotation() {
+        let settings = BrokerSettings::new(format!("{ONE},{ONE}"), "a");
+        let other = settings.for_role("b");
+        settings.next.store(1, Ordering::Release);
+        assert_eq!(other.start_index(), 1);
+    }
+
+    /// A loopback port nothing listens on (connections are refused at once).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_round_names_every_address_without_its_password() {
+        let ports = [closed_port(), closed_port(), closed_port()];
+        let list = ports
+            .iter()
+            .map(|p| format!("amqp://app:s3cret-pw@127.0.0.1:{p}/%2f"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let settings = BrokerSettings::new(list, "test");
+        settings.next.store(1, Ordering::Release);
+        let error = settings.connect().await.expect_err("nothing listens");
+        let text = error.to_string();
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        for port in ports {
+            assert!(
+                text.contains(&format!("amqp://app:***@127.0.0.1:{port}/%2f")),
+                "{text}"
+            );
+        }
+        // Every address failed once, from index 1 round to index 0: the next round starts
+        // after index 0, where this one started.
+        assert_eq!(settings.start_index(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_quoting_its_password() {
+        let settings = BrokerSettings::new("amqp:app:s3cret-pw@127.0.0.1", "test");
+        let error = settings.connect().await.expect_err("malformed");
+        assert!(!error.to_string().contains("s3cret-pw"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_is_given_up_after_the_timeout() {
+        // Accepts TCP connections but never speaks AMQP.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut settings = BrokerSettings::new(
+            format!(
+                "amqp://guest:guest@127.0.0.1:{port}/%2f,amqp://guest:guest@127.0.0.1:{}/%2f",
+                closed_port()
+            ),
+            "test",
+        );
+        settings.connect_timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let error = settings.connect().await.expect_err("no broker");
+        assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+        holder.abort();
     }
 }

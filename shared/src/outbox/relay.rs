@@ -17,7 +17,7 @@ use super::store::{self, FailedRow, PendingRow};
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::config::{ConfigError, env_millis, env_parse};
 use crate::message::OutgoingMessage;
-use crate::publish::ConfirmedPublisher;
+use crate::publish::{ConfirmedPublisher, PublishOutcome};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 use crate::trace_context::{TRACEPARENT, TraceParent};
@@ -121,6 +121,8 @@ pub struct BatchReport {
     pub published: usize,
     /// Rows refused by the broker, left unpublished for a later attempt.
     pub failed: usize,
+    /// Of the refused rows, those the broker nacked (rather than returned as unroutable).
+    pub nacked: usize,
 }
 
 /// Why a batch did not complete. The relay loop handles both by backing off.
@@ -205,7 +207,19 @@ impl OutboxRelay {
 
             match self.relay_batch(&active).await {
                 Ok(report) => {
-                    publisher = Some(active);
+                    if report.nacked > 0 {
+                        // A nack can come from the channel rather than the queue: on RabbitMQ
+                        // 3.10 a channel whose first publish to a quorum queue found the
+                        // queue's leader node down keeps nacking every later publish to that
+                        // queue, even once a new leader is elected. A fresh channel does not.
+                        tracing::warn!(
+                            nacked = report.nacked,
+                            "the broker nacked publishes; opening a new channel"
+                        );
+                        active.close().await;
+                    } else {
+                        publisher = Some(active);
+                    }
                     db_delays = self.broker.reconnect_backoff();
                     let full =
                         i64::try_from(report.claimed).unwrap_or(i64::MAX) >= self.config.batch_size;
@@ -266,6 +280,10 @@ impl OutboxRelay {
 
         let mut published = Vec::with_capacity(rows.len());
         let mut failed = Vec::new();
+        let nacked = outcomes
+            .iter()
+            .filter(|o| matches!(o, PublishOutcome::Nacked))
+            .count();
         for (row, outcome) in rows.iter().zip(&outcomes) {
             match outcome.failure_reason() {
                 None => published.push(row.id),
@@ -307,6 +325,7 @@ impl OutboxRelay {
             claimed: rows.len(),
             published: published.len(),
             failed: failed.len(),
+            nacked,
         };
         tracing::debug!(?report, "outbox batch relayed");
         Ok(report)

@@ -28,6 +28,8 @@ pub struct QueueInfo {
 
 impl BrokerConfig {
     pub fn new(amqp_url: &str, management_url: &str) -> Result<Self, CliError> {
+        // AMQP_URL may list every node of a cluster; the operator commands talk to the first.
+        let amqp_url = amqp_url.split(',').next().unwrap_or_default().trim();
         let uri: AMQPUri = amqp_url.parse().map_err(|error| {
             CliError::Usage(format!(
                 "AMQP_URL {} is not a valid AMQP URL: {error}",

@@ -10,6 +10,7 @@
 mod bench;
 mod broker;
 mod chaos;
+mod cluster;
 mod dlq;
 mod table;
 
@@ -51,6 +52,9 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Measure the kit against raw lapin ceilings on the same broker and database.
     Bench(bench::BenchArgs),
+    /// Start a three-node RabbitMQ cluster, run the services on it under load, SIGKILL the
+    /// node leading a work queue, then check nothing was lost and report the stalls.
+    ClusterTest(cluster::ClusterTestArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -103,6 +107,7 @@ async fn main() -> ExitCode {
             Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,
             Command::Chaos(args) => chaos::run(args, cli.json).await,
             Command::Bench(args) => bench::run(args, cli.json).await,
+            Command::ClusterTest(args) => cluster::run(args, cli.json).await,
         },
         Err(error) => Err(error),
     };

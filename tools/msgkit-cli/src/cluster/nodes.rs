@@ -50,10 +50,7 @@ impl Cluster {
         Self {
             script,
             nodes,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::new(),
             dead: Vec::new(),
         }
     }
@@ -67,15 +64,12 @@ impl Cluster {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rabbitmq-cluster.sh"),
             ],
         };
-        candidates
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                CliError::NotFound(
-                    "no scripts/rabbitmq-cluster.sh (run from the repository or pass --script)"
-                        .to_owned(),
-                )
-            })
+        candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+            CliError::NotFound(
+                "no scripts/rabbitmq-cluster.sh (run from the repository or pass --script)"
+                    .to_owned(),
+            )
+        })
     }
 
     /// Run the script with `args`; its output goes to our stderr.
@@ -136,6 +130,18 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, String> {
+        self.api_within(method, path, body, Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Cluster::api`] with a time limit per node.
+    pub async fn api_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        limit: Duration,
+    ) -> Result<Value, String> {
         let mut last = String::from("no live node");
         for node in self.nodes.iter().filter(|n| !self.dead.contains(&n.name)) {
             let mut request = self
@@ -144,7 +150,8 @@ impl Cluster {
                     method.clone(),
                     format!("http://127.0.0.1:{}/api/{path}", node.management_port),
                 )
-                .basic_auth("guest", Some("guest"));
+                .basic_auth("guest", Some("guest"))
+                .timeout(limit);
             if let Some(body) = &body {
                 request = request.json(body);
             }
@@ -190,7 +197,8 @@ impl Cluster {
 
     /// Delete `vhost`: first shut it to new connections and let declarations in flight end
     /// (deleting an at-least-once dead-lettering quorum queue while it starts can break the
-    /// node's dead-letter supervisor, rabbitmq-server#16652; see `msgkit::testing`).
+    /// node's dead-letter supervisor, rabbitmq-server#16652; see `msgkit::testing`). With every
+    /// member up this takes a second or two; with one down, about 5 s per quorum queue.
     pub async fn delete_vhost(&self, vhost: &str) -> Result<(), String> {
         let _ = self
             .api(
@@ -200,9 +208,14 @@ impl Cluster {
             )
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        self.api(reqwest::Method::DELETE, &format!("vhosts/{vhost}"), None)
-            .await
-            .map(|_| ())
+        self.api_within(
+            reqwest::Method::DELETE,
+            &format!("vhosts/{vhost}"),
+            None,
+            Duration::from_secs(180),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// One queue of `vhost`, or `None` while it does not exist (or no node answers).
@@ -229,12 +242,16 @@ impl Cluster {
             .unwrap_or_default())
     }
 
-    /// SIGKILL the VM of `node` (its pid from the script) and stop asking its API.
-    pub async fn kill(&mut self, node: &str) -> Result<u32, CliError> {
+    /// The OS pid of `node`'s VM, from the script (its pid file, or the node itself).
+    pub async fn pid(&self, node: &str) -> Result<u32, CliError> {
         let out = self.script(&["pid", node], Duration::from_secs(30)).await?;
-        let pid: u32 = out.trim().parse().map_err(|_| {
-            CliError::Other(anyhow::anyhow!("no pid for {node}: {:?}", out.trim()))
-        })?;
+        out.trim()
+            .parse()
+            .map_err(|_| CliError::Other(anyhow::anyhow!("no pid for {node}: {:?}", out.trim())))
+    }
+
+    /// SIGKILL `pid`, the VM of `node`, and stop asking that node's API.
+    pub async fn kill(&mut self, node: &str, pid: u32) -> Result<(), CliError> {
         let status = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status()
@@ -246,7 +263,12 @@ impl Cluster {
             )));
         }
         self.dead.push(node.to_owned());
-        Ok(pid)
+        Ok(())
+    }
+
+    /// The killed nodes are back (after `up`): ask their API again.
+    pub fn revived(&mut self) {
+        self.dead.clear();
     }
 
     /// Wait until `check` holds on a queue of `vhost`, at most `limit`.
