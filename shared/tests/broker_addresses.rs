@@ -97,7 +97,12 @@ async fn connect_with_backoff_retries_whole_rounds_until_a_node_is_back() {
         let (settings, shutdown) = (settings.clone(), shutdown.clone());
         async move { settings.connect_with_backoff(&shutdown).await }
     });
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    msgkit::testing::wait_until(
+        "several rounds of refused attempts",
+        Duration::from_secs(10),
+        || node.refused() >= 3,
+    )
+    .await;
     assert!(!connecting.is_finished(), "no node is up yet");
     node.restore();
     let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
@@ -114,7 +119,11 @@ async fn connect_with_backoff_retries_whole_rounds_until_a_node_is_back() {
         let (settings, shutdown) = (settings.clone(), shutdown.clone());
         async move { settings.connect_with_backoff(&shutdown).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = node.refused();
+    msgkit::testing::wait_until("another refused attempt", Duration::from_secs(10), || {
+        node.refused() > before
+    })
+    .await;
     shutdown.trigger();
     let ended = tokio::time::timeout(Duration::from_secs(5), stuck)
         .await

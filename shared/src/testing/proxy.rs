@@ -1,5 +1,7 @@
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -13,6 +15,7 @@ use tokio_util::task::TaskTracker;
 pub struct TcpProxy {
     addr: SocketAddr,
     open: watch::Sender<bool>,
+    refused: Arc<AtomicU64>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -26,7 +29,13 @@ impl TcpProxy {
         let (open, _) = watch::channel(true);
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (open_tx, stop_token, tracker) = (open.clone(), stop.clone(), tasks.clone());
+        let refused = Arc::new(AtomicU64::new(0));
+        let (open_tx, stop_token, tracker, refusals) = (
+            open.clone(),
+            stop.clone(),
+            tasks.clone(),
+            Arc::clone(&refused),
+        );
         tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -35,6 +44,7 @@ impl TcpProxy {
                 };
                 let Ok((client, _)) = accepted else { continue };
                 if !*open_tx.borrow() {
+                    refusals.fetch_add(1, Ordering::Relaxed);
                     drop(client);
                     continue;
                 }
@@ -56,6 +66,7 @@ impl TcpProxy {
         Ok(Self {
             addr,
             open,
+            refused,
             stop,
             tasks,
         })
@@ -69,6 +80,11 @@ impl TcpProxy {
     /// Drop every connection and refuse new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
         self.open.send_replace(false);
+    }
+
+    /// Connection attempts dropped while cut: lets a test wait until a client has tried.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Let connections through again.

@@ -98,7 +98,8 @@ pub async fn run(duration: Duration) -> Result<EndToEnd, CliError> {
     let db = msgkit::testing::TestDatabase::create().await;
     let broker = msgkit::testing::TestBroker::create().await;
     let run_dir = run_directory("bench")?;
-    let mut processes = start_services(&scenario, &db, &broker, &run_dir).await?;
+    let mut processes =
+        start_services(&scenario.services, &db, &broker.amqp_url(), &run_dir).await?;
     let pool = db.pool().await;
     let api = processes[0].base_url();
     let client = reqwest::Client::builder()

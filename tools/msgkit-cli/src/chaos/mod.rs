@@ -55,7 +55,8 @@ pub async fn run(args: ChaosArgs, json_output: bool) -> Result<(), CliError> {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let run_dir = run_directory(&scenario.name)?;
-    let mut processes = start_services(&scenario, &db, &broker, &run_dir).await?;
+    let mut processes =
+        start_services(&scenario.services, &db, &broker.amqp_url(), &run_dir).await?;
     let pool = db.pool().await;
     let initial_stock = check::stock(&pool).await?;
 
@@ -189,10 +190,12 @@ pub(crate) fn run_directory(name: &str) -> Result<std::path::PathBuf, CliError> 
     Ok(dir)
 }
 
+/// Start the four service binaries (next to this one) on `db` and `amqp_url` with the chaos
+/// runner's fast settings plus `overrides`, and wait until every one is ready.
 pub(crate) async fn start_services(
-    scenario: &Scenario,
+    overrides: &BTreeMap<String, scenario::ServiceOverrides>,
     db: &TestDatabase,
-    broker: &TestBroker,
+    amqp_url: &str,
     run_dir: &std::path::Path,
 ) -> Result<Vec<ServiceProcess>, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Other(e.into()))?;
@@ -212,7 +215,7 @@ pub(crate) async fn start_services(
         let port = services::free_port()?;
         let mut env: BTreeMap<String, String> = [
             ("DATABASE_URL", db.url()),
-            ("AMQP_URL", broker.amqp_url()),
+            ("AMQP_URL", amqp_url.to_owned()),
             ("OUTBOX_POLL_INTERVAL_MS", "250".to_owned()),
             ("AMQP_RECONNECT_INITIAL_MS", "100".to_owned()),
             ("AMQP_RECONNECT_MAX_MS", "1000".to_owned()),
@@ -229,7 +232,7 @@ pub(crate) async fn start_services(
             format!("{}_HTTP_ADDR", name.to_ascii_uppercase()),
             format!("127.0.0.1:{port}"),
         );
-        if let Some(overrides) = scenario.services.get(name) {
+        if let Some(overrides) = overrides.get(name) {
             env.extend(overrides.env.clone());
         }
         let mut process =

@@ -25,10 +25,8 @@ use sqlx::PgPool;
 
 use self::nodes::Cluster;
 use crate::chaos::check;
-use crate::chaos::services::{self, ServiceProcess};
 use crate::{CliError, table};
 
-const SERVICES: [&str; 4] = ["order", "inventory", "payment", "notify"];
 const WORK_QUEUES: [&str; 4] = ["order", "inventory", "payment", "notify"];
 
 #[derive(Debug, Args)]
@@ -150,7 +148,8 @@ async fn exercise(
 ) -> Result<Value, CliError> {
     let run_dir = run_directory()?;
     let amqp_url = cluster.amqp_url_list(vhost);
-    let mut processes = start_services(db, &amqp_url, &run_dir).await?;
+    let mut processes =
+        crate::chaos::start_services(&BTreeMap::new(), db, &amqp_url, &run_dir).await?;
     let pool = db.pool().await;
     let mut violations = Vec::new();
 
@@ -377,78 +376,6 @@ fn run_directory() -> Result<PathBuf, CliError> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| CliError::Other(anyhow::anyhow!("creating {}: {e}", dir.display())))?;
     Ok(dir)
-}
-
-/// The four service binaries (next to this one), all with the cluster's three addresses.
-async fn start_services(
-    db: &TestDatabase,
-    amqp_url: &str,
-    run_dir: &Path,
-) -> Result<Vec<ServiceProcess>, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::Other(e.into()))?;
-    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut processes = Vec::new();
-    for name in SERVICES {
-        let binary = bin_dir.join(name);
-        if !binary.is_file() {
-            return Err(CliError::NotFound(format!(
-                "no {} binary next to msgkit (build them: cargo build --workspace --bins)",
-                binary.display()
-            )));
-        }
-        let port = services::free_port()?;
-        let mut env: BTreeMap<String, String> = [
-            ("DATABASE_URL", db.url()),
-            ("AMQP_URL", amqp_url.to_owned()),
-            ("OUTBOX_POLL_INTERVAL_MS", "250".to_owned()),
-            ("AMQP_RECONNECT_INITIAL_MS", "100".to_owned()),
-            ("AMQP_RECONNECT_MAX_MS", "1000".to_owned()),
-            ("RETRY_INITIAL_DELAY_MS", "200".to_owned()),
-            ("RETRY_MAX_DELAY_MS", "3000".to_owned()),
-            ("RETRY_MAX_ATTEMPTS", "10".to_owned()),
-            ("GATEWAY_LATENCY_MS", "5".to_owned()),
-            ("RUST_LOG", "info,sqlx=warn,lapin=error".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        env.insert(
-            format!("{}_HTTP_ADDR", name.to_ascii_uppercase()),
-            format!("127.0.0.1:{port}"),
-        );
-        let mut process =
-            ServiceProcess::new(name, binary, env, run_dir.join(format!("{name}.log")), port);
-        process.start()?;
-        processes.push(process);
-    }
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    for process in &processes {
-        loop {
-            let ready = client
-                .get(format!("{}/readyz", process.base_url()))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(CliError::Other(anyhow::anyhow!(
-                    "{} did not become ready within 90 s; see {}",
-                    process.name,
-                    process.log().display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    eprintln!(
-        "cluster-test: all services ready; logs in {}",
-        run_dir.display()
-    );
-    Ok(processes)
 }
 
 /// Wait until every accepted order is final, the outboxes are empty, and every queue of the
