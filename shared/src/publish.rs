@@ -78,6 +78,44 @@ impl From<Confirmation> for PublishOutcome {
     }
 }
 
+/// Confirms of a batch sent with [`ConfirmedPublisher::send_batch`], not yet awaited.
+#[must_use = "a batch is not safe with the broker until its confirms are awaited"]
+pub struct PendingConfirms {
+    confirms: Vec<lapin::PublisherConfirm>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PendingConfirms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingConfirms")
+            .field("pending", &self.confirms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingConfirms {
+    /// Wait (up to the publisher's confirm timeout) for every confirm; one outcome per
+    /// message, in order. An `Err` means the connection failed: none of the messages may be
+    /// assumed delivered.
+    pub async fn confirmed(self) -> Result<Vec<PublishOutcome>, BrokerError> {
+        let pending = self.confirms.len();
+        let results = tokio::time::timeout(self.timeout, join_all(self.confirms))
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout {
+                pending,
+                timeout: self.timeout,
+            })?;
+        results
+            .into_iter()
+            .map(|result| {
+                result
+                    .map(PublishOutcome::from)
+                    .map_err(BrokerError::operation("publisher confirm"))
+            })
+            .collect()
+    }
+}
+
 /// A dedicated connection and channel in confirm mode, with the topology declared on it.
 ///
 /// It does not reconnect by itself: on any error the owner drops it and opens a new one
@@ -147,6 +185,16 @@ impl ConfirmedPublisher {
         &self,
         messages: &[OutgoingMessage],
     ) -> Result<Vec<PublishOutcome>, BrokerError> {
+        self.send_batch(messages).await?.confirmed().await
+    }
+
+    /// Publish every message (mandatory, pipelined) without waiting for the confirms, so that
+    /// the caller can do other work (claim the next batch) while the broker stores them.
+    /// Messages sent later on this publisher reach the broker after these.
+    pub async fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<PendingConfirms, BrokerError> {
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
             let confirm = self
@@ -162,27 +210,15 @@ impl ConfirmedPublisher {
                     message.properties(),
                 )
                 .await
-                .map_err(BrokerError::operation(format!(
-                    "basic.publish {}",
-                    message.routing_key
-                )))?;
+                .map_err(|error| {
+                    BrokerError::operation(format!("basic.publish {}", message.routing_key))(error)
+                })?;
             confirms.push(confirm);
         }
-        let pending = confirms.len();
-        let results = tokio::time::timeout(self.confirm_timeout, join_all(confirms))
-            .await
-            .map_err(|_| BrokerError::ConfirmTimeout {
-                pending,
-                timeout: self.confirm_timeout,
-            })?;
-        results
-            .into_iter()
-            .map(|result| {
-                result
-                    .map(PublishOutcome::from)
-                    .map_err(BrokerError::operation("publisher confirm"))
-            })
-            .collect()
+        Ok(PendingConfirms {
+            confirms,
+            timeout: self.confirm_timeout,
+        })
     }
 
     /// Publish one message and wait for its confirm.

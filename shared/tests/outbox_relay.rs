@@ -8,7 +8,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use msgkit::message::{ATTEMPT_HEADER, header_i64, header_str};
 use msgkit::outbox::{self, OutboxMessage};
-use msgkit::testing::{TcpProxy, TestBroker, TestDatabase, wait_until_async};
+use msgkit::testing::{TcpProxy, TestBroker, TestDatabase, wait_until, wait_until_async};
 use msgkit::{BrokerSettings, OutboxRelay, RelayConfig, Shutdown, Topology, TraceParent};
 use serde_json::json;
 use sqlx::PgPool;
@@ -160,7 +160,7 @@ async fn the_relay_wakes_on_commit_without_waiting_for_its_poll() {
     );
     // Let the relay reach its idle wait (connected, first empty batch done) before enqueueing.
     let stats = relay.stats();
-    msgkit::testing::wait_until("the relay to connect", DEADLINE, || stats.connected()).await;
+    wait_until("the relay to connect", DEADLINE, || stats.connected()).await;
     // A second empty batch cannot be observed; enqueue twice so that one of the commits lands
     // while the relay is listening.
     for n in 0..2 {
@@ -212,7 +212,11 @@ async fn an_unroutable_message_is_kept_and_reported_then_delivered_once_a_queue_
     .await;
     assert!(error.contains("unroutable"), "error was {error:?}");
     assert!(error.contains("NO_ROUTE"), "error was {error:?}");
-    assert!(stats.failed() >= 2);
+    // The counters move just after the commit that the query above saw.
+    wait_until("the relay to count both refusals", DEADLINE, || {
+        stats.failed() >= 2
+    })
+    .await;
     assert_eq!(
         unpublished(&h.pool).await,
         1,

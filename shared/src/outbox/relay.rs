@@ -125,6 +125,24 @@ pub struct BatchReport {
     pub nacked: usize,
 }
 
+impl BatchReport {
+    fn add(&mut self, other: &BatchReport) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.failed += other.failed;
+        self.nacked += other.nacked;
+    }
+}
+
+/// A claimed batch whose messages are published and whose confirms are outstanding.
+struct SentBatch {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: Vec<PendingRow>,
+    spans: Vec<tracing::Span>,
+    confirms: crate::publish::PendingConfirms,
+    started: Instant,
+}
+
 /// Why a batch did not complete. The relay loop handles both by backing off.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -205,7 +223,7 @@ impl OutboxRelay {
             };
             self.set_connected(true);
 
-            match self.relay_batch(&active).await {
+            match self.pump(&active).await {
                 Ok(report) => {
                     if report.nacked > 0 {
                         // A nack can come from the channel rather than the queue: on RabbitMQ
@@ -221,9 +239,9 @@ impl OutboxRelay {
                         publisher = Some(active);
                     }
                     db_delays = self.broker.reconnect_backoff();
-                    let full =
-                        i64::try_from(report.claimed).unwrap_or(i64::MAX) >= self.config.batch_size;
-                    if !full {
+                    // `pump` returns once a claim came back short (or after a nack, which
+                    // is retried with backoff anyway): the outbox is drained for now.
+                    if report.nacked == 0 {
                         self.cleanup_if_due(&mut last_cleanup).await;
                         self.wait_for_work(&mut listener, &shutdown).await;
                     }
@@ -257,11 +275,66 @@ impl OutboxRelay {
         &self,
         publisher: &ConfirmedPublisher,
     ) -> Result<BatchReport, RelayError> {
-        let mut tx = self.pool.begin().await?;
+        match self.claim_and_send(publisher).await? {
+            Some(batch) => self.finish(batch).await,
+            None => Ok(BatchReport::default()),
+        }
+    }
+
+    /// Relay batches until the outbox has no full batch left, keeping two batches in flight:
+    /// the next batch is claimed and sent while the broker stores the previous one, whose
+    /// confirms are then awaited and marked. Per-aggregate order holds because a claim only
+    /// takes heads of aggregates: the successor of a row in flight is not a head until that
+    /// row is marked published, and rows in flight are locked (skipped) anyway.
+    ///
+    /// Returns the batches' reports added up; stops early after a nack (the caller opens a new
+    /// channel, see [`OutboxRelay::run`]).
+    async fn pump(&self, publisher: &ConfirmedPublisher) -> Result<BatchReport, RelayError> {
+        let mut total = BatchReport::default();
+        let mut in_flight: Option<SentBatch> = None;
+        loop {
+            // The previous batch is finished (confirms awaited, rows marked, committed) on its
+            // own connection while this one is claimed and sent: the two database round trips
+            // overlap instead of adding up. Claiming concurrently with that commit is safe: the
+            // previous batch's rows are locked until it commits and published after, and
+            // their successors only become heads once the commit is visible.
+            let (sent, finished) = match in_flight.take() {
+                Some(previous) => {
+                    let (sent, finished) =
+                        tokio::join!(self.claim_and_send(publisher), self.finish(previous));
+                    (sent, Some(finished))
+                }
+                None => (self.claim_and_send(publisher).await, None),
+            };
+            // The previous batch's outcome first: its messages were published whether or not
+            // this claim worked.
+            if let Some(finished) = finished {
+                total.add(&finished?);
+            }
+            let Some(batch) = sent? else {
+                return Ok(total);
+            };
+            if batch.rows.len() < usize::try_from(self.config.batch_size).unwrap_or(usize::MAX)
+                || total.nacked > 0
+            {
+                total.add(&self.finish(batch).await?);
+                return Ok(total);
+            }
+            in_flight = Some(batch);
+        }
+    }
+
+    /// Claim a batch and publish it without awaiting its confirms; `None` when there is
+    /// nothing to publish. The returned batch holds the claim's transaction (its row locks).
+    async fn claim_and_send(
+        &self,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<Option<SentBatch>, RelayError> {
+        let mut tx = store::begin_claim(&self.pool).await?;
         let rows = store::claim(&mut tx, self.config.batch_size).await?;
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(BatchReport::default());
+            return Ok(None);
         }
         let mut messages: Vec<OutgoingMessage> =
             rows.iter().map(|row| self.outgoing(row)).collect();
@@ -269,7 +342,27 @@ impl OutboxRelay {
         let started = Instant::now();
         // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
         // and unlocked, and are claimed again after reconnecting.
-        let outcomes = publisher.publish_batch(&messages).await?;
+        let confirms = publisher.send_batch(&messages).await?;
+        Ok(Some(SentBatch {
+            tx,
+            rows,
+            spans,
+            confirms,
+            started,
+        }))
+    }
+
+    /// Await a sent batch's confirms, mark the confirmed rows published and the refused ones
+    /// for a later attempt, and commit.
+    async fn finish(&self, batch: SentBatch) -> Result<BatchReport, RelayError> {
+        let SentBatch {
+            mut tx,
+            rows,
+            spans,
+            confirms,
+            started,
+        } = batch;
+        let outcomes = confirms.confirmed().await?;
         crate::metrics::metrics().confirm("relay", started.elapsed());
         for (span, outcome) in spans.iter().zip(&outcomes) {
             if let Some(reason) = outcome.failure_reason() {

@@ -52,6 +52,33 @@ pub(crate) async fn insert(
     Ok(())
 }
 
+/// A transaction for [`claim`]. The claim must walk the due rows in `seq` order and stop after
+/// `limit` heads. An outbox never analysed since it filled up (a new service, a burst) looks
+/// nearly empty to the planner, which then reads and sorts every pending row instead: 70 ms
+/// rather than 2.5 ms per claim of 500 from 20,000 rows, measured. Forbidding the sort for
+/// this transaction keeps the ordered index walk whatever the statistics say; the transaction
+/// runs nothing else that needs a sort. (The head lookup is kept on its index by
+/// `msgkit_outbox_due`, see its migration.)
+pub(crate) async fn begin_claim(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL enable_sort = off").await
+}
+
+/// See [`claim`]; `$1` is the limit.
+const CLAIM_SQL: &str = "SELECT o.id, o.aggregate_id, o.exchange, o.routing_key, o.message_type, o.payload, \
+            o.headers, o.created_at, o.attempts \
+     FROM msgkit_outbox o \
+     WHERE o.published_at IS NULL \
+       AND o.next_attempt_at <= now() \
+       AND o.seq = ( \
+           SELECT e.seq FROM msgkit_outbox e \
+           WHERE e.aggregate_id = o.aggregate_id AND e.published_at IS NULL \
+           ORDER BY e.seq LIMIT 1) \
+     ORDER BY o.seq \
+     LIMIT $1 \
+     FOR UPDATE OF o SKIP LOCKED";
+
 /// Lock up to `limit` publishable rows: each the oldest unpublished row of its aggregate, due
 /// for an attempt, and not locked by another relay. Taking only heads of aggregates is what
 /// keeps per-aggregate order with several relays: the second event of an order is not a
@@ -61,22 +88,7 @@ pub(crate) async fn claim(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<PendingRow>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT o.id, o.aggregate_id, o.exchange, o.routing_key, o.message_type, o.payload, \
-                o.headers, o.created_at, o.attempts \
-         FROM msgkit_outbox o \
-         WHERE o.published_at IS NULL \
-           AND o.next_attempt_at <= now() \
-           AND NOT EXISTS ( \
-               SELECT 1 FROM msgkit_outbox e \
-               WHERE e.aggregate_id = o.aggregate_id AND e.published_at IS NULL AND e.seq < o.seq) \
-         ORDER BY o.seq \
-         LIMIT $1 \
-         FOR UPDATE OF o SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(CLAIM_SQL).bind(limit).fetch_all(conn).await?;
     rows.into_iter()
         .map(|row| {
             Ok(PendingRow {
@@ -194,4 +206,101 @@ pub(crate) async fn notify_channel(pool: &PgPool) -> Result<String, sqlx::Error>
     sqlx::query_scalar("SELECT 'msgkit_outbox_' || current_schema()")
         .fetch_one(pool)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    /// The claim's plan nodes, depth first, as `(node type, index name, index condition)`.
+    async fn claim_plan(pool: &PgPool) -> Vec<(String, String, String)> {
+        fn walk(node: &serde_json::Value, out: &mut Vec<(String, String, String)>) {
+            let field = |name: &str| node[name].as_str().unwrap_or_default().to_owned();
+            out.push((field("Node Type"), field("Index Name"), field("Index Cond")));
+            for child in node["Plans"].as_array().into_iter().flatten() {
+                walk(child, out);
+            }
+        }
+        let mut tx = begin_claim(pool).await.unwrap();
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (FORMAT JSON) {CLAIM_SQL}"
+        )))
+        .bind(500_i64)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+        let mut nodes = Vec::new();
+        walk(&plan[0]["Plan"], &mut nodes);
+        nodes
+    }
+
+    async fn fill(pool: &PgPool, rows: i64) {
+        sqlx::query(
+            "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload) \
+             SELECT gen_random_uuid(), 'agg-' || (g % 1000), 'events', 'k', 't', '{}'::jsonb \
+             FROM generate_series(1, $1) g",
+        )
+        .bind(rows)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// A backlog must be claimed by walking the due rows in order with one index probe per
+    /// row, whatever the planner's statistics say: otherwise a claim costs O(backlog) (a sort
+    /// of every pending row) or O(backlog^2) (a scan per row), and draining an outbox after a
+    /// broker outage takes minutes instead of seconds.
+    #[tokio::test]
+    async fn a_backlog_is_claimed_by_an_ordered_index_walk_whatever_the_statistics() {
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        crate::schema::migrate(&pool).await.unwrap();
+        let assert_walk = |plan: Vec<(String, String, String)>, state: &str| {
+            assert!(
+                !plan.iter().any(|(node, _, _)| node.contains("Sort")),
+                "{state}: the claim sorts: {plan:?}"
+            );
+            assert!(
+                plan.iter()
+                    .any(|(node, index, _)| node == "Index Scan" && index == "msgkit_outbox_due"),
+                "{state}: the claim does not walk msgkit_outbox_due: {plan:?}"
+            );
+            assert!(
+                plan.iter().any(|(_, index, condition)| index
+                    == "msgkit_outbox_pending_by_aggregate"
+                    && condition == "(aggregate_id = o.aggregate_id)"),
+                "{state}: the head lookup is not an index probe: {plan:?}"
+            );
+        };
+
+        // Never analysed.
+        fill(&pool, 20_000).await;
+        assert_walk(claim_plan(&pool).await, "never analysed");
+
+        // Analysed while everything was published (the outbox's normal state), then a backlog.
+        sqlx::query("UPDATE msgkit_outbox SET published_at = now()")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("ANALYZE msgkit_outbox")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("TRUNCATE msgkit_outbox")
+            .execute(&pool)
+            .await
+            .unwrap();
+        fill(&pool, 20_000).await;
+        assert_walk(claim_plan(&pool).await, "stale statistics");
+
+        // Accurate statistics.
+        sqlx::query("ANALYZE msgkit_outbox")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_walk(claim_plan(&pool).await, "analysed");
+        pool.close().await;
+    }
 }

@@ -102,6 +102,14 @@ async fn main() -> ExitCode {
             };
         }
     };
+    // The kit's own components (relays, consumers in `bench`) log through tracing; show their
+    // logs on stderr when asked for with RUST_LOG.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match BrokerConfig::new(&cli.amqp_url, &cli.management_url) {
         Ok(broker) => match cli.command {
             Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,

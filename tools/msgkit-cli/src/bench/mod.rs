@@ -5,8 +5,8 @@ mod e2e;
 mod plot;
 mod raw;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -18,7 +18,7 @@ use msgkit::testing::{TestBroker, TestDatabase};
 use msgkit::{ConfirmedPublisher, OutboxRelay, RelayConfig, Shutdown, Topology, WorkQueue};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::{CliError, table};
 
@@ -27,23 +27,48 @@ pub struct BenchArgs {
     /// Messages per throughput stage.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
+    /// Measure every throughput stage this many times, interleaved with its ceiling; the
+    /// report gives medians, the spread, and the median of the paired ratios.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Seconds of closed-loop end-to-end load (open-loop steps are as long).
     #[arg(long, default_value_t = 20)]
     e2e_secs: u64,
     /// Skip the end-to-end stages (they need the service binaries).
     #[arg(long)]
     skip_e2e: bool,
+    /// Run only these stages (comma-separated: raw, relay, consumer, e2e); ratios need `raw`.
+    /// All by default.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    stages: Vec<StageKind>,
     /// Write report.md, report.json, throughput.svg and latency.svg here.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+/// A group of stages to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StageKind {
+    /// The plain-lapin ceilings.
+    Raw,
+    /// The outbox relay drain.
+    Relay,
+    /// The consumer runtime, inbox off and on.
+    Consumer,
+    /// Orders through the four service processes.
+    E2e,
 }
 
 /// One measured stage.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
     pub name: String,
+    /// Median over the repetitions.
     pub rate: f64,
+    /// Every repetition's rate, in order.
+    pub samples: Vec<f64>,
     pub ceiling: Option<String>,
+    /// Median of the ratios of each repetition to the ceiling measured next to it.
     pub ratio: Option<f64>,
     pub target: Option<f64>,
 }
@@ -75,6 +100,11 @@ fn topology() -> Topology {
 
 pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     let n = args.messages;
+    let repeat = args.repeat.max(1);
+    let wanted = |kind: StageKind| {
+        (args.stages.is_empty() || args.stages.contains(&kind))
+            && !(kind == StageKind::E2e && args.skip_e2e)
+    };
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let connection = broker.connect().await;
@@ -83,92 +113,73 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         .declare(&setup)
         .await
         .map_err(|e| CliError::Other(e.into()))?;
-    let mut stages = Vec::new();
+    let pool = db.pool().await;
+    msgkit::schema::migrate(&pool)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
 
-    eprintln!("bench: raw publish with confirms ({n} messages) ...");
-    let raw_publish = raw::publish(&setup, "events", "bench.raw", n, BODY).await?;
-    eprintln!("bench: raw consume and ack ...");
-    let raw_consume = raw::consume(&connection, "bench.raw", n).await?;
-
-    eprintln!("bench: raw fanout to three queues with three consumers ...");
-    let started = Instant::now();
-    let consumers: Vec<_> = ["bench.fan1", "bench.fan2", "bench.fan3"]
-        .into_iter()
-        .map(|queue| {
-            let settings = broker.settings(&format!("bench/{queue}"));
-            tokio::spawn(async move {
-                let connection = settings
-                    .connect()
-                    .await
-                    .map_err(|e| CliError::Other(e.into()))?;
-                raw::consume(&connection, queue, n).await
-            })
-        })
-        .collect();
-    raw::publish(&setup, "events", "bench.fan", n, BODY).await?;
-    for consumer in consumers {
-        consumer.await.map_err(|e| CliError::Other(e.into()))??;
+    // Each repetition measures every stage once, ceilings first, so that a kit stage is
+    // compared with the ceiling measured seconds before it: the machine's speed drifts (a
+    // shared virtual machine), and only paired ratios are stable.
+    let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for round in 1..=repeat {
+        eprintln!("bench: round {round} of {repeat}");
+        if wanted(StageKind::Raw) {
+            let raw = raw_ceilings(&broker, &connection, &setup, n).await?;
+            samples.entry(RAW_PUBLISH).or_default().push(raw.publish);
+            samples.entry(RAW_CONSUME).or_default().push(raw.consume);
+            samples.entry(RAW_FANOUT).or_default().push(raw.fanout);
+        }
+        if wanted(StageKind::Relay) {
+            eprintln!("bench: outbox relay drain ...");
+            let rate = relay_drain(&pool, &broker, &setup, n).await?;
+            samples.entry(KIT_RELAY).or_default().push(rate);
+        }
+        if wanted(StageKind::Consumer) {
+            eprintln!("bench: consumer runtime, inbox off ...");
+            let rate = consume_with_kit(&db, &broker, n, "bench.work", false).await?;
+            samples.entry(KIT_CONSUMER).or_default().push(rate);
+            eprintln!("bench: consumer runtime, inbox on ...");
+            let rate = consume_with_kit(&db, &broker, n, "bench.inbox", true).await?;
+            samples.entry(KIT_CONSUMER_INBOX).or_default().push(rate);
+        }
     }
-    let raw_fanout = n as f64 / started.elapsed().as_secs_f64();
-    stages.push(stage(
-        "raw: publish with confirms (1 quorum queue)",
-        raw_publish,
-        None,
-        None,
-    ));
-    stages.push(stage("raw: consume and ack", raw_consume, None, None));
-    stages.push(stage(
-        "raw: fanout to 3 queues, 3 consumers acking",
-        raw_fanout,
-        None,
-        None,
-    ));
-
-    eprintln!("bench: outbox relay drain ...");
-    let relay = relay_drain(&db, &broker, n).await?;
-    stages.push(stage(
-        "kit: outbox relay drain",
-        relay,
-        Some(("raw publish with confirms", raw_publish)),
-        Some(0.8),
-    ));
-
-    eprintln!("bench: consumer runtime, inbox off ...");
-    let consumer_off = consume_with_kit(&db, &broker, &setup, n, "bench.work", false).await?;
-    stages.push(stage(
-        "kit: consumer runtime, inbox off",
-        consumer_off,
-        Some(("raw consume and ack", raw_consume)),
-        Some(0.9),
-    ));
-    eprintln!("bench: consumer runtime, inbox on ...");
-    let consumer_on = consume_with_kit(&db, &broker, &setup, n, "bench.inbox", true).await?;
-    stages.push(stage(
-        "kit: consumer runtime, inbox on",
-        consumer_on,
-        Some(("raw consume and ack", raw_consume)),
-        None,
-    ));
     let _ = connection.close(200, "done".into()).await;
+    pool.close().await;
 
-    let e2e = if args.skip_e2e {
-        None
-    } else {
+    let e2e = if wanted(StageKind::E2e) {
         Some(e2e::run(Duration::from_secs(args.e2e_secs)).await?)
+    } else {
+        None
     };
     if let Some(e2e) = &e2e {
-        stages.push(stage(
-            "kit: end to end, orders/s (closed loop)",
-            e2e.max_orders_per_sec,
-            Some(("raw fanout", raw_fanout)),
-            Some(0.5),
-        ));
+        samples.insert(KIT_E2E, vec![e2e.max_orders_per_sec]);
     }
+
+    // (stage, its ceiling, target ratio)
+    let layout: [(&str, Option<&str>, Option<f64>); 7] = [
+        (RAW_PUBLISH, None, None),
+        (RAW_CONSUME, None, None),
+        (RAW_FANOUT, None, None),
+        (KIT_RELAY, Some(RAW_PUBLISH), Some(0.8)),
+        (KIT_CONSUMER, Some(RAW_CONSUME), Some(0.9)),
+        (KIT_CONSUMER_INBOX, Some(RAW_CONSUME), None),
+        (KIT_E2E, Some(RAW_FANOUT), Some(0.5)),
+    ];
+    let stages: Vec<Stage> = layout
+        .into_iter()
+        .filter_map(|(name, ceiling, target)| {
+            let rates = samples.get(name)?;
+            let ceiling = ceiling.and_then(|c| Some((c, samples.get(c)?)));
+            Some(stage(name, rates, ceiling, target))
+        })
+        .collect();
 
     std::fs::create_dir_all(&args.out).map_err(|e| CliError::Other(e.into()))?;
     let report = json!({
         "machine": machine(),
         "messages_per_stage": n,
+        "repetitions": repeat,
         "stages": stages,
         "end_to_end": e2e,
     });
@@ -197,32 +208,117 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn stage(name: &str, rate: f64, ceiling: Option<(&str, f64)>, target: Option<f64>) -> Stage {
+const RAW_PUBLISH: &str = "raw: publish with confirms (1 quorum queue)";
+const RAW_CONSUME: &str = "raw: consume and ack";
+const RAW_FANOUT: &str = "raw: fanout to 3 queues, 3 consumers acking";
+const KIT_RELAY: &str = "kit: outbox relay drain";
+const KIT_CONSUMER: &str = "kit: consumer runtime, inbox off";
+const KIT_CONSUMER_INBOX: &str = "kit: consumer runtime, inbox on";
+const KIT_E2E: &str = "kit: end to end, orders/s (closed loop)";
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => sorted[len / 2],
+        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2.0,
+    }
+}
+
+/// A stage from its repetitions; against a ceiling, the ratio is the median of the ratios of
+/// repetitions measured side by side (or against the ceiling's median when the counts differ,
+/// as for the single end-to-end run).
+fn stage(
+    name: &str,
+    rates: &[f64],
+    ceiling: Option<(&str, &Vec<f64>)>,
+    target: Option<f64>,
+) -> Stage {
+    let ratio = ceiling.map(|(_, ceiling)| {
+        if ceiling.len() == rates.len() {
+            let ratios: Vec<f64> = rates.iter().zip(ceiling).map(|(r, c)| r / c).collect();
+            median(&ratios)
+        } else {
+            median(rates) / median(ceiling)
+        }
+    });
     Stage {
         name: name.to_owned(),
-        rate,
+        rate: median(rates),
+        samples: rates.to_vec(),
         ceiling: ceiling.map(|(name, _)| name.to_owned()),
-        ratio: ceiling.map(|(_, c)| rate / c),
+        ratio,
         target,
     }
 }
 
-async fn relay_drain(db: &TestDatabase, broker: &TestBroker, n: usize) -> Result<f64, CliError> {
-    let pool = db.pool().await;
-    msgkit::schema::migrate(&pool)
+/// The plain-lapin ceilings, messages/s.
+struct Ceilings {
+    publish: f64,
+    consume: f64,
+    fanout: f64,
+}
+
+async fn raw_ceilings(
+    broker: &TestBroker,
+    connection: &lapin::Connection,
+    setup: &lapin::Channel,
+    n: usize,
+) -> Result<Ceilings, CliError> {
+    eprintln!("bench: raw publish with confirms ({n} messages) ...");
+    let publish = raw::publish(setup, "events", "bench.raw", n, BODY).await?;
+    eprintln!("bench: raw consume and ack ...");
+    let consume = raw::consume(connection, "bench.raw", n).await?;
+
+    eprintln!("bench: raw fanout to three queues with three consumers ...");
+    let started = Instant::now();
+    let consumers: Vec<_> = ["bench.fan1", "bench.fan2", "bench.fan3"]
+        .into_iter()
+        .map(|queue| {
+            let settings = broker.settings(&format!("bench/{queue}"));
+            tokio::spawn(async move {
+                let connection = settings
+                    .connect()
+                    .await
+                    .map_err(|e| CliError::Other(e.into()))?;
+                raw::consume(&connection, queue, n).await
+            })
+        })
+        .collect();
+    raw::publish(setup, "events", "bench.fan", n, BODY).await?;
+    for consumer in consumers {
+        consumer.await.map_err(|e| CliError::Other(e.into()))??;
+    }
+    let fanout = n as f64 / started.elapsed().as_secs_f64();
+    Ok(Ceilings {
+        publish,
+        consume,
+        fanout,
+    })
+}
+
+/// The relay's own loop (`OutboxRelay::run`, as the services run it) draining N rows over
+/// 1,000 aggregates that arrive in one commit, from that commit until the last row is
+/// confirmed and marked.
+async fn relay_drain(
+    pool: &PgPool,
+    broker: &TestBroker,
+    setup: &lapin::Channel,
+    n: usize,
+) -> Result<f64, CliError> {
+    // A fresh outbox and an empty queue for every repetition.
+    sqlx::query("TRUNCATE msgkit_outbox")
+        .execute(pool)
         .await
         .map_err(|e| CliError::Other(e.into()))?;
-    // 1,000 aggregates: a realistic spread (the relay takes one head row per aggregate).
-    sqlx::query(
-        "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
-         SELECT gen_random_uuid(), 'agg-' || (g % 1000), 'events', 'bench.relay', 'bench.relay', $2::jsonb, '{}'::jsonb \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(i64::try_from(n).unwrap_or(i64::MAX))
-    .bind(serde_json::from_slice::<serde_json::Value>(BODY).unwrap_or_default())
-    .execute(&pool)
-    .await
-    .map_err(|e| CliError::Other(e.into()))?;
+    setup
+        .queue_purge(
+            "bench.relay".into(),
+            lapin::options::QueuePurgeOptions::default(),
+        )
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
     let relay = OutboxRelay::new(
         pool.clone(),
         broker.settings("bench/relay"),
@@ -232,40 +328,62 @@ async fn relay_drain(db: &TestDatabase, broker: &TestBroker, n: usize) -> Result
             ..RelayConfig::new("bench")
         },
     );
-    let publisher = ConfirmedPublisher::open(
-        &broker.settings("bench/relay"),
-        &topology(),
-        &Shutdown::new(),
+    let stats = relay.stats();
+    let shutdown = Shutdown::new();
+    shutdown.spawn(relay.run(shutdown.clone()));
+    wait_for(Duration::from_secs(30), "the relay to connect", || {
+        stats.connected()
+    })
+    .await?;
+    // 1,000 aggregates: a realistic spread (the relay takes one head row per aggregate).
+    sqlx::query(
+        "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
+         SELECT gen_random_uuid(), 'agg-' || (g % 1000), 'events', 'bench.relay', 'bench.relay', $2::jsonb, '{}'::jsonb \
+         FROM generate_series(1, $1) g",
     )
+    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+    .bind(serde_json::from_slice::<serde_json::Value>(BODY).unwrap_or_default())
+    .execute(pool)
     .await
     .map_err(|e| CliError::Other(e.into()))?;
     let started = Instant::now();
-    let mut published = 0;
-    loop {
-        let report = relay
-            .relay_batch(&publisher)
-            .await
-            .map_err(|e| CliError::Other(e.into()))?;
-        published += report.published;
-        if report.claimed == 0 {
-            break;
-        }
-    }
-    let rate = published as f64 / started.elapsed().as_secs_f64();
-    publisher.close().await;
-    pool.close().await;
-    if published != n {
+    wait_for(Duration::from_secs(600), "the relay to drain", || {
+        stats.published() as usize >= n
+    })
+    .await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    shutdown.trigger();
+    shutdown.wait_for_tasks().await;
+    if stats.published() as usize != n {
         return Err(CliError::Other(anyhow::anyhow!(
-            "the relay published {published} of {n}"
+            "the relay published {} of {n}",
+            stats.published()
         )));
     }
     Ok(rate)
 }
 
+/// Poll `done` every millisecond until it holds, or fail after `limit`.
+async fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "gave up waiting for {what} after {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
 async fn consume_with_kit(
     db: &TestDatabase,
     broker: &TestBroker,
-    setup: &lapin::Channel,
     n: usize,
     queue: &str,
     inbox: bool,
@@ -294,7 +412,6 @@ async fn consume_with_kit(
         }
     }
     publisher.close().await;
-    let _ = setup;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(12)
         .connect_with(db.options())
@@ -320,17 +437,10 @@ async fn consume_with_kit(
     let shutdown = Shutdown::new();
     let started = Instant::now();
     shutdown.spawn(consumer.run(shutdown.clone()));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let stats_ref = Arc::clone(&stats);
-    while (stats_ref.handled() as usize) < n {
-        if Instant::now() > deadline {
-            return Err(CliError::Other(anyhow::anyhow!(
-                "the consumer handled {} of {n}",
-                stats_ref.handled()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(Duration::from_secs(600), "the consumer to drain", || {
+        stats.handled() as usize >= n
+    })
+    .await?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     shutdown.trigger();
     shutdown.wait_for_tasks().await;
