@@ -35,6 +35,10 @@ pub enum ApiError {
     /// No such order (or not an order id).
     #[error("order not found")]
     NotFound,
+    /// The database cannot be reached right now; the request stored nothing and may be
+    /// retried (with the same Idempotency-Key).
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable(#[source] sqlx::Error),
     /// Something on our side failed; details are logged, not returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -42,7 +46,23 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        Self::Internal(error.into())
+        let unreachable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // Class 08: connection exceptions; 57P01-57P03: the server is shutting down or
+            // starting up.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+            _ => false,
+        };
+        if unreachable {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error.into())
+        }
     }
 }
 
@@ -66,6 +86,10 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Unavailable(error) => {
+                tracing::warn!(%error, "database unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -84,6 +108,13 @@ impl IntoResponse for ApiError {
             }),
             _ => json!({"error": code, "message": self.to_string()}),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

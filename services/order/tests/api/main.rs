@@ -4,6 +4,7 @@
 
 mod broker_outage;
 mod crash_recovery;
+mod database_outage;
 mod helpers;
 mod idempotency;
 mod logs;

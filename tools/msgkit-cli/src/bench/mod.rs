@@ -412,8 +412,8 @@ async fn consume_with_kit(
         }
     }
     publisher.close().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(12)
+    // The kit's pool settings, as the services get them.
+    let pool = msgkit::database::pool_options(12)
         .connect_with(db.options())
         .await
         .map_err(|e| CliError::Other(e.into()))?;
