@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
@@ -223,6 +224,7 @@ impl OutboxRelay {
             };
             self.set_connected(true);
 
+            discard_pending_notifications(&mut listener);
             match self.pump(&active).await {
                 Ok(report) => {
                     if report.nacked > 0 {
@@ -333,7 +335,9 @@ impl OutboxRelay {
         let mut tx = store::begin_claim(&self.pool).await?;
         let rows = store::claim(&mut tx, self.config.batch_size).await?;
         if rows.is_empty() {
-            tx.commit().await?;
+            // Nothing to undo: dropping the transaction queues its ROLLBACK on the connection,
+            // sent with the connection's next message instead of costing a round trip now.
+            drop(tx);
             return Ok(None);
         }
         let mut messages: Vec<OutgoingMessage> =
@@ -528,6 +532,29 @@ impl OutboxRelay {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old published outbox rows"),
             Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
+        }
+    }
+}
+
+/// Consume the notifications that have already arrived, without waiting. The claim about to
+/// run sees every row they announce (a notification is sent after its transaction commits),
+/// so they must not wake the relay again afterwards: under load that was one empty claim
+/// (three round trips) after nearly every batch.
+fn discard_pending_notifications(listener: &mut Option<PgListener>) {
+    let Some(active) = listener else {
+        return;
+    };
+    loop {
+        // `recv` is cancel-safe (the relay already drops it on every poll timeout); polled
+        // once, it reads what the socket holds and stops.
+        match active.recv().now_or_never() {
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(%error, "outbox notification listener failed; reconnecting");
+                *listener = None;
+                return;
+            }
+            None => return,
         }
     }
 }
