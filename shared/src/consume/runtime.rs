@@ -411,12 +411,22 @@ impl<H: Handler> Consumer<H> {
         delivery: Delivery,
         publisher: &ConfirmedPublisher,
     ) -> Result<(), Unsettled> {
+        // The delivery's parts move into the message; only the acker is kept to settle it.
+        let Delivery {
+            exchange,
+            routing_key,
+            redelivered,
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
         let message = IncomingMessage {
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
-            redelivered: delivery.redelivered,
-            properties: delivery.properties.clone(),
-            body: delivery.data.clone(),
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            redelivered,
+            properties,
+            body: data,
         };
         let queue = self.config.queue.as_str();
         // ERROR level, so that a quiet RUST_LOG never disables the span that carries the trace
@@ -442,7 +452,7 @@ impl<H: Handler> Consumer<H> {
         let started = Instant::now();
         if self.config.faults.ack_before_commit {
             // The deliberately broken consumer (see `Faults::ack_before_commit`).
-            delivery
+            acker
                 .ack(BasicAckOptions::default())
                 .await
                 .map_err(BrokerError::operation("basic.ack"))?;
@@ -456,7 +466,7 @@ impl<H: Handler> Consumer<H> {
             return Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE));
         };
         if !self.config.faults.ack_before_commit {
-            delivery
+            acker
                 .ack(BasicAckOptions::default())
                 .await
                 .map_err(BrokerError::operation("basic.ack"))?;
