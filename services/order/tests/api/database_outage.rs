@@ -1,7 +1,7 @@
 use msgkit::testing::{TcpProxy, TestBroker, TestDatabase, wait_until_async};
-use sqlx::ConnectOptions;
 use order::startup::build;
 use serde_json::Value;
+use sqlx::ConnectOptions;
 
 use crate::helpers::{DEADLINE, test_settings, valid_order};
 
