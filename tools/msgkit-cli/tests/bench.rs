@@ -1,0 +1,49 @@
+//! `msgkit bench` runs its throughput stages and reports every repetition. Whether the figures
+//! are good is for the bench itself to show (docs/performance.md); here only that it measures.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use serde_json::Value;
+
+#[tokio::test]
+async fn the_bench_measures_every_throughput_stage_in_repeated_rounds() {
+    let out = std::env::temp_dir().join(format!("msgkit-bench-test-{}", std::process::id()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_msgkit"))
+        .args([
+            "--json",
+            "bench",
+            "--stages",
+            "raw,relay,consumer",
+            "--messages",
+            "300",
+            "--repeat",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["repetitions"], 2);
+    let stages = report["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    for stage in stages {
+        let samples = stage["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "{stage}");
+        assert!(samples.iter().all(|s| s.as_f64().unwrap() > 0.0), "{stage}");
+        if stage["name"].as_str().unwrap().starts_with("kit:") {
+            assert!(stage["ratio"].as_f64().unwrap() > 0.0, "{stage}");
+        }
+    }
+    for file in ["report.md", "report.json", "throughput.svg"] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
