@@ -85,6 +85,10 @@ impl RelayConfig {
     }
 }
 
+/// How long the relay keeps trying to mark a confirmed batch published after the claim's
+/// transaction failed (a database restart takes a few seconds).
+const MARK_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Counters a relay keeps while it runs; shared, cheap to read (for `/metrics`, `/readyz`).
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -310,8 +314,16 @@ impl OutboxRelay {
             };
             // The previous batch's outcome first: its messages were published whether or not
             // this claim worked.
-            if let Some(finished) = finished {
-                total.add(&finished?);
+            if let Some(Err(error)) = finished {
+                // This batch was published too: mark it before giving up, or it is published
+                // again.
+                if let Ok(Some(batch)) = sent {
+                    let _ = self.finish(batch).await;
+                }
+                return Err(error);
+            }
+            if let Some(Ok(report)) = finished {
+                total.add(&report);
             }
             let Some(batch) = sent? else {
                 return Ok(total);
@@ -401,11 +413,20 @@ impl OutboxRelay {
                 }
             }
         }
-        store::mark_published(&mut tx, &published).await?;
-        store::mark_failed(&mut tx, &failed).await?;
-        // If this commit fails after the broker confirmed, the rows are published again later:
-        // a duplicate, never a loss. Consumers deduplicate by message_id.
-        tx.commit().await?;
+        let marked = async {
+            store::mark_published(&mut tx, &published).await?;
+            store::mark_failed(&mut tx, &failed).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = marked {
+            // The broker has these messages; an unmarked row would be published again. The
+            // claim's connection is gone (a database restart, typically), so mark them on a
+            // fresh one while the database comes back. Refused rows need nothing: they are
+            // retried anyway.
+            tracing::warn!(%error, rows = published.len(), "marking a confirmed batch failed; retrying on a new connection");
+            self.mark_published_again(&published).await?;
+        }
 
         crate::metrics::metrics().relayed(
             &self.config.app_id,
@@ -426,6 +447,30 @@ impl OutboxRelay {
         };
         tracing::debug!(?report, "outbox batch relayed");
         Ok(report)
+    }
+
+    /// Mark `ids` published outside the claim's transaction, retrying with backoff for up to
+    /// [`MARK_PATIENCE`]. If the database stays away longer, the rows are published again
+    /// later: a duplicate, never a loss (consumers deduplicate by message_id).
+    async fn mark_published_again(&self, ids: &[uuid::Uuid]) -> Result<(), RelayError> {
+        let deadline = Instant::now() + MARK_PATIENCE;
+        let mut delays = self.broker.reconnect_backoff();
+        loop {
+            let attempt = async {
+                let mut connection = self.pool.acquire().await?;
+                store::mark_published(&mut connection, ids).await
+            }
+            .await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(error) if Instant::now() < deadline => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                    tracing::debug!(%error, retry_in = ?delay, "marking published rows failed");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     fn outgoing(&self, row: &PendingRow) -> OutgoingMessage {
