@@ -636,6 +636,65 @@ fn publish_span(message: &mut OutgoingMessage) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::{OutboxMessage, enqueue};
+    use crate::testing::{TestBroker, TestDatabase};
+
+    /// The broker confirmed a batch, then the claim's connection died (a database restart):
+    /// the rows must still end up marked, or they are published a second time.
+    #[tokio::test]
+    async fn a_confirmed_batch_is_marked_even_when_the_claims_connection_dies() {
+        let db = TestDatabase::create().await;
+        let broker = TestBroker::create().await;
+        let pool = db.pool().await;
+        crate::schema::migrate(&pool).await.unwrap();
+        // Something must be bound for the messages to be routed (and so confirmed).
+        let _probe = broker.probe("events", "#").await;
+        let mut tx = pool.begin().await.unwrap();
+        for n in 0..3 {
+            let message = OutboxMessage::event("t.happened", format!("agg-{n}"), &n).unwrap();
+            enqueue(&mut tx, &message).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let relay = OutboxRelay::new(
+            pool.clone(),
+            broker.settings("relay"),
+            Topology::default(),
+            RelayConfig::new("test"),
+        );
+        let publisher = ConfirmedPublisher::open(
+            &broker.settings("relay"),
+            &Topology::default(),
+            &Shutdown::new(),
+        )
+        .await
+        .unwrap();
+
+        let mut batch = relay.claim_and_send(&publisher).await.unwrap().unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *batch.tx)
+            .await
+            .unwrap();
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(terminated);
+
+        let report = relay.finish(batch).await.unwrap();
+        assert_eq!(report.published, 3);
+        let unpublished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM msgkit_outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            unpublished, 0,
+            "confirmed rows left unmarked would be published again"
+        );
+        publisher.close().await;
+        pool.close().await;
+    }
 
     #[test]
     fn refused_rows_back_off_exponentially_up_to_the_cap() {
