@@ -39,7 +39,7 @@ pub mod testing;
 pub use broker::{BrokerError, BrokerSettings};
 pub use message::OutgoingMessage;
 pub use outbox::{OutboxMessage, OutboxRelay, RelayConfig};
-pub use publish::{ConfirmedPublisher, PendingConfirms, PublishOutcome};
+pub use publish::{ConfirmedPublisher, PublishOutcome};
 pub use shutdown::Shutdown;
 pub use topology::{Topology, WorkQueue};
 pub use trace_context::TraceParent;

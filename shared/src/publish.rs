@@ -80,7 +80,7 @@ impl From<Confirmation> for PublishOutcome {
 
 /// Confirms of a batch sent with [`ConfirmedPublisher::send_batch`], not yet awaited.
 #[must_use = "a batch is not safe with the broker until its confirms are awaited"]
-pub struct PendingConfirms {
+pub(crate) struct PendingConfirms {
     confirms: Vec<lapin::PublisherConfirm>,
     timeout: Duration,
 }
@@ -97,7 +97,7 @@ impl PendingConfirms {
     /// Wait (up to the publisher's confirm timeout) for every confirm; one outcome per
     /// message, in order. An `Err` means the connection failed: none of the messages may be
     /// assumed delivered.
-    pub async fn confirmed(self) -> Result<Vec<PublishOutcome>, BrokerError> {
+    pub(crate) async fn confirmed(self) -> Result<Vec<PublishOutcome>, BrokerError> {
         let pending = self.confirms.len();
         let results = tokio::time::timeout(self.timeout, join_all(self.confirms))
             .await
@@ -191,7 +191,7 @@ impl ConfirmedPublisher {
     /// Publish every message (mandatory, pipelined) without waiting for the confirms, so that
     /// the caller can do other work (claim the next batch) while the broker stores them.
     /// Messages sent later on this publisher reach the broker after these.
-    pub async fn send_batch(
+    pub(crate) async fn send_batch(
         &self,
         messages: &[OutgoingMessage],
     ) -> Result<PendingConfirms, BrokerError> {

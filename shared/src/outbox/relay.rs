@@ -276,17 +276,6 @@ impl OutboxRelay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Claim, publish and mark one batch on `publisher`.
-    pub async fn relay_batch(
-        &self,
-        publisher: &ConfirmedPublisher,
-    ) -> Result<BatchReport, RelayError> {
-        match self.claim_and_send(publisher).await? {
-            Some(batch) => self.finish(batch).await,
-            None => Ok(BatchReport::default()),
-        }
-    }
-
     /// Relay batches until the outbox has no full batch left, keeping two batches in flight:
     /// the next batch is claimed and sent while the broker stores the previous one, whose
     /// confirms are then awaited and marked. Per-aggregate order holds because a claim only

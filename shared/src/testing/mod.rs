@@ -18,7 +18,7 @@ pub use broker::{Probe, TestBroker};
 pub use database::TestDatabase;
 pub use proxy::TcpProxy;
 pub use scrape::{metric_value, scrape};
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{try_wait_until, wait_until, wait_until_async};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

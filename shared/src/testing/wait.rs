@@ -34,3 +34,25 @@ where
     })
     .await;
 }
+
+/// Check `condition` every `poll` until it holds, at most for `deadline`: for callers that
+/// report a timeout instead of panicking (the bench, which also needs a finer poll than tests
+/// so that the wait does not blur what it times).
+pub async fn try_wait_until<F>(
+    what: &str,
+    deadline: Duration,
+    poll: Duration,
+    mut condition: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> bool,
+{
+    let started = Instant::now();
+    while !condition() {
+        if started.elapsed() >= deadline {
+            return Err(format!("timed out after {deadline:?} waiting for {what}"));
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
+}

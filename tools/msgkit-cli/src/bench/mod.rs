@@ -363,22 +363,11 @@ async fn relay_drain(
     Ok(rate)
 }
 
-/// Poll `done` every millisecond until it holds, or fail after `limit`.
-async fn wait_for(
-    limit: Duration,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) -> Result<(), CliError> {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(CliError::Other(anyhow::anyhow!(
-                "gave up waiting for {what} after {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(())
+/// Wait until `done` holds, polling every millisecond (the wait is part of what is timed).
+async fn wait_for(limit: Duration, what: &str, done: impl FnMut() -> bool) -> Result<(), CliError> {
+    msgkit::testing::try_wait_until(what, limit, Duration::from_millis(1), done)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!(e)))
 }
 
 async fn consume_with_kit(
