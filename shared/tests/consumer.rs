@@ -27,6 +27,8 @@ struct Recording {
     attempts: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
     /// When set, handling waits until the gate opens: messages stay in flight on demand.
     gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Like `gate`, for the messages whose body says `"hold": true` only.
+    hold: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Recording {
@@ -74,6 +76,9 @@ impl Handler for Recording {
         }
         if let Some(gate) = &self.gate {
             let _ = gate.clone().wait_for(|open| *open).await;
+        }
+        if let Some(hold) = self.hold.as_ref().filter(|_| body["hold"] == true) {
+            let _ = hold.clone().wait_for(|open| *open).await;
         }
         sqlx::query("INSERT INTO effects (key) VALUES ($1)")
             .bind(&key)
@@ -142,10 +147,17 @@ fn fast_retry() -> RetryPolicy {
 
 impl Harness {
     fn start(&self, queue: &str, handler: Recording, retry: RetryPolicy) -> Arc<ConsumerStats> {
-        let config = ConsumerConfig {
-            retry,
-            ..ConsumerConfig::new("test-service", queue)
-        };
+        self.start_with(
+            ConsumerConfig {
+                retry,
+                ..ConsumerConfig::new("test-service", queue)
+            },
+            handler,
+        )
+    }
+
+    fn start_with(&self, config: ConsumerConfig, handler: Recording) -> Arc<ConsumerStats> {
+        let queue = config.queue.clone();
         let consumer = Consumer::new(
             self.pool.clone(),
             self.broker.settings(&format!("consumer-{queue}")),
@@ -599,4 +611,61 @@ async fn shutdown_finishes_and_acks_in_flight_messages() {
         Some(0),
         "and were acked"
     );
+}
+
+#[tokio::test]
+async fn a_slow_message_does_not_stop_the_consumer_from_handling_the_ones_behind_it() {
+    let h = harness().await;
+    let (release, held) = tokio::sync::watch::channel(false);
+    let handler = Recording {
+        hold: Some(held),
+        ..Recording::default()
+    };
+    // Acks go out in batches up to the first unsettled delivery. Were the acks behind the slow
+    // first message held until it finishes, the broker would stop at 4 unacked deliveries and
+    // the consumer would handle only three of the twenty.
+    let stats = h.start_with(
+        ConsumerConfig {
+            prefetch: 4,
+            concurrency: 4,
+            retry: fast_retry(),
+            ..ConsumerConfig::new("test-service", "work")
+        },
+        handler,
+    );
+    h.publish(&Harness::message(
+        "test.slow",
+        &json!({"key": "slow", "hold": true}),
+    ))
+    .await;
+    for n in 0..20 {
+        h.publish(&Harness::message(
+            "test.fast",
+            &json!({"key": format!("fast-{n}")}),
+        ))
+        .await;
+    }
+    wait_until(
+        "the twenty behind the slow one to be handled",
+        DEADLINE,
+        || stats.handled() == 20,
+    )
+    .await;
+    assert_eq!(h.effects("slow").await, 0, "the slow one is still held");
+    release.send_replace(true);
+    wait_until("the slow one to be handled", DEADLINE, || {
+        stats.handled() == 21
+    })
+    .await;
+    // Every delivery is acked while the consumer runs (not only when it stops), and no ack
+    // named a tag acked before: the broker would have closed the channel.
+    wait_until_async(
+        "nothing ready or unacked in the queue",
+        DEADLINE,
+        || async { (h.broker.queue_totals("work").await == Some((0, 0))).then_some(()) },
+    )
+    .await;
+    assert_eq!(stats.reconnects(), 0, "the channel stayed open");
+    assert_eq!(h.effects("slow").await, 1);
+    h.stop().await;
 }

@@ -25,6 +25,7 @@
 //! }
 //! ```
 
+mod acks;
 mod dead_letter;
 mod faults;
 mod handler;

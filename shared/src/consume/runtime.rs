@@ -15,6 +15,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::acks::Acks;
 use super::dead_letter::{
     FailureReason, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY, failure_headers,
 };
@@ -112,7 +113,7 @@ pub struct ConsumerStats {
 }
 
 impl ConsumerStats {
-    /// Messages handled and acked.
+    /// Messages handled (committed; acked, or about to be: acks go out in batches).
     pub fn handled(&self) -> u64 {
         self.handled.load(Ordering::Relaxed)
     }
@@ -342,14 +343,20 @@ impl<H: Handler> Consumer<H> {
             }
         };
         let publisher = &publisher;
+        // The deliberately broken consumer acks each delivery itself, before its transaction.
+        let acks = (!self.config.faults.ack_before_commit).then(|| Acks::new(self.config.prefetch));
         let processing = consumer
             .take_until(stop)
             .for_each_concurrent(self.config.concurrency, |delivery| {
-                let (this, broken) = (Arc::clone(&self), broken.clone());
+                let (this, broken, acks) = (Arc::clone(&self), broken.clone(), acks.clone());
+                // Registered here, in delivery order, before any of them can be settled.
+                if let (Ok(delivery), Some(acks)) = (&delivery, &acks) {
+                    acks.delivered(delivery.delivery_tag);
+                }
                 async move {
                     match delivery {
                         Ok(delivery) => {
-                            if let Err(error) = this.settle(delivery, publisher).await {
+                            if let Err(error) = this.settle(delivery, publisher, acks.as_ref()).await {
                                 tracing::warn!(%error, "could not settle a delivery; restarting the session");
                                 broken.cancel();
                             }
@@ -361,6 +368,12 @@ impl<H: Handler> Consumer<H> {
                     }
                 }
             });
+        let acking = async {
+            match &acks {
+                Some(acks) => acks.run(&channel).await,
+                None => std::future::pending().await,
+            }
+        };
         // A consumer stream can stay silent after the broker died without telling it: watch
         // the connections too.
         let watch = async {
@@ -397,22 +410,31 @@ impl<H: Handler> Consumer<H> {
         tokio::select! {
             () = processing => {},
             () = watch => tracing::warn!("broker connection lost"),
+            error = acking => tracing::warn!(%error, "could not acknowledge deliveries; restarting the session"),
         }
-        // In-flight deliveries have been settled (or abandoned with the connection); closing
-        // returns anything still prefetched to the queue.
+        // In-flight deliveries have been settled (or abandoned with the connection): ack what
+        // is settled, then closing returns anything still unacked to the queue.
+        if let Some(acks) = &acks
+            && let Err(error) = acks.flush(&channel).await
+        {
+            tracing::debug!(%error, "could not acknowledge the last settled deliveries");
+        }
         let _ = channel.close(200, "consumer stopping".into()).await;
         let _ = connection.close(200, "consumer stopping".into()).await;
     }
 
-    /// Process one delivery and acknowledge it. An `Err` means it could not be settled on this
-    /// connection and will be redelivered.
+    /// Process one delivery and mark it settled for [`Acks`] to acknowledge. An `Err` means it
+    /// could not be settled on this connection and will be redelivered.
     async fn settle(
         &self,
         delivery: Delivery,
         publisher: &ConfirmedPublisher,
+        acks: Option<&Acks>,
     ) -> Result<(), Unsettled> {
-        // The delivery's parts move into the message; only the acker is kept to settle it.
+        // The delivery's parts move into the message; the tag settles it (the acker is only
+        // for the deliberately broken consumer).
         let Delivery {
+            delivery_tag,
             exchange,
             routing_key,
             redelivered,
@@ -465,11 +487,8 @@ impl<H: Handler> Consumer<H> {
         let Some(settled) = processed? else {
             return Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE));
         };
-        if !self.config.faults.ack_before_commit {
-            acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(BrokerError::operation("basic.ack"))?;
+        if let Some(acks) = acks {
+            acks.settled(delivery_tag);
         }
         let metrics = metrics();
         metrics.handler_duration(queue, started.elapsed());
