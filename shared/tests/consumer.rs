@@ -113,10 +113,13 @@ async fn harness() -> Harness {
     let broker = TestBroker::create().await;
     let pool = db.pool().await;
     msgkit::schema::migrate(&pool).await.unwrap();
-    sqlx::query("CREATE TABLE effects (key text NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // `tx` tells which effects were committed together.
+    sqlx::query(
+        "CREATE TABLE effects (key text NOT NULL, tx bigint NOT NULL DEFAULT txid_current())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let topology = topology();
     let publisher = ConfirmedPublisher::open(
         &broker.settings("test-publisher"),
@@ -667,5 +670,108 @@ async fn a_slow_message_does_not_stop_the_consumer_from_handling_the_ones_behind
     .await;
     assert_eq!(stats.reconnects(), 0, "the channel stayed open");
     assert_eq!(h.effects("slow").await, 1);
+    h.stop().await;
+}
+
+fn batching(batch: usize) -> ConsumerConfig {
+    ConsumerConfig {
+        batch,
+        concurrency: 2,
+        retry: fast_retry(),
+        ..ConsumerConfig::new("test-service", "work")
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_that_batches_commits_many_messages_together_and_applies_each_once() {
+    let h = harness().await;
+    // A backlog, so that deliveries arrive faster than they are handled and batches form.
+    for n in 0..60 {
+        h.publish(&Harness::message(
+            "test.batch",
+            &json!({"key": format!("b-{n}")}),
+        ))
+        .await;
+    }
+    let stats = h.start_with(batching(10), Recording::default());
+    wait_until("all sixty handled", DEADLINE, || stats.handled() == 60).await;
+    for n in 0..60 {
+        assert_eq!(h.effects(&format!("b-{n}")).await, 1);
+    }
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT tx) FROM effects")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(
+        transactions < 30,
+        "60 messages in {transactions} transactions: batches did not form"
+    );
+    wait_until_async(
+        "nothing ready or unacked in the queue",
+        DEADLINE,
+        || async { (h.broker.queue_totals("work").await == Some((0, 0))).then_some(()) },
+    )
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_in_a_batch_retries_or_dead_letters_only_the_failing_message() {
+    let h = harness().await;
+    let (release, held) = tokio::sync::watch::channel(false);
+    let handler = Recording {
+        hold: Some(held),
+        ..Recording::default()
+    };
+    let mut keys = Vec::new();
+    for n in 0..10 {
+        let key = format!("m-{n}");
+        let body = match n {
+            0 => json!({"key": key, "hold": true}),
+            3 => json!({"key": key, "fail_attempts": 1}),
+            6 => json!({"key": key, "reject": true}),
+            _ => json!({"key": key}),
+        };
+        h.publish(&Harness::message("test.batch", &body)).await;
+        keys.push(key);
+    }
+    let stats = h.start_with(
+        ConsumerConfig {
+            concurrency: 1,
+            ..batching(10)
+        },
+        handler.clone(),
+    );
+    // The first is held until the broker has delivered all ten, so that the rest arrive
+    // before the consumer takes its next batch: m-1 to m-9 are then handled together.
+    wait_until_async("all ten delivered", DEADLINE, || async {
+        (h.broker.queue_totals("work").await == Some((0, 10))).then_some(())
+    })
+    .await;
+    release.send_replace(true);
+    wait_until("nine handled and one poison", DEADLINE, || {
+        stats.handled() == 9 && stats.poison() == 1
+    })
+    .await;
+    for (n, key) in keys.iter().enumerate() {
+        let expected = i64::from(n != 6);
+        assert_eq!(h.effects(key).await, expected, "effects of {key}");
+    }
+    assert_eq!(stats.retried(), 1, "only the flaky message was retried");
+    let dead = h.take_one("work.dlq").await;
+    assert_eq!(
+        header_str(&dead.delivery.properties, "x-failure-reason"),
+        Some("poison")
+    );
+    assert_eq!(
+        header_i64(&dead.delivery.properties, ATTEMPT_HEADER),
+        Some(1),
+        "dead-lettered on its first delivery, not after retries"
+    );
+    assert_eq!(
+        handler.attempt_times("m-2").len(),
+        2,
+        "m-2 ran in the batch that failed at m-3, then alone"
+    );
     h.stop().await;
 }

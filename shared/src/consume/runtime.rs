@@ -31,6 +31,7 @@ use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
 use crate::telemetry::context;
 use crate::topology::{DELAY_TIER_BASE, Topology, delay_tier_for, delay_tier_name};
+use crate::trace_context::TraceParent;
 
 /// How long a consumer keeps retrying to open a database transaction for a message before it
 /// gives the message back to the broker. A database outage is not the message's fault, so it
@@ -48,8 +49,18 @@ pub struct ConsumerConfig {
     pub service: String,
     /// Unacked deliveries the broker may push ahead (`basic.qos`).
     pub prefetch: u16,
-    /// Messages handled at the same time.
+    /// Deliveries (or batches of them) handled at the same time.
     pub concurrency: usize,
+    /// At most this many deliveries that have already arrived are handled in one database
+    /// transaction (1, the default: each in its own). Batches save a BEGIN, a COMMIT and its
+    /// log flush per message; a batch never waits to fill. If any message of a batch fails,
+    /// or the commit does, nothing of it is applied and each message is handled again in its
+    /// own transaction, so only the failing one is retried or dead-lettered: handlers must
+    /// tolerate running again after a rollback (they must already: any message may be
+    /// redelivered). Row locks are held until the batch commits, so concurrent batches that
+    /// update the same rows wait for each other longer and can deadlock (PostgreSQL aborts
+    /// one after `deadlock_timeout`; its messages are then handled one by one).
+    pub batch: usize,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
     /// Deduplicate through the inbox (on unless the handler is idempotent by itself).
@@ -64,7 +75,7 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// Defaults: prefetch 32, concurrency 8, the default retry policy, inbox on.
+    /// Defaults: prefetch 32, concurrency 8, batches of 1, the default retry policy, inbox on.
     pub fn new(service: impl Into<String>, queue: impl Into<String>) -> Self {
         let service = service.into();
         Self {
@@ -73,6 +84,7 @@ impl ConsumerConfig {
             service,
             prefetch: 32,
             concurrency: 8,
+            batch: 1,
             retry: RetryPolicy::default(),
             inbox: true,
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
@@ -81,8 +93,9 @@ impl ConsumerConfig {
         }
     }
 
-    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY`, the `RETRY_*`
-    /// variables of [`RetryPolicy::from_env`] and the `FAULT_*` ones of [`Faults::from_env`].
+    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`,
+    /// `CONSUMER_INBOX_RETENTION_MS`, the `RETRY_*` variables of [`RetryPolicy::from_env`] and
+    /// the `FAULT_*` ones of [`Faults::from_env`].
     pub fn from_env(
         service: impl Into<String>,
         queue: impl Into<String>,
@@ -91,6 +104,7 @@ impl ConsumerConfig {
         Ok(Self {
             prefetch: env_parse("CONSUMER_PREFETCH", defaults.prefetch)?.max(1),
             concurrency: env_parse("CONSUMER_CONCURRENCY", defaults.concurrency)?.max(1),
+            batch: env_parse("CONSUMER_BATCH", defaults.batch)?.max(1),
             retry: RetryPolicy::from_env()?,
             inbox_retention: env_millis("CONSUMER_INBOX_RETENTION_MS", defaults.inbox_retention)?,
             faults: Faults::from_env()?,
@@ -164,6 +178,17 @@ enum Settled {
     Deferred,
     Retried,
     DeadLettered(FailureReason),
+}
+
+/// A delivery taken apart for processing.
+struct Received {
+    tag: u64,
+    acker: lapin::Acker,
+    message: IncomingMessage,
+    /// The `process` span, carrying the message's trace.
+    span: tracing::Span,
+    trace: TraceParent,
+    started: Instant,
 }
 
 /// Consumes one work queue with a [`Handler`].
@@ -347,24 +372,35 @@ impl<H: Handler> Consumer<H> {
         let acks = (!self.config.faults.ack_before_commit).then(|| Acks::new(self.config.prefetch));
         let processing = consumer
             .take_until(stop)
-            .for_each_concurrent(self.config.concurrency, |delivery| {
+            // Whatever has arrived, up to a batch, is handled together; under light load that
+            // is one delivery and nothing waits for a batch to fill.
+            .ready_chunks(self.config.batch.max(1))
+            .for_each_concurrent(self.config.concurrency, |deliveries| {
                 let (this, broken, acks) = (Arc::clone(&self), broken.clone(), acks.clone());
-                // Registered here, in delivery order, before any of them can be settled.
-                if let (Ok(delivery), Some(acks)) = (&delivery, &acks) {
-                    acks.delivered(delivery.delivery_tag);
-                }
-                async move {
+                let mut received = Vec::with_capacity(deliveries.len());
+                let mut failed = None;
+                for delivery in deliveries {
                     match delivery {
                         Ok(delivery) => {
-                            if let Err(error) = this.settle(delivery, publisher, acks.as_ref()).await {
-                                tracing::warn!(%error, "could not settle a delivery; restarting the session");
-                                broken.cancel();
+                            // Registered here, in delivery order, before any can be settled.
+                            if let Some(acks) = &acks {
+                                acks.delivered(delivery.delivery_tag);
                             }
+                            received.push(delivery);
                         }
-                        Err(error) => {
-                            tracing::warn!(%error, "consumer stream failed");
-                            broken.cancel();
-                        }
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                async move {
+                    if let Some(error) = failed {
+                        tracing::warn!(%error, "consumer stream failed");
+                        broken.cancel();
+                    }
+                    if !received.is_empty()
+                        && let Err(error) = this.settle(received, publisher, acks.as_ref()).await
+                    {
+                        tracing::warn!(%error, "could not settle a delivery; restarting the session");
+                        broken.cancel();
                     }
                 }
             });
@@ -423,14 +459,8 @@ impl<H: Handler> Consumer<H> {
         let _ = connection.close(200, "consumer stopping".into()).await;
     }
 
-    /// Process one delivery and mark it settled for [`Acks`] to acknowledge. An `Err` means it
-    /// could not be settled on this connection and will be redelivered.
-    async fn settle(
-        &self,
-        delivery: Delivery,
-        publisher: &ConfirmedPublisher,
-        acks: Option<&Acks>,
-    ) -> Result<(), Unsettled> {
+    /// Take a delivery apart: the message, the span that carries its trace, and its tag.
+    fn receive(&self, delivery: Delivery) -> Received {
         // The delivery's parts move into the message; the tag settles it (the acker is only
         // for the deliberately broken consumer).
         let Delivery {
@@ -471,29 +501,137 @@ impl<H: Handler> Consumer<H> {
             span_id = tracing::field::Empty,
         );
         let trace = context::continue_trace(&span, message.trace());
-        let started = Instant::now();
+        Received {
+            tag: delivery_tag,
+            acker,
+            message,
+            span,
+            trace,
+            started: Instant::now(),
+        }
+    }
+
+    /// Process deliveries that arrived together and mark them settled for [`Acks`] to
+    /// acknowledge: in one transaction when the consumer batches and they are all plain work,
+    /// else one by one. An `Err` means one could not be settled on this connection: it and
+    /// those not settled yet will be redelivered.
+    async fn settle(
+        &self,
+        deliveries: Vec<Delivery>,
+        publisher: &ConfirmedPublisher,
+        acks: Option<&Acks>,
+    ) -> Result<(), Unsettled> {
+        let received: Vec<Received> = deliveries.into_iter().map(|d| self.receive(d)).collect();
+        if received.len() == 1 || self.config.faults.ack_before_commit {
+            for one in received {
+                self.settle_one(one, publisher, acks).await?;
+            }
+            return Ok(());
+        }
+        // Deferred retries and messages without an id take their own path.
+        let (together, alone): (Vec<_>, Vec<_>) = received.into_iter().partition(|one| {
+            self.onward_tier(&one.message).is_none()
+                && one.message.message_id().is_some_and(|id| !id.is_empty())
+        });
+        for one in alone {
+            self.settle_one(one, publisher, acks).await?;
+        }
+        if together.len() < 2 {
+            for one in together {
+                self.settle_one(one, publisher, acks).await?;
+            }
+            return Ok(());
+        }
+        match self.handle_together(&together).await {
+            None => Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE)),
+            Some(Ok(outcomes)) => {
+                for (one, settled) in together.iter().zip(outcomes) {
+                    self.finish(one, settled, acks);
+                }
+                Ok(())
+            }
+            Some(Err(error)) => {
+                // Nothing of the batch was applied: each message gets its own transaction,
+                // so that only the failing one is retried or dead-lettered.
+                tracing::info!(messages = together.len(), %error, "a batch failed; handling its messages one by one");
+                for one in together {
+                    self.settle_one(one, publisher, acks).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Handle `batch` in one transaction: the outcome of each, an error if any failed or the
+    /// commit did (everything rolled back), `None` if the database could not be reached.
+    async fn handle_together(
+        &self,
+        batch: &[Received],
+    ) -> Option<Result<Vec<Settled>, HandlerError>> {
+        let mut tx = self.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for one in batch {
+            let message_id = one.message.message_id().unwrap_or_default();
+            let handled = context::scope(
+                one.trace,
+                self.run_handler(&one.message, message_id, &mut tx)
+                    .instrument(one.span.clone()),
+            )
+            .await;
+            match handled {
+                Ok(true) => outcomes.push(Settled::Handled),
+                Ok(false) => outcomes.push(Settled::Duplicate),
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Some(Err(error));
+                }
+            }
+        }
+        Some(
+            tx.commit()
+                .await
+                .map(|()| outcomes)
+                .map_err(HandlerError::from),
+        )
+    }
+
+    /// Process one delivery in its own transaction and mark it settled.
+    async fn settle_one(
+        &self,
+        one: Received,
+        publisher: &ConfirmedPublisher,
+        acks: Option<&Acks>,
+    ) -> Result<(), Unsettled> {
         if self.config.faults.ack_before_commit {
             // The deliberately broken consumer (see `Faults::ack_before_commit`).
-            acker
+            one.acker
                 .ack(BasicAckOptions::default())
                 .await
                 .map_err(BrokerError::operation("basic.ack"))?;
         }
         let processed = context::scope(
-            trace,
-            self.process(&message, publisher).instrument(span.clone()),
+            one.trace,
+            self.process(&one.message, publisher)
+                .instrument(one.span.clone()),
         )
         .await;
         let Some(settled) = processed? else {
             return Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE));
         };
+        self.finish(&one, settled, acks);
+        Ok(())
+    }
+
+    /// The delivery's outcome is final: let it be acked, count it, close its span.
+    fn finish(&self, one: &Received, settled: Settled, acks: Option<&Acks>) {
         if let Some(acks) = acks {
-            acks.settled(delivery_tag);
+            acks.settled(one.tag);
         }
+        let queue = self.config.queue.as_str();
         let metrics = metrics();
-        metrics.handler_duration(queue, started.elapsed());
+        metrics.handler_duration(queue, one.started.elapsed());
         if settled == Settled::Handled
-            && let Some(created) = message.created_at()
+            && let Some(created) = one.message.created_at()
         {
             metrics.end_to_end(queue, (Utc::now() - created).to_std().unwrap_or_default());
         }
@@ -507,19 +645,24 @@ impl<H: Handler> Consumer<H> {
                 (&self.stats.dead_lettered, "dead_letter")
             }
         };
-        span.record("msgkit.outcome", outcome);
+        one.span.record("msgkit.outcome", outcome);
         if !matches!(
             settled,
             Settled::Handled | Settled::Duplicate | Settled::Deferred
         ) {
-            span.record("otel.status_code", "error");
+            one.span.record("otel.status_code", "error");
         }
         metrics.consumed(queue, outcome);
-        if message.redelivered() {
+        if one.message.redelivered() {
             metrics.redelivered(queue);
         }
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// The delay tier a delayed retry that came back before it is due goes on to.
+    fn onward_tier(&self, message: &IncomingMessage) -> Option<Duration> {
+        let due = message.retry_due_at()?;
+        delay_tier_for((due - Utc::now()).to_std().unwrap_or_default())
     }
 
     /// Decide and carry out what becomes of `message`; `None` when the database could not be
@@ -530,13 +673,10 @@ impl<H: Handler> Consumer<H> {
         publisher: &ConfirmedPublisher,
     ) -> Result<Option<Settled>, BrokerError> {
         // A delayed retry that came back from a tier before it is due goes on to the next.
-        if let Some(due) = message.retry_due_at() {
-            let remaining = (due - Utc::now()).to_std().unwrap_or_default();
-            if let Some(tier) = delay_tier_for(remaining) {
-                let onward = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
-                self.publish_confirmed(publisher, &onward, "retry").await?;
-                return Ok(Some(Settled::Deferred));
-            }
+        if let Some(tier) = self.onward_tier(message) {
+            let onward = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
+            self.publish_confirmed(publisher, &onward, "retry").await?;
+            return Ok(Some(Settled::Deferred));
         }
         let Some(message_id) = message.message_id().filter(|id| !id.is_empty()) else {
             let error = HandlerError::new(

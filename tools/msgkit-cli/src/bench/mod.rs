@@ -53,7 +53,7 @@ pub enum StageKind {
     Raw,
     /// The outbox relay drain.
     Relay,
-    /// The consumer runtime, inbox off and on.
+    /// The consumer runtime, inbox off and on, one message per transaction and in batches.
     Consumer,
     /// Orders through the four service processes.
     E2e,
@@ -136,12 +136,16 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
             samples.entry(KIT_RELAY).or_default().push(rate);
         }
         if wanted(StageKind::Consumer) {
-            eprintln!("bench: consumer runtime, inbox off ...");
-            let rate = consume_with_kit(&db, &broker, n, "bench.work", false).await?;
-            samples.entry(KIT_CONSUMER).or_default().push(rate);
-            eprintln!("bench: consumer runtime, inbox on ...");
-            let rate = consume_with_kit(&db, &broker, n, "bench.inbox", true).await?;
-            samples.entry(KIT_CONSUMER_INBOX).or_default().push(rate);
+            for (stage, queue, inbox, batch) in [
+                (KIT_CONSUMER, "bench.work", false, 1),
+                (KIT_CONSUMER_BATCH, "bench.work", false, BATCH),
+                (KIT_CONSUMER_INBOX, "bench.inbox", true, 1),
+                (KIT_CONSUMER_INBOX_BATCH, "bench.inbox", true, BATCH),
+            ] {
+                eprintln!("bench: {stage} ...");
+                let rate = consume_with_kit(&db, &broker, n, queue, inbox, batch).await?;
+                samples.entry(stage).or_default().push(rate);
+            }
         }
     }
     let _ = connection.close(200, "done".into()).await;
@@ -157,13 +161,15 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     }
 
     // (stage, its ceiling, target ratio)
-    let layout: [(&str, Option<&str>, Option<f64>); 7] = [
+    let layout: [(&str, Option<&str>, Option<f64>); 9] = [
         (RAW_PUBLISH, None, None),
         (RAW_CONSUME, None, None),
         (RAW_FANOUT, None, None),
         (KIT_RELAY, Some(RAW_PUBLISH), Some(0.8)),
         (KIT_CONSUMER, Some(RAW_CONSUME), Some(0.9)),
+        (KIT_CONSUMER_BATCH, Some(RAW_CONSUME), Some(0.9)),
         (KIT_CONSUMER_INBOX, Some(RAW_CONSUME), None),
+        (KIT_CONSUMER_INBOX_BATCH, Some(RAW_CONSUME), None),
         (KIT_E2E, Some(RAW_FANOUT), Some(0.5)),
     ];
     let stages: Vec<Stage> = layout
@@ -213,7 +219,11 @@ const RAW_CONSUME: &str = "raw: consume and ack";
 const RAW_FANOUT: &str = "raw: fanout to 3 queues, 3 consumers acking";
 const KIT_RELAY: &str = "kit: outbox relay drain";
 const KIT_CONSUMER: &str = "kit: consumer runtime, inbox off";
+const KIT_CONSUMER_BATCH: &str = "kit: consumer runtime, inbox off, batches of 50";
 const KIT_CONSUMER_INBOX: &str = "kit: consumer runtime, inbox on";
+const KIT_CONSUMER_INBOX_BATCH: &str = "kit: consumer runtime, inbox on, batches of 50";
+/// `ConsumerConfig::batch` of the batching consumer stages.
+const BATCH: usize = 50;
 const KIT_E2E: &str = "kit: end to end, orders/s (closed loop)";
 
 fn median(values: &[f64]) -> f64 {
@@ -376,12 +386,13 @@ async fn consume_with_kit(
     n: usize,
     queue: &str,
     inbox: bool,
+    batch: usize,
 ) -> Result<f64, CliError> {
     // Kit messages (with ids, which the inbox needs), published raw.
     let publisher = ConfirmedPublisher::on_connection(broker.connect().await, &topology())
         .await
         .map_err(|e| CliError::Other(e.into()))?;
-    let mut batch = Vec::with_capacity(raw::WINDOW);
+    let mut window = Vec::with_capacity(raw::WINDOW);
     for i in 0..n {
         let mut message = OutgoingMessage::event(
             queue,
@@ -391,13 +402,13 @@ async fn consume_with_kit(
         )
         .map_err(|e| CliError::Other(e.into()))?;
         message.routing_key = queue.to_owned();
-        batch.push(message);
-        if batch.len() == raw::WINDOW || i + 1 == n {
+        window.push(message);
+        if window.len() == raw::WINDOW || i + 1 == n {
             publisher
-                .publish_batch(&batch)
+                .publish_batch(&window)
                 .await
                 .map_err(|e| CliError::Other(e.into()))?;
-            batch.clear();
+            window.clear();
         }
     }
     publisher.close().await;
@@ -416,6 +427,7 @@ async fn consume_with_kit(
         ConsumerConfig {
             prefetch: 500,
             concurrency: 10,
+            batch,
             inbox,
             retry: RetryPolicy::default(),
             ..ConsumerConfig::new("bench", queue)
