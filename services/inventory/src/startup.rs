@@ -28,6 +28,10 @@ impl Settings {
         Ok(Self {
             service: ServiceSettings::from_env(NAME, 8081, NAME)?,
             relay: RelayConfig::from_env(NAME)?,
+            // One delivery per transaction (unlike notify and the order saga): an order locks
+            // several stock rows, in one order within a message but not across a batch, so
+            // concurrent batches deadlock (seen in the chaos run: PostgreSQL breaks each after
+            // its one-second deadlock_timeout).
             consumer: ConsumerConfig::from_env(NAME, NAME)?,
         })
     }

@@ -9,6 +9,10 @@ use crate::handlers::Notifier;
 /// The service's name: its queue, its inbox consumer, its `app_id`.
 pub const NAME: &str = "notify";
 
+/// Deliveries handled per transaction by default (`CONSUMER_BATCH` overrides): its handler only
+/// inserts notification rows.
+const CONSUMER_BATCH: usize = 16;
+
 /// Everything the notify service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -24,7 +28,11 @@ impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             service: ServiceSettings::from_env(NAME, 8083, NAME)?,
-            consumer: ConsumerConfig::from_env(NAME, NAME)?,
+            consumer: ConsumerConfig {
+                batch: CONSUMER_BATCH,
+                ..ConsumerConfig::new(NAME, NAME)
+            }
+            .with_env_overrides()?,
         })
     }
 }

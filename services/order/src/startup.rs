@@ -11,6 +11,10 @@ use crate::routes::{self, AppState};
 /// The service's name: its queue, its inbox consumer, its `app_id`.
 pub const NAME: &str = "order";
 
+/// Deliveries handled per transaction by default (`CONSUMER_BATCH` overrides): the saga's handler
+/// only updates order rows and enqueues follow-ups.
+const CONSUMER_BATCH: usize = 16;
+
 /// Everything the order service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -29,7 +33,11 @@ impl Settings {
         Ok(Self {
             service: ServiceSettings::from_env(NAME, 8080, "orders")?,
             relay: RelayConfig::from_env(NAME)?,
-            consumer: ConsumerConfig::from_env(NAME, NAME)?,
+            consumer: ConsumerConfig {
+                batch: CONSUMER_BATCH,
+                ..ConsumerConfig::new(NAME, NAME)
+            }
+            .with_env_overrides()?,
         })
     }
 }

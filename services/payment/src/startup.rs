@@ -32,6 +32,8 @@ impl Settings {
         Ok(Self {
             service: ServiceSettings::from_env(NAME, 8082, NAME)?,
             relay: RelayConfig::from_env(NAME)?,
+            // One delivery per transaction (unlike the other services): the handler waits on
+            // the gateway, and a batch would add those waits up inside one transaction.
             consumer: ConsumerConfig::from_env(NAME, NAME)?,
             gateway: GatewaySettings::from_env()?,
         })

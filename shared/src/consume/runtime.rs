@@ -100,15 +100,20 @@ impl ConsumerConfig {
         service: impl Into<String>,
         queue: impl Into<String>,
     ) -> Result<Self, ConfigError> {
-        let defaults = Self::new(service, queue);
+        Self::new(service, queue).with_env_overrides()
+    }
+
+    /// This configuration overridden by the variables of [`ConsumerConfig::from_env`]: a
+    /// service sets defaults that suit its handler, and operators still have the last word.
+    pub fn with_env_overrides(self) -> Result<Self, ConfigError> {
         Ok(Self {
-            prefetch: env_parse("CONSUMER_PREFETCH", defaults.prefetch)?.max(1),
-            concurrency: env_parse("CONSUMER_CONCURRENCY", defaults.concurrency)?.max(1),
-            batch: env_parse("CONSUMER_BATCH", defaults.batch)?.max(1),
+            prefetch: env_parse("CONSUMER_PREFETCH", self.prefetch)?.max(1),
+            concurrency: env_parse("CONSUMER_CONCURRENCY", self.concurrency)?.max(1),
+            batch: env_parse("CONSUMER_BATCH", self.batch)?.max(1),
             retry: RetryPolicy::from_env()?,
-            inbox_retention: env_millis("CONSUMER_INBOX_RETENTION_MS", defaults.inbox_retention)?,
+            inbox_retention: env_millis("CONSUMER_INBOX_RETENTION_MS", self.inbox_retention)?,
             faults: Faults::from_env()?,
-            ..defaults
+            ..self
         })
     }
 }
