@@ -57,9 +57,12 @@ pub struct ConsumerConfig {
     /// or the commit does, nothing of it is applied and each message is handled again in its
     /// own transaction, so only the failing one is retried or dead-lettered: handlers must
     /// tolerate running again after a rollback (they must already: any message may be
-    /// redelivered). Row locks are held until the batch commits, so concurrent batches that
-    /// update the same rows wait for each other longer and can deadlock (PostgreSQL aborts
-    /// one after `deadlock_timeout`; its messages are then handled one by one).
+    /// redelivered). A batch is handled in order of correlation id (one correlation's messages
+    /// in delivery order), so batches whose handlers lock only their own correlation's rows
+    /// (the saga's order row) never deadlock. Handlers that lock rows shared across
+    /// correlations (stock of a product) hold those locks until the batch commits, and
+    /// concurrent batches can deadlock: PostgreSQL aborts one after `deadlock_timeout` and its
+    /// messages are handled one by one. Keep such consumers at 1.
     pub batch: usize,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
@@ -534,7 +537,7 @@ impl<H: Handler> Consumer<H> {
             return Ok(());
         }
         // Deferred retries and messages without an id take their own path.
-        let (together, alone): (Vec<_>, Vec<_>) = received.into_iter().partition(|one| {
+        let (mut together, alone): (Vec<_>, Vec<_>) = received.into_iter().partition(|one| {
             self.onward_tier(&one.message).is_none()
                 && one.message.message_id().is_some_and(|id| !id.is_empty())
         });
@@ -547,6 +550,11 @@ impl<H: Handler> Consumer<H> {
             }
             return Ok(());
         }
+        // In correlation order (stable: one correlation's messages keep their delivery order).
+        // Handlers lock their entity's rows; were batches handled in delivery order, two of
+        // them holding messages of the same entities in opposite orders would deadlock. In one
+        // global order they cannot, as long as a message locks only its own correlation's rows.
+        together.sort_by(|a, b| a.message.correlation_id().cmp(&b.message.correlation_id()));
         match self.handle_together(&together).await {
             None => Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE)),
             Some(Ok(outcomes)) => {
