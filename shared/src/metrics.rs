@@ -133,33 +133,24 @@ impl Metrics {
         }
     }
 
-    /// A message of `queue` settled with `outcome` (ack, retry, dead_letter, duplicate,
-    /// poison, deferred).
-    pub fn consumed(&self, queue: &str, outcome: &'static str) {
-        self.consumed
-            .get_or_create(&[("queue", queue.to_owned()), ("outcome", outcome.to_owned())])
-            .inc();
-    }
-
-    /// The broker redelivered a message of `queue`.
-    pub fn redelivered(&self, queue: &str) {
-        self.redelivered
-            .get_or_create(&[("queue", queue.to_owned())])
-            .inc();
-    }
-
-    /// How long settling one delivery of `queue` took.
-    pub fn handler_duration(&self, queue: &str, took: Duration) {
-        self.handler_duration
-            .get_or_create(&[("queue", queue.to_owned())])
-            .observe(took.as_secs_f64());
-    }
-
-    /// From the message's creation to the end of its handling in `queue`.
-    pub fn end_to_end(&self, queue: &str, took: Duration) {
-        self.end_to_end
-            .get_or_create(&[("queue", queue.to_owned())])
-            .observe(took.as_secs_f64());
+    /// The consumer metrics of `queue`, looked up once: a consumer records several per
+    /// message, and a family lookup costs a lock, a hash and label strings each time.
+    pub(crate) fn for_queue(&self, queue: &str) -> QueueMetrics {
+        let label = || [("queue", queue.to_owned())];
+        let consumed = |outcome: Outcome| {
+            self.consumed
+                .get_or_create(&[
+                    ("queue", queue.to_owned()),
+                    ("outcome", outcome.label().to_owned()),
+                ])
+                .clone()
+        };
+        QueueMetrics {
+            consumed: Outcome::ALL.map(consumed),
+            redelivered: self.redelivered.get_or_create(&label()).clone(),
+            handler_duration: self.handler_duration.get_or_create(&label()).clone(),
+            end_to_end: self.end_to_end.get_or_create(&label()).clone(),
+        }
     }
 
     /// How long `publisher` (relay, retry, dead_letter) waited for a confirm.
@@ -212,5 +203,69 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// How a consumed message was settled (the `outcome` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ack,
+    Duplicate,
+    Deferred,
+    Retry,
+    Poison,
+    DeadLetter,
+}
+
+impl Outcome {
+    const ALL: [Self; 6] = [
+        Self::Ack,
+        Self::Duplicate,
+        Self::Deferred,
+        Self::Retry,
+        Self::Poison,
+        Self::DeadLetter,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Duplicate => "duplicate",
+            Self::Deferred => "deferred",
+            Self::Retry => "retry",
+            Self::Poison => "poison",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// One queue's consumer metrics (handles into the process's families).
+#[derive(Clone, Debug)]
+pub(crate) struct QueueMetrics {
+    consumed: [Counter; 6],
+    redelivered: Counter,
+    handler_duration: Histogram,
+    end_to_end: Histogram,
+}
+
+impl QueueMetrics {
+    /// A message settled with `outcome`.
+    pub(crate) fn consumed(&self, outcome: Outcome) {
+        self.consumed[outcome as usize].inc();
+    }
+
+    /// The broker redelivered a message.
+    pub(crate) fn redelivered(&self) {
+        self.redelivered.inc();
+    }
+
+    /// How long settling one delivery took.
+    pub(crate) fn handler_duration(&self, took: Duration) {
+        self.handler_duration.observe(took.as_secs_f64());
+    }
+
+    /// From the message's creation to the end of its handling.
+    pub(crate) fn end_to_end(&self, took: Duration) {
+        self.end_to_end.observe(took.as_secs_f64());
     }
 }

@@ -26,7 +26,7 @@ use super::retry::RetryPolicy;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::config::{ConfigError, env_millis, env_parse};
 use crate::inbox;
-use crate::metrics::metrics;
+use crate::metrics::{Outcome, QueueMetrics, metrics};
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
 use crate::telemetry::context;
@@ -207,6 +207,9 @@ pub struct Consumer<H> {
     config: ConsumerConfig,
     handler: H,
     stats: Arc<ConsumerStats>,
+    metrics: QueueMetrics,
+    /// `<queue> process`, the name of every delivery's span.
+    span_name: String,
 }
 
 /// One connection's worth of consuming: its own connection for consuming and another for
@@ -229,6 +232,8 @@ impl<H: Handler> Consumer<H> {
         handler: H,
     ) -> Self {
         Self {
+            metrics: metrics().for_queue(&config.queue),
+            span_name: format!("{} process", config.queue),
             pool,
             broker,
             topology,
@@ -493,7 +498,7 @@ impl<H: Handler> Consumer<H> {
         // ids of the handler's log lines and the parent of its outgoing messages.
         let span = tracing::error_span!(
             "process",
-            otel.name = format!("{queue} process"),
+            otel.name = self.span_name.as_str(),
             otel.kind = "consumer",
             otel.status_code = tracing::field::Empty,
             messaging.system = "rabbitmq",
@@ -640,34 +645,33 @@ impl<H: Handler> Consumer<H> {
         if let Some(acks) = acks {
             acks.settled(one.tag);
         }
-        let queue = self.config.queue.as_str();
-        let metrics = metrics();
-        metrics.handler_duration(queue, one.started.elapsed());
+        let metrics = &self.metrics;
+        metrics.handler_duration(one.started.elapsed());
         if settled == Settled::Handled
             && let Some(created) = one.message.created_at()
         {
-            metrics.end_to_end(queue, (Utc::now() - created).to_std().unwrap_or_default());
+            metrics.end_to_end((Utc::now() - created).to_std().unwrap_or_default());
         }
         let (counter, outcome) = match settled {
-            Settled::Handled => (&self.stats.handled, "ack"),
-            Settled::Duplicate => (&self.stats.duplicates, "duplicate"),
-            Settled::Deferred => (&self.stats.deferred, "deferred"),
-            Settled::Retried => (&self.stats.retried, "retry"),
-            Settled::DeadLettered(FailureReason::Poison) => (&self.stats.poison, "poison"),
+            Settled::Handled => (&self.stats.handled, Outcome::Ack),
+            Settled::Duplicate => (&self.stats.duplicates, Outcome::Duplicate),
+            Settled::Deferred => (&self.stats.deferred, Outcome::Deferred),
+            Settled::Retried => (&self.stats.retried, Outcome::Retry),
+            Settled::DeadLettered(FailureReason::Poison) => (&self.stats.poison, Outcome::Poison),
             Settled::DeadLettered(FailureReason::RetriesExhausted) => {
-                (&self.stats.dead_lettered, "dead_letter")
+                (&self.stats.dead_lettered, Outcome::DeadLetter)
             }
         };
-        one.span.record("msgkit.outcome", outcome);
+        one.span.record("msgkit.outcome", outcome.label());
         if !matches!(
             settled,
             Settled::Handled | Settled::Duplicate | Settled::Deferred
         ) {
             one.span.record("otel.status_code", "error");
         }
-        metrics.consumed(queue, outcome);
+        metrics.consumed(outcome);
         if one.message.redelivered() {
-            metrics.redelivered(queue);
+            metrics.redelivered();
         }
         counter.fetch_add(1, Ordering::Relaxed);
     }
