@@ -100,11 +100,10 @@ async fn conclude(
         .await?;
         return Ok(());
     }
-    storage::set_status(tx, order_id, status).await?;
-    storage::record_history(
+    storage::move_to(
         tx,
         order_id,
-        status.as_str(),
+        status,
         message.message_type(),
         reason,
         message_uuid(message),

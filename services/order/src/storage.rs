@@ -57,14 +57,6 @@ pub async fn insert_order(
     event: &str,
     message_id: Uuid,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO orders (id, customer_id, status) VALUES ($1, $2, $3) RETURNING created_at",
-    )
-    .bind(order_id)
-    .bind(order.customer_id.as_str())
-    .bind(OrderStatus::Pending.as_str())
-    .fetch_one(&mut *conn)
-    .await?;
     let lines: Vec<i32> = (1..).take(order.lines.len()).collect();
     let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
     let quantities: Vec<i32> = order
@@ -72,24 +64,27 @@ pub async fn insert_order(
         .iter()
         .map(|l| i32::try_from(l.quantity.get()).unwrap_or(i32::MAX))
         .collect();
-    sqlx::query(
-        "INSERT INTO order_items (order_id, line, sku, quantity) \
-         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::int[])",
+    // One statement, one round trip. The foreign keys of lines and history are checked at
+    // the end of the statement, when the order row exists.
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "WITH placed AS ( \
+             INSERT INTO orders (id, customer_id, status) VALUES ($1, $2, $3) RETURNING created_at), \
+         lines AS ( \
+             INSERT INTO order_items (order_id, line, sku, quantity) \
+             SELECT $1, * FROM UNNEST($4::int[], $5::text[], $6::int[])), \
+         history AS ( \
+             INSERT INTO order_history (order_id, status, event, message_id) VALUES ($1, $3, $7, $8)) \
+         SELECT created_at FROM placed",
     )
     .bind(order_id)
+    .bind(order.customer_id.as_str())
+    .bind(OrderStatus::Pending.as_str())
     .bind(lines)
     .bind(skus)
     .bind(quantities)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO order_history (order_id, status, event, message_id) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(order_id)
-    .bind(OrderStatus::Pending.as_str())
     .bind(event)
     .bind(message_id)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(created_at)
 }
@@ -157,17 +152,27 @@ pub async fn lock_order(
         .transpose()
 }
 
-/// Move the order to `status`.
-pub async fn set_status(
+/// Move the order to `status` and add the history entry saying why, in one round trip.
+pub async fn move_to(
     conn: &mut PgConnection,
     order_id: Uuid,
     status: OrderStatus,
+    event: &str,
+    reason: Option<&str>,
+    message_id: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
-        .bind(order_id)
-        .bind(status.as_str())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "WITH moved AS (UPDATE orders SET status = $2, updated_at = now() WHERE id = $1) \
+         INSERT INTO order_history (order_id, status, event, reason, message_id) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(order_id)
+    .bind(status.as_str())
+    .bind(event)
+    .bind(reason)
+    .bind(message_id)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

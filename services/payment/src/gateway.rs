@@ -112,24 +112,36 @@ impl GatewaySimulator {
         } else {
             ("captured", None)
         };
-        sqlx::query(
-            "INSERT INTO gateway_charges (idempotency_key, charge_id, amount_cents, outcome, reason) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING",
+        // The first decision under this key stands, whoever made it: ours if the insert
+        // happened, else the stored one, in one round trip.
+        let decided = sqlx::query(
+            "WITH inserted AS ( \
+                 INSERT INTO gateway_charges (idempotency_key, charge_id, amount_cents, outcome, reason) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING \
+                 RETURNING charge_id, outcome, reason) \
+             SELECT charge_id, outcome, reason FROM inserted \
+             UNION ALL \
+             SELECT charge_id, outcome, reason FROM gateway_charges WHERE idempotency_key = $1 \
+             LIMIT 1",
         )
         .bind(idempotency_key)
         .bind(format!("ch_{}", uuid::Uuid::new_v4().simple()))
         .bind(amount_cents)
         .bind(outcome)
         .bind(&reason)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        // The first decision under this key stands, whoever made it.
-        let row = sqlx::query(
-            "SELECT charge_id, outcome, reason FROM gateway_charges WHERE idempotency_key = $1",
-        )
-        .bind(idempotency_key)
-        .fetch_one(&self.pool)
-        .await?;
+        let row = match decided {
+            Some(row) => row,
+            // A concurrent charge under the same key committed while ours waited on it: the
+            // statement's snapshot predates that row, a new statement sees it.
+            None => sqlx::query(
+                "SELECT charge_id, outcome, reason FROM gateway_charges WHERE idempotency_key = $1",
+            )
+            .bind(idempotency_key)
+            .fetch_one(&self.pool)
+            .await?,
+        };
         let outcome: String = row.try_get("outcome")?;
         Ok(if outcome == "captured" {
             ChargeOutcome::Captured {

@@ -32,6 +32,24 @@ async fn a_retried_charge_with_the_same_key_is_taken_once() {
 }
 
 #[tokio::test]
+async fn concurrent_charges_with_the_same_key_all_get_the_one_charge() {
+    let (gateway, _db) = gateway(instant()).await;
+    for round in 0..20 {
+        let key = format!("order-race-{round}");
+        let charges: Vec<ChargeOutcome> =
+            futures_util::future::join_all((0..4).map(|_| gateway.charge(&key, 5_000)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        assert!(
+            charges.iter().all(|charge| charge == &charges[0]),
+            "{key}: {charges:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn charges_above_the_limit_are_declined_with_a_reason() {
     let (gateway, _db) = gateway(instant()).await;
     match gateway.charge("order-big", 100_001).await.unwrap() {
