@@ -15,6 +15,11 @@ use std::sync::atomic::AtomicU64;
 type One = [(&'static str, String); 1];
 type Two = [(&'static str, String); 2];
 
+/// 1 to 128 deliveries, doubling.
+fn batch_sizes() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 8))
+}
+
 /// 1 ms to about 33 s, doubling.
 fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -26,6 +31,8 @@ pub struct Metrics {
     consumed: Family<Two, Counter>,
     redelivered: Family<One, Counter>,
     handler_duration: Family<One, Histogram, fn() -> Histogram>,
+    batch_size: Family<One, Histogram, fn() -> Histogram>,
+    batch_rollbacks: Family<One, Counter>,
     end_to_end: Family<One, Histogram, fn() -> Histogram>,
     confirm: Family<One, Histogram, fn() -> Histogram>,
     relay_published: Family<One, Counter>,
@@ -56,6 +63,8 @@ impl Metrics {
             consumed: Family::default(),
             redelivered: Family::default(),
             handler_duration: Family::new_with_constructor(seconds),
+            batch_size: Family::new_with_constructor(batch_sizes),
+            batch_rollbacks: Family::default(),
             end_to_end: Family::new_with_constructor(seconds),
             confirm: Family::new_with_constructor(seconds),
             relay_published: Family::default(),
@@ -81,6 +90,16 @@ impl Metrics {
             "handler_duration_seconds",
             "Time from delivery to settled (handler, transaction, republish)",
             metrics.handler_duration.clone(),
+        );
+        registry.register(
+            "consumer_batch_size",
+            "Deliveries handled in one transaction, per transaction of a batching consumer",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "consumer_batch_rollbacks",
+            "Batches rolled back because one message or the commit failed; their messages were then handled one by one",
+            metrics.batch_rollbacks.clone(),
         );
         registry.register(
             "end_to_end_latency_seconds",
@@ -149,6 +168,8 @@ impl Metrics {
             consumed: Outcome::ALL.map(consumed),
             redelivered: self.redelivered.get_or_create(&label()).clone(),
             handler_duration: self.handler_duration.get_or_create(&label()).clone(),
+            batch_size: self.batch_size.get_or_create(&label()).clone(),
+            batch_rollbacks: self.batch_rollbacks.get_or_create(&label()).clone(),
             end_to_end: self.end_to_end.get_or_create(&label()).clone(),
         }
     }
@@ -245,6 +266,8 @@ pub(crate) struct QueueMetrics {
     consumed: [Counter; 6],
     redelivered: Counter,
     handler_duration: Histogram,
+    batch_size: Histogram,
+    batch_rollbacks: Counter,
     end_to_end: Histogram,
 }
 
@@ -262,6 +285,16 @@ impl QueueMetrics {
     /// How long settling one delivery took.
     pub(crate) fn handler_duration(&self, took: Duration) {
         self.handler_duration.observe(took.as_secs_f64());
+    }
+
+    /// A transaction of a batching consumer committed `size` deliveries.
+    pub(crate) fn batch_committed(&self, size: usize) {
+        self.batch_size.observe(size as f64);
+    }
+
+    /// A batch was rolled back (its messages are handled one by one next).
+    pub(crate) fn batch_rolled_back(&self) {
+        self.batch_rollbacks.inc();
     }
 
     /// From the message's creation to the end of its handling.

@@ -13,7 +13,7 @@ use msgkit::consume::{
     RetryPolicy,
 };
 use msgkit::message::{ATTEMPT_HEADER, OutgoingMessage, header_i64, header_str};
-use msgkit::testing::{TestBroker, TestDatabase, wait_until, wait_until_async};
+use msgkit::testing::{TestBroker, TestDatabase, metric_value, wait_until, wait_until_async};
 use msgkit::{ConfirmedPublisher, Shutdown, Topology, WorkQueue};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -110,6 +110,10 @@ fn topology() -> Topology {
     Topology::default()
         .with_queue(WorkQueue::new("work").bind("test.#"))
         .with_queue(WorkQueue::new("slow").bind("slow.#"))
+        // Queues of one test each: their metrics are not shared with other tests even when
+        // the tests share a process (metrics are per process).
+        .with_queue(WorkQueue::new("batched").bind("batched.#"))
+        .with_queue(WorkQueue::new("batch-failure").bind("batch-failure.#"))
         .with_queue(
             WorkQueue::new("fragile")
                 .bind("fragile.#")
@@ -682,12 +686,12 @@ async fn a_slow_message_does_not_stop_the_consumer_from_handling_the_ones_behind
     h.stop().await;
 }
 
-fn batching(batch: usize) -> ConsumerConfig {
+fn batching(queue: &str, batch: usize) -> ConsumerConfig {
     ConsumerConfig {
         batch,
         concurrency: 2,
         retry: fast_retry(),
-        ..ConsumerConfig::new("test-service", "work")
+        ..ConsumerConfig::new("test-service", queue)
     }
 }
 
@@ -697,12 +701,12 @@ async fn a_consumer_that_batches_commits_many_messages_together_and_applies_each
     // A backlog, so that deliveries arrive faster than they are handled and batches form.
     for n in 0..60 {
         h.publish(&Harness::message(
-            "test.batch",
+            "batched.msg",
             &json!({"key": format!("b-{n}")}),
         ))
         .await;
     }
-    let stats = h.start_with(batching(10), Recording::default());
+    let stats = h.start_with(batching("batched", 10), Recording::default());
     wait_until("all sixty handled", DEADLINE, || stats.handled() == 60).await;
     for n in 0..60 {
         assert_eq!(h.effects(&format!("b-{n}")).await, 1);
@@ -715,10 +719,26 @@ async fn a_consumer_that_batches_commits_many_messages_together_and_applies_each
         transactions < 30,
         "60 messages in {transactions} transactions: batches did not form"
     );
+    let exposition = msgkit::metrics::metrics().render();
+    let work = [("queue", "batched")];
+    assert_eq!(
+        metric_value(&exposition, "msgkit_consumer_batch_size_sum", &work),
+        Some(60.0),
+        "every delivery counted in a batch: {exposition}"
+    );
+    assert_eq!(
+        metric_value(&exposition, "msgkit_consumer_batch_size_count", &work),
+        Some(transactions as f64),
+        "one observation per transaction"
+    );
+    assert_eq!(
+        metric_value(&exposition, "msgkit_consumer_batch_rollbacks_total", &work),
+        Some(0.0)
+    );
     wait_until_async(
         "nothing ready or unacked in the queue",
         DEADLINE,
-        || async { (h.broker.queue_totals("work").await == Some((0, 0))).then_some(()) },
+        || async { (h.broker.queue_totals("batched").await == Some((0, 0))).then_some(()) },
     )
     .await;
     h.stop().await;
@@ -741,20 +761,21 @@ async fn a_failure_in_a_batch_retries_or_dead_letters_only_the_failing_message()
             6 => json!({"key": key, "reject": true}),
             _ => json!({"key": key}),
         };
-        h.publish(&Harness::message("test.batch", &body)).await;
+        h.publish(&Harness::message("batch-failure.msg", &body))
+            .await;
         keys.push(key);
     }
     let stats = h.start_with(
         ConsumerConfig {
             concurrency: 1,
-            ..batching(10)
+            ..batching("batch-failure", 10)
         },
         handler.clone(),
     );
     // The first is held until the broker has delivered all ten, so that the rest arrive
     // before the consumer takes its next batch: m-1 to m-9 are then handled together.
     wait_until_async("all ten delivered", DEADLINE, || async {
-        (h.broker.queue_totals("work").await == Some((0, 10))).then_some(())
+        (h.broker.queue_totals("batch-failure").await == Some((0, 10))).then_some(())
     })
     .await;
     release.send_replace(true);
@@ -767,7 +788,17 @@ async fn a_failure_in_a_batch_retries_or_dead_letters_only_the_failing_message()
         assert_eq!(h.effects(key).await, expected, "effects of {key}");
     }
     assert_eq!(stats.retried(), 1, "only the flaky message was retried");
-    let dead = h.take_one("work.dlq").await;
+    let exposition = msgkit::metrics::metrics().render();
+    assert!(
+        metric_value(
+            &exposition,
+            "msgkit_consumer_batch_rollbacks_total",
+            &[("queue", "batch-failure")]
+        )
+        .is_some_and(|rollbacks| rollbacks >= 1.0),
+        "the failed batch is counted: {exposition}"
+    );
+    let dead = h.take_one("batch-failure.dlq").await;
     assert_eq!(
         header_str(&dead.delivery.properties, "x-failure-reason"),
         Some("poison")
@@ -813,7 +844,7 @@ async fn concurrent_batches_over_the_same_entities_do_not_deadlock() {
         ConsumerConfig {
             concurrency: 4,
             prefetch: 64,
-            ..batching(8)
+            ..batching("work", 8)
         },
         handler.clone(),
     );

@@ -538,6 +538,10 @@ impl<H: Handler> Consumer<H> {
         if received.len() == 1 || self.config.faults.ack_before_commit {
             for one in received {
                 self.settle_one(one, publisher, acks).await?;
+                if self.config.batch > 1 {
+                    // A batch of one: how full batches get is what the histogram is for.
+                    self.metrics.batch_committed(1);
+                }
             }
             return Ok(());
         }
@@ -563,6 +567,7 @@ impl<H: Handler> Consumer<H> {
         match self.handle_together(&together).await {
             None => Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE)),
             Some(Ok(outcomes)) => {
+                self.metrics.batch_committed(together.len());
                 for (one, settled) in together.iter().zip(outcomes) {
                     self.finish(one, settled, acks);
                 }
@@ -571,6 +576,7 @@ impl<H: Handler> Consumer<H> {
             Some(Err(error)) => {
                 // Nothing of the batch was applied: each message gets its own transaction,
                 // so that only the failing one is retried or dead-lettered.
+                self.metrics.batch_rolled_back();
                 tracing::info!(messages = together.len(), %error, "a batch failed; handling its messages one by one");
                 for one in together {
                     self.settle_one(one, publisher, acks).await?;
