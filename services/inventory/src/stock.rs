@@ -74,6 +74,17 @@ pub async fn has_reservation(conn: &mut PgConnection, order_id: Uuid) -> Result<
 /// Put the order's reserved units back in stock; returns how many lines were released (0 when
 /// there was nothing reserved, e.g. already released).
 pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<u64, sqlx::Error> {
+    // Lock the stock rows in SKU order first, as `lock` does for a reservation: the update
+    // below would take them in the order of the reservation's lines, and a release and a
+    // reservation of the same SKUs in opposite orders would deadlock.
+    sqlx::query(
+        "SELECT sku FROM stock \
+         WHERE sku IN (SELECT sku FROM reservations WHERE order_id = $1 AND status = 'reserved') \
+         ORDER BY sku FOR UPDATE",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
     let released = sqlx::query(
         "WITH released AS ( \
              UPDATE reservations SET status = 'released', released_at = now() \
