@@ -80,6 +80,11 @@ impl Handler for Recording {
         if let Some(hold) = self.hold.as_ref().filter(|_| body["hold"] == true) {
             let _ = hold.clone().wait_for(|open| *open).await;
         }
+        // Rows shared with other messages (a product's stock), locked in one order per message.
+        for resource in shared_resources(&body) {
+            lock(tx, &resource).await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         // An entity's row lock, held until commit (as a handler updating its entity's row).
         if let Some(entity) = body["lock"].as_str() {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -95,6 +100,48 @@ impl Handler for Recording {
             .await?;
         Ok(())
     }
+    /// Takes the shared locks of the whole batch at once, in one order (as inventory locks its
+    /// batch's stock rows).
+    async fn before_batch(
+        &self,
+        messages: &[&IncomingMessage],
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let mut resources: Vec<String> = messages
+            .iter()
+            .filter_map(|message| message.decode::<Value>().ok())
+            .flat_map(|body| shared_resources(&body))
+            .collect();
+        resources.sort();
+        resources.dedup();
+        for resource in resources {
+            lock(tx, &resource).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The resources a test message shares with others (`"shared": [..]`), sorted.
+fn shared_resources(body: &Value) -> Vec<String> {
+    let mut resources: Vec<String> = body["shared"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    resources.sort();
+    resources
+}
+
+/// A lock on `resource` until the transaction ends (re-entrant within it).
+async fn lock(tx: &mut PgConnection, resource: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(resource)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 struct Harness {
@@ -114,6 +161,7 @@ fn topology() -> Topology {
         // the tests share a process (metrics are per process).
         .with_queue(WorkQueue::new("batched").bind("batched.#"))
         .with_queue(WorkQueue::new("batch-failure").bind("batch-failure.#"))
+        .with_queue(WorkQueue::new("shared-locks").bind("shared-locks.#"))
         .with_queue(
             WorkQueue::new("fragile")
                 .bind("fragile.#")
@@ -856,6 +904,57 @@ async fn concurrent_batches_over_the_same_entities_do_not_deadlock() {
     assert!(
         rerun.is_empty(),
         "every message ran once (a deadlocked batch runs again): {rerun:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn batches_that_lock_shared_rows_up_front_do_not_deadlock() {
+    let h = harness().await;
+    let handler = Recording::default();
+    // Each message locks two of four shared resources (in order, as inventory locks its SKUs);
+    // its correlation is its own, so a batch's correlation order mixes the two pairs at
+    // random. Concurrent batches then lock the pairs in opposite orders and deadlock, unless
+    // the handler takes all of a batch's locks first (`before_batch`).
+    let mut keys = Vec::new();
+    for n in 0..64 {
+        let key = format!("s-{n}");
+        let shared = if n % 2 == 0 {
+            ["r0", "r1"]
+        } else {
+            ["r2", "r3"]
+        };
+        let mut message =
+            Harness::message("shared-locks.msg", &json!({"key": key, "shared": shared}));
+        message.correlation_id = uuid::Uuid::new_v4().to_string();
+        h.publish(&message).await;
+        keys.push(key);
+    }
+    let stats = h.start_with(
+        ConsumerConfig {
+            concurrency: 4,
+            prefetch: 64,
+            ..batching("shared-locks", 8)
+        },
+        handler.clone(),
+    );
+    wait_until("all 64 handled", DEADLINE, || stats.handled() == 64).await;
+    let rerun: Vec<&String> = keys
+        .iter()
+        .filter(|key| handler.attempt_times(key).len() != 1)
+        .collect();
+    assert!(
+        rerun.is_empty(),
+        "every message ran once (a deadlocked batch runs again): {rerun:?}"
+    );
+    let exposition = msgkit::metrics::metrics().render();
+    assert_eq!(
+        metric_value(
+            &exposition,
+            "msgkit_consumer_batch_rollbacks_total",
+            &[("queue", "shared-locks")]
+        ),
+        Some(0.0)
     );
     h.stop().await;
 }

@@ -22,6 +22,22 @@ pub trait Handler: Send + Sync + 'static {
         message: &IncomingMessage,
         tx: &mut PgConnection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called once a batch's transaction has begun, before any of its messages is handled
+    /// (consumers whose `batch` is above 1). The runtime handles a batch in correlation order,
+    /// which keeps batches from deadlocking over each correlation's own rows; a handler whose
+    /// messages also lock rows shared across correlations (the stock of a product) takes every
+    /// such lock of the batch here, in one global order, so that concurrent batches cannot
+    /// deadlock over those either. An error rolls the batch back, and its messages are handled
+    /// one by one. The default does nothing.
+    fn before_batch(
+        &self,
+        messages: &[&IncomingMessage],
+        tx: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = (messages, tx);
+        async { Ok(()) }
+    }
 }
 
 /// How a failure is treated.

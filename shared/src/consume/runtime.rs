@@ -593,6 +593,15 @@ impl<H: Handler> Consumer<H> {
         batch: &[Received],
     ) -> Option<Result<Vec<Settled>, HandlerError>> {
         let mut tx = self.begin().await?;
+        let messages: Vec<&IncomingMessage> = batch.iter().map(|one| &one.message).collect();
+        let prepared = AssertUnwindSafe(self.handler.before_batch(&messages, &mut tx))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+        if let Err(error) = prepared {
+            let _ = tx.rollback().await;
+            return Some(Err(error));
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         for one in batch {
             let message_id = one.message.message_id().unwrap_or_default();
@@ -776,14 +785,7 @@ impl<H: Handler> Consumer<H> {
             .await
         {
             Ok(result) => result.map(|()| true),
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                Err(HandlerError::new(FailureKind::Transient, "panic", text))
-            }
+            Err(panic) => Err(panicked(panic.as_ref())),
         }
     }
 
@@ -880,4 +882,14 @@ impl<H: Handler> Consumer<H> {
             }),
         }
     }
+}
+
+/// A panic in a handler, as a transient failure carrying the panic's message.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    HandlerError::new(FailureKind::Transient, "panic", text)
 }
