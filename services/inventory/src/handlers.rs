@@ -28,6 +28,36 @@ impl Handler for Inventory {
             _ => Err(message.unknown_type()),
         }
     }
+
+    /// Lock the stock of every SKU the batch reserves or releases, in SKU order, before any
+    /// of its messages: each message alone locks its SKUs in order, but a batch would add its
+    /// messages' locks up in correlation order, and two batches could then deadlock. What
+    /// does not decode is left to `handle`, which dead-letters it.
+    async fn before_batch(
+        &self,
+        messages: &[&IncomingMessage],
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let mut skus = Vec::new();
+        let mut releases = Vec::new();
+        for message in messages {
+            match message.message_type() {
+                event_type::ORDER_PLACED => {
+                    if let Ok(order) = message.decode::<OrderPlaced>() {
+                        skus.extend(order.items.into_iter().map(|line| line.sku));
+                    }
+                }
+                event_type::PAYMENT_FAILED => {
+                    if let Ok(failed) = message.decode::<OrderSetback>() {
+                        releases.push(failed.order_id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stock::lock_for_batch(tx, &skus, &releases).await?;
+        Ok(())
+    }
 }
 
 async fn reserve(

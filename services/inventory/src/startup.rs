@@ -10,6 +10,11 @@ use crate::handlers::Inventory;
 /// The service's name: its queue, its inbox consumer, its `app_id`.
 pub const NAME: &str = "inventory";
 
+/// Deliveries handled per transaction by default (`CONSUMER_BATCH` overrides). Orders lock
+/// stock rows shared by all orders; `Inventory::before_batch` takes a batch's stock locks in
+/// SKU order before its first message, so concurrent batches cannot deadlock over them.
+const CONSUMER_BATCH: usize = 16;
+
 /// Everything the inventory service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -28,11 +33,11 @@ impl Settings {
         Ok(Self {
             service: ServiceSettings::from_env(NAME, 8081, NAME)?,
             relay: RelayConfig::from_env(NAME)?,
-            // One delivery per transaction (unlike notify and the order saga): an order locks
-            // several stock rows, in one order within a message but not across a batch, so
-            // concurrent batches deadlock (seen in the chaos run: PostgreSQL breaks each after
-            // its one-second deadlock_timeout).
-            consumer: ConsumerConfig::from_env(NAME, NAME)?,
+            consumer: ConsumerConfig {
+                batch: CONSUMER_BATCH,
+                ..ConsumerConfig::new(NAME, NAME)
+            }
+            .with_env_overrides()?,
         })
     }
 }

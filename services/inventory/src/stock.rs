@@ -36,6 +36,26 @@ pub async fn lock(
     .collect()
 }
 
+/// Lock, in SKU order, the stock of `skus` and of whatever the orders in `releasing` have
+/// reserved: every stock lock a batch will need, taken before its first message.
+pub async fn lock_for_batch(
+    conn: &mut PgConnection,
+    skus: &[String],
+    releasing: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT sku FROM stock \
+         WHERE sku = ANY($1) \
+            OR sku IN (SELECT sku FROM reservations WHERE order_id = ANY($2) AND status = 'reserved') \
+         ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .bind(releasing)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Take `quantities` out of stock and record them as the order's reservation.
 pub async fn reserve(
     conn: &mut PgConnection,

@@ -53,14 +53,21 @@ impl Setup {
     }
 
     async fn place(&self, quantity: u32) -> Uuid {
+        self.place_lines(&[("SKU-1", quantity)]).await
+    }
+
+    async fn place_lines(&self, lines: &[(&str, u32)]) -> Uuid {
         let order_id = Uuid::new_v4();
         let event = OrderPlaced {
             order_id,
             customer_id: "c-1".into(),
-            items: vec![OrderLine {
-                sku: "SKU-1".into(),
-                quantity,
-            }],
+            items: lines
+                .iter()
+                .map(|&(sku, quantity)| OrderLine {
+                    sku: sku.into(),
+                    quantity,
+                })
+                .collect(),
             placed_at: chrono::Utc::now(),
         };
         let message = OutgoingMessage::event(
@@ -203,4 +210,68 @@ async fn sigterm_during_load_finishes_and_acks_in_flight_messages_and_exits_zero
         ORDERS,
         "{handled} handled + {waiting} waiting"
     );
+}
+
+#[tokio::test]
+async fn batches_of_orders_over_different_products_never_deadlock() {
+    let setup = setup().await;
+    // A backlog of orders over two pairs of products, so that batches form and mix them.
+    // Each order locks its own pair in SKU order; without `before_batch` taking a batch's
+    // stock locks first, two batches holding one pair each and wanting the other deadlock.
+    const ORDERS: i64 = 96;
+    for n in 0..ORDERS {
+        let lines: &[(&str, u32)] = if n % 2 == 0 {
+            &[("SKU-1", 1), ("SKU-2", 1)]
+        } else {
+            &[("SKU-3", 1), ("SKU-LUX", 1)]
+        };
+        setup.place_lines(lines).await;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    // Handling slowed down (after the batch's locks are taken), so that batches overlap.
+    let _process = KillOnDrop(setup.start(&[
+        ("INVENTORY_HTTP_ADDR", address.as_str()),
+        ("CONSUMER_CONCURRENCY", "4"),
+        ("FAULT_DELAY_MS", "10"),
+    ]));
+    let pool = setup.pool().await;
+    wait_until_async("every order reserved", DEADLINE, || async {
+        (count(&pool, "SELECT count(DISTINCT order_id) FROM reservations").await == ORDERS)
+            .then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let exposition = msgkit::testing::scrape(&client, &format!("http://{address}")).await;
+    let inventory = [("queue", "inventory")];
+    let metric = |name| msgkit::testing::metric_value(&exposition, name, &inventory);
+    assert_eq!(
+        metric("msgkit_consumer_batch_rollbacks_total"),
+        Some(0.0),
+        "no batch rolled back (a deadlock would): {exposition}"
+    );
+    let batches = metric("msgkit_consumer_batch_size_count").unwrap_or_default();
+    assert!(
+        batches > 0.0 && batches < ORDERS as f64,
+        "{batches} transactions for {ORDERS} orders: batches formed"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM reservations").await,
+        2 * ORDERS,
+        "every line reserved once"
+    );
+}
+
+/// The service process, killed when the test ends, failed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -60,9 +60,9 @@ pub struct ConsumerConfig {
     /// redelivered). A batch is handled in order of correlation id (one correlation's messages
     /// in delivery order), so batches whose handlers lock only their own correlation's rows
     /// (the saga's order row) never deadlock. Handlers that lock rows shared across
-    /// correlations (stock of a product) hold those locks until the batch commits, and
-    /// concurrent batches can deadlock: PostgreSQL aborts one after `deadlock_timeout` and its
-    /// messages are handled one by one. Keep such consumers at 1.
+    /// correlations (stock of a product) take those locks in [`Handler::before_batch`]; if they
+    /// do not, concurrent batches can deadlock (PostgreSQL aborts one after
+    /// `deadlock_timeout` and its messages are handled one by one).
     pub batch: usize,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
