@@ -7,6 +7,7 @@ mod raw;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -75,7 +76,13 @@ pub struct Stage {
 
 const BODY: &[u8] = br#"{"order_id":"00000000-0000-0000-0000-000000000000","customer_id":"c-1","items":[{"sku":"SKU-1","quantity":2}]}"#;
 
-struct Noop;
+/// Does nothing but note when it was first called: the consumer stages are timed from their
+/// first message, as the raw consumer is from its first delivery (not from connecting and
+/// declaring the topology).
+#[derive(Clone, Default)]
+struct Noop {
+    first_call: Arc<OnceLock<Instant>>,
+}
 
 impl Handler for Noop {
     async fn handle(
@@ -83,6 +90,7 @@ impl Handler for Noop {
         _message: &IncomingMessage,
         _tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
+        self.first_call.get_or_init(Instant::now);
         Ok(())
     }
 }
@@ -420,6 +428,7 @@ async fn consume_with_kit(
     msgkit::schema::migrate(&pool)
         .await
         .map_err(|e| CliError::Other(e.into()))?;
+    let handler = Noop::default();
     let consumer = Consumer::new(
         pool.clone(),
         broker.settings(&format!("bench/{queue}")),
@@ -432,17 +441,20 @@ async fn consume_with_kit(
             retry: RetryPolicy::default(),
             ..ConsumerConfig::new("bench", queue)
         },
-        Noop,
+        handler.clone(),
     );
     let stats = consumer.stats();
     let shutdown = Shutdown::new();
-    let started = Instant::now();
     shutdown.spawn(consumer.run(shutdown.clone()));
     wait_for(Duration::from_secs(600), "the consumer to drain", || {
         stats.handled() as usize >= n
     })
     .await?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let elapsed = handler
+        .first_call
+        .get()
+        .map_or(Duration::ZERO, Instant::elapsed);
+    let rate = n as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     shutdown.trigger();
     shutdown.wait_for_tasks().await;
     pool.close().await;
