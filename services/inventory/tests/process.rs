@@ -172,7 +172,9 @@ async fn sigterm_during_load_finishes_and_acks_in_flight_messages_and_exits_zero
     let setup = setup().await;
     let mut process = setup.start(&[("FAULT_DELAY_MS", "200"), ("CONSUMER_CONCURRENCY", "3")]);
     let pool = setup.pool().await;
-    const ORDERS: i64 = 40;
+    // More orders than can be in flight (prefetch 32, however they are batched), so that the
+    // SIGTERM lands mid-load.
+    const ORDERS: i64 = 100;
     for _ in 0..ORDERS {
         setup.place(1).await;
     }
