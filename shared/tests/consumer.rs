@@ -83,7 +83,7 @@ impl Handler for Recording {
         // Rows shared with other messages (a product's stock), locked in one order per message.
         for resource in shared_resources(&body) {
             lock(tx, &resource).await?;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            simulated_latency().await;
         }
         // An entity's row lock, held until commit (as a handler updating its entity's row).
         if let Some(entity) = body["lock"].as_str() {
@@ -91,8 +91,7 @@ impl Handler for Recording {
                 .bind(entity)
                 .execute(&mut *tx)
                 .await?;
-            // Work done under the lock (simulated): concurrent batches overlap.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            simulated_latency().await;
         }
         sqlx::query("INSERT INTO effects (key) VALUES ($1)")
             .bind(&key)
@@ -133,6 +132,13 @@ fn shared_resources(body: &Value) -> Vec<String> {
         .unwrap_or_default();
     resources.sort();
     resources
+}
+
+/// The time a real handler spends after locking its rows (a call to another service, a
+/// computation): it keeps the lock while other transactions run. It stands for work, not for
+/// waiting on anything: nothing in the tests depends on how long it is.
+async fn simulated_latency() {
+    tokio::time::sleep(Duration::from_millis(2)).await;
 }
 
 /// A lock on `resource` until the transaction ends (re-entrant within it).
@@ -734,6 +740,30 @@ async fn a_slow_message_does_not_stop_the_consumer_from_handling_the_ones_behind
     h.stop().await;
 }
 
+/// Messages of each deadlock test: enough for batches to meet in every order.
+const MESSAGES: u64 = 64;
+
+/// Four batches of 8 at once.
+fn overlapping_batches(queue: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        concurrency: 4,
+        prefetch: 64,
+        ..batching(queue, 8)
+    }
+}
+
+/// Every message of `keys` ran once: a batch rolled back (a deadlock) runs its messages again.
+fn assert_each_ran_once(handler: &Recording, keys: &[String]) {
+    let rerun: Vec<&String> = keys
+        .iter()
+        .filter(|key| handler.attempt_times(key).len() != 1)
+        .collect();
+    assert!(
+        rerun.is_empty(),
+        "every message ran once (a deadlocked batch runs again): {rerun:?}"
+    );
+}
+
 fn batching(queue: &str, batch: usize) -> ConsumerConfig {
     ConsumerConfig {
         batch,
@@ -868,19 +898,20 @@ async fn a_failure_in_a_batch_retries_or_dead_letters_only_the_failing_message()
 async fn concurrent_batches_over_the_same_entities_do_not_deadlock() {
     let h = harness().await;
     let handler = Recording::default();
-    // Four entities, their messages interleaved in both directions: batches taken in delivery
-    // order would lock them in opposite orders and deadlock (PostgreSQL then aborts one after
-    // a second and its messages run again, one by one).
+    // Four entities; each run of a batch's worth of messages visits them in one direction,
+    // the next run in the other: batches taken in delivery order would lock them in opposite
+    // orders and deadlock (PostgreSQL then aborts one after a second and its messages run
+    // again, one by one).
     let entities = ["e0", "e1", "e2", "e3"];
     let mut keys = Vec::new();
-    for round in 0..16 {
+    for round in 0..MESSAGES / 8 {
         let order: Vec<&str> = if round % 2 == 0 {
-            entities.to_vec()
+            entities.iter().chain(&entities).copied().collect()
         } else {
-            entities.iter().rev().copied().collect()
+            entities.iter().chain(&entities).rev().copied().collect()
         };
-        for entity in order {
-            let key = format!("{entity}-{round}");
+        for (n, entity) in order.into_iter().enumerate() {
+            let key = format!("{entity}-{round}-{n}");
             let mut message = Harness::message("test.entity", &json!({"key": key, "lock": entity}));
             // The correlation id names the entity, as the order id does in the saga.
             message.correlation_id = entity.to_owned();
@@ -888,23 +919,9 @@ async fn concurrent_batches_over_the_same_entities_do_not_deadlock() {
             keys.push(key);
         }
     }
-    let stats = h.start_with(
-        ConsumerConfig {
-            concurrency: 4,
-            prefetch: 64,
-            ..batching("work", 8)
-        },
-        handler.clone(),
-    );
-    wait_until("all 64 handled", DEADLINE, || stats.handled() == 64).await;
-    let rerun: Vec<&String> = keys
-        .iter()
-        .filter(|key| handler.attempt_times(key).len() != 1)
-        .collect();
-    assert!(
-        rerun.is_empty(),
-        "every message ran once (a deadlocked batch runs again): {rerun:?}"
-    );
+    let stats = h.start_with(overlapping_batches("work"), handler.clone());
+    wait_until("all handled", DEADLINE, || stats.handled() == MESSAGES).await;
+    assert_each_ran_once(&handler, &keys);
     h.stop().await;
 }
 
@@ -917,7 +934,7 @@ async fn batches_that_lock_shared_rows_up_front_do_not_deadlock() {
     // random. Concurrent batches then lock the pairs in opposite orders and deadlock, unless
     // the handler takes all of a batch's locks first (`before_batch`).
     let mut keys = Vec::new();
-    for n in 0..64 {
+    for n in 0..MESSAGES {
         let key = format!("s-{n}");
         let shared = if n % 2 == 0 {
             ["r0", "r1"]
@@ -930,23 +947,9 @@ async fn batches_that_lock_shared_rows_up_front_do_not_deadlock() {
         h.publish(&message).await;
         keys.push(key);
     }
-    let stats = h.start_with(
-        ConsumerConfig {
-            concurrency: 4,
-            prefetch: 64,
-            ..batching("shared-locks", 8)
-        },
-        handler.clone(),
-    );
-    wait_until("all 64 handled", DEADLINE, || stats.handled() == 64).await;
-    let rerun: Vec<&String> = keys
-        .iter()
-        .filter(|key| handler.attempt_times(key).len() != 1)
-        .collect();
-    assert!(
-        rerun.is_empty(),
-        "every message ran once (a deadlocked batch runs again): {rerun:?}"
-    );
+    let stats = h.start_with(overlapping_batches("shared-locks"), handler.clone());
+    wait_until("all handled", DEADLINE, || stats.handled() == MESSAGES).await;
+    assert_each_ran_once(&handler, &keys);
     let exposition = msgkit::metrics::metrics().render();
     assert_eq!(
         metric_value(
