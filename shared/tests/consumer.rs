@@ -83,7 +83,7 @@ impl Handler for Recording {
         // Rows shared with other messages (a product's stock), locked in one order per message.
         for resource in shared_resources(&body) {
             lock(tx, &resource).await?;
-            simulated_latency().await;
+            work_under_lock(tx).await?;
         }
         // An entity's row lock, held until commit (as a handler updating its entity's row).
         if let Some(entity) = body["lock"].as_str() {
@@ -91,7 +91,7 @@ impl Handler for Recording {
                 .bind(entity)
                 .execute(&mut *tx)
                 .await?;
-            simulated_latency().await;
+            work_under_lock(tx).await?;
         }
         sqlx::query("INSERT INTO effects (key) VALUES ($1)")
             .bind(&key)
@@ -134,11 +134,15 @@ fn shared_resources(body: &Value) -> Vec<String> {
     resources
 }
 
-/// The time a real handler spends after locking its rows (a call to another service, a
-/// computation): it keeps the lock while other transactions run. It stands for work, not for
-/// waiting on anything: nothing in the tests depends on how long it is.
-async fn simulated_latency() {
-    tokio::time::sleep(Duration::from_millis(2)).await;
+/// A handler's statements after it locks its rows (reads, writes): the lock is held across
+/// a few round trips while other transactions run.
+async fn work_under_lock(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    for _ in 0..4 {
+        sqlx::query("SELECT count(*) FROM effects")
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A lock on `resource` until the transaction ends (re-entrant within it).
