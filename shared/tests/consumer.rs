@@ -106,11 +106,18 @@ impl Handler for Recording {
         messages: &[&IncomingMessage],
         tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
-        let mut resources: Vec<String> = messages
+        let bodies: Vec<Value> = messages
             .iter()
             .filter_map(|message| message.decode::<Value>().ok())
-            .flat_map(|body| shared_resources(&body))
             .collect();
+        if bodies.iter().any(|body| body["fail_batch"] == true) {
+            return Err(HandlerError::new(
+                FailureKind::Transient,
+                "test::BatchRefused",
+                "before_batch fails for this batch",
+            ));
+        }
+        let mut resources: Vec<String> = bodies.iter().flat_map(shared_resources).collect();
         resources.sort();
         resources.dedup();
         for resource in resources {
@@ -172,6 +179,7 @@ fn topology() -> Topology {
         .with_queue(WorkQueue::new("batched").bind("batched.#"))
         .with_queue(WorkQueue::new("batch-failure").bind("batch-failure.#"))
         .with_queue(WorkQueue::new("shared-locks").bind("shared-locks.#"))
+        .with_queue(WorkQueue::new("batch-prepare").bind("batch-prepare.#"))
         .with_queue(
             WorkQueue::new("fragile")
                 .bind("fragile.#")
@@ -296,6 +304,17 @@ impl Harness {
             }
         })
         .await
+    }
+
+    /// Wait until `queue` holds nothing ready or unacked, per the management API (so while
+    /// its consumer runs, not only once it has closed its channel).
+    async fn wait_until_everything_acked(&self, queue: &str) {
+        wait_until_async(
+            &format!("nothing ready or unacked in {queue}"),
+            DEADLINE,
+            || async { (self.broker.queue_totals(queue).await == Some((0, 0))).then_some(()) },
+        )
+        .await;
     }
 
     async fn stop(self) {
@@ -733,12 +752,7 @@ async fn a_slow_message_does_not_stop_the_consumer_from_handling_the_ones_behind
     .await;
     // Every delivery is acked while the consumer runs (not only when it stops), and no ack
     // named a tag acked before: the broker would have closed the channel.
-    wait_until_async(
-        "nothing ready or unacked in the queue",
-        DEADLINE,
-        || async { (h.broker.queue_totals("work").await == Some((0, 0))).then_some(()) },
-    )
-    .await;
+    h.wait_until_everything_acked("work").await;
     assert_eq!(stats.reconnects(), 0, "the channel stayed open");
     assert_eq!(h.effects("slow").await, 1);
     h.stop().await;
@@ -817,12 +831,7 @@ async fn a_consumer_that_batches_commits_many_messages_together_and_applies_each
         metric_value(&exposition, "msgkit_consumer_batch_rollbacks_total", &work),
         Some(0.0)
     );
-    wait_until_async(
-        "nothing ready or unacked in the queue",
-        DEADLINE,
-        || async { (h.broker.queue_totals("batched").await == Some((0, 0))).then_some(()) },
-    )
-    .await;
+    h.wait_until_everything_acked("batched").await;
     h.stop().await;
 }
 
@@ -963,5 +972,33 @@ async fn batches_that_lock_shared_rows_up_front_do_not_deadlock() {
         ),
         Some(0.0)
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_preparation_fails_is_handled_one_by_one() {
+    let h = harness().await;
+    let handler = Recording::default();
+    let mut keys = Vec::new();
+    for n in 0..20 {
+        let key = format!("p-{n}");
+        // Every batch holding message 0 or 10 is refused by `before_batch`; one by one, each
+        // message runs without it.
+        let body = json!({"key": key, "fail_batch": n % 10 == 0});
+        h.publish(&Harness::message("batch-prepare.msg", &body))
+            .await;
+        keys.push(key);
+    }
+    let stats = h.start_with(batching("batch-prepare", 10), handler.clone());
+    wait_until("all twenty handled", DEADLINE, || stats.handled() == 20).await;
+    for key in &keys {
+        assert_eq!(h.effects(key).await, 1, "effects of {key}");
+    }
+    assert_eq!(
+        stats.retried(),
+        0,
+        "a refused batch is not a failed message"
+    );
+    h.wait_until_everything_acked("batch-prepare").await;
     h.stop().await;
 }

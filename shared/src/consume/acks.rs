@@ -56,6 +56,8 @@ impl Plan {
 #[derive(Debug)]
 struct Ledger {
     deliveries: VecDeque<(u64, State)>,
+    /// Entries in `State::Settled` (kept, so that a plan does not count them per ack).
+    settled: usize,
     /// How many settled-behind entries are acked one by one.
     spill_at: usize,
 }
@@ -64,6 +66,7 @@ impl Ledger {
     fn new(prefetch: u16) -> Self {
         Self {
             deliveries: VecDeque::with_capacity(usize::from(prefetch)),
+            settled: 0,
             spill_at: usize::from(prefetch / 2).max(1),
         }
     }
@@ -78,6 +81,7 @@ impl Ledger {
             && self.deliveries[index].1 == State::Pending
         {
             self.deliveries[index].1 = State::Settled;
+            self.settled += 1;
         }
     }
 
@@ -88,24 +92,23 @@ impl Ledger {
         while let Some(&(tag, state)) = self.deliveries.front() {
             match state {
                 State::Pending => break,
-                State::Settled => plan.through = Some(tag),
+                State::Settled => {
+                    plan.through = Some(tag);
+                    self.settled -= 1;
+                }
                 State::Acked => {}
             }
             self.deliveries.pop_front();
         }
         // The front is pending now (or nothing is left): what is settled is behind it.
-        let settled_behind = self
-            .deliveries
-            .iter()
-            .filter(|&&(_, state)| state == State::Settled)
-            .count();
-        if settled_behind > 0 && (everything || settled_behind >= self.spill_at) {
+        if self.settled > 0 && (everything || self.settled >= self.spill_at) {
             for (tag, state) in self.deliveries.iter_mut() {
                 if *state == State::Settled {
                     *state = State::Acked;
                     plan.single.push(*tag);
                 }
             }
+            self.settled = 0;
         }
         plan
     }

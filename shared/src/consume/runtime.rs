@@ -534,10 +534,11 @@ impl<H: Handler> Consumer<H> {
         publisher: &ConfirmedPublisher,
         acks: Option<&Acks>,
     ) -> Result<(), Unsettled> {
-        let received: Vec<Received> = deliveries.into_iter().map(|d| self.receive(d)).collect();
-        if received.len() == 1 || self.config.faults.ack_before_commit {
-            for one in received {
-                self.settle_one(one, publisher, acks).await?;
+        if deliveries.len() == 1 || self.config.faults.ack_before_commit {
+            // The common case without batching: no second vector per message.
+            for delivery in deliveries {
+                self.settle_one(self.receive(delivery), publisher, acks)
+                    .await?;
                 if self.config.batch > 1 {
                     // A batch of one: how full batches get is what the histogram is for.
                     self.metrics.batch_committed(1);
@@ -546,7 +547,8 @@ impl<H: Handler> Consumer<H> {
             return Ok(());
         }
         // Deferred retries and messages without an id take their own path.
-        let (mut together, alone): (Vec<_>, Vec<_>) = received.into_iter().partition(|one| {
+        let received = deliveries.into_iter().map(|d| self.receive(d));
+        let (mut together, alone): (Vec<_>, Vec<_>) = received.partition(|one| {
             self.onward_tier(&one.message).is_none()
                 && one.message.message_id().is_some_and(|id| !id.is_empty())
         });
