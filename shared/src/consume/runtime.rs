@@ -62,7 +62,8 @@ pub struct ConsumerConfig {
     /// (the saga's order row) never deadlock. Handlers that lock rows shared across
     /// correlations (stock of a product) take those locks in [`Handler::before_batch`]; if they
     /// do not, concurrent batches can deadlock (PostgreSQL aborts one after
-    /// `deadlock_timeout` and its messages are handled one by one).
+    /// `deadlock_timeout` and its messages are handled one by one). `prefetch` bounds what is
+    /// in flight: with 32, at most two full batches of 16 run at once, whatever `concurrency`.
     pub batch: usize,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
