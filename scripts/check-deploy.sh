@@ -189,14 +189,20 @@ class Kit:
         body = body[:body.index("\n}\n")]
         self.queues = {}  # name -> {"bindings": [...], "limit": n}
         current = None
-        for m in re.finditer(r'WorkQueue::new\("([^"]+)"\)|\.bind\("([^"]+)"\)|\.delivery_limit\((\d+)\)', body):
+        # Bindings name a pattern ("inventory.*") or a typed event constant (ORDER_PLACED).
+        events = dict(re.findall(r'pub const ([A-Z_]+): EventType<[^>]+>\s*=\s*EventType::new\("([^"]+)"\)', contracts))
+        for m in re.finditer(r'WorkQueue::new\("([^"]+)"\)|\.bind\("([^"]+)"\)|\.bind\(([A-Z_]+)\)|\.delivery_limit\((\d+)\)', body):
             if m.group(1):
                 current = m.group(1)
                 self.queues[current] = {"bindings": [], "limit": self.delivery_limit}
             elif m.group(2):
                 self.queues[current]["bindings"].append(m.group(2))
+            elif m.group(3):
+                if m.group(3) not in events:
+                    raise ValueError(f"binding {m.group(3)} is not an event constant of services/contracts")
+                self.queues[current]["bindings"].append(events[m.group(3)])
             else:
-                self.queues[current]["limit"] = int(m.group(3))
+                self.queues[current]["limit"] = int(m.group(4))
         if not self.queues:
             raise ValueError("no WorkQueue found in services/contracts/src/lib.rs topology()")
         # Which services publish events (run an outbox relay): they need write on `events`.

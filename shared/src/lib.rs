@@ -16,10 +16,12 @@
 //! - `testing` (feature `testing`): the harness used by every crate's integration tests.
 #![warn(missing_docs)]
 
+pub mod bindings;
 pub mod broker;
 pub mod config;
 pub mod consume;
 pub mod database;
+pub mod event;
 pub mod inbox;
 pub mod message;
 pub mod metrics;
@@ -37,6 +39,7 @@ pub mod trace_context;
 pub mod testing;
 
 pub use broker::{BrokerError, BrokerSettings};
+pub use event::EventType;
 pub use message::OutgoingMessage;
 pub use outbox::{OutboxMessage, OutboxRelay, RelayConfig};
 pub use publish::{ConfirmedPublisher, PublishOutcome};

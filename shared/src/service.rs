@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::BrokerSettings;
 use crate::config::{ConfigError, env_parse};
-use crate::consume::{Consumer, ConsumerConfig, Handler};
+use crate::consume::{Consumer, ConsumerConfig, Handler, Routes};
 use crate::database::{DatabaseError, DatabaseSettings};
 use crate::ops::{self, OpsState};
 use crate::outbox::{OutboxRelay, RelayConfig};
@@ -93,6 +93,9 @@ pub enum ServiceError {
         /// Why.
         source: std::io::Error,
     },
+    /// A consumer's routes disagree with its queue's bindings.
+    #[error(transparent)]
+    Bindings(#[from] crate::bindings::BindingsMismatch),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -186,7 +189,31 @@ impl Service {
         self
     }
 
-    /// Consume `config.queue` with `handler`.
+    /// Consume the service's own queue (named after the service) with `routes`, configured by
+    /// the consumer settings the service was started with. Refuses (before anything runs) when
+    /// the routes disagree with the queue's bindings in the topology (see [`crate::bindings`]).
+    pub fn consume<S: Send + Sync + 'static>(
+        self,
+        routes: Routes<S>,
+    ) -> Result<Self, ServiceError> {
+        let config = ConsumerConfig::new(&self.settings.name, &self.settings.name);
+        self.consume_with(config, routes)
+    }
+
+    /// Consume `config.queue` with `routes`, checked against its bindings as
+    /// [`Service::consume`] does.
+    pub fn consume_with<S: Send + Sync + 'static>(
+        self,
+        config: ConsumerConfig,
+        routes: Routes<S>,
+    ) -> Result<Self, ServiceError> {
+        let routed: Vec<&str> = routes.event_types().collect();
+        crate::bindings::check(&self.topology, &config.queue, &routed, routes.duplicates())?;
+        Ok(self.with_consumer(config, routes))
+    }
+
+    /// Consume `config.queue` with `handler`, a hand-written [`Handler`] (no bindings check:
+    /// prefer [`Service::consume`] with routes).
     ///
     /// Each message in flight holds a pooled connection for its transaction; the relay and the
     /// HTTP routes need one too. So that handlers can never starve each other of connections,
@@ -220,7 +247,7 @@ impl Service {
     }
 
     /// Serve these routes beside the operational ones.
-    pub fn with_routes(mut self, routes: Router) -> Self {
+    pub fn with_http(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);
         self
     }

@@ -8,26 +8,33 @@ use msgkit::{Topology, WorkQueue};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Event types (also the routing keys on the `events` exchange), in saga order.
+/// Event types: each name (also its routing key on the `events` exchange) bound to its payload
+/// type, in saga order. Routes, bindings and publishes name these constants, so a misspelt
+/// event or a payload of the wrong type does not compile.
 pub mod event_type {
+    use msgkit::EventType;
+
+    use super::{InventoryReserved, OrderConcluded, OrderPlaced, OrderSetback, PaymentSucceeded};
+
     /// An order was accepted over HTTP (order -> inventory).
-    pub const ORDER_PLACED: &str = "order.placed";
+    pub const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
     /// Stock was reserved for every line (inventory -> payment, order).
-    pub const INVENTORY_RESERVED: &str = "inventory.reserved";
+    pub const INVENTORY_RESERVED: EventType<InventoryReserved> =
+        EventType::new("inventory.reserved");
     /// Stock could not be reserved (inventory -> order).
-    pub const INVENTORY_REJECTED: &str = "inventory.rejected";
+    pub const INVENTORY_REJECTED: EventType<OrderSetback> = EventType::new("inventory.rejected");
     /// A reservation was released after a failed payment (inventory -> order).
-    pub const INVENTORY_RELEASED: &str = "inventory.released";
+    pub const INVENTORY_RELEASED: EventType<OrderSetback> = EventType::new("inventory.released");
     /// The charge was taken (payment -> order).
-    pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
+    pub const PAYMENT_SUCCEEDED: EventType<PaymentSucceeded> = EventType::new("payment.succeeded");
     /// The charge was declined (payment -> inventory, order).
-    pub const PAYMENT_FAILED: &str = "payment.failed";
+    pub const PAYMENT_FAILED: EventType<OrderSetback> = EventType::new("payment.failed");
     /// The order is confirmed (order -> notify).
-    pub const ORDER_CONFIRMED: &str = "order.confirmed";
+    pub const ORDER_CONFIRMED: EventType<OrderConcluded> = EventType::new("order.confirmed");
     /// The order is rejected: out of stock (order -> notify).
-    pub const ORDER_REJECTED: &str = "order.rejected";
+    pub const ORDER_REJECTED: EventType<OrderConcluded> = EventType::new("order.rejected");
     /// The order is cancelled: payment declined (order -> notify).
-    pub const ORDER_CANCELLED: &str = "order.cancelled";
+    pub const ORDER_CANCELLED: EventType<OrderConcluded> = EventType::new("order.cancelled");
 }
 
 /// One line of an order.
@@ -98,9 +105,12 @@ pub struct OrderConcluded {
     pub reason: Option<String>,
 }
 
-/// The saga's topology: every service declares all of it, so each work queue exists (and
-/// buffers its events) before its consumer first starts.
+/// The saga's topology, the one table of bindings: every service declares all of it, so each
+/// work queue exists (and buffers its events) before its consumer first starts, and each
+/// service's routes are checked against its queue's bindings before it starts
+/// (`msgkit::bindings`). The order queue takes every result of inventory and payment.
 pub fn topology() -> Topology {
+    use event_type::*;
     Topology::default()
         .with_queue(
             WorkQueue::new("order")
@@ -109,15 +119,15 @@ pub fn topology() -> Topology {
         )
         .with_queue(
             WorkQueue::new("inventory")
-                .bind("order.placed")
-                .bind("payment.failed"),
+                .bind(ORDER_PLACED)
+                .bind(PAYMENT_FAILED),
         )
-        .with_queue(WorkQueue::new("payment").bind("inventory.reserved"))
+        .with_queue(WorkQueue::new("payment").bind(INVENTORY_RESERVED))
         .with_queue(
             WorkQueue::new("notify")
-                .bind("order.confirmed")
-                .bind("order.rejected")
-                .bind("order.cancelled"),
+                .bind(ORDER_CONFIRMED)
+                .bind(ORDER_REJECTED)
+                .bind(ORDER_CANCELLED),
         )
 }
 
@@ -137,7 +147,7 @@ mod tests {
                 .queue("inventory")
                 .unwrap()
                 .bindings()
-                .contains(&event_type::ORDER_PLACED.to_owned())
+                .contains(&event_type::ORDER_PLACED.name().to_owned())
         );
     }
 

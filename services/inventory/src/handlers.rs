@@ -5,66 +5,41 @@
 //! back and answer `inventory.released`. Both run in the kit's transaction, so a redelivery
 //! never reserves or releases twice.
 
-use contracts::{InventoryReserved, OrderPlaced, OrderSetback, event_type};
-use msgkit::consume::{Handler, HandlerError, IncomingMessage};
-use msgkit::outbox;
-use sqlx::PgConnection;
+use contracts::event_type::{
+    INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_PLACED, PAYMENT_FAILED,
+};
+use contracts::{InventoryReserved, OrderPlaced, OrderSetback};
+use msgkit::consume::{Batch, Context, HandlerError, Routes};
 
 use crate::stock;
 
-/// Handles the `inventory` queue.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Inventory;
-
-impl Handler for Inventory {
-    async fn handle(
-        &self,
-        message: &IncomingMessage,
-        tx: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
-        match message.message_type() {
-            event_type::ORDER_PLACED => reserve(message, tx, message.decode()?).await,
-            event_type::PAYMENT_FAILED => release(message, tx, message.decode()?).await,
-            _ => Err(message.unknown_type()),
-        }
-    }
-
-    /// Lock the stock of every SKU the batch reserves or releases, in SKU order, before any
-    /// of its messages: each message alone locks its SKUs in order, but a batch would add its
-    /// messages' locks up in correlation order, and two batches could then deadlock. What
-    /// does not decode is left to `handle`, which dead-letters it.
-    async fn before_batch(
-        &self,
-        messages: &[&IncomingMessage],
-        tx: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
-        let mut skus = Vec::new();
-        let mut releases = Vec::new();
-        for message in messages {
-            match message.message_type() {
-                event_type::ORDER_PLACED => {
-                    if let Ok(order) = message.decode::<OrderPlaced>() {
-                        skus.extend(order.items.into_iter().map(|line| line.sku));
-                    }
-                }
-                event_type::PAYMENT_FAILED => {
-                    if let Ok(failed) = message.decode::<OrderSetback>() {
-                        releases.push(failed.order_id);
-                    }
-                }
-                _ => {}
-            }
-        }
-        stock::lock_for_batch(tx, &skus, &releases).await?;
-        Ok(())
-    }
+/// The `inventory` queue's routes.
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(ORDER_PLACED, reserve)
+        .route(PAYMENT_FAILED, release)
+        .before_batch(lock_batch_stock)
 }
 
-async fn reserve(
-    message: &IncomingMessage,
-    tx: &mut PgConnection,
-    order: OrderPlaced,
-) -> Result<(), HandlerError> {
+/// Lock the stock of every SKU the batch reserves or releases, in SKU order, before any of its
+/// messages: each message alone locks its SKUs in order, but a batch would add its messages'
+/// locks up in correlation order, and two batches could then deadlock. What does not decode
+/// is left to its route, which dead-letters it.
+async fn lock_batch_stock(mut batch: Batch<'_>) -> Result<(), HandlerError> {
+    let skus: Vec<String> = batch
+        .payloads(ORDER_PLACED)
+        .flat_map(|order| order.items.into_iter().map(|line| line.sku))
+        .collect();
+    let releases: Vec<_> = batch
+        .payloads(PAYMENT_FAILED)
+        .map(|failed| failed.order_id)
+        .collect();
+    stock::lock_for_batch(batch.tx(), &skus, &releases).await?;
+    Ok(())
+}
+
+async fn reserve(mut ctx: Context<'_>, order: OrderPlaced) -> Result<(), HandlerError> {
+    let tx = ctx.tx();
     // The inbox stops redeliveries; this stops a replayed copy with another message id.
     if stock::has_reservation(tx, order.order_id).await? {
         tracing::warn!(order_id = %order.order_id, "order already has a reservation; nothing to do");
@@ -92,11 +67,7 @@ async fn reserve(
             order_id: order.order_id,
             reason,
         };
-        outbox::enqueue(
-            tx,
-            &message.follow_up(event_type::INVENTORY_REJECTED, &event)?,
-        )
-        .await?;
+        ctx.publish(INVENTORY_REJECTED, &event).await?;
         return Ok(());
     }
     let quantities: Vec<i32> = order
@@ -110,21 +81,13 @@ async fn reserve(
         customer_id: order.customer_id,
         amount_cents,
     };
-    outbox::enqueue(
-        tx,
-        &message.follow_up(event_type::INVENTORY_RESERVED, &event)?,
-    )
-    .await?;
+    ctx.publish(INVENTORY_RESERVED, &event).await?;
     tracing::info!(order_id = %order.order_id, amount_cents, "stock reserved");
     Ok(())
 }
 
-async fn release(
-    message: &IncomingMessage,
-    tx: &mut PgConnection,
-    failed: OrderSetback,
-) -> Result<(), HandlerError> {
-    let lines = stock::release(tx, failed.order_id).await?;
+async fn release(mut ctx: Context<'_>, failed: OrderSetback) -> Result<(), HandlerError> {
+    let lines = stock::release(ctx.tx(), failed.order_id).await?;
     if lines == 0 {
         tracing::warn!(order_id = %failed.order_id, "no reservation to release");
         return Ok(());
@@ -133,11 +96,7 @@ async fn release(
         order_id: failed.order_id,
         reason: format!("released after payment failed: {}", failed.reason),
     };
-    outbox::enqueue(
-        tx,
-        &message.follow_up(event_type::INVENTORY_RELEASED, &event)?,
-    )
-    .await?;
+    ctx.publish(INVENTORY_RELEASED, &event).await?;
     tracing::info!(order_id = %failed.order_id, lines, "reservation released");
     Ok(())
 }

@@ -5,13 +5,13 @@ use msgkit::config::ConfigError;
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
-use crate::handlers::Inventory;
+use crate::handlers::routes;
 
 /// The service's name: its queue, its inbox consumer, its `app_id`.
 pub const NAME: &str = "inventory";
 
 /// Deliveries handled per transaction by default (`CONSUMER_BATCH` overrides). Orders lock
-/// stock rows shared by all orders; `Inventory::before_batch` takes a batch's stock locks in
+/// stock rows shared by all orders; the routes' `before_batch` takes a batch's stock locks in
 /// SKU order before its first message, so concurrent batches cannot deadlock over them.
 const CONSUMER_BATCH: usize = 16;
 
@@ -50,7 +50,7 @@ pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
         sqlx::migrate!("./migrations"),
     )
     .await?;
-    Ok(service
+    service
         .with_relay(settings.relay)
-        .with_consumer(settings.consumer, Inventory))
+        .consume_with(settings.consumer, routes())
 }

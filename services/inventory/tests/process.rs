@@ -71,7 +71,7 @@ impl Setup {
             placed_at: chrono::Utc::now(),
         };
         let message = OutgoingMessage::event(
-            event_type::ORDER_PLACED,
+            event_type::ORDER_PLACED.name(),
             &order_id.to_string(),
             "test",
             &event,

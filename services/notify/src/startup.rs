@@ -4,7 +4,7 @@ use msgkit::config::ConfigError;
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
-use crate::handlers::Notifier;
+use crate::handlers::routes;
 
 /// The service's name: its queue, its inbox consumer, its `app_id`.
 pub const NAME: &str = "notify";
@@ -46,5 +46,5 @@ pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
     )
     .await?;
     // Notify emits nothing, so it runs no outbox relay.
-    Ok(service.with_consumer(settings.consumer, Notifier))
+    service.consume_with(settings.consumer, routes())
 }

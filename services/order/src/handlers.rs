@@ -5,114 +5,112 @@
 //! state: only a `pending` order moves, to one final state, once; anything after that is
 //! recorded in the history and otherwise ignored.
 
-use contracts::{OrderConcluded, OrderSetback, PaymentSucceeded, event_type};
-use msgkit::consume::{FailureKind, Handler, HandlerError, IncomingMessage};
-use msgkit::outbox;
-use sqlx::PgConnection;
+use contracts::event_type::{
+    INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_CANCELLED, ORDER_CONFIRMED,
+    ORDER_REJECTED, PAYMENT_FAILED, PAYMENT_SUCCEEDED,
+};
+use contracts::{InventoryReserved, OrderConcluded, OrderSetback, PaymentSucceeded};
+use msgkit::consume::{Context, FailureKind, HandlerError, Routes};
 use uuid::Uuid;
 
 use crate::domain::OrderStatus;
 use crate::storage;
 
-/// Handles the `order` queue.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OrderSaga;
+/// The `order` queue's routes: every result of inventory and payment.
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(INVENTORY_RESERVED, reserved)
+        .route(INVENTORY_RELEASED, released)
+        .route(INVENTORY_REJECTED, rejected)
+        .route(PAYMENT_FAILED, payment_failed)
+        .route(PAYMENT_SUCCEEDED, payment_succeeded)
+}
 
-impl Handler for OrderSaga {
-    async fn handle(
-        &self,
-        message: &IncomingMessage,
-        tx: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
-        match message.message_type() {
-            event_type::INVENTORY_RESERVED | event_type::INVENTORY_RELEASED => {
-                let event: serde_json::Value = message.decode()?;
-                let order_id = order_id_of(&event)?;
-                let reason = event["reason"].as_str();
-                let Some((status, _)) = storage::lock_order(tx, order_id).await? else {
-                    return Err(unknown_order(order_id));
-                };
-                storage::record_history(
-                    tx,
-                    order_id,
-                    &status,
-                    message.message_type(),
-                    reason,
-                    message_uuid(message),
-                )
-                .await?;
-                Ok(())
-            }
-            event_type::INVENTORY_REJECTED => {
-                let event: OrderSetback = message.decode()?;
-                conclude(
-                    message,
-                    tx,
-                    event.order_id,
-                    OrderStatus::Rejected,
-                    Some(&event.reason),
-                )
-                .await
-            }
-            event_type::PAYMENT_FAILED => {
-                let event: OrderSetback = message.decode()?;
-                conclude(
-                    message,
-                    tx,
-                    event.order_id,
-                    OrderStatus::Cancelled,
-                    Some(&event.reason),
-                )
-                .await
-            }
-            event_type::PAYMENT_SUCCEEDED => {
-                let event: PaymentSucceeded = message.decode()?;
-                conclude(message, tx, event.order_id, OrderStatus::Confirmed, None).await
-            }
-            _ => Err(message.unknown_type()),
-        }
-    }
+async fn reserved(ctx: Context<'_>, event: InventoryReserved) -> Result<(), HandlerError> {
+    note(ctx, event.order_id, None).await
+}
+
+async fn released(ctx: Context<'_>, event: OrderSetback) -> Result<(), HandlerError> {
+    note(ctx, event.order_id, Some(&event.reason)).await
+}
+
+async fn rejected(ctx: Context<'_>, event: OrderSetback) -> Result<(), HandlerError> {
+    conclude(
+        ctx,
+        event.order_id,
+        OrderStatus::Rejected,
+        Some(&event.reason),
+    )
+    .await
+}
+
+async fn payment_failed(ctx: Context<'_>, event: OrderSetback) -> Result<(), HandlerError> {
+    conclude(
+        ctx,
+        event.order_id,
+        OrderStatus::Cancelled,
+        Some(&event.reason),
+    )
+    .await
+}
+
+async fn payment_succeeded(ctx: Context<'_>, event: PaymentSucceeded) -> Result<(), HandlerError> {
+    conclude(ctx, event.order_id, OrderStatus::Confirmed, None).await
+}
+
+/// A step that does not change the order's state: recorded in its history.
+async fn note(
+    mut ctx: Context<'_>,
+    order_id: Uuid,
+    reason: Option<&str>,
+) -> Result<(), HandlerError> {
+    let (message_type, message_id) = (ctx.message_type(), ctx.message_uuid());
+    let Some((status, _)) = storage::lock_order(ctx.tx(), order_id).await? else {
+        return Err(unknown_order(order_id));
+    };
+    storage::record_history(
+        ctx.tx(),
+        order_id,
+        &status,
+        message_type,
+        reason,
+        message_id,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Move a pending order to its final `status` and announce it; a late event for an order that
 /// is already final only leaves a trace in the history.
 async fn conclude(
-    message: &IncomingMessage,
-    tx: &mut PgConnection,
+    mut ctx: Context<'_>,
     order_id: Uuid,
     status: OrderStatus,
     reason: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let Some((current, customer_id)) = storage::lock_order(tx, order_id).await? else {
+    let (message_type, message_id) = (ctx.message_type(), ctx.message_uuid());
+    let Some((current, customer_id)) = storage::lock_order(ctx.tx(), order_id).await? else {
         return Err(unknown_order(order_id));
     };
     if current != OrderStatus::Pending.as_str() {
-        tracing::warn!(%order_id, %current, event = message.message_type(), "event for a concluded order ignored");
+        tracing::warn!(%order_id, %current, event = message_type, "event for a concluded order ignored");
         let note = format!("ignored: order already {current}");
         storage::record_history(
-            tx,
+            ctx.tx(),
             order_id,
             &current,
-            message.message_type(),
+            message_type,
             Some(&note),
-            message_uuid(message),
+            message_id,
         )
         .await?;
         return Ok(());
     }
-    storage::move_to(
-        tx,
-        order_id,
-        status,
-        message.message_type(),
-        reason,
-        message_uuid(message),
-    )
-    .await?;
+    storage::move_to(ctx.tx(), order_id, status, message_type, reason, message_id).await?;
     let announced = match status {
-        OrderStatus::Confirmed => event_type::ORDER_CONFIRMED,
-        OrderStatus::Rejected => event_type::ORDER_REJECTED,
-        OrderStatus::Cancelled => event_type::ORDER_CANCELLED,
+        OrderStatus::Confirmed => ORDER_CONFIRMED,
+        OrderStatus::Rejected => ORDER_REJECTED,
+        OrderStatus::Cancelled => ORDER_CANCELLED,
         OrderStatus::Pending => return Ok(()),
     };
     let event = OrderConcluded {
@@ -121,26 +119,9 @@ async fn conclude(
         status: status.as_str().to_owned(),
         reason: reason.map(str::to_owned),
     };
-    outbox::enqueue(tx, &message.follow_up(announced, &event)?).await?;
+    ctx.publish(announced, &event).await?;
     tracing::info!(%order_id, status = status.as_str(), "order concluded");
     Ok(())
-}
-
-fn order_id_of(event: &serde_json::Value) -> Result<Uuid, HandlerError> {
-    event["order_id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| {
-            HandlerError::new(
-                FailureKind::Poison,
-                "order::MissingOrderId",
-                "event has no valid order_id",
-            )
-        })
-}
-
-fn message_uuid(message: &IncomingMessage) -> Option<Uuid> {
-    message.message_id().and_then(|id| id.parse().ok())
 }
 
 /// An event about an order this service never accepted: no retry will make it exist.

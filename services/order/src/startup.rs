@@ -5,7 +5,7 @@ use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 use msgkit::{RelayConfig, config::ConfigError};
 
-use crate::handlers::OrderSaga;
+use crate::handlers;
 use crate::routes::{self, AppState};
 
 /// The service's name: its queue, its inbox consumer, its `app_id`.
@@ -53,8 +53,8 @@ pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
     let routes = routes::router(AppState {
         pool: service.pool().clone(),
     });
-    Ok(service
-        .with_routes(routes)
+    service
+        .with_http(routes)
         .with_relay(settings.relay)
-        .with_consumer(settings.consumer, OrderSaga))
+        .consume_with(settings.consumer, handlers::routes())
 }

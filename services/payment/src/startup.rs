@@ -7,7 +7,7 @@ use msgkit::database::DatabaseSettings;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
 use crate::gateway::{GatewaySettings, GatewaySimulator};
-use crate::handlers::Payments;
+use crate::handlers::routes;
 
 /// The service's name: its queue, its inbox consumer, its `app_id`.
 pub const NAME: &str = "payment";
@@ -57,7 +57,7 @@ pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
     .connect()
     .await?;
     let gateway = GatewaySimulator::new(gateway_pool, settings.gateway);
-    Ok(service
+    service
         .with_relay(settings.relay)
-        .with_consumer(settings.consumer, Payments::new(gateway)))
+        .consume_with(settings.consumer, routes(gateway))
 }

@@ -26,13 +26,16 @@
 //! ```
 
 mod acks;
+mod context;
 mod dead_letter;
 mod faults;
 mod handler;
 mod message;
 mod retry;
+mod routes;
 mod runtime;
 
+pub use context::{Batch, Context};
 pub use dead_letter::{
     EXCEPTION_DETAIL, EXCEPTION_MESSAGE, EXCEPTION_TYPE, FAILED_AT, FAILED_SERVICE, FAILURE_REASON,
     FailureReason, MAX_DETAIL_BYTES, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY,
@@ -41,4 +44,5 @@ pub use faults::Faults;
 pub use handler::{FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
 pub use retry::{RetryPolicy, random_unit};
+pub use routes::{BatchFn, RouteFn, Routes, UNROUTED_ERROR_TYPE, Unrouted};
 pub use runtime::{Consumer, ConsumerConfig, ConsumerStats};

@@ -74,6 +74,15 @@ impl OutboxMessage {
         })
     }
 
+    /// A typed event: `payload` as `event`, about `aggregate_id` (see [`OutboxMessage::event`]).
+    pub fn of<P: Serialize>(
+        event: crate::EventType<P>,
+        aggregate_id: impl Into<String>,
+        payload: &P,
+    ) -> Result<Self, serde_json::Error> {
+        Self::event(event.name(), aggregate_id, payload)
+    }
+
     /// Publish to another exchange.
     pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
         self.exchange = exchange.into();

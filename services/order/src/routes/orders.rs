@@ -66,7 +66,7 @@ pub async fn place_order(
             .collect(),
         placed_at: Utc::now(),
     };
-    let message = OutboxMessage::event(event_type::ORDER_PLACED, order_id.to_string(), &event)
+    let message = OutboxMessage::of(event_type::ORDER_PLACED, order_id.to_string(), &event)
         .map_err(|e| ApiError::Internal(e.into()))?;
     let response = SavedResponse {
         status: StatusCode::ACCEPTED,
@@ -78,7 +78,7 @@ pub async fn place_order(
         &mut tx,
         order_id,
         &order,
-        event_type::ORDER_PLACED,
+        event_type::ORDER_PLACED.name(),
         message.id(),
     )
     .await?;

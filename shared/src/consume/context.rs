@@ -1,0 +1,136 @@
+//! What a route's handler receives beside the payload: the transaction, the message's facts,
+//! an outbox for follow-up events, and the service's state.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::handler::HandlerError;
+use super::message::IncomingMessage;
+use crate::event::EventType;
+use crate::outbox::{self, OutboxMessage};
+use crate::trace_context::TraceParent;
+
+/// One message being handled, inside the kit's transaction. Everything written through
+/// [`Context::tx`] and [`Context::publish`] commits together with the message's inbox row, or
+/// not at all.
+pub struct Context<'a, S = ()> {
+    pub(crate) message: &'a IncomingMessage,
+    pub(crate) tx: &'a mut PgConnection,
+    pub(crate) state: &'a S,
+}
+
+impl<'a, S> Context<'a, S> {
+    /// The transaction: the handler's reads and writes.
+    pub fn tx(&mut self) -> &mut PgConnection {
+        self.tx
+    }
+
+    /// The state given to [`super::Routes::with_state`] (a client, a cache, settings).
+    pub fn state(&self) -> &'a S {
+        self.state
+    }
+
+    /// `message_id`: the same through retries, dead-lettering and replay (the kit refuses a
+    /// message without one before any handler runs).
+    pub fn message_id(&self) -> &'a str {
+        self.message.message_id().unwrap_or_default()
+    }
+
+    /// `message_id` as a UUID, when it is one (the kit's own messages always are).
+    pub fn message_uuid(&self) -> Option<Uuid> {
+        self.message_id().parse().ok()
+    }
+
+    /// `correlation_id`: the aggregate (order) the message is about; `""` when absent.
+    pub fn correlation_id(&self) -> &'a str {
+        self.message.correlation_id().unwrap_or_default()
+    }
+
+    /// The event type, e.g. `order.placed` (useful when one function serves several routes).
+    pub fn message_type(&self) -> &'a str {
+        self.message.message_type()
+    }
+
+    /// The kit's attempt counter: 1 on the first delivery, one more per retry.
+    pub fn attempt(&self) -> u32 {
+        self.message.attempt()
+    }
+
+    /// When the event happened, as the kit knows it: the millisecond creation time of its
+    /// outbox row (`x-created-at-ms`), else the AMQP timestamp, else now.
+    pub fn event_time(&self) -> DateTime<Utc> {
+        self.message.created_at().unwrap_or_else(Utc::now)
+    }
+
+    /// The trace the message belongs to (its `traceparent`), if it carries a valid one.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.message.trace()
+    }
+
+    /// A string header of the message.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.message.header(name)
+    }
+
+    /// The whole message, for what the accessors above do not cover.
+    pub fn message(&self) -> &'a IncomingMessage {
+        self.message
+    }
+
+    /// Publish `payload` as `event` about the same aggregate (correlation id), through the
+    /// outbox in this transaction: it is sent once the handler's transaction commits, and
+    /// continues this message's trace. Returns the new message's id.
+    pub async fn publish<P: Serialize>(
+        &mut self,
+        event: EventType<P>,
+        payload: &P,
+    ) -> Result<Uuid, HandlerError> {
+        let message = OutboxMessage::of(event, self.correlation_id(), payload)
+            .map_err(|error| HandlerError::poison(crate::outbox::OutboxError::Serialize(error)))?;
+        self.enqueue(&message).await
+    }
+
+    /// Write a hand-built outbox message (another aggregate, exchange or routing key) in this
+    /// transaction.
+    pub async fn enqueue(&mut self, message: &OutboxMessage) -> Result<Uuid, HandlerError> {
+        Ok(outbox::enqueue(self.tx, message).await?)
+    }
+}
+
+/// The messages of a batch, before any of them is handled (see [`super::Routes::before_batch`]).
+pub struct Batch<'a, S = ()> {
+    pub(crate) messages: &'a [&'a IncomingMessage],
+    pub(crate) tx: &'a mut PgConnection,
+    pub(crate) state: &'a S,
+}
+
+impl<'a, S> Batch<'a, S> {
+    /// The batch's transaction.
+    pub fn tx(&mut self) -> &mut PgConnection {
+        self.tx
+    }
+
+    /// The state given to [`super::Routes::with_state`].
+    pub fn state(&self) -> &'a S {
+        self.state
+    }
+
+    /// The messages, in the order they will be handled.
+    pub fn messages(&self) -> &'a [&'a IncomingMessage] {
+        self.messages
+    }
+
+    /// The decoded payloads of the batch's `event` messages. A body that does not decode is
+    /// skipped here: its route dead-letters it when it runs.
+    pub fn payloads<P>(&self, event: EventType<P>) -> impl Iterator<Item = P> + 'a
+    where
+        P: serde::de::DeserializeOwned + 'a,
+    {
+        self.messages
+            .iter()
+            .filter(move |message| message.message_type() == event.name())
+            .filter_map(|message| message.decode::<P>().ok())
+    }
+}

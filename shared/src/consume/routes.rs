@@ -1,0 +1,270 @@
+//! Typed routes: a consumer's handlers declared once, one line per event type, each an async
+//! function of a [`Context`] and the decoded payload.
+//!
+//! ```
+//! use msgkit::EventType;
+//! use msgkit::consume::{Context, HandlerError, Routes};
+//! # #[derive(serde::Serialize, serde::Deserialize)] pub struct OrderPlaced { order_id: String }
+//! # #[derive(serde::Serialize, serde::Deserialize)] pub struct Reserved { order_id: String }
+//! const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
+//! const RESERVED: EventType<Reserved> = EventType::new("inventory.reserved");
+//!
+//! async fn reserve(mut ctx: Context<'_>, order: OrderPlaced) -> Result<(), HandlerError> {
+//!     sqlx::query("UPDATE stock SET ...").execute(ctx.tx()).await?; // a database error: retry
+//!     ctx.publish(RESERVED, &Reserved { order_id: order.order_id }).await?;
+//!     Ok(())
+//! }
+//!
+//! let routes = Routes::new().route(ORDER_PLACED, reserve);
+//! assert_eq!(routes.event_types().collect::<Vec<_>>(), ["order.placed"]);
+//! ```
+//!
+//! A body that does not decode into the route's payload is poison (dead-lettered at once); a
+//! message whose type has no route meets the consumer's [`Unrouted`] policy.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+use serde::de::DeserializeOwned;
+use sqlx::PgConnection;
+
+use super::context::{Batch, Context};
+use super::handler::{FailureKind, Handler, HandlerError};
+use super::message::IncomingMessage;
+use crate::event::EventType;
+
+/// What becomes of a message whose type has no route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unrouted {
+    /// Dead-letter it as poison (`x-exception-type: msgkit::Unrouted`), where an operator sees
+    /// it and can replay it once a route exists. The default: a message bound to the queue but
+    /// not handled is a deployment mistake, not something to lose.
+    #[default]
+    DeadLetter,
+    /// Acknowledge it without effect (logged): for queues that knowingly receive more types
+    /// than they handle.
+    Acknowledge,
+}
+
+/// The exception type recorded on a dead-lettered unrouted message.
+pub const UNROUTED_ERROR_TYPE: &str = "msgkit::Unrouted";
+
+type RouteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// An async function usable as a route: `async fn f(ctx: Context<'_, S>, payload: P) ->
+/// Result<(), HandlerError>`. Implemented for every such function; not meant to be implemented
+/// by hand.
+pub trait RouteFn<'a, S: 'a, P>: Send + Sync + 'static {
+    /// The function's future.
+    type Future: Future<Output = Result<(), HandlerError>> + Send + 'a;
+    /// Call it.
+    fn call(&self, ctx: Context<'a, S>, payload: P) -> Self::Future;
+}
+
+impl<'a, S: 'a, P, F, Fut> RouteFn<'a, S, P> for F
+where
+    F: Fn(Context<'a, S>, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
+{
+    type Future = Fut;
+    fn call(&self, ctx: Context<'a, S>, payload: P) -> Fut {
+        self(ctx, payload)
+    }
+}
+
+/// An async function usable as a batch preparation: `async fn f(batch: Batch<'_, S>) ->
+/// Result<(), HandlerError>`.
+pub trait BatchFn<'a, S: 'a>: Send + Sync + 'static {
+    /// The function's future.
+    type Future: Future<Output = Result<(), HandlerError>> + Send + 'a;
+    /// Call it.
+    fn call(&self, batch: Batch<'a, S>) -> Self::Future;
+}
+
+impl<'a, S: 'a, F, Fut> BatchFn<'a, S> for F
+where
+    F: Fn(Batch<'a, S>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
+{
+    type Future = Fut;
+    fn call(&self, batch: Batch<'a, S>) -> Fut {
+        self(batch)
+    }
+}
+
+/// A route with its payload type erased, so that routes of different payloads share a table.
+trait ErasedRoute<S>: Send + Sync {
+    fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a>;
+}
+
+struct Typed<P, F> {
+    handler: F,
+    payload: PhantomData<fn() -> P>,
+}
+
+impl<S, P, F> ErasedRoute<S> for Typed<P, F>
+where
+    S: Send + Sync + 'static,
+    P: DeserializeOwned + Send + 'static,
+    F: for<'a> RouteFn<'a, S, P>,
+{
+    fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a> {
+        match ctx.message.decode::<P>() {
+            Ok(payload) => Box::pin(self.handler.call(ctx, payload)),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+}
+
+trait ErasedBatch<S>: Send + Sync {
+    fn call<'a>(&'a self, batch: Batch<'a, S>) -> RouteFuture<'a>;
+}
+
+impl<S, F> ErasedBatch<S> for F
+where
+    S: Send + Sync + 'static,
+    F: for<'a> BatchFn<'a, S>,
+{
+    fn call<'a>(&'a self, batch: Batch<'a, S>) -> RouteFuture<'a> {
+        Box::pin(BatchFn::call(self, batch))
+    }
+}
+
+/// A consumer's handlers, one per event type, sharing a state `S`. It is the [`Handler`] the
+/// kit runs; [`crate::service::Service::consume`] also checks that the routes and the queue's
+/// bindings agree before the service starts.
+pub struct Routes<S = ()> {
+    state: S,
+    // A handful of routes per queue: a linear scan beats hashing the type on every message.
+    routes: Vec<(&'static str, Box<dyn ErasedRoute<S>>)>,
+    duplicates: Vec<&'static str>,
+    before_batch: Option<Box<dyn ErasedBatch<S>>>,
+    unrouted: Unrouted,
+}
+
+impl Routes<()> {
+    /// No routes yet, no state.
+    pub fn new() -> Self {
+        Self::with_state(())
+    }
+}
+
+impl Default for Routes<()> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Send + Sync + 'static> Routes<S> {
+    /// No routes yet; every handler sees `state` through [`Context::state`].
+    pub fn with_state(state: S) -> Self {
+        Self {
+            state,
+            routes: Vec::new(),
+            duplicates: Vec::new(),
+            before_batch: None,
+            unrouted: Unrouted::default(),
+        }
+    }
+
+    /// Handle `event` with `handler`. One function may serve several events (its context tells
+    /// which); an event routed twice is refused when the service starts.
+    pub fn route<P, F>(mut self, event: EventType<P>, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        F: for<'a> RouteFn<'a, S, P>,
+    {
+        if self.routes.iter().any(|(name, _)| *name == event.name()) {
+            self.duplicates.push(event.name());
+        }
+        let typed = Typed {
+            handler,
+            payload: PhantomData,
+        };
+        self.routes.push((event.name(), Box::new(typed)));
+        self
+    }
+
+    /// Run `prepare` once a batch's transaction has begun, before any of its messages (for
+    /// consumers whose batch is above 1): the place to take locks shared across correlations,
+    /// in one global order, so that concurrent batches cannot deadlock (see
+    /// [`Handler::before_batch`]).
+    pub fn before_batch<F>(mut self, prepare: F) -> Self
+    where
+        F: for<'a> BatchFn<'a, S>,
+    {
+        self.before_batch = Some(Box::new(prepare));
+        self
+    }
+
+    /// What becomes of a message whose type has no route (default: dead-letter).
+    pub fn unrouted(mut self, policy: Unrouted) -> Self {
+        self.unrouted = policy;
+        self
+    }
+
+    /// The routed event types, in the order they were added.
+    pub fn event_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.routes.iter().map(|(name, _)| *name)
+    }
+
+    /// Event types routed more than once.
+    pub(crate) fn duplicates(&self) -> &[&'static str] {
+        &self.duplicates
+    }
+
+    fn find(&self, message_type: &str) -> Option<&dyn ErasedRoute<S>> {
+        self.routes
+            .iter()
+            .find(|(name, _)| *name == message_type)
+            .map(|(_, route)| route.as_ref())
+    }
+}
+
+impl<S: Send + Sync + 'static> Handler for Routes<S> {
+    async fn handle(
+        &self,
+        message: &IncomingMessage,
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let Some(route) = self.find(message.message_type()) else {
+            return match self.unrouted {
+                Unrouted::DeadLetter => Err(HandlerError::new(
+                    FailureKind::Poison,
+                    UNROUTED_ERROR_TYPE,
+                    format!("no route for message type {:?}", message.message_type()),
+                )),
+                Unrouted::Acknowledge => {
+                    tracing::warn!(
+                        message_type = message.message_type(),
+                        "no route for this message type; acknowledged without effect"
+                    );
+                    Ok(())
+                }
+            };
+        };
+        let ctx = Context {
+            message,
+            tx,
+            state: &self.state,
+        };
+        route.call(ctx).await
+    }
+
+    async fn before_batch(
+        &self,
+        messages: &[&IncomingMessage],
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let Some(prepare) = &self.before_batch else {
+            return Ok(());
+        };
+        let batch = Batch {
+            messages,
+            tx,
+            state: &self.state,
+        };
+        prepare.call(batch).await
+    }
+}

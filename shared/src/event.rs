@@ -1,0 +1,76 @@
+//! Event types: a name (also the routing key on the events exchange) bound to its payload's
+//! Rust type, so that a route, a binding and a publish of the same event cannot disagree on
+//! either, and a misspelt event does not compile.
+//!
+//! A contracts crate declares each event once:
+//!
+//! ```
+//! use msgkit::EventType;
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! pub struct OrderPlaced { pub order_id: String }
+//! pub const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
+//! assert_eq!(ORDER_PLACED.name(), "order.placed");
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+
+/// An event's type name and, as a type parameter, its JSON payload. Several event types may
+/// share one payload type (`payment.failed` and `inventory.rejected` both carry an order and a
+/// reason); one event type has exactly one payload type.
+pub struct EventType<P> {
+    name: &'static str,
+    // `fn() -> P`: the marker owns no `P`, so an event type is `Send`, `Sync` and `Copy` for any
+    // payload.
+    payload: PhantomData<fn() -> P>,
+}
+
+impl<P> EventType<P> {
+    /// The event type named `name` (`<service>.<event>`, e.g. `order.placed`).
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            payload: PhantomData,
+        }
+    }
+
+    /// The name: the AMQP `type` and the routing key on the events exchange.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<P> Clone for EventType<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for EventType<P> {}
+
+impl<P> PartialEq for EventType<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl<P> Eq for EventType<P> {}
+
+impl<P> fmt::Debug for EventType<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventType({:?})", self.name)
+    }
+}
+
+impl<P> fmt::Display for EventType<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// A queue bound to an event receives it: `WorkQueue::new("inventory").bind(ORDER_PLACED)`.
+impl<P> From<EventType<P>> for String {
+    fn from(event: EventType<P>) -> Self {
+        event.name.to_owned()
+    }
+}

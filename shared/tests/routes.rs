@@ -1,0 +1,234 @@
+//! Typed routes on a running service, against the real RabbitMQ and PostgreSQL: a route
+//! receives its type, an unrouted type meets its policy, and routes that disagree with the
+//! queue's bindings stop the service from starting.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use msgkit::consume::{Context, HandlerError, Routes, UNROUTED_ERROR_TYPE, Unrouted};
+use msgkit::message::{OutgoingMessage, header_i64, header_str};
+use msgkit::service::{Service, ServiceError};
+use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until_async};
+use msgkit::{ConfirmedPublisher, EventType, Shutdown, Topology, WorkQueue};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    account: String,
+    cents: i64,
+}
+
+const CREDITED: EventType<Entry> = EventType::new("ledger.credited");
+const DEBITED: EventType<Entry> = EventType::new("ledger.debited");
+
+async fn credit(mut ctx: Context<'_>, entry: Entry) -> Result<(), HandlerError> {
+    apply(&mut ctx, &entry, entry.cents).await
+}
+
+async fn debit(mut ctx: Context<'_>, entry: Entry) -> Result<(), HandlerError> {
+    apply(&mut ctx, &entry, -entry.cents).await
+}
+
+async fn apply(ctx: &mut Context<'_>, entry: &Entry, cents: i64) -> Result<(), HandlerError> {
+    let message_type = ctx.message_type();
+    sqlx::query("INSERT INTO entries (account, cents, message_type) VALUES ($1, $2, $3)")
+        .bind(&entry.account)
+        .bind(cents)
+        .bind(message_type)
+        .execute(ctx.tx())
+        .await?;
+    Ok(())
+}
+
+fn topology() -> Topology {
+    Topology::default()
+        .with_queue(WorkQueue::new("ledger").bind("ledger.#"))
+        .with_queue(WorkQueue::new("lenient").bind("lenient.#"))
+        .with_queue(WorkQueue::new("strict").bind(CREDITED).bind(DEBITED))
+}
+
+struct Running {
+    pool: PgPool,
+    broker: TestBroker,
+    publisher: ConfirmedPublisher,
+    shutdown: Shutdown,
+    _db: TestDatabase,
+}
+
+async fn start(queue: &str, routes: Routes) -> Running {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let settings = service_settings(queue, queue, &db, broker.settings(queue));
+    let service = Service::start(settings, topology(), Migrator::DEFAULT)
+        .await
+        .unwrap();
+    let pool = service.pool().clone();
+    sqlx::query("CREATE TABLE entries (account text, cents bigint, message_type text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let config = msgkit::consume::ConsumerConfig::new(queue, queue);
+    let service = service.consume_with(config, routes).unwrap();
+    let shutdown = Shutdown::new();
+    tokio::spawn(service.run_until_stopped(shutdown.clone()));
+    let publisher = ConfirmedPublisher::open(&broker.settings("test"), &topology(), &shutdown)
+        .await
+        .unwrap();
+    Running {
+        pool,
+        broker,
+        publisher,
+        shutdown,
+        _db: db,
+    }
+}
+
+impl Running {
+    async fn publish(&self, message_type: &str, account: &str, cents: i64) {
+        let entry = Entry {
+            account: account.to_owned(),
+            cents,
+        };
+        let message = OutgoingMessage::event(message_type, account, "test", &entry).unwrap();
+        assert!(
+            self.publisher
+                .publish(&message)
+                .await
+                .unwrap()
+                .is_confirmed()
+        );
+    }
+
+    async fn wait_for_entries(&self, account: &str, count: i64) -> Vec<(i64, String)> {
+        wait_until_async(
+            &format!("{count} entries of {account}"),
+            DEADLINE,
+            || async {
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT cents, message_type FROM entries WHERE account = $1 ORDER BY cents",
+                )
+                .bind(account)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+                (rows.len() as i64 == count).then_some(rows)
+            },
+        )
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+    }
+}
+
+#[tokio::test]
+async fn each_route_receives_its_own_event_type_decoded() {
+    let routes = Routes::new().route(CREDITED, credit).route(DEBITED, debit);
+    let running = start("ledger", routes).await;
+    running.publish("ledger.credited", "acc-1", 500).await;
+    running.publish("ledger.debited", "acc-1", 200).await;
+    let rows = running.wait_for_entries("acc-1", 2).await;
+    assert_eq!(
+        rows,
+        [
+            (-200, "ledger.debited".to_owned()),
+            (500, "ledger.credited".to_owned())
+        ]
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_unrouted_type_is_dead_lettered_with_its_reason() {
+    let routes = Routes::new().route(CREDITED, credit).route(DEBITED, debit);
+    let running = start("ledger", routes).await;
+    running.publish("ledger.audited", "acc-2", 1).await;
+    let connection = running.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let dead = wait_until_async("the unrouted message in ledger.dlq", DEADLINE, || {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_get(
+                    "ledger.dlq".into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let props = &dead.delivery.properties;
+    assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
+    assert_eq!(
+        header_str(props, "x-exception-type"),
+        Some(UNROUTED_ERROR_TYPE)
+    );
+    assert_eq!(
+        header_str(props, "x-exception-message"),
+        Some("no route for message type \"ledger.audited\"")
+    );
+    assert_eq!(header_i64(props, "x-attempt"), Some(1), "never retried");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_unrouted_type_can_be_acknowledged_without_effect_by_policy() {
+    let routes = Routes::new()
+        .route(EventType::<Entry>::new("lenient.credited"), credit)
+        .unrouted(Unrouted::Acknowledge);
+    let running = start("lenient", routes).await;
+    running.publish("lenient.audited", "acc-3", 1).await;
+    running.publish("lenient.credited", "acc-3", 7).await;
+    running.wait_for_entries("acc-3", 1).await;
+    // Settled as handled: its inbox row committed (with no effect), and nothing dead-lettered.
+    wait_until_async("the unrouted message in the inbox", DEADLINE, || async {
+        let seen: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM msgkit_inbox WHERE message_type = 'lenient.audited'",
+        )
+        .fetch_one(&running.pool)
+        .await
+        .unwrap();
+        (seen == 1).then_some(())
+    })
+    .await;
+    wait_until_async("lenient and lenient.dlq empty", DEADLINE, || async {
+        let work = running.broker.queue_totals("lenient").await;
+        let dead = running.broker.queue_totals("lenient.dlq").await;
+        (work == Some((0, 0)) && dead == Some((0, 0))).then_some(())
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_whose_routes_disagree_with_the_bindings_refuses_to_start() {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let settings = service_settings("strict", "strict", &db, broker.settings("strict"));
+    let service = Service::start(settings, topology(), Migrator::DEFAULT)
+        .await
+        .unwrap();
+    let config = msgkit::consume::ConsumerConfig::new("strict", "strict");
+    // Bound to credited and debited; routes credited and a type nobody binds.
+    let routes = Routes::new()
+        .route(CREDITED, credit)
+        .route(EventType::<Entry>::new("ledger.reversed"), debit);
+    let Err(ServiceError::Bindings(error)) = service.consume_with(config, routes) else {
+        panic!("the service must refuse to start");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("routed but not bound (add a binding in the topology): ledger.reversed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bound but not routed (add a route or remove the binding): ledger.debited"),
+        "{text}"
+    );
+}
