@@ -11,13 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::backoff::{self, Backoff, Delays};
 use crate::config::{ConfigError, env_millis, env_or, redact_url};
 use crate::shutdown::Shutdown;
+
+/// Relative spread of reconnect delays.
+const RECONNECT_JITTER: f64 = 0.2;
 
 /// Default broker URL for a local stack.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -166,15 +169,16 @@ impl BrokerSettings {
         self.next.load(Ordering::Acquire) % self.urls.len()
     }
 
-    /// The reconnect schedule: exponential with jitter, capped, never giving up.
-    pub fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.reconnect_initial)
-            .with_max_delay(self.reconnect_max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
+    /// The reconnect schedule: doubling from `reconnect_initial` to `reconnect_max`, ±20 %
+    /// jitter (so that every client of a broker that restarted does not return at once),
+    /// never giving up. Database reconnects reuse it.
+    pub fn reconnect_policy(&self) -> Backoff {
+        Backoff::new(self.reconnect_initial, self.reconnect_max).with_jitter(RECONNECT_JITTER)
+    }
+
+    /// The delays of [`BrokerSettings::reconnect_policy`], endless.
+    pub fn reconnect_backoff(&self) -> Delays {
+        self.reconnect_policy().delays()
     }
 
     /// One connection attempt: with several addresses, one round through them, starting after
@@ -258,9 +262,8 @@ impl BrokerSettings {
                 Err(error) => {
                     let delay = delays.next().unwrap_or(self.reconnect_max);
                     tracing::warn!(%error, retry_in = ?delay, connection = %self.connection_name, "broker connection failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {},
-                        () = shutdown.triggered() => return Err(BrokerError::ShuttingDown),
+                    if !backoff::wait(delay, shutdown).await {
+                        return Err(BrokerError::ShuttingDown);
                     }
                 }
             }

@@ -5,6 +5,7 @@
 //! - [`topology`]: the exchange and quorum work queues every service declares idempotently;
 //! - [`message`]: the message contract (AMQP properties and headers) shared by every hop;
 //! - [`trace_context`]: the W3C `traceparent` carried in outbox rows and AMQP headers;
+//! - [`backoff`]: exponential backoff with jitter, and waits that give way to shutdown;
 //! - [`broker`]: connecting to RabbitMQ with backoff, credentials kept out of logs;
 //! - [`publish`]: publishing with publisher confirms and the mandatory flag, where anything
 //!   but a broker ack of a routed message is a failure;
@@ -16,6 +17,7 @@
 //! - `testing` (feature `testing`): the harness used by every crate's integration tests.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod consume;

@@ -4,9 +4,10 @@
 //! stores the previous one, whose confirms are then awaited and marked.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{BatchReport, MARK_PATIENCE, OutboxRelay, RelayError};
+use crate::backoff;
 use crate::message::OutgoingMessage;
 use crate::outbox::store::{self, FailedRow, PendingRow};
 use crate::publish::{ConfirmedPublisher, PendingConfirms, PublishOutcome};
@@ -190,19 +191,15 @@ impl OutboxRelay {
     /// [`MARK_PATIENCE`]. If the database stays away longer, the rows are published again
     /// later: a duplicate, never a loss (consumers deduplicate by message_id).
     async fn mark_published_again(&self, ids: &[uuid::Uuid]) -> Result<(), RelayError> {
-        let deadline = Instant::now() + MARK_PATIENCE;
-        let mut delays = self.broker.reconnect_backoff();
-        loop {
-            match store::mark_published_now(&self.pool, ids).await {
-                Ok(()) => return Ok(()),
-                Err(error) if Instant::now() < deadline => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
-                    tracing::debug!(%error, retry_in = ?delay, "marking published rows failed");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        // Marking goes on through shutdown: giving up early would publish these rows again.
+        backoff::retry_until_deadline(
+            "marking published rows",
+            self.broker.reconnect_backoff(),
+            tokio::time::Instant::now() + MARK_PATIENCE,
+            || store::mark_published_now(&self.pool, ids),
+        )
+        .await
+        .map_err(RelayError::from)
     }
 
     /// The message a claimed row becomes.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, env_millis, env_parse};
 
 /// How the relay batches, polls, retries and cleans up.
@@ -61,10 +62,12 @@ impl RelayConfig {
     /// How long a row the broker refused waits before its next attempt, given how many
     /// attempts it has had.
     pub(super) fn retry_delay(&self, attempts_so_far: i32) -> Duration {
-        let exponent = u32::try_from(attempts_so_far.clamp(0, 30)).unwrap_or(30);
-        self.retry_initial
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.retry_max)
+        let failed_attempt = u32::try_from(attempts_so_far)
+            .unwrap_or(0)
+            .saturating_add(1);
+        // No jitter: a refused row is retried by the one relay that claims it, so there is
+        // no crowd to spread out.
+        Backoff::new(self.retry_initial, self.retry_max).nominal_delay(failed_attempt)
     }
 
     /// Rows per batch as a length, to tell a full claim from a short one.

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 
 use self::wakeup::Wakeups;
 use super::store;
+use crate::backoff;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
@@ -128,10 +129,7 @@ impl OutboxRelay {
                     publisher = Some(active);
                     let delay = db_delays.next().unwrap_or(self.broker.reconnect_max);
                     tracing::warn!(%error, retry_in = ?delay, "outbox batch failed on the database");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {},
-                        () = shutdown.triggered() => {},
-                    }
+                    backoff::wait(delay, &shutdown).await;
                 }
             }
         }
@@ -190,9 +188,8 @@ impl OutboxRelay {
                 Err(error) => {
                     let delay = delays.next().unwrap_or(self.broker.reconnect_max);
                     tracing::warn!(%error, retry_in = ?delay, "outbox relay cannot set up its channel");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {},
-                        () = shutdown.triggered() => return None,
+                    if !backoff::wait(delay, shutdown).await {
+                        return None;
                     }
                 }
             }
