@@ -9,6 +9,7 @@
 //! - [`broker`]: connecting to RabbitMQ with backoff, credentials kept out of logs;
 //! - [`publish`]: publishing with publisher confirms and the mandatory flag, where anything
 //!   but a broker ack of a routed message is a failure;
+//! - [`replay`]: the headers of a dead letter sent back to its work queue;
 //! - [`outbox`]: enqueue a message inside the caller's database transaction, and the relay
 //!   that publishes it;
 //! - [`consume`]: the consumer runtime (ack, retry with backoff, dead-letter, inbox);
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod ops;
 pub mod outbox;
 pub mod publish;
+pub mod replay;
 pub mod schema;
 pub mod service;
 pub mod shutdown;
