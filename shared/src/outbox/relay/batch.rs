@@ -11,7 +11,7 @@ use crate::backoff;
 use crate::message::OutgoingMessage;
 use crate::outbox::store::{self, FailedRow, PendingRow};
 use crate::publish::{ConfirmedPublisher, PendingConfirms, PublishOutcome};
-use crate::trace_context::{TRACEPARENT, TraceParent};
+use crate::telemetry::spans;
 
 /// A claimed batch whose messages are published and whose confirms are outstanding.
 pub(super) struct SentBatch {
@@ -99,7 +99,7 @@ impl OutboxRelay {
         }
         let mut messages: Vec<OutgoingMessage> =
             rows.iter().map(|row| self.outgoing(row)).collect();
-        let spans: Vec<tracing::Span> = messages.iter_mut().map(publish_span).collect();
+        let spans: Vec<tracing::Span> = messages.iter_mut().map(spans::publish).collect();
         let started = Instant::now();
         // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
         // and unlocked, and are claimed again after reconnecting.
@@ -225,33 +225,4 @@ impl OutboxRelay {
             attempt: 1,
         }
     }
-}
-
-/// A `publish` span for `message`, continuing the trace of the work that wrote it; the message
-/// then carries the span's context, so consumers become its children.
-fn publish_span(message: &mut OutgoingMessage) -> tracing::Span {
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = format!("{} publish", message.message_type),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.destination.name = %message.exchange,
-        messaging.rabbitmq.destination.routing_key = %message.routing_key,
-        messaging.message.id = %message.message_id,
-        messaging.message.conversation_id = %message.correlation_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    let parent = message
-        .headers
-        .get(TRACEPARENT)
-        .and_then(|value| value.parse::<TraceParent>().ok());
-    let trace = crate::telemetry::context::continue_trace(&span, parent);
-    message
-        .headers
-        .insert(TRACEPARENT.to_owned(), trace.to_string());
-    span
 }
