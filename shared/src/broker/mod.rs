@@ -6,6 +6,8 @@
 //! vhost and credentials). A connection attempt tries them in turn, starting after the last
 //! address that failed, so a dead node costs one refused attempt and is then skipped.
 
+mod error;
+
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::backoff::{self, Backoff, Delays};
 use crate::config::{ConfigError, env_millis, env_or, redact_url};
 use crate::shutdown::Shutdown;
+
+pub use self::error::BrokerError;
 
 /// Relative spread of reconnect delays.
 const RECONNECT_JITTER: f64 = 0.2;
@@ -44,54 +48,6 @@ pub struct BrokerSettings {
     /// Limit on one attempt at one address (TCP connect and AMQP handshake), so that a node
     /// that does not answer at all cannot hold up the others.
     pub connect_timeout: Duration,
-}
-
-/// What can go wrong talking to the broker. Every variant is transient from the kit's point of
-/// view: the caller backs off and tries again on a fresh connection.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// Could not connect (refused, unreachable, authentication, vhost access).
-    #[error("cannot connect to RabbitMQ at {url}: {source}")]
-    Connect {
-        /// The URL, password redacted.
-        url: String,
-        /// The client's error.
-        source: lapin::Error,
-    },
-    /// An AMQP operation failed on an open connection.
-    #[error("RabbitMQ {operation} failed: {source}")]
-    Operation {
-        /// What was being done, e.g. `queue.declare inventory`.
-        operation: String,
-        /// The client's error.
-        source: lapin::Error,
-    },
-    /// The broker did not confirm in time.
-    #[error("RabbitMQ did not confirm {pending} publish(es) within {timeout:?}")]
-    ConfirmTimeout {
-        /// How many confirms were still outstanding.
-        pending: usize,
-        /// The limit that was exceeded.
-        timeout: Duration,
-    },
-    /// The broker refused a message the kit had to publish (unroutable, nacked).
-    #[error("RabbitMQ refused a message for {destination}: {reason}")]
-    Refused {
-        /// Exchange and routing key.
-        destination: String,
-        /// Why.
-        reason: String,
-    },
-    /// Gave up because shutdown was requested.
-    #[error("shutdown requested")]
-    ShuttingDown,
-}
-
-impl BrokerError {
-    pub(crate) fn operation(operation: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
-        let operation = operation.into();
-        move |source| Self::Operation { operation, source }
-    }
 }
 
 impl BrokerSettings {
