@@ -5,9 +5,11 @@
 //! - [`topology`]: the exchange and quorum work queues every service declares idempotently;
 //! - [`message`]: the message contract (AMQP properties and headers) shared by every hop;
 //! - [`trace_context`]: the W3C `traceparent` carried in outbox rows and AMQP headers;
+//! - [`backoff`]: exponential backoff with jitter, and waits that give way to shutdown;
 //! - [`broker`]: connecting to RabbitMQ with backoff, credentials kept out of logs;
 //! - [`publish`]: publishing with publisher confirms and the mandatory flag, where anything
 //!   but a broker ack of a routed message is a failure;
+//! - [`replay`]: the headers of a dead letter sent back to its work queue;
 //! - [`outbox`]: enqueue a message inside the caller's database transaction, and the relay
 //!   that publishes it;
 //! - [`consume`]: the consumer runtime (ack, retry with backoff, dead-letter, inbox);
@@ -16,6 +18,7 @@
 //! - `testing` (feature `testing`): the harness used by every crate's integration tests.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod bindings;
 pub mod broker;
 pub mod config;
@@ -28,6 +31,7 @@ pub mod metrics;
 pub mod ops;
 pub mod outbox;
 pub mod publish;
+pub mod replay;
 pub mod schema;
 pub mod service;
 pub mod shutdown;

@@ -76,80 +76,90 @@ impl Metrics {
             outbox_oldest_age: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "consumed",
-            "Messages consumed, by queue and outcome",
-            metrics.consumed.clone(),
-        );
-        registry.register(
-            "redelivered",
-            "Deliveries the broker redelivered (a consumer died or a channel closed before the ack)",
-            metrics.redelivered.clone(),
-        );
-        registry.register(
-            "handler_duration_seconds",
-            "Time from delivery to settled (handler, transaction, republish)",
-            metrics.handler_duration.clone(),
-        );
-        registry.register(
-            "consumer_batch_size",
-            "Deliveries handled in one transaction, per transaction of a batching consumer",
-            metrics.batch_size.clone(),
-        );
-        registry.register(
-            "consumer_batch_rollbacks",
-            "Batches rolled back because one message or the commit failed; their messages were then handled one by one",
-            metrics.batch_rollbacks.clone(),
-        );
-        registry.register(
-            "end_to_end_latency_seconds",
-            "Time from the outbox row's creation to the end of its handling",
-            metrics.end_to_end.clone(),
-        );
-        registry.register(
-            "publish_confirm_seconds",
-            "Time from publishing to the broker's confirm, by publisher",
-            metrics.confirm.clone(),
-        );
-        registry.register(
-            "relay_published",
-            "Messages the outbox relay published and the broker confirmed",
-            metrics.relay_published.clone(),
-        );
-        registry.register(
-            "relay_refused",
-            "Publishes refused by the broker (unroutable or nacked), kept in the outbox for retry",
-            metrics.relay_refused.clone(),
-        );
-        registry.register(
-            "broker_reconnects",
-            "Broker sessions re-opened after a failure, by component",
-            metrics.reconnects.clone(),
-        );
-        registry.register(
-            "broker_connected",
-            "1 while the component holds a broker connection",
-            metrics.connected.clone(),
-        );
-        registry.register(
-            "outbox_pending",
-            "Outbox rows not yet published",
-            metrics.outbox_pending.clone(),
-        );
-        registry.register(
-            "outbox_failing",
-            "Unpublished outbox rows whose last publish the broker refused",
-            metrics.outbox_failing.clone(),
-        );
-        registry.register(
-            "outbox_oldest_pending_age_seconds",
-            "Age of the oldest unpublished outbox row",
-            metrics.outbox_oldest_age.clone(),
-        );
+        metrics.register_consumer_metrics(&mut registry);
+        metrics.register_publisher_metrics(&mut registry);
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// What consumers record: outcomes, handling time, batches, end-to-end latency.
+    fn register_consumer_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "consumed",
+            "Messages consumed, by queue and outcome",
+            self.consumed.clone(),
+        );
+        registry.register(
+            "redelivered",
+            "Deliveries the broker redelivered (a consumer died or a channel closed before the ack)",
+            self.redelivered.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time from delivery to settled (handler, transaction, republish)",
+            self.handler_duration.clone(),
+        );
+        registry.register(
+            "consumer_batch_size",
+            "Deliveries handled in one transaction, per transaction of a batching consumer",
+            self.batch_size.clone(),
+        );
+        registry.register(
+            "consumer_batch_rollbacks",
+            "Batches rolled back because one message or the commit failed; their messages were then handled one by one",
+            self.batch_rollbacks.clone(),
+        );
+        registry.register(
+            "end_to_end_latency_seconds",
+            "Time from the outbox row's creation to the end of its handling",
+            self.end_to_end.clone(),
+        );
+    }
+
+    /// What publishers, relays and connections record.
+    fn register_publisher_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "publish_confirm_seconds",
+            "Time from publishing to the broker's confirm, by publisher",
+            self.confirm.clone(),
+        );
+        registry.register(
+            "relay_published",
+            "Messages the outbox relay published and the broker confirmed",
+            self.relay_published.clone(),
+        );
+        registry.register(
+            "relay_refused",
+            "Publishes refused by the broker (unroutable or nacked), kept in the outbox for retry",
+            self.relay_refused.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Broker sessions re-opened after a failure, by component",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while the component holds a broker connection",
+            self.connected.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Outbox rows not yet published",
+            self.outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_failing",
+            "Unpublished outbox rows whose last publish the broker refused",
+            self.outbox_failing.clone(),
+        );
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest unpublished outbox row",
+            self.outbox_oldest_age.clone(),
+        );
     }
 
     /// The consumer metrics of `queue`, looked up once: a consumer records several per

@@ -150,6 +150,15 @@ impl ConfirmedPublisher {
         connection: Connection,
         topology: &Topology,
     ) -> Result<Self, BrokerError> {
+        let publisher = Self::without_declaring(connection).await?;
+        topology.declare(&publisher.channel).await?;
+        Ok(publisher)
+    }
+
+    /// Use an open connection (which this publisher then owns and closes) and declare
+    /// nothing: for tools that publish only to queues and exchanges that must already exist
+    /// (replaying a dead letter to its work queue), where declaring would create them.
+    pub async fn without_declaring(connection: Connection) -> Result<Self, BrokerError> {
         let channel = connection
             .create_channel()
             .await
@@ -158,7 +167,6 @@ impl ConfirmedPublisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(BrokerError::operation("confirm.select"))?;
-        topology.declare(&channel).await?;
         Ok(Self {
             connection,
             channel,
@@ -198,27 +206,66 @@ impl ConfirmedPublisher {
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
             let confirm = self
-                .channel
-                .basic_publish(
-                    message.exchange.as_str().into(),
-                    message.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
+                .send(
+                    &message.exchange,
+                    &message.routing_key,
                     &message.body,
                     message.properties(),
                 )
-                .await
-                .map_err(|error| {
-                    BrokerError::operation(format!("basic.publish {}", message.routing_key))(error)
-                })?;
+                .await?;
             confirms.push(confirm);
         }
         Ok(PendingConfirms {
             confirms,
             timeout: self.confirm_timeout,
         })
+    }
+
+    /// Publish `body` with exactly `properties` (mandatory) and wait for its confirm: for
+    /// republishing a received message whose properties must travel unchanged apart from what
+    /// the caller edited (a replay keeps every header, whatever its AMQP type).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<PublishOutcome, BrokerError> {
+        let confirm = self.send(exchange, routing_key, body, properties).await?;
+        let mut outcomes = PendingConfirms {
+            confirms: vec![confirm],
+            timeout: self.confirm_timeout,
+        }
+        .confirmed()
+        .await?;
+        outcomes.pop().ok_or(BrokerError::ConfirmTimeout {
+            pending: 1,
+            timeout: self.confirm_timeout,
+        })
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, BrokerError> {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(BrokerError::operation(format!(
+                "basic.publish {routing_key}"
+            )))
     }
 
     /// Publish one message and wait for its confirm.

@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, env_millis, env_parse};
+
+/// Kept here, where the consumer's fault injection and the services have always found it;
+/// it lives with the jitter it feeds.
+pub use crate::backoff::random_unit;
 
 /// Exponential backoff with jitter, bounded in delay and in attempts.
 ///
@@ -51,38 +56,28 @@ impl RetryPolicy {
         })
     }
 
+    /// The schedule this policy describes.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial_delay, self.max_delay)
+            .with_multiplier(self.multiplier)
+            .with_jitter(self.jitter)
+            .with_max_attempts(self.max_attempts)
+    }
+
     /// The delay after failed attempt `attempt` before jitter.
     pub fn nominal_delay(&self, attempt: u32) -> Duration {
-        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let secs = self.initial_delay.as_secs_f64() * self.multiplier.powi(exponent);
-        let capped = secs.min(self.max_delay.as_secs_f64());
-        Duration::try_from_secs_f64(capped).unwrap_or(self.max_delay)
+        self.backoff().nominal_delay(attempt)
     }
 
     /// The delay after failed attempt `attempt`, jitter applied.
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let nominal = self.nominal_delay(attempt).as_secs_f64();
-        let spread = (random_unit() * 2.0 - 1.0) * self.jitter;
-        Duration::try_from_secs_f64((nominal * (1.0 + spread)).max(0.0)).unwrap_or_default()
+        self.backoff().delay(attempt)
     }
 
     /// Whether a message whose attempt `attempt` failed may be tried again.
     pub fn allows_another_attempt(&self, attempt: u32) -> bool {
-        attempt < self.max_attempts
+        self.backoff().allows_another_attempt(attempt)
     }
-}
-
-/// A uniform number in [0, 1), from the v4 UUID generator's randomness (no extra dependency
-/// for jitter, which needs no cryptographic quality but must differ between processes).
-///
-/// Only the low 62 bits of a v4 UUID are random: bits 62-63 hold the variant (`10`) and
-/// bits 76-79 the version. (Taking the low 64 bits made every draw land in [0.5, 0.75): fault
-/// injection rates below one half never fired and jitter only ever lengthened delays, which
-/// the chaos runner exposed.)
-pub fn random_unit() -> f64 {
-    const RANDOM_BITS: u32 = 62;
-    let bits = (uuid::Uuid::new_v4().as_u128() as u64) & ((1u64 << RANDOM_BITS) - 1);
-    bits as f64 / (1u64 << RANDOM_BITS) as f64
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use sqlx::PgConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::telemetry::spans;
 use crate::topology::EVENTS_EXCHANGE;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
@@ -124,19 +125,13 @@ pub async fn enqueue(
     conn: &mut PgConnection,
     message: &OutboxMessage,
 ) -> Result<Uuid, OutboxError> {
-    let span = tracing::info_span!(
-        "create",
-        otel.name = format!("{} create", message.message_type),
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "create",
-        messaging.destination.name = %message.exchange,
-        messaging.rabbitmq.destination.routing_key = %message.routing_key,
-        messaging.message.id = %message.id,
-        messaging.message.conversation_id = %message.aggregate_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
+    let span = spans::create(spans::Created {
+        message_id: message.id,
+        message_type: &message.message_type,
+        exchange: &message.exchange,
+        routing_key: &message.routing_key,
+        aggregate_id: &message.aggregate_id,
+    });
     let parent = message
         .headers
         .get(TRACEPARENT)

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -151,6 +152,24 @@ pub(crate) async fn mark_failed(
     Ok(())
 }
 
+/// Record a finished batch in the claim's transaction and commit it: `published` rows are
+/// done, `failed` ones wait for their next attempt.
+pub(crate) async fn mark_batch(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    published: &[Uuid],
+    failed: &[FailedRow],
+) -> Result<(), sqlx::Error> {
+    mark_published(&mut tx, published).await?;
+    mark_failed(&mut tx, failed).await?;
+    tx.commit().await
+}
+
+/// [`mark_published`] on a connection of its own, outside any claim.
+pub(crate) async fn mark_published_now(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    mark_published(&mut connection, ids).await
+}
+
 /// Delete up to `limit` rows published before `retention` ago; returns how many went.
 pub(crate) async fn delete_published_before(
     pool: &PgPool,
@@ -202,10 +221,19 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
 }
 
 /// The notification channel the outbox trigger of the pool's current schema signals.
-pub(crate) async fn notify_channel(pool: &PgPool) -> Result<String, sqlx::Error> {
+async fn notify_channel(pool: &PgPool) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT 'msgkit_outbox_' || current_schema()")
         .fetch_one(pool)
         .await
+}
+
+/// A connection of its own that receives a notification whenever a transaction that wrote
+/// outbox rows in the pool's schema commits.
+pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let channel = notify_channel(pool).await?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(&channel).await?;
+    Ok(listener)
 }
 
 #[cfg(test)]

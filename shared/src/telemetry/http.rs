@@ -5,7 +5,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::context;
+use super::{context, spans};
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// Paths polled by orchestrators and scrapers: not worth a span each.
@@ -23,18 +23,7 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| request.uri().path().to_owned());
     let method = request.method().as_str().to_owned();
-    // ERROR level, so that a quiet RUST_LOG never disables the span that carries the trace
-    // ids of every log line of the request.
-    let span = tracing::error_span!(
-        "http",
-        otel.name = format!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
+    let span = spans::http_server(&method, &route);
     let incoming = request
         .headers()
         .get(TRACEPARENT)

@@ -9,6 +9,7 @@
 
 pub mod context;
 pub mod http;
+pub mod spans;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;

@@ -10,12 +10,14 @@
 
 mod broker;
 mod database;
+mod probe;
 mod proxy;
 mod scrape;
 mod wait;
 
-pub use broker::{Probe, TestBroker};
+pub use broker::TestBroker;
 pub use database::TestDatabase;
+pub use probe::Probe;
 pub use proxy::TcpProxy;
 pub use scrape::{metric_value, scrape};
 pub use wait::{try_wait_until, wait_until, wait_until_async};

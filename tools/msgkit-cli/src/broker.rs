@@ -53,17 +53,22 @@ impl BrokerConfig {
         &self.vhost
     }
 
-    /// A channel on a fresh connection (kept alive by the returned connection).
-    pub async fn channel(&self) -> Result<(Connection, Channel), CliError> {
+    /// A fresh connection.
+    pub async fn connection(&self) -> Result<Connection, CliError> {
         let properties = ConnectionProperties::default().with_connection_name("msgkit-cli".into());
-        let connection = Connection::connect(&self.amqp_url, properties)
+        Connection::connect(&self.amqp_url, properties)
             .await
             .map_err(|error| {
                 CliError::Unavailable(format!(
                     "cannot connect to RabbitMQ at {}: {error}",
                     msgkit::config::redact_url(&self.amqp_url)
                 ))
-            })?;
+            })
+    }
+
+    /// A channel on a fresh connection (kept alive by the returned connection).
+    pub async fn channel(&self) -> Result<(Connection, Channel), CliError> {
+        let connection = self.connection().await?;
         let channel = connection
             .create_channel()
             .await

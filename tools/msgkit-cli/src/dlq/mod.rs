@@ -11,14 +11,12 @@ mod letter;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
 use clap::{Args, Subcommand};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use msgkit::replay::replay_properties;
+use msgkit::{ConfirmedPublisher, PublishOutcome};
 use serde_json::json;
 
 use self::letter::DeadLetter;
@@ -28,28 +26,6 @@ use crate::table;
 
 /// Most messages one command reads from one queue.
 const SCAN_LIMIT: usize = 10_000;
-
-/// Headers that describe a failure or the broker's own dead-lettering: a replayed message
-/// starts clean.
-const FAILURE_HEADERS: [&str; 12] = [
-    msgkit::consume::FAILURE_REASON,
-    msgkit::consume::EXCEPTION_TYPE,
-    msgkit::consume::EXCEPTION_MESSAGE,
-    msgkit::consume::EXCEPTION_DETAIL,
-    msgkit::consume::FAILED_SERVICE,
-    msgkit::consume::FAILED_AT,
-    msgkit::consume::RETRY_AT_HEADER,
-    "x-death",
-    "x-delivery-count",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-];
-
-/// Header recording how many times a message was replayed.
-pub const REPLAY_COUNT_HEADER: &str = "x-replay-count";
-/// Header recording when it was last replayed.
-pub const REPLAYED_AT_HEADER: &str = "x-replayed-at";
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -419,20 +395,34 @@ async fn replay(
     json: bool,
 ) -> Result<(), CliError> {
     let queues = chosen_queues(broker, queue).await?;
-    let (connection, channel) = broker.channel().await?;
-    let publisher = connection
-        .create_channel()
+    let (_connection, channel) = broker.channel().await?;
+    // Its own connection: publishing and reading never share one (a blocked connection
+    // would stop the acks too).
+    let publisher = ConfirmedPublisher::without_declaring(broker.connection().await?)
         .await
         .map_err(|error| CliError::Unavailable(format!("cannot open a channel: {error}")))?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|error| CliError::Other(anyhow::anyhow!("confirm.select: {error}")))?;
+    let moved = move_letters(&channel, &publisher, &queues, filter, dry_run, rate).await;
+    publisher.close().await;
+    report("replay", &moved?, dry_run, json);
+    Ok(())
+}
+
+/// Republish the letters of `queues` that `filter` chooses, at most `rate` per second, and
+/// remove each from its DLQ once the broker confirmed it; returns the letters moved (or, in a
+/// dry run, those that would be).
+async fn move_letters(
+    channel: &Channel,
+    publisher: &ConfirmedPublisher,
+    queues: &[String],
+    filter: &Filter,
+    dry_run: bool,
+    rate: f64,
+) -> Result<Vec<DeadLetter>, CliError> {
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut replayed = Vec::new();
     let limit = filter.limit.unwrap_or(usize::MAX);
-    for queue in &queues {
-        let taken = Taken::read(&channel, queue).await?;
+    for queue in queues {
+        let taken = Taken::read(channel, queue).await?;
         let mut moved = Vec::new();
         for (tag, letter) in &taken.messages {
             if replayed.len() >= limit || !filter.matches(letter) {
@@ -440,7 +430,7 @@ async fn replay(
             }
             if !dry_run {
                 pace.tick().await;
-                let result = republish(&publisher, letter).await;
+                let result = republish(publisher, letter).await;
                 if let Err(error) = result {
                     taken.return_rest(&moved).await?;
                     return Err(error);
@@ -459,81 +449,34 @@ async fn replay(
         }
         taken.return_rest(&moved).await?;
     }
-    report("replay", &replayed, dry_run, json);
-    Ok(())
+    Ok(replayed)
 }
 
 /// Publish `letter` to its work queue through the default exchange and wait for the broker to
 /// confirm that it was routed.
-async fn republish(publisher: &Channel, letter: &DeadLetter) -> Result<(), CliError> {
-    let properties = replay_properties(&letter.properties);
-    let confirmation = publisher
-        .basic_publish(
-            "".into(),
-            letter.original_queue.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
+async fn republish(publisher: &ConfirmedPublisher, letter: &DeadLetter) -> Result<(), CliError> {
+    let outcome = publisher
+        .publish_raw(
+            "",
+            &letter.original_queue,
             &letter.raw_body,
-            properties,
+            replay_properties(&letter.properties),
         )
         .await
         .map_err(|error| {
             CliError::Other(anyhow::anyhow!("publishing {}: {error}", letter.message_id))
-        })?
-        .await
-        .map_err(|error| {
-            CliError::Other(anyhow::anyhow!("confirm of {}: {error}", letter.message_id))
         })?;
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
-            Err(CliError::NotFound(format!(
-                "work queue {:?} of message {} does not exist; nothing was moved",
-                letter.original_queue, letter.message_id
-            )))
-        }
+    match outcome {
+        PublishOutcome::Confirmed => Ok(()),
+        PublishOutcome::Returned { .. } => Err(CliError::NotFound(format!(
+            "work queue {:?} of message {} does not exist; nothing was moved",
+            letter.original_queue, letter.message_id
+        ))),
         other => Err(CliError::Other(anyhow::anyhow!(
             "the broker did not confirm the replay of {} ({other:?}); it stays in the DLQ",
             letter.message_id
         ))),
     }
-}
-
-/// The dead letter's properties for its replay: same id, type, correlation and trace, failure
-/// headers removed, attempt counter reset, the replay recorded.
-fn replay_properties(original: &BasicProperties) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    let mut replays = 0i64;
-    if let Some(table) = original.headers() {
-        for (name, value) in table.inner() {
-            let key = name.as_str();
-            if key == REPLAY_COUNT_HEADER {
-                if let AMQPValue::LongLongInt(n) = value {
-                    replays = *n;
-                }
-                continue;
-            }
-            if FAILURE_HEADERS.contains(&key) || key.starts_with("x-last-death-") {
-                continue;
-            }
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-    headers.insert(
-        msgkit::message::ATTEMPT_HEADER.into(),
-        AMQPValue::LongLongInt(1),
-    );
-    headers.insert(
-        REPLAY_COUNT_HEADER.into(),
-        AMQPValue::LongLongInt(replays + 1),
-    );
-    headers.insert(
-        REPLAYED_AT_HEADER.into(),
-        AMQPValue::LongString(LongString::from(Utc::now().to_rfc3339())),
-    );
-    original.clone().with_headers(headers)
 }
 
 async fn purge(

@@ -6,18 +6,25 @@
 //! vhost and credentials). A connection attempt tries them in turn, starting after the last
 //! address that failed, so a dead node costs one refused attempt and is then skipped.
 
+mod error;
+
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::backoff::{self, Backoff, Delays};
 use crate::config::{ConfigError, env_millis, env_or, redact_url};
 use crate::shutdown::Shutdown;
+
+pub use self::error::BrokerError;
+
+/// Relative spread of reconnect delays.
+const RECONNECT_JITTER: f64 = 0.2;
 
 /// Default broker URL for a local stack.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -41,54 +48,6 @@ pub struct BrokerSettings {
     /// Limit on one attempt at one address (TCP connect and AMQP handshake), so that a node
     /// that does not answer at all cannot hold up the others.
     pub connect_timeout: Duration,
-}
-
-/// What can go wrong talking to the broker. Every variant is transient from the kit's point of
-/// view: the caller backs off and tries again on a fresh connection.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// Could not connect (refused, unreachable, authentication, vhost access).
-    #[error("cannot connect to RabbitMQ at {url}: {source}")]
-    Connect {
-        /// The URL, password redacted.
-        url: String,
-        /// The client's error.
-        source: lapin::Error,
-    },
-    /// An AMQP operation failed on an open connection.
-    #[error("RabbitMQ {operation} failed: {source}")]
-    Operation {
-        /// What was being done, e.g. `queue.declare inventory`.
-        operation: String,
-        /// The client's error.
-        source: lapin::Error,
-    },
-    /// The broker did not confirm in time.
-    #[error("RabbitMQ did not confirm {pending} publish(es) within {timeout:?}")]
-    ConfirmTimeout {
-        /// How many confirms were still outstanding.
-        pending: usize,
-        /// The limit that was exceeded.
-        timeout: Duration,
-    },
-    /// The broker refused a message the kit had to publish (unroutable, nacked).
-    #[error("RabbitMQ refused a message for {destination}: {reason}")]
-    Refused {
-        /// Exchange and routing key.
-        destination: String,
-        /// Why.
-        reason: String,
-    },
-    /// Gave up because shutdown was requested.
-    #[error("shutdown requested")]
-    ShuttingDown,
-}
-
-impl BrokerError {
-    pub(crate) fn operation(operation: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
-        let operation = operation.into();
-        move |source| Self::Operation { operation, source }
-    }
 }
 
 impl BrokerSettings {
@@ -166,15 +125,16 @@ impl BrokerSettings {
         self.next.load(Ordering::Acquire) % self.urls.len()
     }
 
-    /// The reconnect schedule: exponential with jitter, capped, never giving up.
-    pub fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.reconnect_initial)
-            .with_max_delay(self.reconnect_max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
+    /// The reconnect schedule: doubling from `reconnect_initial` to `reconnect_max`, ±20 %
+    /// jitter (so that every client of a broker that restarted does not return at once),
+    /// never giving up. Database reconnects reuse it.
+    pub fn reconnect_policy(&self) -> Backoff {
+        Backoff::new(self.reconnect_initial, self.reconnect_max).with_jitter(RECONNECT_JITTER)
+    }
+
+    /// The delays of [`BrokerSettings::reconnect_policy`], endless.
+    pub fn reconnect_backoff(&self) -> Delays {
+        self.reconnect_policy().delays()
     }
 
     /// One connection attempt: with several addresses, one round through them, starting after
@@ -258,9 +218,8 @@ impl BrokerSettings {
                 Err(error) => {
                     let delay = delays.next().unwrap_or(self.reconnect_max);
                     tracing::warn!(%error, retry_in = ?delay, connection = %self.connection_name, "broker connection failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {},
-                        () = shutdown.triggered() => return Err(BrokerError::ShuttingDown),
+                    if !backoff::wait(delay, shutdown).await {
+                        return Err(BrokerError::ShuttingDown);
                     }
                 }
             }

@@ -1,0 +1,228 @@
+//! Relaying batches: claim rows, publish them with confirms, mark what the broker took.
+//!
+//! Two batches are in flight at once: the next one is claimed and sent while the broker
+//! stores the previous one, whose confirms are then awaited and marked.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{BatchReport, MARK_PATIENCE, OutboxRelay, RelayError};
+use crate::backoff;
+use crate::message::OutgoingMessage;
+use crate::outbox::store::{self, FailedRow, PendingRow};
+use crate::publish::{ConfirmedPublisher, PendingConfirms, PublishOutcome};
+use crate::telemetry::spans;
+
+/// A claimed batch whose messages are published and whose confirms are outstanding.
+pub(super) struct SentBatch {
+    /// The claim's transaction: it holds the rows' locks until the batch is marked.
+    pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: Vec<PendingRow>,
+    spans: Vec<tracing::Span>,
+    confirms: PendingConfirms,
+    started: Instant,
+}
+
+/// The rows of a batch sorted by what the broker said.
+#[derive(Default)]
+struct Verdicts {
+    published: Vec<uuid::Uuid>,
+    failed: Vec<FailedRow>,
+    nacked: usize,
+}
+
+impl OutboxRelay {
+    /// Relay batches until the outbox has no full batch left, keeping two batches in flight.
+    /// Per-aggregate order holds because a claim only takes heads of aggregates: the
+    /// successor of a row in flight is not a head until that row is marked published, and rows
+    /// in flight are locked (skipped) anyway.
+    ///
+    /// Returns the batches' reports added up; stops early after a nack (the caller opens a new
+    /// channel, see [`OutboxRelay::run`]).
+    pub(super) async fn pump(
+        &self,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<BatchReport, RelayError> {
+        let mut total = BatchReport::default();
+        let mut in_flight: Option<SentBatch> = None;
+        loop {
+            // The previous batch is finished (confirms awaited, rows marked, committed) on its
+            // own connection while this one is claimed and sent: the two database round trips
+            // overlap instead of adding up. Claiming concurrently with that commit is safe: the
+            // previous batch's rows are locked until it commits and published after, and
+            // their successors only become heads once the commit is visible.
+            let (sent, finished) = match in_flight.take() {
+                Some(previous) => {
+                    let (sent, finished) =
+                        tokio::join!(self.claim_and_send(publisher), self.finish(previous));
+                    (sent, Some(finished))
+                }
+                None => (self.claim_and_send(publisher).await, None),
+            };
+            // The previous batch's outcome first: its messages were published whether or not
+            // this claim worked.
+            if let Some(Err(error)) = finished {
+                // This batch was published too: mark it before giving up, or it is published
+                // again.
+                if let Ok(Some(batch)) = sent {
+                    let _ = self.finish(batch).await;
+                }
+                return Err(error);
+            }
+            if let Some(Ok(report)) = finished {
+                total.add(&report);
+            }
+            let Some(batch) = sent? else {
+                return Ok(total);
+            };
+            if batch.rows.len() < self.config.batch_len() || total.nacked > 0 {
+                total.add(&self.finish(batch).await?);
+                return Ok(total);
+            }
+            in_flight = Some(batch);
+        }
+    }
+
+    /// Claim a batch and publish it without awaiting its confirms; `None` when there is
+    /// nothing to publish. The returned batch holds the claim's transaction (its row locks).
+    pub(super) async fn claim_and_send(
+        &self,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<Option<SentBatch>, RelayError> {
+        let mut tx = store::begin_claim(&self.pool).await?;
+        let rows = store::claim(&mut tx, self.config.batch_size).await?;
+        if rows.is_empty() {
+            // Nothing to undo: dropping the transaction queues its ROLLBACK on the connection,
+            // sent with the connection's next message instead of costing a round trip now.
+            drop(tx);
+            return Ok(None);
+        }
+        let mut messages: Vec<OutgoingMessage> =
+            rows.iter().map(|row| self.outgoing(row)).collect();
+        let spans: Vec<tracing::Span> = messages.iter_mut().map(spans::publish).collect();
+        let started = Instant::now();
+        // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
+        // and unlocked, and are claimed again after reconnecting.
+        let confirms = publisher.send_batch(&messages).await?;
+        Ok(Some(SentBatch {
+            tx,
+            rows,
+            spans,
+            confirms,
+            started,
+        }))
+    }
+
+    /// Await a sent batch's confirms, mark the confirmed rows published and the refused ones
+    /// for a later attempt, and commit.
+    pub(super) async fn finish(&self, batch: SentBatch) -> Result<BatchReport, RelayError> {
+        let SentBatch {
+            tx,
+            rows,
+            spans,
+            confirms,
+            started,
+        } = batch;
+        let outcomes = confirms.confirmed().await?;
+        crate::metrics::metrics().confirm("relay", started.elapsed());
+        for (span, outcome) in spans.iter().zip(&outcomes) {
+            if let Some(reason) = outcome.failure_reason() {
+                span.record("otel.status_code", "error");
+                span.record("otel.status_description", reason.as_str());
+            }
+        }
+        let verdicts = self.verdicts(&rows, &outcomes);
+        if let Err(error) = store::mark_batch(tx, &verdicts.published, &verdicts.failed).await {
+            // The broker has these messages; an unmarked row would be published again. The
+            // claim's connection is gone (a database restart, typically), so mark them on a
+            // fresh one while the database comes back. Refused rows need nothing: they are
+            // retried anyway.
+            tracing::warn!(%error, rows = verdicts.published.len(), "marking a confirmed batch failed; retrying on a new connection");
+            self.mark_published_again(&verdicts.published).await?;
+        }
+
+        let (published, failed) = (verdicts.published.len(), verdicts.failed.len());
+        crate::metrics::metrics().relayed(&self.config.app_id, published as u64, failed as u64);
+        self.stats.add_relayed(published, failed);
+        let report = BatchReport {
+            claimed: rows.len(),
+            published,
+            failed,
+            nacked: verdicts.nacked,
+        };
+        tracing::debug!(?report, "outbox batch relayed");
+        Ok(report)
+    }
+
+    /// Sort `rows` by their publish outcomes; a refused row is logged and given its next
+    /// attempt's delay.
+    fn verdicts(&self, rows: &[PendingRow], outcomes: &[PublishOutcome]) -> Verdicts {
+        let mut verdicts = Verdicts {
+            published: Vec::with_capacity(rows.len()),
+            ..Verdicts::default()
+        };
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            if matches!(outcome, PublishOutcome::Nacked) {
+                verdicts.nacked += 1;
+            }
+            match outcome.failure_reason() {
+                None => verdicts.published.push(row.id),
+                Some(error) => {
+                    tracing::error!(
+                        message_id = %row.id,
+                        routing_key = %row.routing_key,
+                        exchange = %row.exchange,
+                        attempts = row.attempts + 1,
+                        %error,
+                        "outbox message refused by the broker; kept for retry"
+                    );
+                    verdicts.failed.push(FailedRow {
+                        id: row.id,
+                        error,
+                        retry_in: self.config.retry_delay(row.attempts),
+                    });
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// Mark `ids` published outside the claim's transaction, retrying with backoff for up to
+    /// [`MARK_PATIENCE`]. If the database stays away longer, the rows are published again
+    /// later: a duplicate, never a loss (consumers deduplicate by message_id).
+    async fn mark_published_again(&self, ids: &[uuid::Uuid]) -> Result<(), RelayError> {
+        // Marking goes on through shutdown: giving up early would publish these rows again.
+        backoff::retry_until_deadline(
+            "marking published rows",
+            self.broker.reconnect_backoff(),
+            tokio::time::Instant::now() + MARK_PATIENCE,
+            || store::mark_published_now(&self.pool, ids),
+        )
+        .await
+        .map_err(RelayError::from)
+    }
+
+    /// The message a claimed row becomes.
+    fn outgoing(&self, row: &PendingRow) -> OutgoingMessage {
+        let headers: BTreeMap<String, String> = match &row.headers {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        OutgoingMessage {
+            message_id: row.id.to_string(),
+            message_type: row.message_type.clone(),
+            exchange: row.exchange.clone(),
+            routing_key: row.routing_key.clone(),
+            correlation_id: row.aggregate_id.clone(),
+            app_id: self.config.app_id.clone(),
+            created_at: row.created_at,
+            // Serialising a JSON value cannot fail.
+            body: serde_json::to_vec(&row.payload).unwrap_or_default(),
+            headers,
+            attempt: 1,
+        }
+    }
+}
