@@ -26,6 +26,7 @@
 //! ```
 
 mod acks;
+mod config;
 mod dead_letter;
 mod faults;
 mod handler;
@@ -33,6 +34,7 @@ mod message;
 mod retry;
 mod runtime;
 
+pub use config::ConsumerConfig;
 pub use dead_letter::{
     EXCEPTION_DETAIL, EXCEPTION_MESSAGE, EXCEPTION_TYPE, FAILED_AT, FAILED_SERVICE, FAILURE_REASON,
     FailureReason, MAX_DETAIL_BYTES, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY,
@@ -41,4 +43,4 @@ pub use faults::Faults;
 pub use handler::{FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
 pub use retry::{RetryPolicy, random_unit};
-pub use runtime::{Consumer, ConsumerConfig, ConsumerStats};
+pub use runtime::{Consumer, ConsumerStats};
