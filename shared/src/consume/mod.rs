@@ -28,9 +28,11 @@
 mod acks;
 mod config;
 mod dead_letter;
+mod failure;
 mod faults;
 mod handler;
 mod message;
+mod republish;
 mod retry;
 mod runtime;
 
