@@ -26,15 +26,19 @@
 //! ```
 
 mod acks;
+mod config;
 mod context;
 mod dead_letter;
+mod failure;
 mod faults;
 mod handler;
 mod message;
+mod republish;
 mod retry;
 mod routes;
 mod runtime;
 
+pub use config::ConsumerConfig;
 pub use context::{Batch, Context};
 pub use dead_letter::{
     EXCEPTION_DETAIL, EXCEPTION_MESSAGE, EXCEPTION_TYPE, FAILED_AT, FAILED_SERVICE, FAILURE_REASON,
@@ -45,4 +49,4 @@ pub use handler::{FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
 pub use retry::{RetryPolicy, random_unit};
 pub use routes::{BatchFn, RouteFn, Routes, UNROUTED_ERROR_TYPE, Unrouted};
-pub use runtime::{Consumer, ConsumerConfig, ConsumerStats};
+pub use runtime::{Consumer, ConsumerStats};

@@ -16,111 +16,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::acks::Acks;
-use super::dead_letter::{
-    FailureReason, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY, failure_headers,
-};
-use super::faults::Faults;
+use super::config::ConsumerConfig;
+use super::dead_letter::FailureReason;
+use super::failure::{FailurePolicy, Verdict};
 use super::handler::{FailureKind, Handler, HandlerError};
-use super::message::{IncomingMessage, RETRY_AT_HEADER};
-use super::retry::RetryPolicy;
+use super::message::IncomingMessage;
+use super::republish::Republisher;
 use crate::broker::{BrokerError, BrokerSettings};
-use crate::config::{ConfigError, env_millis, env_parse};
 use crate::inbox;
 use crate::metrics::{Outcome, QueueMetrics, metrics};
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
 use crate::telemetry::context;
-use crate::topology::{DELAY_TIER_BASE, Topology, delay_tier_for, delay_tier_name};
+use crate::topology::{Topology, delay_tier_for};
 use crate::trace_context::TraceParent;
 
 /// How long a consumer keeps retrying to open a database transaction for a message before it
 /// gives the message back to the broker. A database outage is not the message's fault, so it
 /// should not burn the message's attempts.
 const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
-
-/// How one consumer consumes.
-#[derive(Clone, Debug)]
-pub struct ConsumerConfig {
-    /// The consumer's name in the inbox (and the management UI); usually the service name.
-    pub name: String,
-    /// The work queue it consumes.
-    pub queue: String,
-    /// The emitting service, recorded in `x-failed-service`.
-    pub service: String,
-    /// Unacked deliveries the broker may push ahead (`basic.qos`).
-    pub prefetch: u16,
-    /// Deliveries (or batches of them) handled at the same time.
-    pub concurrency: usize,
-    /// At most this many deliveries that have already arrived are handled in one database
-    /// transaction (1, the default: each in its own). Batches save a BEGIN, a COMMIT and its
-    /// log flush per message; a batch never waits to fill. If any message of a batch fails,
-    /// or the commit does, nothing of it is applied and each message is handled again in its
-    /// own transaction, so only the failing one is retried or dead-lettered: handlers must
-    /// tolerate running again after a rollback (they must already: any message may be
-    /// redelivered). A batch is handled in order of correlation id (one correlation's messages
-    /// in delivery order), so batches whose handlers lock only their own correlation's rows
-    /// (the saga's order row) never deadlock. Handlers that lock rows shared across
-    /// correlations (stock of a product) take those locks in [`Handler::before_batch`]; if they
-    /// do not, concurrent batches can deadlock (PostgreSQL aborts one after
-    /// `deadlock_timeout` and its messages are handled one by one). `prefetch` bounds what is
-    /// in flight: with 32, at most two full batches of 16 run at once, whatever `concurrency`.
-    pub batch: usize,
-    /// Retry policy for transient failures.
-    pub retry: RetryPolicy,
-    /// Deduplicate through the inbox (on unless the handler is idempotent by itself).
-    pub inbox: bool,
-    /// How long inbox rows are kept: a duplicate arriving later than this is no longer
-    /// recognised, so keep it well above the longest retry and replay window.
-    pub inbox_retention: Duration,
-    /// How often old inbox rows are deleted.
-    pub inbox_cleanup_interval: Duration,
-    /// Faults to inject before the handler (tests and chaos runs; none by default).
-    pub faults: Faults,
-}
-
-impl ConsumerConfig {
-    /// Defaults: prefetch 32, concurrency 8, batches of 1, the default retry policy, inbox on.
-    pub fn new(service: impl Into<String>, queue: impl Into<String>) -> Self {
-        let service = service.into();
-        Self {
-            name: service.clone(),
-            queue: queue.into(),
-            service,
-            prefetch: 32,
-            concurrency: 8,
-            batch: 1,
-            retry: RetryPolicy::default(),
-            inbox: true,
-            inbox_retention: Duration::from_secs(7 * 24 * 3600),
-            inbox_cleanup_interval: Duration::from_secs(3600),
-            faults: Faults::default(),
-        }
-    }
-
-    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`,
-    /// `CONSUMER_INBOX_RETENTION_MS`, the `RETRY_*` variables of [`RetryPolicy::from_env`] and
-    /// the `FAULT_*` ones of [`Faults::from_env`].
-    pub fn from_env(
-        service: impl Into<String>,
-        queue: impl Into<String>,
-    ) -> Result<Self, ConfigError> {
-        Self::new(service, queue).with_env_overrides()
-    }
-
-    /// This configuration overridden by the variables of [`ConsumerConfig::from_env`]: a
-    /// service sets defaults that suit its handler, and operators still have the last word.
-    pub fn with_env_overrides(self) -> Result<Self, ConfigError> {
-        Ok(Self {
-            prefetch: env_parse("CONSUMER_PREFETCH", self.prefetch)?.max(1),
-            concurrency: env_parse("CONSUMER_CONCURRENCY", self.concurrency)?.max(1),
-            batch: env_parse("CONSUMER_BATCH", self.batch)?.max(1),
-            retry: RetryPolicy::from_env()?,
-            inbox_retention: env_millis("CONSUMER_INBOX_RETENTION_MS", self.inbox_retention)?,
-            faults: Faults::from_env()?,
-            ..self
-        })
-    }
-}
 
 /// A consumer's counters, by outcome.
 #[derive(Debug, Default)]
@@ -209,6 +123,7 @@ pub struct Consumer<H> {
     handler: H,
     stats: Arc<ConsumerStats>,
     metrics: QueueMetrics,
+    failures: FailurePolicy,
     /// `<queue> process`, the name of every delivery's span.
     span_name: String,
 }
@@ -235,6 +150,10 @@ impl<H: Handler> Consumer<H> {
         Self {
             metrics: metrics().for_queue(&config.queue),
             span_name: format!("{} process", config.queue),
+            failures: FailurePolicy::new(
+                config.retry.clone(),
+                Republisher::new(&config.queue, &config.service),
+            ),
             pool,
             broker,
             topology,
@@ -709,8 +628,10 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<Option<Settled>, BrokerError> {
         // A delayed retry that came back from a tier before it is due goes on to the next.
         if let Some(tier) = self.onward_tier(message) {
-            let onward = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
-            self.publish_confirmed(publisher, &onward, "retry").await?;
+            self.failures
+                .republisher()
+                .onward(message, tier, publisher)
+                .await?;
             return Ok(Some(Settled::Deferred));
         }
         let Some(message_id) = message.message_id().filter(|id| !id.is_empty()) else {
@@ -719,10 +640,7 @@ impl<H: Handler> Consumer<H> {
                 "msgkit::consume::MissingMessageId",
                 "message has no message_id: it cannot be deduplicated",
             );
-            return self
-                .dead_letter(message, FailureReason::Poison, &error, publisher)
-                .await
-                .map(Some);
+            return self.fail(message, &error, publisher).await.map(Some);
         };
 
         let Some(mut tx) = self.begin().await else {
@@ -747,26 +665,21 @@ impl<H: Handler> Consumer<H> {
         };
         match outcome {
             Ok(settled) => Ok(Some(settled)),
-            Err(error) if error.is_poison() => {
-                tracing::error!(message_id, message_type = message.message_type(), %error, "poison message; dead-lettering");
-                self.dead_letter(message, FailureReason::Poison, &error, publisher)
-                    .await
-                    .map(Some)
-            }
-            Err(error) => {
-                let attempt = message.attempt();
-                if self.config.retry.allows_another_attempt(attempt) {
-                    let delay = self.config.retry.delay_after(attempt);
-                    tracing::warn!(message_id, attempt, retry_in = ?delay, %error, "handler failed; retrying later");
-                    self.retry(message, delay, publisher).await.map(Some)
-                } else {
-                    tracing::error!(message_id, attempt, %error, "handler failed on its last attempt; dead-lettering");
-                    self.dead_letter(message, FailureReason::RetriesExhausted, &error, publisher)
-                        .await
-                        .map(Some)
-                }
-            }
+            Err(error) => self.fail(message, &error, publisher).await.map(Some),
         }
+    }
+
+    /// Retry or dead-letter a message that failed, as the failure policy decides.
+    async fn fail(
+        &self,
+        message: &IncomingMessage,
+        error: &HandlerError,
+        publisher: &ConfirmedPublisher,
+    ) -> Result<Settled, BrokerError> {
+        Ok(match self.failures.fail(message, error, publisher).await? {
+            Verdict::Retry(_) => Settled::Retried,
+            Verdict::DeadLetter(reason) => Settled::DeadLettered(reason),
+        })
     }
 
     /// Inbox check, faults, handler. `Ok(false)` for a duplicate.
@@ -809,80 +722,6 @@ impl<H: Handler> Consumer<H> {
                     return None;
                 }
             }
-        }
-    }
-
-    async fn retry(
-        &self,
-        message: &IncomingMessage,
-        delay: Duration,
-        publisher: &ConfirmedPublisher,
-    ) -> Result<Settled, BrokerError> {
-        let tier = delay_tier_for(delay).unwrap_or(DELAY_TIER_BASE);
-        let mut retry = message.to_outgoing(&delay_tier_name(tier), &self.config.queue);
-        retry.attempt = message.attempt() + 1;
-        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        retry.headers.insert(
-            RETRY_AT_HEADER.to_owned(),
-            due.timestamp_millis().to_string(),
-        );
-        self.remember_origin(message, &mut retry);
-        self.publish_confirmed(publisher, &retry, "retry").await?;
-        Ok(Settled::Retried)
-    }
-
-    async fn dead_letter(
-        &self,
-        message: &IncomingMessage,
-        reason: FailureReason,
-        error: &HandlerError,
-        publisher: &ConfirmedPublisher,
-    ) -> Result<Settled, BrokerError> {
-        let dlq = format!("{}.dlq", self.config.queue);
-        let mut dead = message.to_outgoing("", &dlq);
-        dead.headers.remove(RETRY_AT_HEADER);
-        self.remember_origin(message, &mut dead);
-        for (name, value) in failure_headers(reason, error, &self.config.service) {
-            dead.headers.insert(name.to_owned(), value);
-        }
-        self.publish_confirmed(publisher, &dead, "dead_letter")
-            .await?;
-        Ok(Settled::DeadLettered(reason))
-    }
-
-    /// Where the message was first delivered, kept through its retries.
-    fn remember_origin(
-        &self,
-        message: &IncomingMessage,
-        out: &mut crate::message::OutgoingMessage,
-    ) {
-        if !out.headers.contains_key(ORIGINAL_ROUTING_KEY) {
-            out.headers
-                .insert(ORIGINAL_EXCHANGE.to_owned(), message.exchange().to_owned());
-            out.headers.insert(
-                ORIGINAL_ROUTING_KEY.to_owned(),
-                message.routing_key().to_owned(),
-            );
-        }
-        out.headers
-            .insert(ORIGINAL_QUEUE.to_owned(), self.config.queue.clone());
-    }
-
-    async fn publish_confirmed(
-        &self,
-        publisher: &ConfirmedPublisher,
-        message: &crate::message::OutgoingMessage,
-        purpose: &'static str,
-    ) -> Result<(), BrokerError> {
-        let started = Instant::now();
-        let outcome = publisher.publish(message).await?;
-        metrics().confirm(purpose, started.elapsed());
-        match outcome.failure_reason() {
-            None => Ok(()),
-            Some(reason) => Err(BrokerError::Refused {
-                destination: format!("{} / {}", message.exchange, message.routing_key),
-                reason,
-            }),
         }
     }
 }
