@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::config::{ConfigError, env_or, env_parse, redact_url};
+use crate::config::{ConfigError, Lookup, redact_url};
 
 /// Default `DATABASE_URL`: the local stack's database.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/msgkit";
@@ -70,11 +70,15 @@ pub enum DatabaseError {
 impl DatabaseSettings {
     /// `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]), `<PREFIX>_DB_SCHEMA` (default
     /// `default_schema`), `DATABASE_MAX_CONNECTIONS` (default 10).
-    pub fn from_env(prefix: &str, default_schema: &str) -> Result<Self, ConfigError> {
+    pub fn from_config(
+        config: &impl Lookup,
+        prefix: &str,
+        default_schema: &str,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
-            url: SecretString::from(env_or("DATABASE_URL", DEFAULT_DATABASE_URL)),
-            schema: env_or(&format!("{prefix}_DB_SCHEMA"), default_schema),
-            max_connections: env_parse("DATABASE_MAX_CONNECTIONS", 10)?,
+            url: SecretString::from(config.string("DATABASE_URL", DEFAULT_DATABASE_URL)),
+            schema: config.string(&format!("{prefix}_DB_SCHEMA"), default_schema),
+            max_connections: config.parse("DATABASE_MAX_CONNECTIONS", 10)?,
         })
     }
 

@@ -3,58 +3,33 @@
 
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
-use msgkit::{RelayConfig, config::ConfigError};
 
 use crate::handlers;
 use crate::routes::{self, AppState};
 
-/// The service's name: its queue, its inbox consumer, its `app_id`.
+/// The service's name: its queue, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "order";
 
-/// Deliveries handled per transaction by default (`CONSUMER_BATCH` overrides): the saga's handler
-/// only updates order rows and enqueues follow-ups.
+/// Its schema by default (`ORDER_DB_SCHEMA` overrides it).
+pub const SCHEMA: &str = "orders";
+
+/// Deliveries handled per transaction by default (`ORDER_CONSUMER_BATCH` or `CONSUMER_BATCH`
+/// override it): the saga's handlers only update order rows and enqueue follow-ups.
 const CONSUMER_BATCH: usize = 16;
 
-/// Everything the order service needs to start.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Database, broker, HTTP address (`ORDER_HTTP_ADDR`, default 127.0.0.1:8080; schema
-    /// `ORDER_DB_SCHEMA`, default `orders`).
-    pub service: ServiceSettings,
-    /// The outbox relay (`OUTBOX_*`).
-    pub relay: RelayConfig,
-    /// The consumer of the `order` queue (`CONSUMER_*`, `RETRY_*`).
-    pub consumer: ConsumerConfig,
-}
-
-impl Settings {
-    /// From the environment, with local defaults.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            service: ServiceSettings::from_env(NAME, 8080, "orders")?,
-            relay: RelayConfig::from_env(NAME)?,
-            consumer: ConsumerConfig {
-                batch: CONSUMER_BATCH,
-                ..ConsumerConfig::new(NAME, NAME)
-            }
-            .with_env_overrides()?,
-        })
-    }
-}
-
 /// The order service, ready to run: the API, the outbox relay, the saga consumer.
-pub async fn build(settings: Settings) -> Result<Service, ServiceError> {
+pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     let service = Service::start(
-        settings.service,
+        settings,
         contracts::topology(),
         sqlx::migrate!("./migrations"),
     )
     .await?;
-    let routes = routes::router(AppState {
+    let api = routes::router(AppState {
         pool: service.pool().clone(),
     });
-    service
-        .with_http(routes)
-        .with_relay(settings.relay)
-        .consume_with(settings.consumer, handlers::routes())
+    service.with_http(api).with_relay().consume_with(
+        ConsumerConfig::new(NAME, NAME).batch(CONSUMER_BATCH),
+        handlers::routes(),
+    )
 }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use msgkit::config::{ConfigError, env_millis, env_parse};
+use msgkit::config::{ConfigError, Lookup};
 use sqlx::{PgPool, Row};
 
 /// How the simulated gateway behaves.
@@ -38,12 +38,15 @@ impl Default for GatewaySettings {
 
 impl GatewaySettings {
     /// From `GATEWAY_*` (see the module docs).
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_config(config: &impl Lookup) -> Result<Self, ConfigError> {
         let d = Self::default();
         Ok(Self {
-            latency: env_millis("GATEWAY_LATENCY_MS", d.latency)?,
-            error_rate: env_parse("GATEWAY_ERROR_RATE", d.error_rate)?.clamp(0.0, 1.0),
-            decline_above_cents: env_parse("GATEWAY_DECLINE_ABOVE_CENTS", d.decline_above_cents)?,
+            latency: config.millis("GATEWAY_LATENCY_MS", d.latency)?,
+            error_rate: config
+                .parse("GATEWAY_ERROR_RATE", d.error_rate)?
+                .clamp(0.0, 1.0),
+            decline_above_cents: config
+                .parse("GATEWAY_DECLINE_ABOVE_CENTS", d.decline_above_cents)?,
         })
     }
 }

@@ -5,28 +5,20 @@
 
 use std::time::Duration;
 
-use msgkit::consume::{ConsumerConfig, Faults, RetryPolicy};
+use msgkit::Shutdown;
+use msgkit::service::{Service, ServiceError, ServiceSettings};
 use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until_async};
-use msgkit::{RelayConfig, Shutdown};
-use payment::gateway::GatewaySettings;
 use serde_json::Value;
 use sqlx::PgPool;
 
 /// How long a test waits for the saga to settle.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// What to change from a plain run.
-#[derive(Clone, Debug, Default)]
-pub struct SagaOptions {
-    /// Faults injected in the inventory consumer.
-    pub inventory_faults: Faults,
-    /// Faults injected in the payment consumer.
-    pub payment_faults: Faults,
-    /// The gateway simulator (default: no latency, no errors, declines above 1,000.00).
-    pub gateway: Option<GatewaySettings>,
-    /// Retry policy of every consumer (default: fast, 4 attempts).
-    pub retry: Option<RetryPolicy>,
-}
+/// What to change from a plain run: settings, as an operator sets them, over the harness's
+/// fast defaults (`msgkit::testing::test_config`): e.g. `("INVENTORY_FAULT_FAIL_FIRST_ATTEMPTS",
+/// "2")` for the inventory consumer alone, `("RETRY_MAX_ATTEMPTS", "3")` for every consumer.
+/// The gateway simulator answers at once unless `GATEWAY_LATENCY_MS` says otherwise.
+pub type SagaSettings<'a> = &'a [(&'a str, &'a str)];
 
 /// The four services, running.
 pub struct Saga {
@@ -46,90 +38,38 @@ pub struct Saga {
     pub notify: PgPool,
     shutdown: Shutdown,
     /// The inventory service's own stop signal and task, to restart it alone.
-    inventory_run: Option<(
-        Shutdown,
-        tokio::task::JoinHandle<Result<(), msgkit::service::ServiceError>>,
-    )>,
-    retry: RetryPolicy,
+    inventory_run: Option<(Shutdown, tokio::task::JoinHandle<Result<(), ServiceError>>)>,
+    settings: Vec<(String, String)>,
     db: TestDatabase,
 }
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        initial_delay: Duration::from_millis(50),
-        multiplier: 2.0,
-        max_delay: Duration::from_millis(500),
-        max_attempts: 4,
-        jitter: 0.1,
-    }
-}
-
-fn fast_relay(name: &str) -> RelayConfig {
-    RelayConfig {
-        poll_interval: Duration::from_millis(200),
-        retry_initial: Duration::from_millis(100),
-        retry_max: Duration::from_millis(500),
-        ..RelayConfig::new(name)
-    }
-}
-
 impl Saga {
-    /// Start all four services.
-    pub async fn start(options: SagaOptions) -> Self {
+    /// Start all four services with `settings`.
+    pub async fn start(settings: SagaSettings<'_>) -> Self {
         // Service logs appear in a failing test's captured output (RUST_LOG to change).
         let _ = msgkit::telemetry::init("saga-test");
         let db = TestDatabase::create().await;
         let broker = TestBroker::create().await;
-        let retry = options.retry.clone().unwrap_or_else(fast_retry);
-        let consumer = |name: &str| ConsumerConfig {
-            retry: retry.clone(),
-            ..ConsumerConfig::new(name, name)
-        };
-        let settings = |name: &str, schema: &str| {
-            service_settings(name, schema, &db, broker.settings(&format!("{name}-test")))
-        };
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let configure =
+            |name: &str, schema: &str| configured(&settings, name, schema, &db, &broker);
 
-        let order = order::startup::build(order::startup::Settings {
-            service: settings("order", "orders"),
-            relay: fast_relay("order"),
-            consumer: consumer("order"),
-        })
-        .await
-        .expect("start order");
+        let order = order::startup::build(configure("order", "orders"))
+            .await
+            .expect("start order");
         let api = format!("http://{}", order.local_addr().unwrap());
-
-        let inventory = inventory::startup::build(inventory::startup::Settings {
-            service: settings("inventory", "inventory"),
-            relay: fast_relay("inventory"),
-            consumer: ConsumerConfig {
-                faults: options.inventory_faults.clone(),
-                ..consumer("inventory")
-            },
-        })
-        .await
-        .expect("start inventory");
-
-        let payment_service = payment::startup::build(payment::startup::Settings {
-            service: settings("payment", "payment"),
-            relay: fast_relay("payment"),
-            consumer: ConsumerConfig {
-                faults: options.payment_faults.clone(),
-                ..consumer("payment")
-            },
-            gateway: options.gateway.clone().unwrap_or(GatewaySettings {
-                latency: Duration::ZERO,
-                ..GatewaySettings::default()
-            }),
-        })
-        .await
-        .expect("start payment");
-
-        let notify = notify::startup::build(notify::startup::Settings {
-            service: settings("notify", "notify"),
-            consumer: consumer("notify"),
-        })
-        .await
-        .expect("start notify");
+        let inventory = inventory::startup::build(configure("inventory", "inventory"))
+            .await
+            .expect("start inventory");
+        let payment_service = payment::startup::build(configure("payment", "payment"))
+            .await
+            .expect("start payment");
+        let notify = notify::build(configure("notify", "notify"))
+            .await
+            .expect("start notify");
 
         let pools = [
             order.pool(),
@@ -155,14 +95,14 @@ impl Saga {
             notify,
             shutdown,
             inventory_run: Some((inventory_shutdown, inventory_task)),
-            retry,
+            settings,
             db,
         }
     }
 
-    /// Stop the inventory service (gracefully) and start it again with other faults, as an
-    /// operator would after fixing a failing consumer.
-    pub async fn restart_inventory(&mut self, faults: Faults) {
+    /// Stop the inventory service (gracefully) and start it again with `settings` instead of
+    /// the ones it started with, as an operator would after fixing a failing consumer.
+    pub async fn restart_inventory(&mut self, settings: SagaSettings<'_>) {
         if let Some((stop, task)) = self.inventory_run.take() {
             stop.trigger();
             tokio::time::timeout(DEADLINE, task)
@@ -171,22 +111,20 @@ impl Saga {
                 .expect("inventory task")
                 .expect("inventory stopped cleanly");
         }
-        let service = inventory::startup::build(inventory::startup::Settings {
-            service: service_settings(
-                "inventory",
-                "inventory",
-                &self.db,
-                self.broker.settings("inventory-test"),
-            ),
-            relay: fast_relay("inventory"),
-            consumer: ConsumerConfig {
-                faults,
-                retry: self.retry.clone(),
-                ..ConsumerConfig::new("inventory", "inventory")
-            },
-        })
-        .await
-        .expect("restart inventory");
+        self.settings = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let settings = configured(
+            &self.settings,
+            "inventory",
+            "inventory",
+            &self.db,
+            &self.broker,
+        );
+        let service: Service = inventory::startup::build(settings)
+            .await
+            .expect("restart inventory");
         // The stopped service closed its pool; read through the new one.
         self.inventory = service.pool().clone();
         let stop = self.shutdown.child();
@@ -286,4 +224,21 @@ impl Saga {
             .await
             .expect("services stop promptly");
     }
+}
+
+/// Service `name`'s settings in this test's database and vhost: the harness's fast defaults,
+/// an instant gateway, then the test's own `settings`.
+fn configured(
+    settings: &[(String, String)],
+    name: &str,
+    schema: &str,
+    db: &TestDatabase,
+    broker: &TestBroker,
+) -> ServiceSettings {
+    let mut service = service_settings(name, schema, db, broker.settings(&format!("{name}-test")));
+    service.source.set("GATEWAY_LATENCY_MS", "0");
+    for (key, value) in settings {
+        service.source.set(key, value);
+    }
+    service
 }

@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 
-use msgkit::consume::Faults;
 use msgkit::testing::{metric_value, scrape, wait_until_async};
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
-use saga::{DEADLINE, Saga, SagaOptions};
+use saga::{DEADLINE, Saga};
 use serde_json::Value;
 
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -72,14 +71,7 @@ fn assert_descendant(spans: &[SpanData], descendant: &SpanData, ancestor: &SpanD
 async fn one_order_is_one_trace_across_every_service_including_a_retry() {
     let exporter = InMemorySpanExporter::default();
     let telemetry = msgkit::telemetry::init_with_exporter("saga-test", exporter.clone());
-    let saga = Saga::start(SagaOptions {
-        inventory_faults: Faults {
-            fail_first_attempts: 1,
-            ..Faults::default()
-        },
-        ..SagaOptions::default()
-    })
-    .await;
+    let saga = Saga::start(&[("INVENTORY_FAULT_FAIL_FIRST_ATTEMPTS", "1")]).await;
 
     let response = saga
         .client
@@ -185,7 +177,7 @@ async fn one_order_is_one_trace_across_every_service_including_a_retry() {
 
 #[tokio::test]
 async fn the_metrics_move_by_exactly_one_order() {
-    let saga = Saga::start(SagaOptions::default()).await;
+    let saga = Saga::start(&[]).await;
     // Everything shares one registry in this process; read it through the order service.
     let before = scrape(&saga.client, &saga.api).await;
     let order_id = saga.place_order("c-1", &[("SKU-2", 1)]).await;

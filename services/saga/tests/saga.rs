@@ -1,14 +1,11 @@
 //! The order saga through real RabbitMQ hops and real PostgreSQL, every service running.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::time::Duration;
-
 use lapin::options::BasicGetOptions;
-use msgkit::consume::{Faults, RetryPolicy};
 use msgkit::message::{OutgoingMessage, header_i64, header_str};
 use msgkit::testing::wait_until_async;
 use msgkit::{ConfirmedPublisher, Shutdown};
-use saga::{DEADLINE, Saga, SagaOptions};
+use saga::{DEADLINE, Saga};
 
 async fn take_dead_letter(saga: &Saga, queue: &str) -> lapin::message::BasicGetMessage {
     let connection = saga.broker.connect().await;
@@ -27,7 +24,7 @@ async fn take_dead_letter(saga: &Saga, queue: &str) -> lapin::message::BasicGetM
 
 #[tokio::test]
 async fn a_payable_order_in_stock_is_confirmed_with_stock_taken_once_and_one_notification() {
-    let saga = Saga::start(SagaOptions::default()).await;
+    let saga = Saga::start(&[]).await;
     let before = saga.stock("SKU-1").await;
     let order_id = saga.place_order("c-1", &[("SKU-1", 2), ("SKU-2", 1)]).await;
 
@@ -54,7 +51,7 @@ async fn a_payable_order_in_stock_is_confirmed_with_stock_taken_once_and_one_not
 
 #[tokio::test]
 async fn an_order_out_of_stock_is_rejected_without_a_charge() {
-    let saga = Saga::start(SagaOptions::default()).await;
+    let saga = Saga::start(&[]).await;
     let before = saga.stock("SKU-1").await;
     let order_id = saga
         .place_order("c-2", &[("SKU-1", 1), ("SKU-GONE", 1)])
@@ -75,7 +72,7 @@ async fn an_order_out_of_stock_is_rejected_without_a_charge() {
 
 #[tokio::test]
 async fn a_declined_payment_cancels_the_order_and_restores_the_stock_exactly() {
-    let saga = Saga::start(SagaOptions::default()).await;
+    let saga = Saga::start(&[]).await;
     let before = saga.stock("SKU-LUX").await;
     let order_id = saga.place_order("c-3", &[("SKU-LUX", 1)]).await;
 
@@ -109,17 +106,10 @@ async fn a_declined_payment_cancels_the_order_and_restores_the_stock_exactly() {
 
 #[tokio::test]
 async fn transient_failures_on_the_first_attempts_end_in_success() {
-    let saga = Saga::start(SagaOptions {
-        inventory_faults: Faults {
-            fail_first_attempts: 2,
-            ..Faults::default()
-        },
-        payment_faults: Faults {
-            fail_first_attempts: 1,
-            ..Faults::default()
-        },
-        ..SagaOptions::default()
-    })
+    let saga = Saga::start(&[
+        ("INVENTORY_FAULT_FAIL_FIRST_ATTEMPTS", "2"),
+        ("PAYMENT_FAULT_FAIL_FIRST_ATTEMPTS", "1"),
+    ])
     .await;
     let before = saga.stock("SKU-3").await;
     let order_id = saga.place_order("c-4", &[("SKU-3", 3)]).await;
@@ -135,19 +125,12 @@ async fn transient_failures_on_the_first_attempts_end_in_success() {
 
 #[tokio::test]
 async fn a_message_that_exhausts_its_retries_is_dead_lettered_and_the_order_visibly_stuck() {
-    let saga = Saga::start(SagaOptions {
-        inventory_faults: Faults {
-            transient_rate: 1.0,
-            ..Faults::default()
-        },
-        retry: Some(RetryPolicy {
-            initial_delay: Duration::from_millis(30),
-            max_delay: Duration::from_millis(100),
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        }),
-        ..SagaOptions::default()
-    })
+    let saga = Saga::start(&[
+        ("INVENTORY_FAULT_TRANSIENT_RATE", "1.0"),
+        ("RETRY_INITIAL_DELAY_MS", "30"),
+        ("RETRY_MAX_DELAY_MS", "100"),
+        ("RETRY_MAX_ATTEMPTS", "3"),
+    ])
     .await;
     let order_id = saga.place_order("c-5", &[("SKU-1", 1)]).await;
     let dead = take_dead_letter(&saga, "inventory.dlq").await;
@@ -184,14 +167,7 @@ async fn a_message_that_exhausts_its_retries_is_dead_lettered_and_the_order_visi
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_after_one_attempt() {
-    let saga = Saga::start(SagaOptions {
-        inventory_faults: Faults {
-            poison_marker: Some("poison-customer".into()),
-            ..Faults::default()
-        },
-        ..SagaOptions::default()
-    })
-    .await;
+    let saga = Saga::start(&[("INVENTORY_FAULT_POISON_MARKER", "poison-customer")]).await;
     let order_id = saga.place_order("poison-customer", &[("SKU-1", 1)]).await;
     let dead = take_dead_letter(&saga, "inventory.dlq").await;
     let props = &dead.delivery.properties;
@@ -206,7 +182,7 @@ async fn a_poison_message_is_dead_lettered_after_one_attempt() {
 
 #[tokio::test]
 async fn the_same_event_delivered_twice_is_applied_once() {
-    let saga = Saga::start(SagaOptions::default()).await;
+    let saga = Saga::start(&[]).await;
     let before = saga.stock("SKU-2").await;
     let order_id = saga.place_order("c-7", &[("SKU-2", 4)]).await;
     assert_eq!(saga.wait_final(&order_id).await["status"], "confirmed");
@@ -257,7 +233,7 @@ async fn the_same_event_delivered_twice_is_applied_once() {
 
 #[tokio::test]
 async fn the_run_completes_with_nothing_lost_when_the_broker_force_closes_every_connection() {
-    let saga = Saga::start(SagaOptions::default()).await;
+    let saga = Saga::start(&[]).await;
     let before = saga.stock("SKU-3").await;
     let mut orders = Vec::new();
     for n in 0..15 {

@@ -18,7 +18,7 @@ use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::backoff::{self, Backoff, Delays};
-use crate::config::{ConfigError, env_millis, env_or, redact_url};
+use crate::config::{ConfigError, Lookup, redact_url};
 use crate::shutdown::Shutdown;
 
 pub use self::error::BrokerError;
@@ -74,11 +74,14 @@ impl BrokerSettings {
 
     /// From `AMQP_URL` (default [`DEFAULT_AMQP_URL`]; a comma-separated list for a cluster),
     /// `AMQP_RECONNECT_INITIAL_MS` and `AMQP_RECONNECT_MAX_MS`.
-    pub fn from_env(connection_name: impl Into<String>) -> Result<Self, ConfigError> {
-        let mut settings = Self::new(env_or("AMQP_URL", DEFAULT_AMQP_URL), connection_name);
+    pub fn from_config(
+        config: &impl Lookup,
+        connection_name: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut settings = Self::new(config.string("AMQP_URL", DEFAULT_AMQP_URL), connection_name);
         settings.reconnect_initial =
-            env_millis("AMQP_RECONNECT_INITIAL_MS", settings.reconnect_initial)?;
-        settings.reconnect_max = env_millis("AMQP_RECONNECT_MAX_MS", settings.reconnect_max)?;
+            config.millis("AMQP_RECONNECT_INITIAL_MS", settings.reconnect_initial)?;
+        settings.reconnect_max = config.millis("AMQP_RECONNECT_MAX_MS", settings.reconnect_max)?;
         Ok(settings)
     }
 

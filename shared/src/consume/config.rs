@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::faults::Faults;
 use super::retry::RetryPolicy;
-use crate::config::{ConfigError, env_millis, env_parse};
+use crate::config::{ConfigError, Lookup};
 
 /// How one consumer consumes.
 #[derive(Clone, Debug)]
@@ -65,27 +65,83 @@ impl ConsumerConfig {
         }
     }
 
-    /// The defaults overridden by `CONSUMER_PREFETCH`, `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`,
-    /// `CONSUMER_INBOX_RETENTION_MS`, the `RETRY_*` variables of [`RetryPolicy::from_env`] and
-    /// the `FAULT_*` ones of [`Faults::from_env`].
-    pub fn from_env(
-        service: impl Into<String>,
-        queue: impl Into<String>,
-    ) -> Result<Self, ConfigError> {
-        Self::new(service, queue).with_env_overrides()
+    /// Handle up to `batch` deliveries per transaction (see [`ConsumerConfig::batch`]).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
     }
 
-    /// This configuration overridden by the variables of [`ConsumerConfig::from_env`]: a
-    /// service sets defaults that suit its handler, and operators still have the last word.
-    pub fn with_env_overrides(self) -> Result<Self, ConfigError> {
+    /// Retry transient failures with `retry`.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// This configuration with what `config` sets: `CONSUMER_PREFETCH`,
+    /// `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`, `CONSUMER_INBOX_RETENTION_MS`, the `RETRY_*`
+    /// settings of [`RetryPolicy::configured`] and the `FAULT_*` ones of
+    /// [`Faults::configured`]. A setting left unset keeps this configuration's value, so a
+    /// service's own defaults stand until an operator sets something. Services get `config`
+    /// scoped to the queue (`<QUEUE>_CONSUMER_BATCH` before `CONSUMER_BATCH`).
+    pub fn configured(self, config: &impl Lookup) -> Result<Self, ConfigError> {
         Ok(Self {
-            prefetch: env_parse("CONSUMER_PREFETCH", self.prefetch)?.max(1),
-            concurrency: env_parse("CONSUMER_CONCURRENCY", self.concurrency)?.max(1),
-            batch: env_parse("CONSUMER_BATCH", self.batch)?.max(1),
-            retry: RetryPolicy::from_env()?,
-            inbox_retention: env_millis("CONSUMER_INBOX_RETENTION_MS", self.inbox_retention)?,
-            faults: Faults::from_env()?,
+            prefetch: config.parse("CONSUMER_PREFETCH", self.prefetch)?.max(1),
+            concurrency: config
+                .parse("CONSUMER_CONCURRENCY", self.concurrency)?
+                .max(1),
+            batch: config.parse("CONSUMER_BATCH", self.batch)?.max(1),
+            inbox_retention: config.millis("CONSUMER_INBOX_RETENTION_MS", self.inbox_retention)?,
+            retry: self.retry.configured(config)?,
+            faults: self.faults.configured(config)?,
             ..self
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ConfigSource;
+
+    fn own_defaults() -> ConsumerConfig {
+        ConsumerConfig::new("svc", "svc")
+            .batch(16)
+            .retry(RetryPolicy {
+                initial_delay: Duration::from_millis(10),
+                multiplier: 3.0,
+                max_delay: Duration::from_secs(2),
+                max_attempts: 5,
+                jitter: 0.0,
+            })
+    }
+
+    #[test]
+    fn a_services_own_defaults_survive_when_nothing_is_set() {
+        let configured = own_defaults()
+            .configured(&ConfigSource::default().scoped("svc"))
+            .unwrap();
+        assert_eq!(configured.batch, 16);
+        assert_eq!(configured.retry, own_defaults().retry);
+        assert_eq!(configured.faults, Faults::default());
+    }
+
+    #[test]
+    fn a_setting_changes_only_what_it_names() {
+        let source = ConfigSource::from_pairs([
+            ("RETRY_MAX_ATTEMPTS", "9"),
+            ("SVC_FAULT_FAIL_FIRST_ATTEMPTS", "2"),
+            ("OTHER_CONSUMER_BATCH", "3"),
+        ]);
+        let configured = own_defaults().configured(&source.scoped("svc")).unwrap();
+        assert_eq!(configured.batch, 16, "another queue's setting");
+        assert_eq!(configured.retry.max_attempts, 9);
+        assert_eq!(
+            configured.retry.multiplier, 3.0,
+            "the rest of the policy stands"
+        );
+        assert_eq!(configured.faults.fail_first_attempts, 2);
+        assert_eq!(configured.faults.transient_rate, 0.0);
     }
 }

@@ -1,5 +1,6 @@
-//! Fault injection for tests and chaos runs. Off by default; each setting is read from the
-//! environment of the consumer's process, so every consumer (service) gets its own.
+//! Fault injection for tests and chaos runs. Off by default; read with the rest of a
+//! consumer's settings, so `<QUEUE>_FAULT_*` names one consumer and `FAULT_*` every consumer of
+//! the process.
 //!
 //! | variable | effect |
 //! | --- | --- |
@@ -17,7 +18,7 @@ use std::time::Duration;
 use super::handler::{FailureKind, HandlerError};
 use super::message::IncomingMessage;
 use super::retry::random_unit;
-use crate::config::{ConfigError, env_millis, env_or, env_parse};
+use crate::config::{ConfigError, Lookup};
 
 /// Faults to inject before the handler runs.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,15 +38,23 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// From `FAULT_*` (see the module docs); all off when unset.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let marker = env_or("FAULT_POISON_MARKER", "");
+    /// These faults with what `config` sets of `FAULT_*` (see the module docs); a setting
+    /// left unset keeps its value here (off by default).
+    pub fn configured(self, config: &impl Lookup) -> Result<Self, ConfigError> {
         let faults = Self {
-            transient_rate: env_parse("FAULT_TRANSIENT_RATE", 0.0_f64)?.clamp(0.0, 1.0),
-            fail_first_attempts: env_parse("FAULT_FAIL_FIRST_ATTEMPTS", 0)?,
-            delay: env_millis("FAULT_DELAY_MS", Duration::ZERO)?,
-            poison_marker: (!marker.is_empty()).then_some(marker),
-            ack_before_commit: env_parse("FAULT_ACK_BEFORE_COMMIT", 0u8)? == 1,
+            transient_rate: config
+                .parse("FAULT_TRANSIENT_RATE", self.transient_rate)?
+                .clamp(0.0, 1.0),
+            fail_first_attempts: config
+                .parse("FAULT_FAIL_FIRST_ATTEMPTS", self.fail_first_attempts)?,
+            delay: config.millis("FAULT_DELAY_MS", self.delay)?,
+            poison_marker: config
+                .get("FAULT_POISON_MARKER")
+                .map(str::to_owned)
+                .or(self.poison_marker),
+            ack_before_commit: config
+                .parse_opt::<u8>("FAULT_ACK_BEFORE_COMMIT")?
+                .map_or(self.ack_before_commit, |flag| flag == 1),
         };
         if faults.is_active() {
             tracing::warn!(?faults, "FAULT INJECTION IS ON");

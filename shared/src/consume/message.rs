@@ -40,8 +40,8 @@ pub struct UndecodableBody {
 pub struct UnknownMessageType(pub String);
 
 impl IncomingMessage {
-    /// A message as received (also used by tests to feed handlers directly).
-    pub fn new(
+    /// A message as received (tests build one with `msgkit::testing::TestMessage`).
+    pub(crate) fn new(
         exchange: &str,
         routing_key: &str,
         properties: BasicProperties,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::config::{ConfigError, env_millis, env_parse};
+use crate::config::{ConfigError, Lookup};
 
 /// Kept here, where the consumer's fault injection and the services have always found it;
 /// it lives with the jitter it feeds.
@@ -43,16 +43,18 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The defaults overridden by `RETRY_INITIAL_DELAY_MS`, `RETRY_MULTIPLIER`,
-    /// `RETRY_MAX_DELAY_MS`, `RETRY_MAX_ATTEMPTS`, `RETRY_JITTER`.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Self::default();
+    /// This policy with what `config` sets of `RETRY_INITIAL_DELAY_MS`, `RETRY_MULTIPLIER`,
+    /// `RETRY_MAX_DELAY_MS`, `RETRY_MAX_ATTEMPTS`, `RETRY_JITTER`: a setting left unset keeps
+    /// this policy's value, not the kit's default.
+    pub fn configured(self, config: &impl Lookup) -> Result<Self, ConfigError> {
         Ok(Self {
-            initial_delay: env_millis("RETRY_INITIAL_DELAY_MS", d.initial_delay)?,
-            multiplier: env_parse("RETRY_MULTIPLIER", d.multiplier)?.max(1.0),
-            max_delay: env_millis("RETRY_MAX_DELAY_MS", d.max_delay)?,
-            max_attempts: env_parse("RETRY_MAX_ATTEMPTS", d.max_attempts)?.max(1),
-            jitter: env_parse("RETRY_JITTER", d.jitter)?.clamp(0.0, 1.0),
+            initial_delay: config.millis("RETRY_INITIAL_DELAY_MS", self.initial_delay)?,
+            multiplier: config.parse("RETRY_MULTIPLIER", self.multiplier)?.max(1.0),
+            max_delay: config.millis("RETRY_MAX_DELAY_MS", self.max_delay)?,
+            max_attempts: config
+                .parse("RETRY_MAX_ATTEMPTS", self.max_attempts)?
+                .max(1),
+            jitter: config.parse("RETRY_JITTER", self.jitter)?.clamp(0.0, 1.0),
         })
     }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::probe::Probe;
 use super::{block_on_cleanup, is_leftover, unique_name};
 use crate::broker::BrokerSettings;
-use crate::config::env_or;
+use crate::config::{ConfigSource, Lookup};
 
 const PREFIX: &str = "msgkit_test_";
 
@@ -29,12 +29,13 @@ pub struct TestBroker {
 impl TestBroker {
     /// Create a fresh vhost (and sweep vhosts left by killed runs).
     pub async fn create() -> Self {
+        let env = ConfigSource::from_env();
         let broker = Self {
             vhost: unique_name(PREFIX),
-            amqp_addr: env_or("TEST_AMQP_ADDR", "127.0.0.1:5672"),
-            api: env_or("TEST_RABBITMQ_API", "http://127.0.0.1:15672"),
-            user: env_or("TEST_RABBITMQ_USER", "guest"),
-            password: env_or("TEST_RABBITMQ_PASSWORD", "guest"),
+            amqp_addr: env.string("TEST_AMQP_ADDR", "127.0.0.1:5672"),
+            api: env.string("TEST_RABBITMQ_API", "http://127.0.0.1:15672"),
+            user: env.string("TEST_RABBITMQ_USER", "guest"),
+            password: env.string("TEST_RABBITMQ_PASSWORD", "guest"),
             http: reqwest::Client::new(),
         };
         broker.sweep_leftovers().await;

@@ -2,7 +2,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use super::{block_on_cleanup, is_leftover, unique_name};
-use crate::config::env_or;
+use crate::config::{ConfigSource, Lookup};
 
 const PREFIX: &str = "msgkit_test_";
 
@@ -17,7 +17,7 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Create a fresh, empty database (and sweep test databases left by killed runs).
     pub async fn create() -> Self {
-        let admin_url = env_or(
+        let admin_url = ConfigSource::from_env().string(
             "TEST_DATABASE_ADMIN_URL",
             "postgres://postgres@127.0.0.1:5432/postgres",
         );

@@ -10,6 +10,7 @@
 
 mod broker;
 mod database;
+mod message;
 mod probe;
 mod proxy;
 mod scrape;
@@ -17,6 +18,7 @@ mod wait;
 
 pub use broker::TestBroker;
 pub use database::TestDatabase;
+pub use message::TestMessage;
 pub use probe::Probe;
 pub use proxy::TcpProxy;
 pub use scrape::{metric_value, scrape};
@@ -25,22 +27,46 @@ pub use wait::{try_wait_until, wait_until, wait_until_async};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::broker::BrokerSettings;
+use crate::config::ConfigSource;
 use crate::service::ServiceSettings;
 
 /// Settings for service `name` in this test's database (schema `schema`) and broker, its HTTP
-/// endpoints on a free port.
+/// endpoints on a free port, read from [`test_config`]: fast retries and a fast relay, no
+/// faults. Add to `settings.source` (e.g. `INVENTORY_FAULT_FAIL_FIRST_ATTEMPTS`) before
+/// building the service to configure it as an operator would.
 pub fn service_settings(
     name: &str,
     schema: &str,
     db: &TestDatabase,
     broker: BrokerSettings,
 ) -> ServiceSettings {
-    ServiceSettings {
-        name: name.to_owned(),
-        http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        database: db.settings(schema),
-        broker,
-    }
+    let mut settings = ServiceSettings::from_source(test_config([]), name, 0, schema)
+        .expect("the test settings are valid");
+    settings.database = db.settings(schema);
+    settings.broker = broker;
+    settings
+}
+
+/// The settings every test service starts from, plus `extra` (which wins): retries after
+/// 50 ms doubling to 500 ms, 4 attempts; the relay polling every 200 ms and retrying a refused
+/// row after 100 ms up to 500 ms. Tests never read the process environment, so a developer's
+/// `CONSUMER_*` or `FAULT_*` variables cannot change what a test means.
+pub fn test_config<'a>(extra: impl IntoIterator<Item = (&'a str, &'a str)>) -> ConfigSource {
+    let mut pairs: Vec<(String, String)> = [
+        ("RETRY_INITIAL_DELAY_MS", "50"),
+        ("RETRY_MULTIPLIER", "2"),
+        ("RETRY_MAX_DELAY_MS", "500"),
+        ("RETRY_MAX_ATTEMPTS", "4"),
+        ("RETRY_JITTER", "0.1"),
+        ("OUTBOX_POLL_INTERVAL_MS", "200"),
+        ("OUTBOX_RETRY_INITIAL_MS", "100"),
+        ("OUTBOX_RETRY_MAX_MS", "500"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    pairs.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+    ConfigSource::from_pairs(pairs)
 }
 
 /// Test resources older than this are leftovers of killed runs and are swept.

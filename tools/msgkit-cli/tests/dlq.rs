@@ -2,15 +2,13 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::Utc;
 use lapin::options::BasicGetOptions;
-use msgkit::consume::{Faults, RetryPolicy};
 use msgkit::message::{OutgoingMessage, header_i64, header_str};
 use msgkit::testing::{TestBroker, wait_until_async};
 use msgkit::{ConfirmedPublisher, Shutdown};
-use saga::{DEADLINE, Saga, SagaOptions};
+use saga::{DEADLINE, Saga};
 use serde_json::Value;
 
 struct Run {
@@ -51,19 +49,12 @@ async fn wait_depth(broker: &TestBroker, queue: &str, depth: u32) {
 
 #[tokio::test]
 async fn a_dead_lettered_order_is_replayed_after_the_fix_and_completes_exactly_once() {
-    let mut saga = Saga::start(SagaOptions {
-        inventory_faults: Faults {
-            transient_rate: 1.0,
-            ..Faults::default()
-        },
-        retry: Some(RetryPolicy {
-            initial_delay: Duration::from_millis(30),
-            max_delay: Duration::from_millis(100),
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        }),
-        ..SagaOptions::default()
-    })
+    let mut saga = Saga::start(&[
+        ("INVENTORY_FAULT_TRANSIENT_RATE", "1.0"),
+        ("RETRY_INITIAL_DELAY_MS", "30"),
+        ("RETRY_MAX_DELAY_MS", "100"),
+        ("RETRY_MAX_ATTEMPTS", "3"),
+    ])
     .await;
     let before = saga.stock("SKU-1").await;
     let order_id = saga.place_order("c-1", &[("SKU-1", 3)]).await;
@@ -122,7 +113,7 @@ async fn a_dead_lettered_order_is_replayed_after_the_fix_and_completes_exactly_o
     assert_eq!(saga.order(&order_id).await["status"], "pending");
 
     // The operator fixes the consumer, then replays.
-    saga.restart_inventory(Faults::default()).await;
+    saga.restart_inventory(&[]).await;
     let replay = msgkit(
         &saga.broker,
         &[

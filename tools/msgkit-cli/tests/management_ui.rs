@@ -3,11 +3,9 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use msgkit::consume::{Faults, RetryPolicy};
 use msgkit::testing::wait_until_async;
-use saga::{DEADLINE, Saga, SagaOptions};
+use saga::{DEADLINE, Saga};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -15,19 +13,12 @@ fn workspace() -> PathBuf {
 
 #[tokio::test]
 async fn an_operator_reads_the_failure_headers_of_a_dead_letter_in_the_management_ui() {
-    let saga = Saga::start(SagaOptions {
-        inventory_faults: Faults {
-            transient_rate: 1.0,
-            ..Faults::default()
-        },
-        retry: Some(RetryPolicy {
-            initial_delay: Duration::from_millis(30),
-            max_delay: Duration::from_millis(100),
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        }),
-        ..SagaOptions::default()
-    })
+    let saga = Saga::start(&[
+        ("INVENTORY_FAULT_TRANSIENT_RATE", "1.0"),
+        ("RETRY_INITIAL_DELAY_MS", "30"),
+        ("RETRY_MAX_DELAY_MS", "100"),
+        ("RETRY_MAX_ATTEMPTS", "3"),
+    ])
     .await;
     saga.place_order("c-1", &[("SKU-1", 1)]).await;
     wait_until_async("a dead letter in inventory.dlq", DEADLINE, || async {

@@ -18,7 +18,7 @@ async fn an_unreachable_database_answers_503_with_retry_after_and_recovers() {
         .unwrap();
     let port: u16 = proxy.addr().rsplit(':').next().unwrap().parse().unwrap();
     let mut settings = test_settings(&db, broker.settings("order/outbox-relay"));
-    settings.service.database.url = options
+    settings.database.url = options
         .host("127.0.0.1")
         .port(port)
         .to_url_lossy()

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
-use msgkit::consume::{ConsumerConfig, RetryPolicy};
+use msgkit::service::ServiceSettings;
 use msgkit::testing::{TcpProxy, TestBroker, TestDatabase};
-use msgkit::{BrokerSettings, RelayConfig, Shutdown};
-use order::startup::{Settings, build};
+use msgkit::{BrokerSettings, Shutdown};
+use order::startup::build;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -19,26 +19,12 @@ pub struct TestApp {
     shutdown: Shutdown,
 }
 
-/// Settings pointing at this test's database and vhost, HTTP on a free port, fast retries.
-pub fn test_settings(db: &TestDatabase, broker: BrokerSettings) -> Settings {
-    Settings {
-        service: msgkit::testing::service_settings("order", "orders", db, broker),
-        relay: RelayConfig {
-            poll_interval: Duration::from_millis(200),
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_millis(500),
-            ..RelayConfig::new("order")
-        },
-        consumer: ConsumerConfig {
-            retry: RetryPolicy {
-                initial_delay: Duration::from_millis(50),
-                max_delay: Duration::from_millis(500),
-                max_attempts: 3,
-                ..RetryPolicy::default()
-            },
-            ..ConsumerConfig::new("order", "order")
-        },
-    }
+/// Settings pointing at this test's database and vhost, HTTP on a free port, the harness's
+/// fast retries and relay (3 attempts for the saga consumer).
+pub fn test_settings(db: &TestDatabase, broker: BrokerSettings) -> ServiceSettings {
+    let mut settings = msgkit::testing::service_settings("order", "orders", db, broker);
+    settings.source.set("ORDER_RETRY_MAX_ATTEMPTS", "3");
+    settings
 }
 
 /// The order service on a random port, talking to the broker directly.
@@ -132,7 +118,7 @@ pub fn valid_order() -> Value {
     serde_json::json!({"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 2}]})
 }
 
-/// The `message_id`s... of deliveries, as strings.
+/// The `correlation_id`s (order ids) of deliveries, as strings.
 pub fn correlation_ids(
     deliveries: &[lapin::message::Delivery],
 ) -> std::collections::HashSet<String> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::config::{ConfigError, env_millis, env_parse};
+use crate::config::{ConfigError, Lookup};
 
 /// How the relay batches, polls, retries and cleans up.
 #[derive(Clone, Debug)]
@@ -45,16 +45,23 @@ impl RelayConfig {
     /// The defaults overridden by `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`,
     /// `OUTBOX_RETRY_INITIAL_MS`, `OUTBOX_RETRY_MAX_MS`, `OUTBOX_RETENTION_MS`,
     /// `OUTBOX_CLEANUP_INTERVAL_MS`, `OUTBOX_CONFIRM_TIMEOUT_MS`.
-    pub fn from_env(app_id: impl Into<String>) -> Result<Self, ConfigError> {
+    pub fn from_config(
+        config: &impl Lookup,
+        app_id: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
         let defaults = Self::new(app_id);
         Ok(Self {
-            batch_size: env_parse("OUTBOX_BATCH_SIZE", defaults.batch_size)?.max(1),
-            poll_interval: env_millis("OUTBOX_POLL_INTERVAL_MS", defaults.poll_interval)?,
-            retry_initial: env_millis("OUTBOX_RETRY_INITIAL_MS", defaults.retry_initial)?,
-            retry_max: env_millis("OUTBOX_RETRY_MAX_MS", defaults.retry_max)?,
-            retention: env_millis("OUTBOX_RETENTION_MS", defaults.retention)?,
-            cleanup_interval: env_millis("OUTBOX_CLEANUP_INTERVAL_MS", defaults.cleanup_interval)?,
-            confirm_timeout: env_millis("OUTBOX_CONFIRM_TIMEOUT_MS", defaults.confirm_timeout)?,
+            batch_size: config
+                .parse("OUTBOX_BATCH_SIZE", defaults.batch_size)?
+                .max(1),
+            poll_interval: config.millis("OUTBOX_POLL_INTERVAL_MS", defaults.poll_interval)?,
+            retry_initial: config.millis("OUTBOX_RETRY_INITIAL_MS", defaults.retry_initial)?,
+            retry_max: config.millis("OUTBOX_RETRY_MAX_MS", defaults.retry_max)?,
+            retention: config.millis("OUTBOX_RETENTION_MS", defaults.retention)?,
+            cleanup_interval: config
+                .millis("OUTBOX_CLEANUP_INTERVAL_MS", defaults.cleanup_interval)?,
+            confirm_timeout: config
+                .millis("OUTBOX_CONFIRM_TIMEOUT_MS", defaults.confirm_timeout)?,
             ..defaults
         })
     }

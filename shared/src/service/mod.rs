@@ -3,17 +3,19 @@
 //! together on one [`Shutdown`].
 //!
 //! ```no_run
-//! # async fn example(handler: impl msgkit::consume::Handler) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn example(routes: msgkit::consume::Routes) -> Result<(), msgkit::service::ServiceError> {
 //! use msgkit::service::{Service, ServiceSettings};
-//! let settings = ServiceSettings::from_env("inventory", 8081, "inventory")?;
+//! let settings = ServiceSettings::load("inventory", 8081, "inventory")?;
 //! let migrations = sqlx::migrate::Migrator::DEFAULT; // sqlx::migrate!("./migrations") in a service
 //! let service = Service::start(settings, msgkit::Topology::default(), migrations).await?
-//!     .with_relay(msgkit::RelayConfig::from_env("inventory")?)
-//!     .with_consumer(msgkit::consume::ConsumerConfig::from_env("inventory", "inventory")?, handler);
-//! let shutdown = msgkit::Shutdown::new();
-//! service.run_until_stopped(shutdown).await?;
-//! # Ok(()) }
+//!     .with_relay()
+//!     .consume(routes)?;
+//! service.run_until_signal().await
+//! # }
 //! ```
+//!
+//! A service's `main` is [`run`]: telemetry, settings, the service's own build function, and
+//! a graceful stop on SIGTERM or Ctrl-C.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,48 +26,49 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 
-use crate::broker::BrokerSettings;
-use crate::config::{ConfigError, env_parse};
+use crate::config::ConfigError;
 use crate::consume::{Consumer, ConsumerConfig, Handler, Routes};
-use crate::database::{DatabaseError, DatabaseSettings};
+use crate::database::DatabaseError;
 use crate::ops::{self, OpsState};
-use crate::outbox::{OutboxRelay, RelayConfig};
+use crate::outbox::OutboxRelay;
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
-/// What every service needs to start.
-#[derive(Clone, Debug)]
-pub struct ServiceSettings {
-    /// The service's name: `app_id` of what it publishes, its inbox consumer name, the prefix
-    /// of its connection names.
-    pub name: String,
-    /// Where its HTTP endpoints listen.
-    pub http_addr: SocketAddr,
-    /// Its database schema.
-    pub database: DatabaseSettings,
-    /// The broker.
-    pub broker: BrokerSettings,
-}
+mod settings;
 
-impl ServiceSettings {
-    /// `<NAME>_HTTP_ADDR` (default `127.0.0.1:<default_port>`), the database settings of
-    /// [`DatabaseSettings::from_env`] and the broker settings of [`BrokerSettings::from_env`].
-    pub fn from_env(
-        name: &str,
-        default_port: u16,
-        default_schema: &str,
-    ) -> Result<Self, ConfigError> {
-        let prefix = name.to_ascii_uppercase();
-        Ok(Self {
-            name: name.to_owned(),
-            http_addr: env_parse(
-                &format!("{prefix}_HTTP_ADDR"),
-                SocketAddr::from(([127, 0, 0, 1], default_port)),
-            )?,
-            database: DatabaseSettings::from_env(&prefix, default_schema)?,
-            broker: BrokerSettings::from_env(name)?,
-        })
+pub use settings::ServiceSettings;
+
+/// Run a service as its `main` does: telemetry (logs, and OTLP traces when configured), the
+/// settings read once ([`ServiceSettings::load`] with these defaults), `build`, then run until
+/// SIGTERM or Ctrl-C.
+///
+/// ```no_run
+/// # async fn build(settings: msgkit::service::ServiceSettings) -> Result<msgkit::service::Service, msgkit::service::ServiceError> { todo!() }
+/// #[tokio::main]
+/// async fn main() -> Result<(), msgkit::service::ServiceError> {
+///     msgkit::service::run("notify", 8083, "notify", build).await
+/// }
+/// ```
+pub async fn run<F, Fut>(
+    name: &str,
+    default_port: u16,
+    default_schema: &str,
+    build: F,
+) -> Result<(), ServiceError>
+where
+    F: FnOnce(ServiceSettings) -> Fut,
+    Fut: Future<Output = Result<Service, ServiceError>>,
+{
+    let _telemetry = crate::telemetry::init(name);
+    let settings = ServiceSettings::load(name, default_port, default_schema)?;
+    let result = match build(settings).await {
+        Ok(service) => service.run_until_signal().await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = &result {
+        tracing::error!(service = name, %error, "service failed");
     }
+    result
 }
 
 /// Why a service could not start or stopped with an error.
@@ -112,6 +115,7 @@ pub struct Service {
     routes: Router,
     ops: OpsState,
     tasks: Vec<Task>,
+    consumers: Vec<ConsumerConfig>,
 }
 
 impl Service {
@@ -153,6 +157,7 @@ impl Service {
             listener,
             routes: Router::new(),
             tasks: Vec::new(),
+            consumers: Vec::new(),
         })
     }
 
@@ -171,15 +176,15 @@ impl Service {
         self.listener.local_addr()
     }
 
-    /// Publish the service's outbox.
-    pub fn with_relay(mut self, config: RelayConfig) -> Self {
+    /// Publish the service's outbox, with the relay settings it was started with.
+    pub fn with_relay(mut self) -> Self {
         let relay = OutboxRelay::new(
             self.pool.clone(),
             self.settings
                 .broker
                 .for_role(format!("{}/outbox-relay", self.settings.name)),
             self.topology.clone(),
-            config,
+            self.settings.relay.clone(),
         );
         self.ops = self
             .ops
@@ -189,37 +194,50 @@ impl Service {
         self
     }
 
-    /// Consume the service's own queue (named after the service) with `routes`, configured by
-    /// the consumer settings the service was started with. Refuses (before anything runs) when
-    /// the routes disagree with the queue's bindings in the topology (see [`crate::bindings`]).
+    /// Consume the service's own queue (named after the service) with `routes`, with the
+    /// kit's consumer defaults overridden by the settings (see [`ServiceSettings::consumer`]).
+    /// Refuses, before anything runs, when the routes disagree with the queue's bindings in the
+    /// topology (see [`crate::bindings`]).
     pub fn consume<S: Send + Sync + 'static>(
         self,
         routes: Routes<S>,
     ) -> Result<Self, ServiceError> {
-        let config = ConsumerConfig::new(&self.settings.name, &self.settings.name);
-        self.consume_with(config, routes)
+        let defaults = ConsumerConfig::new(&self.settings.name, &self.settings.name);
+        self.consume_with(defaults, routes)
     }
 
-    /// Consume `config.queue` with `routes`, checked against its bindings as
-    /// [`Service::consume`] does.
+    /// Consume `defaults.queue` with `routes`: `defaults` are the service's own consumer
+    /// settings (a batch size, a retry policy that suits its handler), which the settings
+    /// override only where they set something. Checked against the bindings as
+    /// [`Service::consume`] is.
     pub fn consume_with<S: Send + Sync + 'static>(
         self,
-        config: ConsumerConfig,
+        defaults: ConsumerConfig,
         routes: Routes<S>,
     ) -> Result<Self, ServiceError> {
         let routed: Vec<&str> = routes.event_types().collect();
-        crate::bindings::check(&self.topology, &config.queue, &routed, routes.duplicates())?;
-        Ok(self.with_consumer(config, routes))
+        crate::bindings::check(
+            &self.topology,
+            &defaults.queue,
+            &routed,
+            routes.duplicates(),
+        )?;
+        self.with_consumer(defaults, routes)
     }
 
-    /// Consume `config.queue` with `handler`, a hand-written [`Handler`] (no bindings check:
-    /// prefer [`Service::consume`] with routes).
+    /// Consume `defaults.queue` with a hand-written [`Handler`], configured as
+    /// [`Service::consume_with`] is, without the bindings check: prefer routes.
     ///
     /// Each message in flight holds a pooled connection for its transaction; the relay and the
     /// HTTP routes need one too. So that handlers can never starve each other of connections,
     /// concurrency is capped at the pool size minus two (raise `DATABASE_MAX_CONNECTIONS` for
     /// more).
-    pub fn with_consumer<H: Handler>(mut self, mut config: ConsumerConfig, handler: H) -> Self {
+    pub fn with_consumer<H: Handler>(
+        mut self,
+        defaults: ConsumerConfig,
+        handler: H,
+    ) -> Result<Self, ServiceError> {
+        let mut config = self.settings.consumer(defaults)?;
         let limit = (self.settings.database.max_connections as usize)
             .saturating_sub(2)
             .max(1);
@@ -233,6 +251,7 @@ impl Service {
             config.concurrency = limit;
         }
         let queue = config.queue.clone();
+        self.consumers.push(config.clone());
         let consumer = Consumer::new(
             self.pool.clone(),
             self.settings.broker.clone(),
@@ -243,7 +262,12 @@ impl Service {
         self.ops = self.ops.with_consumer(queue, consumer.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(consumer.run(shutdown))));
-        self
+        Ok(self)
+    }
+
+    /// The consumers' settings as they will run (defaults, then settings, then the pool cap).
+    pub fn consumers(&self) -> &[ConsumerConfig] {
+        &self.consumers
     }
 
     /// Serve these routes beside the operational ones.
