@@ -1,21 +1,92 @@
 //! # msgkit: reliable messaging on RabbitMQ
 //!
-//! The kit that example services (and your own) build on when a message must not be lost:
+//! The kit a team builds its event-driven services on when a message must not be lost: every
+//! accepted change publishes its events, every event reaches every consumer bound to it, no
+//! effect is applied twice, and a message that cannot be handled is visible and replayable.
 //!
-//! - [`topology`]: the exchange and quorum work queues every service declares idempotently;
-//! - [`message`]: the message contract (AMQP properties and headers) shared by every hop;
-//! - [`trace_context`]: the W3C `traceparent` carried in outbox rows and AMQP headers;
-//! - [`backoff`]: exponential backoff with jitter, and waits that give way to shutdown;
-//! - [`broker`]: connecting to RabbitMQ with backoff, credentials kept out of logs;
-//! - [`publish`]: publishing with publisher confirms and the mandatory flag, where anything
-//!   but a broker ack of a routed message is a failure;
+//! ## The concepts
+//!
+//! - **Event types** ([`EventType`]): a name (`order.placed`, also the routing key on the
+//!   `events` topic exchange) bound to its payload type, declared once in a contracts crate.
+//! - **Topology** ([`Topology`], [`WorkQueue`]): one durable quorum work queue per consuming
+//!   service with its bindings and `<queue>.dlq`, declared idempotently by every process: the
+//!   one table of who receives what.
+//! - **Outbox** ([`outbox`]): an event is a row written in the same transaction as the state
+//!   change; a relay publishes it with publisher confirms and the mandatory flag, and marks it
+//!   published only then.
+//! - **Routes** ([`consume::Routes`]): a consumer's handlers, one async function per event
+//!   type, called with a [`consume::Context`] (the transaction, the message's facts, an outbox
+//!   for follow-up events) and the decoded payload, inside a transaction that also writes the
+//!   message's inbox row (a redelivery is applied once). A handler answers done, retry later
+//!   (transient: durable delayed retry through the broker with exponential backoff) or
+//!   dead-letter now (poison). Routes are checked against the queue's bindings at start.
+//! - **Service** ([`service::Service`]): a service's schema, relay, consumers and HTTP
+//!   endpoints (`/healthz`, `/readyz`, `/metrics`) run and stopped as one, from settings read
+//!   once ([`service::ServiceSettings`], [`config`]).
+//! - **Testing** (`testing`, feature `testing`): a fresh database and vhost per test, a
+//!   cuttable TCP proxy, test messages, and waits with deadlines instead of sleeps.
+//!
+//! ## A complete service
+//!
+//! ```no_run
+//! use msgkit::consume::{Context, HandlerError, Routes};
+//! use msgkit::service::{Service, ServiceError, ServiceSettings};
+//! use msgkit::{EventType, Topology, WorkQueue};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderPlaced { order_id: String, amount_cents: i64 }
+//! #[derive(Serialize, Deserialize)]
+//! struct Invoiced { order_id: String }
+//!
+//! const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
+//! const INVOICED: EventType<Invoiced> = EventType::new("billing.invoiced");
+//!
+//! /// Every queue and its bindings: declared by every service, so nothing published is lost
+//! /// whichever service starts first.
+//! fn topology() -> Topology {
+//!     Topology::default().with_queue(WorkQueue::new("billing").bind(ORDER_PLACED))
+//! }
+//!
+//! async fn invoice(mut ctx: Context<'_>, order: OrderPlaced) -> Result<(), HandlerError> {
+//!     sqlx::query("INSERT INTO invoices (order_id, amount_cents) VALUES ($1, $2)")
+//!         .bind(&order.order_id)
+//!         .bind(order.amount_cents)
+//!         .execute(ctx.tx())
+//!         .await?; // a database error rolls back and retries later
+//!     // Published once this transaction commits, continuing the order's trace.
+//!     ctx.publish(INVOICED, &Invoiced { order_id: order.order_id }).await?;
+//!     Ok(())
+//! }
+//!
+//! async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
+//!     let migrations = sqlx::migrate::Migrator::DEFAULT; // sqlx::migrate!() in a real crate
+//!     Service::start(settings, topology(), migrations)
+//!         .await?
+//!         .with_relay() // publishes what the handlers enqueue
+//!         .consume(Routes::new().route(ORDER_PLACED, invoice))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), ServiceError> {
+//!     // Settings from the environment (or a TOML file): AMQP_URL, DATABASE_URL,
+//!     // BILLING_HTTP_ADDR, BILLING_CONSUMER_BATCH, RETRY_MAX_ATTEMPTS, ...
+//!     msgkit::service::run("billing", 8090, "billing", build).await
+//! }
+//! ```
+//!
+//! ## The modules
+//!
+//! - [`topology`], [`bindings`]: the broker's exchange, queues, delay tiers, and the check of
+//!   routes against bindings;
+//! - [`message`], [`trace_context`]: the message contract (AMQP properties and headers) and
+//!   the W3C `traceparent` carried in outbox rows and headers;
+//! - [`broker`], [`publish`]: connecting with backoff (credentials kept out of logs), and
+//!   publishing where anything but a broker ack of a routed message is a failure;
+//! - [`outbox`], [`consume`]: the outbox and its relay, the consumer runtime with its inbox;
 //! - [`replay`]: the headers of a dead letter sent back to its work queue;
-//! - [`outbox`]: enqueue a message inside the caller's database transaction, and the relay
-//!   that publishes it;
-//! - [`consume`]: the consumer runtime (ack, retry with backoff, dead-letter, inbox);
-//! - [`service`]: a service's database, relay, consumers and HTTP endpoints run as one;
-//! - [`shutdown`]: the cancellation and task tracking every background task hangs off;
-//! - `testing` (feature `testing`): the harness used by every crate's integration tests.
+//! - [`service`], [`config`], [`shutdown`], [`backoff`]: running a service, its settings, the
+//!   cancellation every background task hangs off, and retry schedules.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -25,10 +96,10 @@ pub mod config;
 pub mod consume;
 pub mod database;
 pub mod event;
-pub mod inbox;
+pub(crate) mod inbox;
 pub mod message;
-pub mod metrics;
-pub mod ops;
+pub(crate) mod metrics;
+pub(crate) mod ops;
 pub mod outbox;
 pub mod publish;
 pub mod replay;

@@ -55,3 +55,9 @@ mod tests {
         );
     }
 }
+
+/// This process's metrics as `/metrics` would serve them (for tests that run a consumer
+/// without its service).
+pub fn metrics_exposition() -> String {
+    crate::metrics::metrics().render()
+}
