@@ -26,15 +26,21 @@
 //! ```
 
 mod acks;
+mod batch;
 mod config;
 mod dead_letter;
 mod failure;
 mod faults;
 mod handler;
+mod inbox_sweep;
 mod message;
+mod outcome;
+mod pipeline;
 mod republish;
 mod retry;
 mod runtime;
+mod session;
+mod stats;
 
 pub use config::ConsumerConfig;
 pub use dead_letter::{
@@ -45,4 +51,5 @@ pub use faults::Faults;
 pub use handler::{FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
 pub use retry::{RetryPolicy, random_unit};
-pub use runtime::{Consumer, ConsumerStats};
+pub use runtime::Consumer;
+pub use stats::ConsumerStats;
