@@ -50,7 +50,6 @@ pub(super) struct Pipeline<H> {
     name: String,
     queue: String,
     inbox: bool,
-    faults: super::faults::Faults,
     /// Deliveries handled in one transaction at most ([`ConsumerConfig::batch`]).
     pub(super) batch: usize,
     pub(super) handler: H,
@@ -74,7 +73,6 @@ impl<H: Handler> Pipeline<H> {
             name: config.name.clone(),
             queue: config.queue.clone(),
             inbox: config.inbox,
-            faults: config.faults.clone(),
             batch: config.batch.max(1),
             handler,
             failures: FailurePolicy::new(
@@ -232,7 +230,6 @@ impl<H: Handler> Pipeline<H> {
             tracing::info!(message_id, "duplicate delivery; already applied");
             return Ok(Settled::Duplicate);
         }
-        self.faults.apply(message).await?;
         match AssertUnwindSafe(self.handler.handle(message, tx))
             .catch_unwind()
             .await

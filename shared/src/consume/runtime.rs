@@ -69,10 +69,47 @@ impl<H: Handler> Consumer<H> {
             stats,
             metrics,
         } = self;
-        let outcomes = Outcomes {
-            stats: Arc::clone(&stats),
-            metrics,
+        let parts = Parts {
+            pool,
+            broker,
+            topology,
+            config,
+            outcomes: Outcomes {
+                stats: Arc::clone(&stats),
+                metrics,
+            },
+            stats,
         };
+        // Monomorphised twice, so that a consumer without faults runs its handler bare.
+        match parts.config.faults.around(handler) {
+            Ok(faulty) => parts.run(faulty, &shutdown).await,
+            Err(handler) => parts.run(handler, &shutdown).await,
+        }
+        tracing::info!("consumer stopped");
+    }
+}
+
+/// A consumer taken apart, waiting for its handler (wrapped in faults or not).
+struct Parts {
+    pool: PgPool,
+    broker: BrokerSettings,
+    topology: Topology,
+    config: ConsumerConfig,
+    outcomes: Outcomes,
+    stats: Arc<ConsumerStats>,
+}
+
+impl Parts {
+    /// Run sessions through a pipeline of `handler`, and the inbox sweep, until `shutdown`.
+    async fn run<G: Handler>(self, handler: G, shutdown: &Shutdown) {
+        let Self {
+            pool,
+            broker,
+            topology,
+            config,
+            outcomes,
+            stats,
+        } = self;
         let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes);
         let sessions = Sessions {
             broker,
@@ -86,10 +123,9 @@ impl<H: Handler> Consumer<H> {
             // The consumer that writes inbox rows also retires them.
             if config.inbox {
                 let (retention, interval) = (config.inbox_retention, config.inbox_cleanup_interval);
-                sweep_inbox(&pool, &config.name, retention, interval, &shutdown).await;
+                sweep_inbox(&pool, &config.name, retention, interval, shutdown).await;
             }
         };
-        tokio::join!(sessions.run(&shutdown), sweep);
-        tracing::info!("consumer stopped");
+        tokio::join!(sessions.run(shutdown), sweep);
     }
 }
