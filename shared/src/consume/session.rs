@@ -6,7 +6,6 @@
 //! cannot be settled on its connection, when acks cannot be sent, or when a connection is
 //! lost; unacked deliveries are then redelivered by the broker.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -207,12 +206,10 @@ impl Session {
 }
 
 /// Resolves on shutdown or when the session is broken.
-fn stopped(shutdown: Shutdown, broken: CancellationToken) -> impl Future<Output = ()> {
-    async move {
-        tokio::select! {
-            () = shutdown.triggered() => {},
-            () = broken.cancelled() => {},
-        }
+async fn stopped(shutdown: Shutdown, broken: CancellationToken) {
+    tokio::select! {
+        () = shutdown.triggered() => {},
+        () = broken.cancelled() => {},
     }
 }
 
