@@ -9,8 +9,7 @@ use crate::inbox;
 use crate::shutdown::Shutdown;
 
 /// Delete `consumer`'s inbox rows older than `retention` now and every `interval` after,
-/// until `shutdown`. A sweep that has started runs to its end rather than being cut off
-/// mid-statement; shutdown is looked at between sweeps.
+/// until `shutdown`.
 pub(super) async fn sweep_inbox(
     pool: &PgPool,
     consumer: &str,
@@ -18,15 +17,22 @@ pub(super) async fn sweep_inbox(
     interval: Duration,
     shutdown: &Shutdown,
 ) {
-    while !shutdown.is_triggered() {
-        match inbox::delete_older_than(pool, consumer, retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "deleted old inbox rows"),
-            Err(error) => tracing::warn!(%error, "inbox clean-up failed"),
+    loop {
+        // A sweep in progress is abandoned on shutdown (the DELETE is one statement: it
+        // commits whole or not at all): with the database down it would otherwise hold up
+        // shutdown until the pool gives up acquiring a connection.
+        tokio::select! {
+            biased;
+            () = shutdown.triggered() => return,
+            deleted = inbox::delete_older_than(pool, consumer, retention) => match deleted {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted old inbox rows"),
+                Err(error) => tracing::warn!(%error, "inbox clean-up failed"),
+            },
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {},
-            () = shutdown.triggered() => {},
+            () = shutdown.triggered() => return,
         }
     }
 }
