@@ -13,9 +13,12 @@
 //! A process that reads any of these logs a warning at start-up, so a forgotten setting in
 //! production is visible.
 
+use std::future::Future;
 use std::time::Duration;
 
-use super::handler::{FailureKind, HandlerError};
+use sqlx::PgConnection;
+
+use super::handler::{FailureKind, Handler, HandlerError};
 use super::message::IncomingMessage;
 use super::retry::random_unit;
 use crate::config::{ConfigError, Lookup};
@@ -101,4 +104,52 @@ impl Faults {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A [`Handler`] that injects the configured faults before the one it wraps. The consumer adds
+/// it only when [`Faults::around`] finds a fault to inject, so a production consumer runs its
+/// handler bare.
+pub(crate) struct FaultLayer<H> {
+    faults: Faults,
+    inner: H,
+}
+
+impl Faults {
+    /// `handler` wrapped in a [`FaultLayer`] if any fault is to be injected before it, else
+    /// `Err(handler)` unchanged. [`Faults::ack_before_commit`] is not the handler's business:
+    /// the session decides how it acks.
+    pub(crate) fn around<H: Handler>(&self, handler: H) -> Result<FaultLayer<H>, H> {
+        let injects = Self {
+            ack_before_commit: false,
+            ..self.clone()
+        }
+        .is_active();
+        if injects {
+            Ok(FaultLayer {
+                faults: self.clone(),
+                inner: handler,
+            })
+        } else {
+            Err(handler)
+        }
+    }
+}
+
+impl<H: Handler> Handler for FaultLayer<H> {
+    async fn handle(
+        &self,
+        message: &IncomingMessage,
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        self.faults.apply(message).await?;
+        self.inner.handle(message, tx).await
+    }
+
+    fn before_batch(
+        &self,
+        messages: &[&IncomingMessage],
+        tx: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self.inner.before_batch(messages, tx)
+    }
 }

@@ -26,17 +26,23 @@
 //! ```
 
 mod acks;
+mod batch;
 mod config;
 mod context;
 mod dead_letter;
 mod failure;
 mod faults;
 mod handler;
+mod inbox_sweep;
 mod message;
+mod outcome;
+mod pipeline;
 mod republish;
 mod retry;
 mod routes;
 mod runtime;
+mod session;
+mod stats;
 
 pub use config::ConsumerConfig;
 pub use context::{Batch, Context};
@@ -49,4 +55,5 @@ pub use handler::{FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
 pub use retry::{RetryPolicy, random_unit};
 pub use routes::{BatchFn, RouteFn, Routes, UNROUTED_ERROR_TYPE, Unrouted};
-pub use runtime::{Consumer, ConsumerStats};
+pub use runtime::Consumer;
+pub use stats::ConsumerStats;

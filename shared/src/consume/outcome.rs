@@ -1,0 +1,76 @@
+//! What became of a delivery, and how that is counted: the consumer's stats, the queue's
+//! metrics and the delivery's `process` span.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::dead_letter::FailureReason;
+use super::pipeline::Received;
+use super::stats::ConsumerStats;
+use crate::broker::BrokerError;
+use crate::metrics::{Outcome, QueueMetrics};
+
+/// Why a delivery was left unacknowledged (the broker redelivers it).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unsettled {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the database stayed unavailable for {0:?}")]
+    DatabaseUnavailable(Duration),
+}
+
+/// What became of one delivery (it is acked in every case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settled {
+    Handled,
+    Duplicate,
+    Deferred,
+    Retried,
+    DeadLettered(FailureReason),
+}
+
+/// Counts settled deliveries in the stats, the metrics and their spans.
+#[derive(Debug, Clone)]
+pub(super) struct Outcomes {
+    pub(super) stats: Arc<ConsumerStats>,
+    pub(super) metrics: QueueMetrics,
+}
+
+impl Outcomes {
+    /// The delivery's outcome is final: count it and close its span.
+    pub(super) fn record(&self, one: &Received, settled: Settled) {
+        let metrics = &self.metrics;
+        metrics.handler_duration(one.started.elapsed());
+        if settled == Settled::Handled
+            && let Some(created) = one.message.created_at()
+        {
+            metrics.end_to_end((Utc::now() - created).to_std().unwrap_or_default());
+        }
+        let stats = &self.stats;
+        let (counter, outcome) = match settled {
+            Settled::Handled => (&stats.handled, Outcome::Ack),
+            Settled::Duplicate => (&stats.duplicates, Outcome::Duplicate),
+            Settled::Deferred => (&stats.deferred, Outcome::Deferred),
+            Settled::Retried => (&stats.retried, Outcome::Retry),
+            Settled::DeadLettered(FailureReason::Poison) => (&stats.poison, Outcome::Poison),
+            Settled::DeadLettered(FailureReason::RetriesExhausted) => {
+                (&stats.dead_lettered, Outcome::DeadLetter)
+            }
+        };
+        one.span.record("msgkit.outcome", outcome.label());
+        if !matches!(
+            settled,
+            Settled::Handled | Settled::Duplicate | Settled::Deferred
+        ) {
+            one.span.record("otel.status_code", "error");
+        }
+        metrics.consumed(outcome);
+        if one.message.redelivered() {
+            metrics.redelivered();
+        }
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
