@@ -88,6 +88,8 @@
 //! - [`service`], [`config`], [`shutdown`], [`backoff`]: running a service, its settings, the
 //!   cancellation every background task hangs off, and retry schedules.
 #![warn(missing_docs)]
+// Small functions, one job each (threshold in clippy.toml).
+#![warn(clippy::too_many_lines)]
 
 pub mod backoff;
 pub mod bindings;

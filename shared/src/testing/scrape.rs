@@ -34,6 +34,12 @@ pub async fn scrape(client: &reqwest::Client, base: &str) -> String {
         .expect("metrics text")
 }
 
+/// This process's metrics as `/metrics` would serve them (for tests that run a consumer
+/// without its service).
+pub fn metrics_exposition() -> String {
+    crate::metrics::metrics().render()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,10 +60,4 @@ mod tests {
             None
         );
     }
-}
-
-/// This process's metrics as `/metrics` would serve them (for tests that run a consumer
-/// without its service).
-pub fn metrics_exposition() -> String {
-    crate::metrics::metrics().render()
 }
