@@ -18,6 +18,17 @@ pub const ATTEMPT_HEADER: &str = "x-attempt";
 /// AMQP `timestamp` has only seconds, too coarse for end-to-end latency.
 pub const CREATED_AT_HEADER: &str = "x-created-at-ms";
 
+/// Whether header `name` is one of the broker's own records of a hop: its dead-lettering
+/// (`x-death`, `x-first-death-*`, `x-last-death-*`) or a quorum queue's `x-delivery-count`.
+/// They describe where a copy has been, not the message: a retry, a dead letter written by
+/// the kit or a replay starts without them.
+pub fn is_broker_record(name: &str) -> bool {
+    name == "x-death"
+        || name == "x-delivery-count"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+}
+
 /// A message ready to publish, with everything the contract requires.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutgoingMessage {

@@ -10,16 +10,16 @@ use crate::consume::{
     EXCEPTION_DETAIL, EXCEPTION_MESSAGE, EXCEPTION_TYPE, FAILED_AT, FAILED_SERVICE, FAILURE_REASON,
     RETRY_AT_HEADER,
 };
-use crate::message::ATTEMPT_HEADER;
+use crate::message::{ATTEMPT_HEADER, is_broker_record};
 
 /// How many times the message was replayed.
 pub const REPLAY_COUNT_HEADER: &str = "x-replay-count";
 /// When it was last replayed (RFC 3339).
 pub const REPLAYED_AT_HEADER: &str = "x-replayed-at";
 
-/// Headers that describe a failure or the broker's own dead-lettering: a replayed message
-/// starts clean. (`x-last-death-*` headers go too, whatever follows the prefix.)
-pub const FAILURE_HEADERS: [&str; 12] = [
+/// The kit's record of a failure: a replayed message starts clean of it (and of the broker's
+/// own records, [`is_broker_record`]).
+pub const FAILURE_HEADERS: [&str; 7] = [
     FAILURE_REASON,
     EXCEPTION_TYPE,
     EXCEPTION_MESSAGE,
@@ -27,11 +27,6 @@ pub const FAILURE_HEADERS: [&str; 12] = [
     FAILED_SERVICE,
     FAILED_AT,
     RETRY_AT_HEADER,
-    "x-death",
-    "x-delivery-count",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
 ];
 
 /// The headers of a replay of a dead letter whose headers are `original`: failure headers
@@ -48,7 +43,7 @@ pub fn replay_headers(original: Option<&FieldTable>, replayed_at: DateTime<Utc>)
             }
             continue;
         }
-        if FAILURE_HEADERS.contains(&key) || key.starts_with("x-last-death-") {
+        if FAILURE_HEADERS.contains(&key) || is_broker_record(key) {
             continue;
         }
         headers.insert(name.clone(), value.clone());

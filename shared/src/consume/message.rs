@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::handler::{FailureKind, HandlerError};
-use crate::message::{ATTEMPT_HEADER, CREATED_AT_HEADER, OutgoingMessage, header_i64, header_str};
+use crate::message::{
+    ATTEMPT_HEADER, CREATED_AT_HEADER, OutgoingMessage, header_i64, header_str, is_broker_record,
+};
 use crate::outbox::OutboxMessage;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
@@ -172,14 +174,8 @@ impl IncomingMessage {
                 table
                     .inner()
                     .iter()
-                    // The broker's own dead-lettering records (a delay tier's expiry) describe
-                    // a hop, not the message: a republished copy starts without them.
-                    .filter(|(name, _)| {
-                        let name = name.as_str();
-                        !(name.starts_with("x-first-death-")
-                            || name.starts_with("x-last-death-")
-                            || name == "x-delivery-count")
-                    })
+                    // A delay tier's expiry leaves the broker's records of that hop.
+                    .filter(|(name, _)| !is_broker_record(name.as_str()))
                     .filter_map(|(name, value)| match value {
                         AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes())
                             .ok()
