@@ -1,7 +1,11 @@
-//! The kit's Prometheus metrics: one registry per process, rendered by every service's
-//! `/metrics` (see `docs/observability.md` for what each means).
+//! The kit's Prometheus metrics (see `docs/observability.md` for what each means). They are
+//! the only counters the kit keeps: a consumer's or relay's stats read them back.
+//!
+//! One registry per service, rendered by its `/metrics`; a consumer or relay started on its own
+//! (a test, the bench) gets a registry of its own, so that two of them in one process never
+//! count into each other.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -25,8 +29,12 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-/// The kit's metric families.
-pub struct Metrics {
+/// The kit's metric families in one registry; cheap to clone (every clone is the same
+/// registry).
+#[derive(Clone)]
+pub(crate) struct Metrics(Arc<Families>);
+
+struct Families {
     registry: Registry,
     consumed: Family<Two, Counter>,
     redelivered: Family<One, Counter>,
@@ -37,6 +45,7 @@ pub struct Metrics {
     confirm: Family<One, Histogram, fn() -> Histogram>,
     relay_published: Family<One, Counter>,
     relay_refused: Family<One, Counter>,
+    relay_broker_errors: Family<One, Counter>,
     reconnects: Family<One, Counter>,
     connected: Family<One, Gauge>,
     outbox_pending: Family<One, Gauge>,
@@ -50,16 +59,11 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
-}
-
 impl Metrics {
-    fn new() -> Self {
+    /// A fresh registry with every family of the kit.
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("msgkit");
-        let metrics = Self {
+        let metrics = Families {
             consumed: Family::default(),
             redelivered: Family::default(),
             handler_duration: Family::new_with_constructor(seconds),
@@ -69,6 +73,7 @@ impl Metrics {
             confirm: Family::new_with_constructor(seconds),
             relay_published: Family::default(),
             relay_refused: Family::default(),
+            relay_broker_errors: Family::default(),
             reconnects: Family::default(),
             connected: Family::default(),
             outbox_pending: Family::default(),
@@ -78,12 +83,14 @@ impl Metrics {
         };
         metrics.register_consumer_metrics(&mut registry);
         metrics.register_publisher_metrics(&mut registry);
-        Self {
+        Self(Arc::new(Families {
             registry,
             ..metrics
-        }
+        }))
     }
+}
 
+impl Families {
     /// What consumers record: outcomes, handling time, batches, end-to-end latency.
     fn register_consumer_metrics(&self, registry: &mut Registry) {
         registry.register(
@@ -136,6 +143,11 @@ impl Metrics {
             self.relay_refused.clone(),
         );
         registry.register(
+            "relay_broker_errors",
+            "Relay batches abandoned because the broker connection failed (they are published again)",
+            self.relay_broker_errors.clone(),
+        );
+        registry.register(
             "broker_reconnects",
             "Broker sessions re-opened after a failure, by component",
             self.reconnects.clone(),
@@ -161,13 +173,26 @@ impl Metrics {
             self.outbox_oldest_age.clone(),
         );
     }
+}
+
+impl Metrics {
+    /// `component`'s broker connection metrics (`order/outbox-relay`, `inventory/consumer`).
+    fn component(&self, component: &str) -> ComponentMetrics {
+        let label = [("component", component.to_owned())];
+        ComponentMetrics {
+            reconnects: self.0.reconnects.get_or_create(&label).clone(),
+            connected: self.0.connected.get_or_create(&label).clone(),
+        }
+    }
 
     /// The consumer metrics of `queue`, looked up once: a consumer records several per
     /// message, and a family lookup costs a lock, a hash and label strings each time.
-    pub(crate) fn for_queue(&self, queue: &str) -> QueueMetrics {
+    pub(crate) fn for_queue(&self, queue: &str, component: &str) -> QueueMetrics {
+        let families = &self.0;
         let label = || [("queue", queue.to_owned())];
         let consumed = |outcome: Outcome| {
-            self.consumed
+            families
+                .consumed
                 .get_or_create(&[
                     ("queue", queue.to_owned()),
                     ("outcome", outcome.label().to_owned()),
@@ -176,63 +201,59 @@ impl Metrics {
         };
         QueueMetrics {
             consumed: Outcome::ALL.map(consumed),
-            redelivered: self.redelivered.get_or_create(&label()).clone(),
-            handler_duration: self.handler_duration.get_or_create(&label()).clone(),
-            batch_size: self.batch_size.get_or_create(&label()).clone(),
-            batch_rollbacks: self.batch_rollbacks.get_or_create(&label()).clone(),
-            end_to_end: self.end_to_end.get_or_create(&label()).clone(),
+            redelivered: families.redelivered.get_or_create(&label()).clone(),
+            handler_duration: families.handler_duration.get_or_create(&label()).clone(),
+            batch_size: families.batch_size.get_or_create(&label()).clone(),
+            batch_rollbacks: families.batch_rollbacks.get_or_create(&label()).clone(),
+            end_to_end: families.end_to_end.get_or_create(&label()).clone(),
+            connection: self.component(component),
+            registry: self.clone(),
+        }
+    }
+
+    /// The relay metrics of `service`, looked up once.
+    pub(crate) fn for_relay(&self, service: &str, component: &str) -> RelayMetrics {
+        let label = [("service", service.to_owned())];
+        RelayMetrics {
+            published: self.0.relay_published.get_or_create(&label).clone(),
+            refused: self.0.relay_refused.get_or_create(&label).clone(),
+            broker_errors: self.0.relay_broker_errors.get_or_create(&label).clone(),
+            connection: self.component(component),
+            registry: self.clone(),
         }
     }
 
     /// How long `publisher` (relay, retry, dead_letter) waited for a confirm.
-    pub fn confirm(&self, publisher: &'static str, took: Duration) {
-        self.confirm
+    pub(crate) fn confirm(&self, publisher: &'static str, took: Duration) {
+        self.0
+            .confirm
             .get_or_create(&[("publisher", publisher.to_owned())])
             .observe(took.as_secs_f64());
     }
 
-    /// The relay of `service` published `published` and had `refused` refused.
-    pub fn relayed(&self, service: &str, published: u64, refused: u64) {
-        let labels = [("service", service.to_owned())];
-        self.relay_published
-            .get_or_create(&labels)
-            .inc_by(published);
-        self.relay_refused.get_or_create(&labels).inc_by(refused);
-    }
-
-    /// `component` (e.g. `order/relay`, `inventory/consumer`) re-opened its broker session.
-    pub fn reconnected(&self, component: &str) {
-        self.reconnects
-            .get_or_create(&[("component", component.to_owned())])
-            .inc();
-    }
-
-    /// Whether `component` holds a broker connection.
-    pub fn set_connected(&self, component: &str, connected: bool) {
-        self.connected
-            .get_or_create(&[("component", component.to_owned())])
-            .set(i64::from(connected));
-    }
-
     /// The outbox backlog of `service`, read at scrape time.
-    pub fn set_backlog(&self, service: &str, backlog: &crate::outbox::Backlog) {
+    pub(crate) fn set_backlog(&self, service: &str, backlog: &crate::outbox::Backlog) {
         let labels = [("service", service.to_owned())];
-        self.outbox_pending
+        let families = &self.0;
+        families
+            .outbox_pending
             .get_or_create(&labels)
             .set(backlog.pending);
-        self.outbox_failing
+        families
+            .outbox_failing
             .get_or_create(&labels)
             .set(backlog.failing);
-        self.outbox_oldest_age
+        families
+            .outbox_oldest_age
             .get_or_create(&labels)
             .set(backlog.oldest_pending_age.as_secs_f64());
     }
 
     /// The registry in the OpenMetrics text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &self.0.registry);
         out
     }
 }
@@ -270,7 +291,34 @@ impl Outcome {
     }
 }
 
-/// One queue's consumer metrics (handles into the process's families).
+/// A component's broker connection: reconnects and whether it is connected.
+#[derive(Clone, Debug)]
+pub(crate) struct ComponentMetrics {
+    reconnects: Counter,
+    connected: Gauge,
+}
+
+impl ComponentMetrics {
+    /// The component re-opened its broker session.
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// Whether the component holds a broker connection.
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.set(i64::from(connected));
+    }
+
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    pub(crate) fn connected(&self) -> bool {
+        self.connected.get() == 1
+    }
+}
+
+/// One queue's consumer metrics (handles into its registry's families).
 #[derive(Clone, Debug)]
 pub(crate) struct QueueMetrics {
     consumed: [Counter; 6],
@@ -279,9 +327,16 @@ pub(crate) struct QueueMetrics {
     batch_size: Histogram,
     batch_rollbacks: Counter,
     end_to_end: Histogram,
+    pub(crate) connection: ComponentMetrics,
+    pub(crate) registry: Metrics,
 }
 
 impl QueueMetrics {
+    /// Messages settled with `outcome` so far.
+    pub(crate) fn count(&self, outcome: Outcome) -> u64 {
+        self.consumed[outcome as usize].get()
+    }
+
     /// A message settled with `outcome`.
     pub(crate) fn consumed(&self, outcome: Outcome) {
         self.consumed[outcome as usize].inc();
@@ -311,4 +366,14 @@ impl QueueMetrics {
     pub(crate) fn end_to_end(&self, took: Duration) {
         self.end_to_end.observe(took.as_secs_f64());
     }
+}
+
+/// One relay's metrics (handles into its registry's families).
+#[derive(Clone, Debug)]
+pub(crate) struct RelayMetrics {
+    pub(crate) published: Counter,
+    pub(crate) refused: Counter,
+    pub(crate) broker_errors: Counter,
+    pub(crate) connection: ComponentMetrics,
+    pub(crate) registry: Metrics,
 }

@@ -14,12 +14,15 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::consume::ConsumerStats;
+use crate::metrics::Metrics;
 use crate::outbox::RelayStats;
 
 /// What the endpoints look at.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct OpsState {
     pool: Option<PgPool>,
+    /// The service's registry, which its relay and consumers count into.
+    metrics: Metrics,
     /// The service whose outbox backlog `/metrics` reports, once it runs a relay.
     outbox_of: Option<String>,
     relays: Vec<Arc<RelayStats>>,
@@ -27,11 +30,14 @@ pub struct OpsState {
 }
 
 impl OpsState {
-    /// Readiness and metrics over this database.
-    pub fn new(pool: PgPool) -> Self {
+    /// Readiness over this database, metrics from this registry.
+    pub fn new(pool: PgPool, metrics: Metrics) -> Self {
         Self {
             pool: Some(pool),
-            ..Self::default()
+            metrics,
+            outbox_of: None,
+            relays: Vec::new(),
+            consumers: Vec::new(),
         }
     }
 
@@ -97,7 +103,7 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
-    let metrics = crate::metrics::metrics();
+    let metrics = &state.metrics;
     // The backlog is read from the database at scrape time, so it is right even while the
     // relay is stuck (broker away) and therefore not updating anything.
     if let Some(pool) = &state.pool

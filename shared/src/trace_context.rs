@@ -55,7 +55,7 @@ impl TraceParent {
     }
 
     /// A context from its raw parts (ids as bytes, W3C flags).
-    pub fn from_parts(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Self {
+    pub(crate) fn from_parts(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Self {
         Self {
             trace_id,
             span_id,
@@ -64,12 +64,12 @@ impl TraceParent {
     }
 
     /// The trace id's bytes.
-    pub fn trace_id_bytes(&self) -> [u8; 16] {
+    pub(crate) fn trace_id_bytes(&self) -> [u8; 16] {
         self.trace_id
     }
 
     /// The span id's bytes.
-    pub fn span_id_bytes(&self) -> [u8; 8] {
+    pub(crate) fn span_id_bytes(&self) -> [u8; 8] {
         self.span_id
     }
 
@@ -84,7 +84,7 @@ impl TraceParent {
     }
 
     /// Whether the sampled flag is set.
-    pub fn sampled(&self) -> bool {
+    pub(crate) fn sampled(&self) -> bool {
         self.flags & 0x01 == 0x01
     }
 }

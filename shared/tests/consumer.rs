@@ -815,7 +815,7 @@ async fn a_consumer_that_batches_commits_many_messages_together_and_applies_each
         transactions < 30,
         "60 messages in {transactions} transactions: batches did not form"
     );
-    let exposition = msgkit::testing::metrics_exposition();
+    let exposition = stats.render_metrics();
     let work = [("queue", "batched")];
     assert_eq!(
         metric_value(&exposition, "msgkit_consumer_batch_size_sum", &work),
@@ -879,7 +879,7 @@ async fn a_failure_in_a_batch_retries_or_dead_letters_only_the_failing_message()
         assert_eq!(h.effects(key).await, expected, "effects of {key}");
     }
     assert_eq!(stats.retried(), 1, "only the flaky message was retried");
-    let exposition = msgkit::testing::metrics_exposition();
+    let exposition = stats.render_metrics();
     assert!(
         metric_value(
             &exposition,
@@ -963,7 +963,7 @@ async fn batches_that_lock_shared_rows_up_front_do_not_deadlock() {
     let stats = h.start_with(overlapping_batches("shared-locks"), handler.clone());
     wait_until("all handled", DEADLINE, || stats.handled() == MESSAGES).await;
     assert_each_ran_once(&handler, &keys);
-    let exposition = msgkit::testing::metrics_exposition();
+    let exposition = stats.render_metrics();
     assert_eq!(
         metric_value(
             &exposition,

@@ -84,7 +84,7 @@ async fn a_nacked_batch_makes_the_relay_open_a_new_channel_and_the_row_is_publis
     // The relay's session is re-opened after nacked batches (each of which is a retry).
     let reopened = || {
         metric_value(
-            &msgkit::testing::metrics_exposition(),
+            &stats.render_metrics(),
             "msgkit_broker_reconnects_total",
             &[("component", "test-nack/relay")],
         )

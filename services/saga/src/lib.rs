@@ -24,6 +24,8 @@ pub type SagaSettings<'a> = &'a [(&'a str, &'a str)];
 pub struct Saga {
     /// Base URL of the order API.
     pub api: String,
+    /// Base URL of each service's HTTP endpoints (`/metrics`, `/readyz`), by service name.
+    pub urls: std::collections::HashMap<&'static str, String>,
     /// HTTP client.
     pub client: reqwest::Client,
     /// The test's vhost.
@@ -71,6 +73,15 @@ impl Saga {
             .await
             .expect("start notify");
 
+        let urls = [
+            ("order", &order),
+            ("inventory", &inventory),
+            ("payment", &payment_service),
+            ("notify", &notify),
+        ]
+        .into_iter()
+        .map(|(name, service)| (name, format!("http://{}", service.local_addr().unwrap())))
+        .collect();
         let pools = [
             order.pool(),
             inventory.pool(),
@@ -87,6 +98,7 @@ impl Saga {
         let [orders, inventory, payment, notify] = pools;
         Self {
             api,
+            urls,
             client: reqwest::Client::new(),
             broker,
             orders,
@@ -127,6 +139,8 @@ impl Saga {
             .expect("restart inventory");
         // The stopped service closed its pool; read through the new one.
         self.inventory = service.pool().clone();
+        let url = format!("http://{}", service.local_addr().unwrap());
+        self.urls.insert("inventory", url);
         let stop = self.shutdown.child();
         let task = tokio::spawn(service.run_until_stopped(stop.clone()));
         self.inventory_run = Some((stop, task));

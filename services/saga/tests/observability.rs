@@ -178,53 +178,60 @@ async fn one_order_is_one_trace_across_every_service_including_a_retry() {
 #[tokio::test]
 async fn the_metrics_move_by_exactly_one_order() {
     let saga = Saga::start(&[]).await;
-    // Everything shares one registry in this process; read it through the order service.
-    let before = scrape(&saga.client, &saga.api).await;
+    // Each service has a registry of its own: what its /metrics shows is its own doing.
+    let services = ["order", "inventory", "payment", "notify"];
+    let scrape_all = || async {
+        let mut all = HashMap::new();
+        for name in services {
+            all.insert(name, scrape(&saga.client, &saga.urls[name]).await);
+        }
+        all
+    };
+    let before = scrape_all().await;
     let order_id = saga.place_order("c-1", &[("SKU-2", 1)]).await;
     assert_eq!(saga.wait_final(&order_id).await["status"], "confirmed");
     saga.wait_notifications(&order_id, 1).await;
 
-    let expected: HashMap<(&str, &str), f64> = HashMap::from([
-        (("inventory", "ack"), 1.0),
-        (("payment", "ack"), 1.0),
-        (("order", "ack"), 2.0), // inventory.reserved, payment.succeeded
-        (("notify", "ack"), 1.0),
+    let expected: HashMap<&str, f64> = HashMap::from([
+        ("inventory", 1.0),
+        ("payment", 1.0),
+        ("order", 2.0), // inventory.reserved, payment.succeeded
+        ("notify", 1.0),
     ]);
+    let acked = |text: &str, queue: &str| {
+        metric_value(
+            text,
+            "msgkit_consumed_total",
+            &[("queue", queue), ("outcome", "ack")],
+        )
+        .unwrap_or(0.0)
+    };
     let after = wait_until_async("every consumer's count to move", DEADLINE, || async {
-        let after = scrape(&saga.client, &saga.api).await;
-        let moved = expected.iter().all(|((queue, outcome), delta)| {
-            let of = |text: &str| {
-                metric_value(
-                    text,
-                    "msgkit_consumed_total",
-                    &[("queue", queue), ("outcome", outcome)],
-                )
-                .unwrap_or(0.0)
-            };
-            of(&after) - of(&before) == *delta
+        let after = scrape_all().await;
+        let moved = expected.iter().all(|(queue, delta)| {
+            acked(&after[queue], queue) - acked(&before[queue], queue) == *delta
         });
         moved.then_some(after)
     })
     .await;
-    let delta = |name: &str, labels: &[(&str, &str)]| {
-        metric_value(&after, name, labels).unwrap_or(0.0)
-            - metric_value(&before, name, labels).unwrap_or(0.0)
+    let delta = |service: &str, name: &str, labels: &[(&str, &str)]| {
+        metric_value(&after[service], name, labels).unwrap_or(0.0)
+            - metric_value(&before[service], name, labels).unwrap_or(0.0)
     };
-    assert_eq!(
-        delta("msgkit_relay_published_total", &[("service", "order")]),
-        2.0,
-        "placed + confirmed"
-    );
-    assert_eq!(
-        delta("msgkit_relay_published_total", &[("service", "inventory")]),
-        1.0
-    );
-    assert_eq!(
-        delta("msgkit_relay_published_total", &[("service", "payment")]),
-        1.0
-    );
+    for (service, published) in [("order", 2.0), ("inventory", 1.0), ("payment", 1.0)] {
+        assert_eq!(
+            delta(
+                service,
+                "msgkit_relay_published_total",
+                &[("service", service)]
+            ),
+            published,
+            "{service} (order: placed + confirmed)"
+        );
+    }
     assert_eq!(
         delta(
+            "inventory",
             "msgkit_handler_duration_seconds_count",
             &[("queue", "inventory")]
         ),
@@ -232,6 +239,7 @@ async fn the_metrics_move_by_exactly_one_order() {
     );
     assert_eq!(
         delta(
+            "notify",
             "msgkit_end_to_end_latency_seconds_count",
             &[("queue", "notify")]
         ),
@@ -239,6 +247,7 @@ async fn the_metrics_move_by_exactly_one_order() {
     );
     assert!(
         delta(
+            "order",
             "msgkit_publish_confirm_seconds_count",
             &[("publisher", "relay")]
         ) >= 1.0
@@ -246,6 +255,7 @@ async fn the_metrics_move_by_exactly_one_order() {
     for outcome in ["retry", "dead_letter", "poison", "duplicate"] {
         assert_eq!(
             delta(
+                "inventory",
                 "msgkit_consumed_total",
                 &[("queue", "inventory"), ("outcome", outcome)]
             ),
@@ -254,11 +264,20 @@ async fn the_metrics_move_by_exactly_one_order() {
     }
     assert_eq!(
         metric_value(
-            &after,
+            &after["inventory"],
             "msgkit_broker_connected",
             &[("component", "inventory/consumer")]
         ),
         Some(1.0)
+    );
+    // A service's registry holds its own series only.
+    assert_eq!(
+        metric_value(
+            &after["order"],
+            "msgkit_consumed_total",
+            &[("queue", "inventory"), ("outcome", "ack")]
+        ),
+        None
     );
     saga.stop().await;
 }

@@ -131,12 +131,12 @@ impl BrokerSettings {
     /// The reconnect schedule: doubling from `reconnect_initial` to `reconnect_max`, ±20 %
     /// jitter (so that every client of a broker that restarted does not return at once),
     /// never giving up. Database reconnects reuse it.
-    pub fn reconnect_policy(&self) -> Backoff {
+    pub(crate) fn reconnect_policy(&self) -> Backoff {
         Backoff::new(self.reconnect_initial, self.reconnect_max).with_jitter(RECONNECT_JITTER)
     }
 
     /// The delays of [`BrokerSettings::reconnect_policy`], endless.
-    pub fn reconnect_backoff(&self) -> Delays {
+    pub(crate) fn reconnect_backoff(&self) -> Delays {
         self.reconnect_policy().delays()
     }
 

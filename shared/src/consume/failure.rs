@@ -91,7 +91,10 @@ mod tests {
             max_attempts,
             ..RetryPolicy::default()
         };
-        FailurePolicy::new(retry, Republisher::new("inventory", "inventory"))
+        FailurePolicy::new(
+            retry,
+            Republisher::new("inventory", "inventory", crate::metrics::Metrics::new()),
+        )
     }
 
     fn failure(kind: FailureKind) -> HandlerError {

@@ -5,14 +5,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::handler::{FailureKind, HandlerError};
+use super::handler::HandlerError;
 use crate::message::{
     ATTEMPT_HEADER, CREATED_AT_HEADER, OutgoingMessage, header_i64, header_str, is_broker_record,
 };
-use crate::outbox::OutboxMessage;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// Header: when a delayed retry is due (milliseconds since the Unix epoch).
@@ -35,11 +33,6 @@ pub struct UndecodableBody {
     message_type: String,
     source: serde_json::Error,
 }
-
-/// The handler does not know this message type.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown message type {0:?}")]
-pub struct UnknownMessageType(pub String);
 
 impl IncomingMessage {
     /// A message as received (tests build one with `msgkit::testing::TestMessage`).
@@ -126,23 +119,6 @@ impl IncomingMessage {
                 source,
             })
         })
-    }
-
-    /// The error for a type this handler does not handle (poison).
-    pub fn unknown_type(&self) -> HandlerError {
-        HandlerError::poison(UnknownMessageType(self.message_type().to_owned()))
-    }
-
-    /// A follow-up event about the same aggregate, to enqueue in the handler's transaction
-    /// (where it continues this message's trace).
-    pub fn follow_up(
-        &self,
-        message_type: &str,
-        payload: &impl Serialize,
-    ) -> Result<OutboxMessage, HandlerError> {
-        let aggregate = self.correlation_id().unwrap_or_default();
-        OutboxMessage::event(message_type, aggregate, payload)
-            .map_err(|e| HandlerError::new(FailureKind::Poison, "serde_json::Error", e.to_string()))
     }
 
     /// When the message was first created (`x-created-at-ms`, else the AMQP timestamp).

@@ -3,27 +3,9 @@
 //! dead-lettering with headers an operator can read, an inbox that makes redelivery harmless,
 //! reconnection, and graceful shutdown.
 //!
-//! ```no_run
-//! use msgkit::consume::{Consumer, ConsumerConfig, Handler, HandlerError, IncomingMessage};
-//! use sqlx::PgConnection;
-//!
-//! struct Reserve;
-//!
-//! impl Handler for Reserve {
-//!     async fn handle(&self, message: &IncomingMessage, tx: &mut PgConnection) -> Result<(), HandlerError> {
-//!         match message.message_type() {
-//!             "order.placed" => {
-//!                 let order: serde_json::Value = message.decode()?; // undecodable: poison
-//!                 sqlx::query("UPDATE stock SET ...").execute(&mut *tx).await?; // db error: retry
-//!                 let reply = message.follow_up("inventory.reserved", &order)?;
-//!                 msgkit::outbox::enqueue(tx, &reply).await?;
-//!                 Ok(())
-//!             }
-//!             _ => Err(message.unknown_type()), // poison
-//!         }
-//!     }
-//! }
-//! ```
+//! Services write [`Routes`]: one async function per event type (see the crate's front page
+//! for a whole service). [`Handler`] is the lower-level interface the runtime runs, which
+//! [`Routes`] implements; a hand-written one must do its own type dispatch and decoding.
 
 mod acks;
 mod batch;
@@ -52,7 +34,7 @@ pub use dead_letter::{
 };
 pub use faults::Faults;
 pub use handler::{FailureKind, Handler, HandlerError};
-pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody, UnknownMessageType};
+pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody};
 pub use retry::{RetryPolicy, random_unit};
 pub use routes::{BatchFn, RouteFn, Routes, UNROUTED_ERROR_TYPE, Unrouted};
 pub use runtime::Consumer;

@@ -1,15 +1,12 @@
 //! What became of a delivery, and how that is counted: the consumer's stats, the queue's
 //! metrics and the delivery's `process` span.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
 
 use super::dead_letter::FailureReason;
 use super::pipeline::Received;
-use super::stats::ConsumerStats;
 use crate::broker::BrokerError;
 use crate::metrics::{Outcome, QueueMetrics};
 
@@ -32,10 +29,9 @@ pub(super) enum Settled {
     DeadLettered(FailureReason),
 }
 
-/// Counts settled deliveries in the stats, the metrics and their spans.
+/// Counts settled deliveries in the metrics and their spans.
 #[derive(Debug, Clone)]
 pub(super) struct Outcomes {
-    pub(super) stats: Arc<ConsumerStats>,
     pub(super) metrics: QueueMetrics,
 }
 
@@ -49,16 +45,13 @@ impl Outcomes {
         {
             metrics.end_to_end((Utc::now() - created).to_std().unwrap_or_default());
         }
-        let stats = &self.stats;
-        let (counter, outcome) = match settled {
-            Settled::Handled => (&stats.handled, Outcome::Ack),
-            Settled::Duplicate => (&stats.duplicates, Outcome::Duplicate),
-            Settled::Deferred => (&stats.deferred, Outcome::Deferred),
-            Settled::Retried => (&stats.retried, Outcome::Retry),
-            Settled::DeadLettered(FailureReason::Poison) => (&stats.poison, Outcome::Poison),
-            Settled::DeadLettered(FailureReason::RetriesExhausted) => {
-                (&stats.dead_lettered, Outcome::DeadLetter)
-            }
+        let outcome = match settled {
+            Settled::Handled => Outcome::Ack,
+            Settled::Duplicate => Outcome::Duplicate,
+            Settled::Deferred => Outcome::Deferred,
+            Settled::Retried => Outcome::Retry,
+            Settled::DeadLettered(FailureReason::Poison) => Outcome::Poison,
+            Settled::DeadLettered(FailureReason::RetriesExhausted) => Outcome::DeadLetter,
         };
         one.span.record("msgkit.outcome", outcome.label());
         if !matches!(
@@ -71,6 +64,5 @@ impl Outcomes {
         if one.message.redelivered() {
             metrics.redelivered();
         }
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }

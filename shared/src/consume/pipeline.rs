@@ -21,7 +21,7 @@ use super::republish::Republisher;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::inbox;
 use crate::publish::ConfirmedPublisher;
-use crate::telemetry::context;
+use crate::telemetry::{context, spans};
 use crate::topology::delay_tier_for;
 use crate::trace_context::TraceParent;
 
@@ -77,10 +77,14 @@ impl<H: Handler> Pipeline<H> {
             handler,
             failures: FailurePolicy::new(
                 config.retry.clone(),
-                Republisher::new(&config.queue, &config.service),
+                Republisher::new(
+                    &config.queue,
+                    &config.service,
+                    outcomes.metrics.registry.clone(),
+                ),
             ),
             outcomes,
-            span_name: format!("{} process", config.queue),
+            span_name: spans::process_name(&config.queue),
         }
     }
 
@@ -102,7 +106,7 @@ impl<H: Handler> Pipeline<H> {
             properties,
             body: data,
         };
-        let span = self.process_span(&message);
+        let span = spans::process(&self.span_name, &self.queue, &message);
         let trace = context::continue_trace(&span, message.trace());
         Received {
             tag: delivery_tag,
@@ -111,28 +115,6 @@ impl<H: Handler> Pipeline<H> {
             trace,
             started: Instant::now(),
         }
-    }
-
-    fn process_span(&self, message: &IncomingMessage) -> tracing::Span {
-        // ERROR level, so that a quiet RUST_LOG never disables the span that carries the trace
-        // ids of the handler's log lines and the parent of its outgoing messages.
-        tracing::error_span!(
-            "process",
-            otel.name = self.span_name.as_str(),
-            otel.kind = "consumer",
-            otel.status_code = tracing::field::Empty,
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "process",
-            messaging.destination.name = %self.queue,
-            messaging.rabbitmq.destination.routing_key = %message.routing_key(),
-            messaging.message.id = message.message_id().unwrap_or_default(),
-            messaging.message.conversation_id = message.correlation_id().unwrap_or_default(),
-            messaging.message.type = message.message_type(),
-            msgkit.attempt = message.attempt(),
-            msgkit.outcome = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        )
     }
 
     /// Process one delivery in its own transaction and mark it settled.

@@ -14,7 +14,7 @@ use super::handler::HandlerError;
 use super::message::{IncomingMessage, RETRY_AT_HEADER};
 use crate::broker::BrokerError;
 use crate::message::OutgoingMessage;
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 use crate::publish::ConfirmedPublisher;
 use crate::topology::{DELAY_TIER_BASE, delay_tier_for, delay_tier_name};
 
@@ -25,13 +25,16 @@ pub(super) struct Republisher {
     queue: String,
     /// Recorded in `x-failed-service`.
     service: String,
+    /// Where confirm latencies are recorded.
+    metrics: Metrics,
 }
 
 impl Republisher {
-    pub(super) fn new(queue: &str, service: &str) -> Self {
+    pub(super) fn new(queue: &str, service: &str, metrics: Metrics) -> Self {
         Self {
             queue: queue.to_owned(),
             service: service.to_owned(),
+            metrics,
         }
     }
 
@@ -43,7 +46,7 @@ impl Republisher {
         publisher: &ConfirmedPublisher,
     ) -> Result<(), BrokerError> {
         let onward = message.to_outgoing(&delay_tier_name(tier), &self.queue);
-        publish_confirmed(publisher, &onward, "retry").await
+        self.publish_confirmed(publisher, &onward, "retry").await
     }
 
     /// Send `message` to the delay tier that fits `delay`, as its next attempt.
@@ -62,7 +65,7 @@ impl Republisher {
             due.timestamp_millis().to_string(),
         );
         self.remember_origin(message, &mut retry);
-        publish_confirmed(publisher, &retry, "retry").await
+        self.publish_confirmed(publisher, &retry, "retry").await
     }
 
     /// Send `message` to the queue's dead-letter queue with the headers an operator reads.
@@ -80,7 +83,8 @@ impl Republisher {
         for (name, value) in failure_headers(reason, error, &self.service) {
             dead.headers.insert(name.to_owned(), value);
         }
-        publish_confirmed(publisher, &dead, "dead_letter").await
+        self.publish_confirmed(publisher, &dead, "dead_letter")
+            .await
     }
 
     /// Where the message was first delivered, kept through its retries.
@@ -96,23 +100,24 @@ impl Republisher {
         out.headers
             .insert(ORIGINAL_QUEUE.to_owned(), self.queue.clone());
     }
-}
 
-/// Publish and wait for the broker's confirm; a nack or a return is an error, so the delivery
-/// is not acked and comes back.
-async fn publish_confirmed(
-    publisher: &ConfirmedPublisher,
-    message: &OutgoingMessage,
-    purpose: &'static str,
-) -> Result<(), BrokerError> {
-    let started = Instant::now();
-    let outcome = publisher.publish(message).await?;
-    metrics().confirm(purpose, started.elapsed());
-    match outcome.failure_reason() {
-        None => Ok(()),
-        Some(reason) => Err(BrokerError::Refused {
-            destination: format!("{} / {}", message.exchange, message.routing_key),
-            reason,
-        }),
+    /// Publish and wait for the broker's confirm; a nack or a return is an error, so the delivery
+    /// is not acked and comes back.
+    async fn publish_confirmed(
+        &self,
+        publisher: &ConfirmedPublisher,
+        message: &OutgoingMessage,
+        purpose: &'static str,
+    ) -> Result<(), BrokerError> {
+        let started = Instant::now();
+        let outcome = publisher.publish(message).await?;
+        self.metrics.confirm(purpose, started.elapsed());
+        match outcome.failure_reason() {
+            None => Ok(()),
+            Some(reason) => Err(BrokerError::Refused {
+                destination: format!("{} / {}", message.exchange, message.routing_key),
+                reason,
+            }),
+        }
     }
 }

@@ -59,7 +59,7 @@ impl RetryPolicy {
     }
 
     /// The schedule this policy describes.
-    pub fn backoff(&self) -> Backoff {
+    pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(self.initial_delay, self.max_delay)
             .with_multiplier(self.multiplier)
             .with_jitter(self.jitter)
@@ -72,12 +72,12 @@ impl RetryPolicy {
     }
 
     /// The delay after failed attempt `attempt`, jitter applied.
-    pub fn delay_after(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay_after(&self, attempt: u32) -> Duration {
         self.backoff().delay(attempt)
     }
 
     /// Whether a message whose attempt `attempt` failed may be tried again.
-    pub fn allows_another_attempt(&self, attempt: u32) -> bool {
+    pub(crate) fn allows_another_attempt(&self, attempt: u32) -> bool {
         self.backoff().allows_another_attempt(attempt)
     }
 }

@@ -13,7 +13,7 @@ use super::pipeline::Pipeline;
 use super::session::Sessions;
 use super::stats::ConsumerStats;
 use crate::broker::BrokerSettings;
-use crate::metrics::{QueueMetrics, metrics};
+use crate::metrics::{Metrics, QueueMetrics};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
@@ -24,7 +24,6 @@ pub struct Consumer<H> {
     topology: Topology,
     config: ConsumerConfig,
     handler: H,
-    stats: Arc<ConsumerStats>,
     metrics: QueueMetrics,
 }
 
@@ -39,19 +38,24 @@ impl<H: Handler> Consumer<H> {
         handler: H,
     ) -> Self {
         Self {
-            metrics: metrics().for_queue(&config.queue),
+            metrics: queue_metrics(&Metrics::new(), &config),
             pool,
             broker,
             topology,
             config,
             handler,
-            stats: Arc::new(ConsumerStats::default()),
         }
+    }
+
+    /// Count into `metrics` (its service's registry) instead of a registry of its own.
+    pub(crate) fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = queue_metrics(metrics, &self.config);
+        self
     }
 
     /// The live counters.
     pub fn stats(&self) -> Arc<ConsumerStats> {
-        Arc::clone(&self.stats)
+        Arc::new(ConsumerStats::new(self.metrics.clone()))
     }
 
     /// Consume until `shutdown`: then stop taking deliveries, finish (and ack) the ones in
@@ -66,7 +70,6 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             handler,
-            stats,
             metrics,
         } = self;
         let parts = Parts {
@@ -74,11 +77,7 @@ impl<H: Handler> Consumer<H> {
             broker,
             topology,
             config,
-            outcomes: Outcomes {
-                stats: Arc::clone(&stats),
-                metrics,
-            },
-            stats,
+            outcomes: Outcomes { metrics },
         };
         // Monomorphised twice, so that a consumer without faults runs its handler bare.
         match parts.config.faults.around(handler) {
@@ -96,7 +95,6 @@ struct Parts {
     topology: Topology,
     config: ConsumerConfig,
     outcomes: Outcomes,
-    stats: Arc<ConsumerStats>,
 }
 
 impl Parts {
@@ -108,14 +106,14 @@ impl Parts {
             topology,
             config,
             outcomes,
-            stats,
         } = self;
+        let connection = outcomes.metrics.connection.clone();
         let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes);
         let sessions = Sessions {
             broker,
             topology,
             config,
-            stats,
+            connection,
             pipeline,
         };
         let config = &sessions.config;
@@ -128,4 +126,9 @@ impl Parts {
         };
         tokio::join!(sessions.run(shutdown), sweep);
     }
+}
+
+/// `config.queue`'s metrics in `metrics`, its connection named `<name>/consumer`.
+fn queue_metrics(metrics: &Metrics, config: &ConsumerConfig) -> QueueMetrics {
+    metrics.for_queue(&config.queue, &format!("{}/consumer", config.name))
 }

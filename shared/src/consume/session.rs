@@ -6,8 +6,6 @@
 //! cannot be settled on its connection, when acks cannot be sent, or when a connection is
 //! lost; unacked deliveries are then redelivered by the broker.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -22,9 +20,8 @@ use super::config::ConsumerConfig;
 use super::handler::Handler;
 use super::outcome::Unsettled;
 use super::pipeline::Pipeline;
-use super::stats::ConsumerStats;
 use crate::broker::{BrokerError, BrokerSettings};
-use crate::metrics::metrics;
+use crate::metrics::ComponentMetrics;
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
@@ -41,7 +38,7 @@ pub(super) struct Sessions<H> {
     pub(super) broker: BrokerSettings,
     pub(super) topology: Topology,
     pub(super) config: ConsumerConfig,
-    pub(super) stats: Arc<ConsumerStats>,
+    pub(super) connection: ComponentMetrics,
     pub(super) pipeline: Pipeline<H>,
 }
 
@@ -64,11 +61,10 @@ impl<H: Handler> Sessions<H> {
                 break;
             };
             if sessions > 0 {
-                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                metrics().reconnected(&self.component());
+                self.connection.reconnected();
             }
             sessions += 1;
-            self.set_connected(true);
+            self.connection.set_connected(true);
             tracing::info!(
                 prefetch = self.config.prefetch,
                 concurrency = self.config.concurrency,
@@ -78,7 +74,7 @@ impl<H: Handler> Sessions<H> {
             session
                 .consume(&self.pipeline, self.config.concurrency, shutdown)
                 .await;
-            self.set_connected(false);
+            self.connection.set_connected(false);
             if shutdown.is_triggered() {
                 break;
             }
@@ -92,15 +88,6 @@ impl<H: Handler> Sessions<H> {
                 () = shutdown.triggered() => break,
             }
         }
-    }
-
-    fn component(&self) -> String {
-        format!("{}/consumer", self.config.name)
-    }
-
-    fn set_connected(&self, connected: bool) {
-        self.stats.connected.store(connected, Ordering::Relaxed);
-        metrics().set_connected(&self.component(), connected);
     }
 
     /// A session, retrying with backoff; `None` on shutdown.

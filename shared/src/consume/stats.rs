@@ -1,51 +1,54 @@
-//! A consumer's counters, read by services (health, logs) and tests.
+//! A consumer's counters, read by services (health, logs), the bench and tests: a view of the
+//! consumer's metrics, which are the only counters the kit keeps.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::metrics::{Outcome, QueueMetrics};
 
 /// A consumer's counters, by outcome.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 pub struct ConsumerStats {
-    pub(super) handled: AtomicU64,
-    pub(super) duplicates: AtomicU64,
-    pub(super) retried: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-    pub(super) poison: AtomicU64,
-    pub(super) deferred: AtomicU64,
-    pub(super) reconnects: AtomicU64,
-    pub(super) connected: AtomicBool,
+    metrics: QueueMetrics,
 }
 
 impl ConsumerStats {
+    pub(super) fn new(metrics: QueueMetrics) -> Self {
+        Self { metrics }
+    }
+
     /// Messages handled (committed; acked, or about to be: acks go out in batches).
     pub fn handled(&self) -> u64 {
-        self.handled.load(Ordering::Relaxed)
+        self.metrics.count(Outcome::Ack)
     }
     /// Duplicates acked without running the handler.
     pub fn duplicates(&self) -> u64 {
-        self.duplicates.load(Ordering::Relaxed)
+        self.metrics.count(Outcome::Duplicate)
     }
     /// Failed attempts sent to a delayed retry.
     pub fn retried(&self) -> u64 {
-        self.retried.load(Ordering::Relaxed)
+        self.metrics.count(Outcome::Retry)
     }
     /// Messages dead-lettered after their last attempt.
     pub fn dead_lettered(&self) -> u64 {
-        self.dead_lettered.load(Ordering::Relaxed)
+        self.metrics.count(Outcome::DeadLetter)
     }
     /// Messages dead-lettered as poison.
     pub fn poison(&self) -> u64 {
-        self.poison.load(Ordering::Relaxed)
+        self.metrics.count(Outcome::Poison)
     }
     /// Delayed retries passed on to the next delay tier.
     pub fn deferred(&self) -> u64 {
-        self.deferred.load(Ordering::Relaxed)
+        self.metrics.count(Outcome::Deferred)
     }
     /// Sessions (connection + channel + subscription) opened after the first.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
+        self.metrics.connection.reconnects()
     }
     /// Whether the consumer is subscribed right now.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.metrics.connection.connected()
+    }
+    /// The consumer's registry as `/metrics` would serve it (its service's, when it runs in
+    /// one).
+    pub fn render_metrics(&self) -> String {
+        self.metrics.registry.render()
     }
 }

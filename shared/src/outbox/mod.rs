@@ -28,7 +28,7 @@ use crate::telemetry::spans;
 use crate::topology::EVENTS_EXCHANGE;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
-pub use relay::{BatchReport, OutboxRelay, RelayConfig, RelayError, RelayStats};
+pub use relay::{OutboxRelay, RelayConfig, RelayError, RelayStats};
 pub use store::{Backlog, backlog};
 
 /// What can go wrong writing to or reading the outbox.

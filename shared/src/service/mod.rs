@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use crate::config::ConfigError;
 use crate::consume::{Consumer, ConsumerConfig, Handler, Routes};
 use crate::database::DatabaseError;
+use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::outbox::OutboxRelay;
 use crate::shutdown::Shutdown;
@@ -114,6 +115,9 @@ pub struct Service {
     listener: TcpListener,
     routes: Router,
     ops: OpsState,
+    /// The service's registry: what its `/metrics` serves, what its relay and consumers count
+    /// into.
+    metrics: Metrics,
     tasks: Vec<Task>,
     consumers: Vec<ConsumerConfig>,
 }
@@ -149,8 +153,10 @@ impl Service {
                 addr: settings.http_addr,
                 source,
             })?;
+        let metrics = Metrics::new();
         Ok(Self {
-            ops: OpsState::new(pool.clone()),
+            ops: OpsState::new(pool.clone(), metrics.clone()),
+            metrics,
             settings,
             topology,
             pool,
@@ -185,7 +191,8 @@ impl Service {
                 .for_role(format!("{}/outbox-relay", self.settings.name)),
             self.topology.clone(),
             self.settings.relay.clone(),
-        );
+        )
+        .with_metrics(&self.metrics);
         self.ops = self
             .ops
             .with_relay(self.settings.name.clone(), relay.stats());
@@ -258,7 +265,8 @@ impl Service {
             self.topology.clone(),
             config,
             handler,
-        );
+        )
+        .with_metrics(&self.metrics);
         self.ops = self.ops.with_consumer(queue, consumer.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(consumer.run(shutdown))));

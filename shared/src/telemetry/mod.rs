@@ -8,8 +8,8 @@
 //!   later-enabled collector see one trace per order.
 
 pub mod context;
-pub mod http;
-pub mod spans;
+pub(crate) mod http;
+pub(crate) mod spans;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;

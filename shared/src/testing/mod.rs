@@ -21,7 +21,7 @@ pub use database::TestDatabase;
 pub use message::TestMessage;
 pub use probe::Probe;
 pub use proxy::TcpProxy;
-pub use scrape::{metric_value, metrics_exposition, scrape};
+pub use scrape::{metric_value, scrape};
 pub use wait::{try_wait_until, wait_until, wait_until_async};
 
 use std::time::{SystemTime, UNIX_EPOCH};

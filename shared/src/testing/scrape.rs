@@ -34,12 +34,6 @@ pub async fn scrape(client: &reqwest::Client, base: &str) -> String {
         .expect("metrics text")
 }
 
-/// This process's metrics as `/metrics` would serve them (for tests that run a consumer
-/// without its service).
-pub fn metrics_exposition() -> String {
-    crate::metrics::metrics().render()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,7 +124,7 @@ impl OutboxRelay {
             started,
         } = batch;
         let outcomes = confirms.confirmed().await?;
-        crate::metrics::metrics().confirm("relay", started.elapsed());
+        self.metrics.registry.confirm("relay", started.elapsed());
         for (span, outcome) in spans.iter().zip(&outcomes) {
             if let Some(reason) = outcome.failure_reason() {
                 span.record("otel.status_code", "error");
@@ -142,8 +142,8 @@ impl OutboxRelay {
         }
 
         let (published, failed) = (verdicts.published.len(), verdicts.failed.len());
-        crate::metrics::metrics().relayed(&self.config.app_id, published as u64, failed as u64);
-        self.stats.add_relayed(published, failed);
+        self.metrics.published.inc_by(published as u64);
+        self.metrics.refused.inc_by(failed as u64);
         let report = BatchReport {
             claimed: rows.len(),
             published,

@@ -22,6 +22,7 @@ use self::wakeup::Wakeups;
 use super::store;
 use crate::backoff;
 use crate::broker::{BrokerError, BrokerSettings};
+use crate::metrics::{Metrics, RelayMetrics};
 use crate::publish::ConfirmedPublisher;
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
@@ -51,7 +52,7 @@ pub struct OutboxRelay {
     broker: BrokerSettings,
     topology: Topology,
     config: RelayConfig,
-    stats: Arc<RelayStats>,
+    metrics: RelayMetrics,
 }
 
 impl OutboxRelay {
@@ -64,17 +65,23 @@ impl OutboxRelay {
         config: RelayConfig,
     ) -> Self {
         Self {
+            metrics: relay_metrics(&Metrics::new(), &config),
             pool,
             broker,
             topology,
             config,
-            stats: Arc::new(RelayStats::default()),
         }
+    }
+
+    /// Count into `metrics` (its service's registry) instead of a registry of its own.
+    pub(crate) fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = relay_metrics(metrics, &self.config);
+        self
     }
 
     /// The relay's live counters.
     pub fn stats(&self) -> Arc<RelayStats> {
-        Arc::clone(&self.stats)
+        Arc::new(RelayStats::new(self.metrics.clone()))
     }
 
     /// Run until `shutdown` is triggered. A batch in progress is finished (or abandoned
@@ -120,7 +127,7 @@ impl OutboxRelay {
                     wakeups.wait(&shutdown).await;
                 }
                 Err(RelayError::Broker(error)) => {
-                    self.stats.add_broker_error();
+                    self.metrics.broker_errors.inc();
                     self.set_connected(false);
                     tracing::warn!(%error, "outbox batch abandoned; reconnecting");
                     active.close().await;
@@ -157,7 +164,7 @@ impl OutboxRelay {
                 self.set_connected(false);
                 let publisher = self.open_publisher(shutdown).await?;
                 if *opened_before {
-                    crate::metrics::metrics().reconnected(&self.component());
+                    self.metrics.connection.reconnected();
                 }
                 *opened_before = true;
                 publisher
@@ -167,13 +174,8 @@ impl OutboxRelay {
         Some(publisher)
     }
 
-    fn component(&self) -> String {
-        format!("{}/relay", self.config.app_id)
-    }
-
     fn set_connected(&self, connected: bool) {
-        self.stats.set_connected(connected);
-        crate::metrics::metrics().set_connected(&self.component(), connected);
+        self.metrics.connection.set_connected(connected);
     }
 
     async fn open_publisher(&self, shutdown: &Shutdown) -> Option<ConfirmedPublisher> {
@@ -207,6 +209,11 @@ impl OutboxRelay {
             Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
         }
     }
+}
+
+/// `config.app_id`'s relay metrics in `metrics`, its connection named `<service>/relay`.
+fn relay_metrics(metrics: &Metrics, config: &RelayConfig) -> RelayMetrics {
+    metrics.for_relay(&config.app_id, &format!("{}/relay", config.app_id))
 }
 
 #[cfg(test)]

@@ -1,46 +1,37 @@
-//! What a relay has done, for `/metrics`, `/readyz` and the loop's own decisions.
+//! What a relay has done, for `/readyz`, the bench, tests and the loop's own decisions.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::metrics::RelayMetrics;
 
-/// Counters a relay keeps while it runs; shared, cheap to read (for `/metrics`, `/readyz`).
-#[derive(Debug, Default)]
+/// A relay's counters (for `/readyz`, the bench and tests): a view of its metrics, which are
+/// the only counters the kit keeps.
+#[derive(Debug, Clone)]
 pub struct RelayStats {
-    published: AtomicU64,
-    failed: AtomicU64,
-    broker_errors: AtomicU64,
-    connected: AtomicBool,
+    metrics: RelayMetrics,
 }
 
 impl RelayStats {
+    pub(super) fn new(metrics: RelayMetrics) -> Self {
+        Self { metrics }
+    }
     /// Messages published and confirmed.
     pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
+        self.metrics.published.get()
     }
     /// Publish attempts the broker refused (returned as unroutable, or nacked).
     pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
+        self.metrics.refused.get()
     }
     /// Batches abandoned because the connection failed (they are retried).
     pub fn broker_errors(&self) -> u64 {
-        self.broker_errors.load(Ordering::Relaxed)
+        self.metrics.broker_errors.get()
     }
     /// Whether the relay currently holds a usable broker connection.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.metrics.connection.connected()
     }
-
-    pub(super) fn add_relayed(&self, published: usize, failed: usize) {
-        self.published
-            .fetch_add(published as u64, Ordering::Relaxed);
-        self.failed.fetch_add(failed as u64, Ordering::Relaxed);
-    }
-
-    pub(super) fn add_broker_error(&self) {
-        self.broker_errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
+    /// The relay's registry as `/metrics` would serve it (its service's, when it runs in one).
+    pub fn render_metrics(&self) -> String {
+        self.metrics.registry.render()
     }
 }
 
