@@ -17,13 +17,14 @@ stack-down: ## Stop RabbitMQ and PostgreSQL
 	scripts/stack.sh down
 
 test: ## Start the stack, run the quick chaos scenario, then every test in the workspace
-	scripts/stack.sh up
-	scripts/ui-deps.sh
-	cargo build --workspace --bins
+	scripts/phase.sh stack scripts/stack.sh up
+	scripts/phase.sh ui-deps scripts/ui-deps.sh
+	scripts/phase.sh build cargo build --workspace --bins
 	@# Restarts RabbitMQ and PostgreSQL, so it runs alone, before the tests.
-	cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
-	cargo run -q -p msgkit-cli --bin msgkit -- cluster-test
-	scripts/check-deploy.sh
+	scripts/phase.sh chaos cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
+	scripts/phase.sh cluster-test cargo run -q -p msgkit-cli --bin msgkit -- cluster-test
+	scripts/phase.sh check-deploy scripts/check-deploy.sh
+	@# The test runner reports its own time and stays last: CI reads its closing summary.
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace --no-fail-fast"; \
 		cargo nextest run --workspace --no-fail-fast; \
