@@ -2,8 +2,8 @@
 //!
 //! One scheme for every wait in the kit: a message's retry delay
 //! ([`crate::consume::RetryPolicy`]), a refused outbox row's next attempt
-//! ([`crate::RelayConfig`]) and reconnecting to the broker or the database
-//! ([`crate::BrokerSettings::reconnect_backoff`]).
+//! ([`crate::RelayConfig`]) and reconnecting to the broker or the database (the reconnect
+//! settings of [`crate::BrokerSettings`]).
 //!
 //! ```
 //! # async fn example(shutdown: msgkit::Shutdown) {

@@ -18,6 +18,7 @@ use super::handler::{FailureKind, Handler, HandlerError};
 use super::message::IncomingMessage;
 use super::outcome::{Outcomes, Settled, Unsettled};
 use super::republish::Republisher;
+use crate::backoff;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::inbox;
 use crate::publish::ConfirmedPublisher;
@@ -223,22 +224,23 @@ impl<H: Handler> Pipeline<H> {
 
     /// A transaction, waiting up to [`DATABASE_PATIENCE`] for the database.
     pub(super) async fn begin(&self) -> Option<Transaction<'static, Postgres>> {
-        let deadline = Instant::now() + DATABASE_PATIENCE;
-        let mut delays = self.broker.reconnect_backoff();
-        loop {
-            match self.pool.begin().await {
-                Ok(tx) => return Some(tx),
-                Err(error) if Instant::now() < deadline => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
-                    tracing::warn!(%error, retry_in = ?delay, "database unavailable; holding the message");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "database unavailable; returning the message to the broker");
-                    return None;
-                }
-            }
-        }
+        let deadline = tokio::time::Instant::now() + DATABASE_PATIENCE;
+        let begun = backoff::retry_until_deadline(
+            "opening a transaction",
+            self.broker.reconnect_backoff(),
+            deadline,
+            || async {
+                self.pool.begin().await.inspect_err(|error| {
+                    tracing::warn!(%error, "database unavailable; holding the message");
+                })
+            },
+        )
+        .await;
+        begun
+            .inspect_err(|error| {
+                tracing::error!(%error, "database unavailable; returning the message to the broker");
+            })
+            .ok()
     }
 }
 

@@ -20,6 +20,7 @@ use super::config::ConsumerConfig;
 use super::handler::Handler;
 use super::outcome::Unsettled;
 use super::pipeline::Pipeline;
+use crate::backoff;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::metrics::ComponentMetrics;
 use crate::publish::ConfirmedPublisher;
@@ -83,30 +84,29 @@ impl<H: Handler> Sessions<H> {
             }
             let delay = delays.next().unwrap_or(self.broker.reconnect_max);
             tracing::warn!(retry_in = ?delay, "consumer session ended; reconnecting");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {},
-                () = shutdown.triggered() => break,
+            if !backoff::wait(delay, shutdown).await {
+                break;
             }
         }
     }
 
     /// A session, retrying with backoff; `None` on shutdown.
     async fn open(&self, shutdown: &Shutdown) -> Option<Session> {
-        let mut delays = self.broker.reconnect_backoff();
-        loop {
-            match self.try_open(shutdown).await {
-                Ok(session) => return Some(session),
-                Err(BrokerError::ShuttingDown) => return None,
-                Err(error) => {
-                    let delay = delays.next().unwrap_or(self.broker.reconnect_max);
-                    tracing::warn!(%error, retry_in = ?delay, "cannot start consuming");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {},
-                        () = shutdown.triggered() => return None,
+        let opened = backoff::retry_until(
+            "starting to consume",
+            self.broker.reconnect_backoff(),
+            None,
+            shutdown,
+            || async {
+                self.try_open(shutdown).await.inspect_err(|error| {
+                    if !matches!(error, BrokerError::ShuttingDown) {
+                        tracing::warn!(%error, "cannot start consuming; retrying");
                     }
-                }
-            }
-        }
+                })
+            },
+        )
+        .await;
+        opened.ok()
     }
 
     async fn try_open(&self, shutdown: &Shutdown) -> Result<Session, BrokerError> {
