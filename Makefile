@@ -24,6 +24,10 @@ test: ## Start the stack, run the quick chaos scenario, then every test in the w
 	scripts/phase.sh chaos cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
 	scripts/phase.sh cluster-test cargo run -q -p msgkit-cli --bin msgkit -- cluster-test
 	scripts/phase.sh check-deploy scripts/check-deploy.sh
+	@# The kit's documentation builds without broken links and its examples compile and run
+	@# (nextest does not run doc tests).
+	RUSTDOCFLAGS="-D warnings" scripts/phase.sh docs cargo doc -q -p msgkit --no-deps
+	scripts/phase.sh doc-tests cargo test -q -p msgkit --doc
 	@# The test runner reports its own time and stays last: CI reads its closing summary.
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace --no-fail-fast"; \

@@ -28,7 +28,7 @@ pub struct ConsumerConfig {
     /// redelivered). A batch is handled in order of correlation id (one correlation's messages
     /// in delivery order), so batches whose handlers lock only their own correlation's rows
     /// (the saga's order row) never deadlock. Handlers that lock rows shared across
-    /// correlations (stock of a product) take those locks in [`Handler::before_batch`]; if they
+    /// correlations (stock of a product) take those locks in [`super::Handler::before_batch`]; if they
     /// do not, concurrent batches can deadlock (PostgreSQL aborts one after
     /// `deadlock_timeout` and its messages are handled one by one). `prefetch` bounds what is
     /// in flight: with 32, at most two full batches of 16 run at once, whatever `concurrency`.
