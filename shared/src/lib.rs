@@ -83,10 +83,12 @@
 //!   the W3C `traceparent` carried in outbox rows and headers;
 //! - [`broker`], [`publish`]: connecting with backoff (credentials kept out of logs), and
 //!   publishing where anything but a broker ack of a routed message is a failure;
-//! - [`outbox`], [`consume`]: the outbox and its relay, the consumer runtime with its inbox;
+//! - [`outbox`], [`consume`], [`state`]: the outbox and its relay, the consumer runtime with
+//!   its inbox, a consumer's keyed state;
 //! - [`replay`]: the headers of a dead letter sent back to its work queue;
-//! - [`service`], [`config`], [`shutdown`], [`backoff`]: running a service, its settings, the
-//!   cancellation every background task hangs off, and retry schedules.
+//! - [`service`], [`config`], [`shutdown`], [`backoff`], [`clock`]: running a service, its
+//!   settings, the cancellation every background task hangs off, retry schedules, and the
+//!   clock tests move.
 #![warn(missing_docs)]
 // Small functions, one job each (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
@@ -94,6 +96,7 @@
 pub mod backoff;
 pub mod bindings;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod database;
@@ -108,6 +111,7 @@ pub mod replay;
 pub mod schema;
 pub mod service;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod topology;
 pub mod trace_context;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::faults::Faults;
 use super::retry::RetryPolicy;
+use crate::clock::Clock;
 use crate::config::{ConfigError, Lookup};
 
 /// How one consumer consumes.
@@ -44,6 +45,11 @@ pub struct ConsumerConfig {
     pub inbox_cleanup_interval: Duration,
     /// Faults to inject before the handler (tests and chaos runs; none by default).
     pub faults: Faults,
+    /// The clock the consumer's keyed state (and what else it decides by wall-clock time)
+    /// reads; tests advance it instead of waiting.
+    pub clock: Clock,
+    /// The largest keyed-state entry, in JSON bytes; a larger one is poison.
+    pub state_entry_limit: usize,
 }
 
 impl ConsumerConfig {
@@ -62,6 +68,8 @@ impl ConsumerConfig {
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             inbox_cleanup_interval: Duration::from_secs(3600),
             faults: Faults::default(),
+            clock: Clock::system(),
+            state_entry_limit: crate::state::DEFAULT_ENTRY_LIMIT,
         }
     }
 
@@ -78,7 +86,7 @@ impl ConsumerConfig {
     }
 
     /// This configuration with what `config` sets: `CONSUMER_PREFETCH`,
-    /// `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`, `CONSUMER_INBOX_RETENTION_MS`, the `RETRY_*`
+    /// `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`, `CONSUMER_INBOX_RETENTION_MS`, `STATE_ENTRY_LIMIT`, the `RETRY_*`
     /// settings of [`RetryPolicy::configured`] and the `FAULT_*` ones of
     /// [`Faults::configured`]. A setting left unset keeps this configuration's value, so a
     /// service's own defaults stand until an operator sets something. Services get `config`
@@ -91,6 +99,7 @@ impl ConsumerConfig {
                 .max(1),
             batch: config.parse("CONSUMER_BATCH", self.batch)?.max(1),
             inbox_retention: config.millis("CONSUMER_INBOX_RETENTION_MS", self.inbox_retention)?,
+            state_entry_limit: config.parse("STATE_ENTRY_LIMIT", self.state_entry_limit)?,
             retry: self.retry.configured(config)?,
             faults: self.faults.configured(config)?,
             ..self

@@ -10,6 +10,7 @@ use super::handler::HandlerError;
 use super::message::IncomingMessage;
 use crate::event::EventType;
 use crate::outbox::{self, OutboxMessage};
+use crate::state::{KeyedState, StateScope};
 use crate::trace_context::TraceParent;
 
 /// One message being handled, inside the kit's transaction. Everything written through
@@ -19,6 +20,7 @@ pub struct Context<'a, S = ()> {
     pub(crate) message: &'a IncomingMessage,
     pub(crate) tx: &'a mut PgConnection,
     pub(crate) state: &'a S,
+    pub(crate) scope: &'a StateScope,
 }
 
 impl<'a, S> Context<'a, S> {
@@ -30,6 +32,20 @@ impl<'a, S> Context<'a, S> {
     /// The state given to [`super::Routes::with_state`] (a client, a cache, settings).
     pub fn state(&self) -> &'a S {
         self.state
+    }
+
+    /// The consumer's keyed state, in this transaction (see [`crate::state`]).
+    pub fn keyed_state(&mut self) -> KeyedState<'_> {
+        KeyedState {
+            tx: self.tx,
+            scope: self.scope,
+            locked: Vec::new(),
+        }
+    }
+
+    /// Now, by the consumer's clock (the one tests move).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.scope.clock.now()
     }
 
     /// `message_id`: the same through retries, dead-lettering and replay (the kit refuses a
@@ -104,6 +120,7 @@ pub struct Batch<'a, S = ()> {
     pub(crate) messages: &'a [&'a IncomingMessage],
     pub(crate) tx: &'a mut PgConnection,
     pub(crate) state: &'a S,
+    pub(crate) scope: &'a StateScope,
 }
 
 impl<'a, S> Batch<'a, S> {
@@ -115,6 +132,20 @@ impl<'a, S> Batch<'a, S> {
     /// The state given to [`super::Routes::with_state`].
     pub fn state(&self) -> &'a S {
         self.state
+    }
+
+    /// Lock these keys of the consumer's keyed state for the batch's transaction, in one
+    /// global order (sorted), so that concurrent batches whose messages share keys cannot
+    /// deadlock. Needed only when the keys are not the messages' correlation ids (the batch
+    /// runs in correlation order already).
+    pub async fn lock_state(&mut self, keys: &[&str]) -> Result<(), HandlerError> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            crate::state::lock_key(self.tx, &self.scope.consumer, key).await?;
+        }
+        Ok(())
     }
 
     /// The messages, in the order they will be handled.

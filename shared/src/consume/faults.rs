@@ -152,4 +152,8 @@ impl<H: Handler> Handler for FaultLayer<H> {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self.inner.before_batch(messages, tx)
     }
+
+    fn configure(&mut self, config: &super::ConsumerConfig) {
+        self.inner.configure(config);
+    }
 }

@@ -38,6 +38,13 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (messages, tx);
         async { Ok(()) }
     }
+
+    /// Called once by the consumer that will run this handler, before it runs, with its
+    /// settings: [`super::Routes`] take the consumer's name, clock and state limits for their
+    /// keyed state here. The default does nothing.
+    fn configure(&mut self, config: &super::ConsumerConfig) {
+        let _ = config;
+    }
 }
 
 /// How a failure is treated.

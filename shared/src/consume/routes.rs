@@ -33,6 +33,7 @@ use super::context::{Batch, Context};
 use super::handler::{FailureKind, Handler, HandlerError};
 use super::message::IncomingMessage;
 use crate::event::EventType;
+use crate::state::StateScope;
 
 /// What becomes of a message whose type has no route.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,6 +142,8 @@ pub struct Routes<S = ()> {
     duplicates: Vec<&'static str>,
     before_batch: Option<Box<dyn ErasedBatch<S>>>,
     unrouted: Unrouted,
+    /// Whose keyed state the handlers see: set by the consumer ([`Handler::configure`]).
+    scope: StateScope,
 }
 
 impl Routes<()> {
@@ -165,6 +168,7 @@ impl<S: Send + Sync + 'static> Routes<S> {
             duplicates: Vec::new(),
             before_batch: None,
             unrouted: Unrouted::default(),
+            scope: StateScope::default(),
         }
     }
 
@@ -248,6 +252,7 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
             message,
             tx,
             state: &self.state,
+            scope: &self.scope,
         };
         route.call(ctx).await
     }
@@ -264,7 +269,16 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
             messages,
             tx,
             state: &self.state,
+            scope: &self.scope,
         };
         prepare.call(batch).await
+    }
+
+    fn configure(&mut self, config: &super::ConsumerConfig) {
+        self.scope = StateScope {
+            consumer: config.name.clone(),
+            clock: config.clock.clone(),
+            entry_limit: config.state_entry_limit,
+        };
     }
 }

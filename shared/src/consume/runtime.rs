@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use super::config::ConsumerConfig;
 use super::handler::Handler;
-use super::inbox_sweep::sweep_inbox;
+use super::inbox_sweep::sweep;
 use super::outcome::Outcomes;
 use super::pipeline::Pipeline;
 use super::session::Sessions;
@@ -37,6 +37,8 @@ impl<H: Handler> Consumer<H> {
         config: ConsumerConfig,
         handler: H,
     ) -> Self {
+        let mut handler = handler;
+        handler.configure(&config);
         Self {
             metrics: queue_metrics(&Metrics::new(), &config),
             pool,
@@ -98,7 +100,8 @@ struct Parts {
 }
 
 impl Parts {
-    /// Run sessions through a pipeline of `handler`, and the inbox sweep, until `shutdown`.
+    /// Run sessions through a pipeline of `handler`, and the sweep of what the consumer keeps,
+    /// until `shutdown`.
     async fn run<G: Handler>(self, handler: G, shutdown: &Shutdown) {
         let Self {
             pool,
@@ -116,14 +119,8 @@ impl Parts {
             connection,
             pipeline,
         };
-        let config = &sessions.config;
-        let sweep = async {
-            // The consumer that writes inbox rows also retires them.
-            if config.inbox {
-                let (retention, interval) = (config.inbox_retention, config.inbox_cleanup_interval);
-                sweep_inbox(&pool, &config.name, retention, interval, shutdown).await;
-            }
-        };
+        // The consumer that writes inbox rows and state entries also retires them.
+        let sweep = sweep(&pool, &sessions.config, shutdown);
         tokio::join!(sessions.run(shutdown), sweep);
     }
 }
