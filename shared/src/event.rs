@@ -15,6 +15,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use chrono::{DateTime, Utc};
+
 /// An event's type name and, as a type parameter, its JSON payload. Several event types may
 /// share one payload type (`payment.failed` and `inventory.rejected` both carry an order and a
 /// reason); one event type has exactly one payload type.
@@ -23,6 +25,7 @@ pub struct EventType<P> {
     // `fn() -> P`: the marker owns no `P`, so an event type is `Send`, `Sync` and `Copy` for any
     // payload.
     payload: PhantomData<fn() -> P>,
+    event_time: Option<fn(&P) -> DateTime<Utc>>,
 }
 
 impl<P> EventType<P> {
@@ -31,12 +34,34 @@ impl<P> EventType<P> {
         Self {
             name,
             payload: PhantomData,
+            event_time: None,
         }
+    }
+
+    /// The event's own time is in its payload: consumers see it as the event time (watermarks
+    /// and lateness are judged by it). Without it, the event time is when the event was
+    /// written to the outbox (`x-created-at-ms`).
+    ///
+    /// ```
+    /// # use chrono::{DateTime, Utc};
+    /// # #[derive(serde::Deserialize)] pub struct Tx { occurred_at: DateTime<Utc> }
+    /// use msgkit::EventType;
+    /// pub const RECORDED: EventType<Tx> =
+    ///     EventType::new("transaction.recorded").with_event_time(|tx| tx.occurred_at);
+    /// ```
+    pub const fn with_event_time(mut self, time: fn(&P) -> DateTime<Utc>) -> Self {
+        self.event_time = Some(time);
+        self
     }
 
     /// The name: the AMQP `type` and the routing key on the events exchange.
     pub const fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The event time of `payload`, when the event type reads it from the payload.
+    pub fn event_time_of(&self, payload: &P) -> Option<DateTime<Utc>> {
+        self.event_time.map(|time| time(payload))
     }
 }
 

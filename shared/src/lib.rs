@@ -101,6 +101,7 @@ pub mod config;
 pub mod consume;
 pub mod database;
 pub mod event;
+pub mod event_time;
 pub(crate) mod inbox;
 pub mod message;
 pub(crate) mod metrics;

@@ -41,6 +41,7 @@ struct Families {
     handler_duration: Family<One, Histogram, fn() -> Histogram>,
     batch_size: Family<One, Histogram, fn() -> Histogram>,
     batch_rollbacks: Family<One, Counter>,
+    late_events: Family<Two, Counter>,
     end_to_end: Family<One, Histogram, fn() -> Histogram>,
     confirm: Family<One, Histogram, fn() -> Histogram>,
     relay_published: Family<One, Counter>,
@@ -69,6 +70,7 @@ impl Metrics {
             handler_duration: Family::new_with_constructor(seconds),
             batch_size: Family::new_with_constructor(batch_sizes),
             batch_rollbacks: Family::default(),
+            late_events: Family::default(),
             end_to_end: Family::new_with_constructor(seconds),
             confirm: Family::new_with_constructor(seconds),
             relay_published: Family::default(),
@@ -117,6 +119,11 @@ impl Families {
             "consumer_batch_rollbacks",
             "Batches rolled back because one message or the commit failed; their messages were then handled one by one",
             self.batch_rollbacks.clone(),
+        );
+        registry.register(
+            "late_events",
+            "Events older than their key's watermark minus the route's allowed lateness, handed to the route's late hook",
+            self.late_events.clone(),
         );
         registry.register(
             "end_to_end_latency_seconds",
@@ -206,6 +213,8 @@ impl Metrics {
             batch_size: families.batch_size.get_or_create(&label()).clone(),
             batch_rollbacks: families.batch_rollbacks.get_or_create(&label()).clone(),
             end_to_end: families.end_to_end.get_or_create(&label()).clone(),
+            late_events: families.late_events.clone(),
+            queue: queue.to_owned(),
             connection: self.component(component),
             registry: self.clone(),
         }
@@ -327,6 +336,8 @@ pub(crate) struct QueueMetrics {
     batch_size: Histogram,
     batch_rollbacks: Counter,
     end_to_end: Histogram,
+    late_events: Family<Two, Counter>,
+    queue: String,
     pub(crate) connection: ComponentMetrics,
     pub(crate) registry: Metrics,
 }
@@ -360,6 +371,16 @@ impl QueueMetrics {
     /// A batch was rolled back (its messages are handled one by one next).
     pub(crate) fn batch_rolled_back(&self) {
         self.batch_rollbacks.inc();
+    }
+
+    /// A late event of `message_type` went to its route's late hook.
+    pub(crate) fn late_event(&self, message_type: &str) {
+        self.late_events
+            .get_or_create(&[
+                ("queue", self.queue.clone()),
+                ("type", message_type.to_owned()),
+            ])
+            .inc();
     }
 
     /// From the message's creation to the end of its handling.

@@ -47,6 +47,8 @@ pub struct StateScope {
     pub(crate) consumer: String,
     pub(crate) clock: Clock,
     pub(crate) entry_limit: usize,
+    /// The consumer's metrics (late events), once a consumer runs the handler.
+    pub(crate) metrics: Option<crate::metrics::QueueMetrics>,
 }
 
 impl Default for StateScope {
@@ -55,6 +57,7 @@ impl Default for StateScope {
             consumer: String::new(),
             clock: Clock::system(),
             entry_limit: DEFAULT_ENTRY_LIMIT,
+            metrics: None,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Keyed state against the real RabbitMQ and PostgreSQL: one key's updates never interleave
-//! across replicas and batches, expired entries read as absent, oversized entries are poison.
+//! Stateful consumers against the real RabbitMQ and PostgreSQL: one key's state updates never
+//! interleave across replicas and batches, expired entries read as absent, oversized entries
+//! are poison; event time comes from the contract, and late events reach the late hook.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::sync::Arc;
@@ -25,6 +26,37 @@ struct Keyed {
 const COUNTED: EventType<Keyed> = EventType::new("state.counted");
 const REMEMBERED: EventType<Keyed> = EventType::new("state.remembered");
 const RECALLED: EventType<Keyed> = EventType::new("state.recalled");
+
+/// A numbered observation that happened `at`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Tick {
+    n: i32,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Its event time is in the payload.
+const TICKED: EventType<Tick> = EventType::new("state.ticked").with_event_time(|tick| tick.at);
+/// Its event time is when it was written (`x-created-at-ms`).
+const NOTED: EventType<Tick> = EventType::new("state.noted");
+
+async fn observe(ctx: Context<'_>, tick: Tick) -> Result<(), HandlerError> {
+    note(ctx, tick, "on time").await
+}
+
+async fn observe_late(ctx: Context<'_>, tick: Tick) -> Result<(), HandlerError> {
+    note(ctx, tick, "late").await
+}
+
+async fn note(mut ctx: Context<'_>, tick: Tick, outcome: &str) -> Result<(), HandlerError> {
+    let event_time = ctx.event_time();
+    sqlx::query("INSERT INTO observed (n, outcome, event_time) VALUES ($1, $2, $3)")
+        .bind(tick.n)
+        .bind(outcome)
+        .bind(event_time)
+        .execute(ctx.tx())
+        .await?;
+    Ok(())
+}
 
 async fn count(mut ctx: Context<'_>, event: Keyed) -> Result<(), HandlerError> {
     let mut state = ctx.keyed_state();
@@ -52,10 +84,13 @@ async fn recall(mut ctx: Context<'_>, event: Keyed) -> Result<(), HandlerError> 
 }
 
 fn routes() -> Routes {
+    let lateness = Duration::from_secs(5);
     Routes::new()
         .route(COUNTED, count)
         .route(REMEMBERED, remember)
         .route(RECALLED, recall)
+        .route_with_lateness(TICKED, lateness, observe, observe_late)
+        .route(NOTED, observe)
 }
 
 fn topology() -> Topology {
@@ -75,10 +110,12 @@ async fn harness() -> Harness {
     let broker = TestBroker::create().await;
     let pool = db.pool().await;
     msgkit::schema::migrate(&pool).await.unwrap();
-    sqlx::query("CREATE TABLE recalled (key text, found text)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    for table in [
+        "CREATE TABLE recalled (key text, found text)",
+        "CREATE TABLE observed (n int, outcome text, event_time timestamptz)",
+    ] {
+        sqlx::query(table).execute(&pool).await.unwrap();
+    }
     let shutdown = Shutdown::new();
     let publisher = ConfirmedPublisher::open(&broker.settings("test"), &topology(), &shutdown)
         .await
@@ -135,6 +172,18 @@ impl Harness {
                     .await
                     .unwrap();
             (found.len() == count).then_some(found)
+        })
+        .await
+    }
+
+    async fn observed(&self, count: usize) -> Vec<(i32, String, chrono::DateTime<chrono::Utc>)> {
+        wait_until_async(&format!("{count} observations"), DEADLINE, || async {
+            let rows: Vec<(i32, String, chrono::DateTime<chrono::Utc>)> =
+                sqlx::query_as("SELECT n, outcome, event_time FROM observed ORDER BY n")
+                    .fetch_all(&self.pool)
+                    .await
+                    .unwrap();
+            (rows.len() == count).then_some(rows)
         })
         .await
     }
@@ -268,5 +317,77 @@ async fn an_entry_above_the_size_limit_is_dead_lettered_as_poison_with_the_reaso
         "{reason}"
     );
     assert_eq!(h.entries("big").await, 0, "nothing stored");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_later_than_its_keys_watermark_minus_the_lateness_reaches_the_late_hook() {
+    let h = harness().await;
+    // One at a time, so the events are judged in the order they were published.
+    let stats = h.start(ConsumerConfig {
+        concurrency: 1,
+        ..config()
+    });
+    let t = chrono::Utc::now();
+    let s = chrono::Duration::seconds;
+    for (n, key, at) in [
+        (1, "k", t),
+        (2, "k", t - s(3)),   // within 5 s of the watermark (t)
+        (3, "k", t - s(10)),  // 10 s behind: late
+        (4, "k", t + s(1)),   // the watermark moves on
+        (5, "k2", t - s(60)), // another key: its first event is never late
+    ] {
+        h.publish(TICKED, key, &Tick { n, at }).await;
+    }
+    let outcomes: Vec<(i32, String)> = h
+        .observed(5)
+        .await
+        .into_iter()
+        .map(|(n, outcome, _)| (n, outcome))
+        .collect();
+    let expected = [
+        (1, "on time"),
+        (2, "on time"),
+        (3, "late"),
+        (4, "on time"),
+        (5, "on time"),
+    ];
+    assert_eq!(outcomes, expected.map(|(n, o)| (n, o.to_owned())));
+    let late = msgkit::testing::metric_value(
+        &stats.render_metrics(),
+        "msgkit_late_events_total",
+        &[("queue", "keyed"), ("type", "state.ticked")],
+    );
+    assert_eq!(late, Some(1.0));
+    let watermark: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT watermark FROM msgkit_watermarks WHERE key = 'k'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(watermark.timestamp_micros(), (t + s(1)).timestamp_micros());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_time_comes_from_the_payload_if_the_contract_says_so_else_from_its_creation() {
+    let h = harness().await;
+    h.start(config());
+    let happened = chrono::Utc::now() - chrono::Duration::hours(5);
+    h.publish(TICKED, "k", &Tick { n: 1, at: happened }).await;
+    let mut noted =
+        OutgoingMessage::event(NOTED.name(), "k", "test", &Tick { n: 2, at: happened }).unwrap();
+    let written = chrono::Utc::now() - chrono::Duration::minutes(7);
+    noted.created_at = written;
+    assert!(h.publisher.publish(&noted).await.unwrap().is_confirmed());
+    let times: Vec<i64> = h
+        .observed(2)
+        .await
+        .into_iter()
+        .map(|(_, _, at)| at.timestamp_millis())
+        .collect();
+    assert_eq!(
+        times,
+        [happened.timestamp_millis(), written.timestamp_millis()]
+    );
     h.stop().await;
 }

@@ -21,6 +21,7 @@ pub struct Context<'a, S = ()> {
     pub(crate) tx: &'a mut PgConnection,
     pub(crate) state: &'a S,
     pub(crate) scope: &'a StateScope,
+    pub(crate) event_time: DateTime<Utc>,
 }
 
 impl<'a, S> Context<'a, S> {
@@ -74,10 +75,11 @@ impl<'a, S> Context<'a, S> {
         self.message.attempt()
     }
 
-    /// When the event happened, as the kit knows it: the millisecond creation time of its
-    /// outbox row (`x-created-at-ms`), else the AMQP timestamp, else now.
+    /// When the event happened: from its payload when its [`EventType`] says so
+    /// (`with_event_time`), else the millisecond creation time of its outbox row
+    /// (`x-created-at-ms`), else the AMQP timestamp, else now by the consumer's clock.
     pub fn event_time(&self) -> DateTime<Utc> {
-        self.message.created_at().unwrap_or_else(Utc::now)
+        self.event_time
     }
 
     /// The trace the message belongs to (its `traceparent`), if it carries a valid one.

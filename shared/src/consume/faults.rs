@@ -153,7 +153,7 @@ impl<H: Handler> Handler for FaultLayer<H> {
         self.inner.before_batch(messages, tx)
     }
 
-    fn configure(&mut self, config: &super::ConsumerConfig) {
-        self.inner.configure(config);
+    fn configure(&mut self, setup: &super::handler::ConsumerSetup<'_>) {
+        self.inner.configure(setup);
     }
 }

@@ -39,11 +39,24 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called once by the consumer that will run this handler, before it runs, with its
-    /// settings: [`super::Routes`] take the consumer's name, clock and state limits for their
-    /// keyed state here. The default does nothing.
-    fn configure(&mut self, config: &super::ConsumerConfig) {
-        let _ = config;
+    /// Called once by the consumer that will run this handler, as it starts: [`super::Routes`]
+    /// take the consumer's name, clock and state limits for their keyed state here, and the
+    /// consumer's metrics for their late events. The default does nothing.
+    fn configure(&mut self, setup: &ConsumerSetup<'_>) {
+        let _ = setup;
+    }
+}
+
+/// What a consumer hands its handler as it starts ([`Handler::configure`]).
+pub struct ConsumerSetup<'a> {
+    pub(crate) config: &'a super::ConsumerConfig,
+    pub(crate) metrics: &'a crate::metrics::QueueMetrics,
+}
+
+impl ConsumerSetup<'_> {
+    /// The consumer's settings.
+    pub fn config(&self) -> &super::ConsumerConfig {
+        self.config
     }
 }
 

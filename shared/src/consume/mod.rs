@@ -16,6 +16,7 @@ mod failure;
 mod faults;
 mod handler;
 mod inbox_sweep;
+mod lateness;
 mod message;
 mod outcome;
 mod pipeline;
@@ -33,7 +34,7 @@ pub use dead_letter::{
     FailureReason, MAX_DETAIL_BYTES, ORIGINAL_EXCHANGE, ORIGINAL_QUEUE, ORIGINAL_ROUTING_KEY,
 };
 pub use faults::Faults;
-pub use handler::{FailureKind, Handler, HandlerError};
+pub use handler::{ConsumerSetup, FailureKind, Handler, HandlerError};
 pub use message::{IncomingMessage, RETRY_AT_HEADER, UndecodableBody};
 pub use retry::{RetryPolicy, random_unit};
 pub use routes::{BatchFn, RouteFn, Routes, UNROUTED_ERROR_TYPE, Unrouted};

@@ -23,14 +23,15 @@
 //! message whose type has no route meets the consumer's [`Unrouted`] policy.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 
 use super::context::{Batch, Context};
-use super::handler::{FailureKind, Handler, HandlerError};
+use super::handler::{ConsumerSetup, FailureKind, Handler, HandlerError};
+use super::lateness::Lateness;
 use super::message::IncomingMessage;
 use crate::event::EventType;
 use crate::state::StateScope;
@@ -51,7 +52,8 @@ pub enum Unrouted {
 /// The exception type recorded on a dead-lettered unrouted message.
 pub const UNROUTED_ERROR_TYPE: &str = "msgkit::Unrouted";
 
-type RouteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+pub(super) type RouteFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
 /// An async function usable as a route: `async fn f(ctx: Context<'_, S>, payload: P) ->
 /// Result<(), HandlerError>`. Implemented for every such function; not meant to be implemented
@@ -99,22 +101,35 @@ trait ErasedRoute<S>: Send + Sync {
     fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a>;
 }
 
-struct Typed<P, F> {
+struct Typed<S, P, F> {
+    event: EventType<P>,
     handler: F,
-    payload: PhantomData<fn() -> P>,
+    late: Option<Lateness<S, P>>,
 }
 
-impl<S, P, F> ErasedRoute<S> for Typed<P, F>
+impl<S, P, F> ErasedRoute<S> for Typed<S, P, F>
 where
     S: Send + Sync + 'static,
     P: DeserializeOwned + Send + 'static,
     F: for<'a> RouteFn<'a, S, P>,
 {
-    fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a> {
-        match ctx.message.decode::<P>() {
-            Ok(payload) => Box::pin(self.handler.call(ctx, payload)),
-            Err(error) => Box::pin(std::future::ready(Err(error))),
+    fn call<'a>(&'a self, mut ctx: Context<'a, S>) -> RouteFuture<'a> {
+        let payload = match ctx.message.decode::<P>() {
+            Ok(payload) => payload,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
+        };
+        if let Some(time) = self.event.event_time_of(&payload) {
+            ctx.event_time = time;
         }
+        let Some(late) = &self.late else {
+            return Box::pin(self.handler.call(ctx, payload));
+        };
+        Box::pin(async move {
+            if late.judge(&mut ctx).await? {
+                return late.on_late.call(ctx, payload).await;
+            }
+            self.handler.call(ctx, payload).await
+        })
     }
 }
 
@@ -174,19 +189,56 @@ impl<S: Send + Sync + 'static> Routes<S> {
 
     /// Handle `event` with `handler`. One function may serve several events (its context tells
     /// which); an event routed twice is refused when the service starts.
-    pub fn route<P, F>(mut self, event: EventType<P>, handler: F) -> Self
+    pub fn route<P, F>(self, event: EventType<P>, handler: F) -> Self
     where
         P: DeserializeOwned + Send + 'static,
         F: for<'a> RouteFn<'a, S, P>,
     {
-        if self.routes.iter().any(|(name, _)| *name == event.name()) {
-            self.duplicates.push(event.name());
-        }
-        let typed = Typed {
+        self.add(Typed {
+            event,
             handler,
-            payload: PhantomData,
+            late: None,
+        })
+    }
+
+    /// Handle `event` with `handler`, judging each event by its event time against its key's
+    /// watermark (the largest event time seen for the message's correlation id): an event older
+    /// than the watermark minus `allowed` goes to `on_late` instead, and is counted in
+    /// `msgkit_late_events_total` (see [`crate::event_time`]). Events are never retracted: an
+    /// on-time event handled before a later-arriving older one stays handled.
+    pub fn route_with_lateness<P, F, L>(
+        self,
+        event: EventType<P>,
+        allowed: Duration,
+        handler: F,
+        on_late: L,
+    ) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        F: for<'a> RouteFn<'a, S, P>,
+        L: for<'a> RouteFn<'a, S, P>,
+    {
+        let late = Lateness {
+            allowed,
+            on_late: Box::new(on_late),
         };
-        self.routes.push((event.name(), Box::new(typed)));
+        self.add(Typed {
+            event,
+            handler,
+            late: Some(late),
+        })
+    }
+
+    fn add<P, F>(mut self, typed: Typed<S, P, F>) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        F: for<'a> RouteFn<'a, S, P>,
+    {
+        let name = typed.event.name();
+        if self.routes.iter().any(|(routed, _)| *routed == name) {
+            self.duplicates.push(name);
+        }
+        self.routes.push((name, Box::new(typed)));
         self
     }
 
@@ -253,6 +305,9 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
             tx,
             state: &self.state,
             scope: &self.scope,
+            event_time: message
+                .created_at()
+                .unwrap_or_else(|| self.scope.clock.now()),
         };
         route.call(ctx).await
     }
@@ -274,11 +329,13 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
         prepare.call(batch).await
     }
 
-    fn configure(&mut self, config: &super::ConsumerConfig) {
+    fn configure(&mut self, setup: &ConsumerSetup<'_>) {
+        let config = setup.config;
         self.scope = StateScope {
             consumer: config.name.clone(),
             clock: config.clock.clone(),
             entry_limit: config.state_entry_limit,
+            metrics: Some(setup.metrics.clone()),
         };
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::config::ConsumerConfig;
-use super::handler::Handler;
+use super::handler::{ConsumerSetup, Handler};
 use super::inbox_sweep::sweep;
 use super::outcome::Outcomes;
 use super::pipeline::Pipeline;
@@ -37,8 +37,6 @@ impl<H: Handler> Consumer<H> {
         config: ConsumerConfig,
         handler: H,
     ) -> Self {
-        let mut handler = handler;
-        handler.configure(&config);
         Self {
             metrics: queue_metrics(&Metrics::new(), &config),
             pool,
@@ -71,9 +69,14 @@ impl<H: Handler> Consumer<H> {
             broker,
             topology,
             config,
-            handler,
+            mut handler,
             metrics,
         } = self;
+        // Now that its registry is final (a service swaps in its own).
+        handler.configure(&ConsumerSetup {
+            config: &config,
+            metrics: &metrics,
+        });
         let parts = Parts {
             pool,
             broker,
