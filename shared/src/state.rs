@@ -47,6 +47,8 @@ pub struct StateScope {
     pub(crate) consumer: String,
     pub(crate) clock: Clock,
     pub(crate) entry_limit: usize,
+    /// How often the consumer looks for due timers: a timer due sooner wakes it when set.
+    pub(crate) timer_poll_interval: Duration,
 }
 
 impl Default for StateScope {
@@ -55,6 +57,7 @@ impl Default for StateScope {
             consumer: String::new(),
             clock: Clock::system(),
             entry_limit: DEFAULT_ENTRY_LIMIT,
+            timer_poll_interval: Duration::from_secs(1),
         }
     }
 }

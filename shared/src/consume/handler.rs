@@ -45,6 +45,12 @@ pub trait Handler: Send + Sync + 'static {
     fn configure(&mut self, config: &super::ConsumerConfig) {
         let _ = config;
     }
+
+    /// Whether it handles fired timers, so that its consumer must fire them (see
+    /// [`crate::timer`]). The default: no.
+    fn handles_timers(&self) -> bool {
+        false
+    }
 }
 
 /// How a failure is treated.

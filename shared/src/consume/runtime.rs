@@ -1,5 +1,6 @@
 //! The consumer: what a service builds and runs. It assembles the parts (sessions, the
-//! pipeline each delivery goes through, the inbox sweep) and runs them until shutdown.
+//! pipeline each delivery goes through, the inbox sweep, the timer firing) and runs them until
+//! shutdown.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::outcome::Outcomes;
 use super::pipeline::Pipeline;
 use super::session::Sessions;
 use super::stats::ConsumerStats;
+use super::timer_firing::fire_timers;
 use crate::broker::BrokerSettings;
 use crate::metrics::{Metrics, QueueMetrics};
 use crate::shutdown::Shutdown;
@@ -25,6 +27,8 @@ pub struct Consumer<H> {
     config: ConsumerConfig,
     handler: H,
     metrics: QueueMetrics,
+    /// Whether the handler handles timers, so that this consumer fires them.
+    timers: bool,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -40,6 +44,7 @@ impl<H: Handler> Consumer<H> {
         let mut handler = handler;
         handler.configure(&config);
         Self {
+            timers: handler.handles_timers(),
             metrics: queue_metrics(&Metrics::new(), &config),
             pool,
             broker,
@@ -73,6 +78,7 @@ impl<H: Handler> Consumer<H> {
             config,
             handler,
             metrics,
+            timers,
         } = self;
         let parts = Parts {
             pool,
@@ -80,6 +86,7 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             outcomes: Outcomes { metrics },
+            timers,
         };
         // Monomorphised twice, so that a consumer without faults runs its handler bare.
         match parts.config.faults.around(handler) {
@@ -97,11 +104,12 @@ struct Parts {
     topology: Topology,
     config: ConsumerConfig,
     outcomes: Outcomes,
+    timers: bool,
 }
 
 impl Parts {
-    /// Run sessions through a pipeline of `handler`, and the sweep of what the consumer keeps,
-    /// until `shutdown`.
+    /// Run sessions through a pipeline of `handler`, the sweep of what the consumer keeps and
+    /// the firing of its timers, until `shutdown`.
     async fn run<G: Handler>(self, handler: G, shutdown: &Shutdown) {
         let Self {
             pool,
@@ -109,7 +117,9 @@ impl Parts {
             topology,
             config,
             outcomes,
+            timers,
         } = self;
+        let timer_metrics = outcomes.metrics.registry.for_timers(&config.queue);
         let connection = outcomes.metrics.connection.clone();
         let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes);
         let sessions = Sessions {
@@ -121,7 +131,13 @@ impl Parts {
         };
         // The consumer that writes inbox rows and state entries also retires them.
         let sweep = sweep(&pool, &sessions.config, shutdown);
-        tokio::join!(sessions.run(shutdown), sweep);
+        // Firing sits beside consuming, not behind it: a quiet queue still fires its timers.
+        let firing = async {
+            if timers {
+                fire_timers(&pool, &sessions.config, &timer_metrics, shutdown).await;
+            }
+        };
+        tokio::join!(sessions.run(shutdown), sweep, firing);
     }
 }
 
