@@ -100,7 +100,7 @@ struct Harness {
     publisher: ConfirmedPublisher,
     shutdown: Shutdown,
     clock: Clock,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 async fn harness() -> Harness {
@@ -129,39 +129,39 @@ async fn harness() -> Harness {
         publisher,
         shutdown,
         clock: Clock::system(),
-        _db: db,
+        db,
     };
-    h.start_relay();
+    h.start_relay(h.pool.clone());
     h
 }
 
 impl Harness {
     /// A relay of the service's outbox, which publishes the fired timers.
-    fn start_relay(&self) {
+    fn start_relay(&self, pool: PgPool) {
         let config = RelayConfig {
             poll_interval: Duration::from_millis(200),
             ..RelayConfig::new("timed")
         };
         let settings = self.broker.settings("relay");
-        let relay = OutboxRelay::new(self.pool.clone(), settings, topology(), config);
+        let relay = OutboxRelay::new(pool, settings, topology(), config);
         self.shutdown.spawn(relay.run(self.shutdown.child()));
     }
 
-    /// A replica of the `timed` consumer on the harness's clock, stopped by `stop`.
-    fn start_with(&self, stop: &Shutdown) -> Arc<ConsumerStats> {
+    /// A replica of the `timed` consumer on the harness's clock and `pool`, stopped by `stop`.
+    fn start_with(&self, pool: PgPool, stop: &Shutdown) -> Arc<ConsumerStats> {
         let config = ConsumerConfig {
             clock: self.clock.clone(),
             ..ConsumerConfig::new("timed", "timed")
         };
         let settings = self.broker.settings("timed");
-        let consumer = Consumer::new(self.pool.clone(), settings, topology(), config, routes());
+        let consumer = Consumer::new(pool, settings, topology(), config, routes());
         let stats = consumer.stats();
         stop.spawn(consumer.run(stop.clone()));
         stats
     }
 
     fn start(&self) -> Arc<ConsumerStats> {
-        self.start_with(&self.shutdown.child())
+        self.start_with(self.pool.clone(), &self.shutdown.child())
     }
 
     async fn publish<P: Serialize>(&self, event: EventType<P>, key: &str, payload: &P) {
@@ -317,7 +317,7 @@ async fn a_reset_timer_fires_once_at_its_new_instant_and_not_at_its_old_one() {
 async fn a_timer_due_while_its_consumer_was_down_fires_once_on_restart_overdue_with_its_lateness() {
     let h = harness().await;
     let first = h.shutdown.child();
-    h.start_with(&first);
+    h.start_with(h.pool.clone(), &first);
     h.schedule("late", in_an(&h.clock, Duration::from_secs(600)), "late")
         .await;
     first.trigger();
@@ -344,13 +344,17 @@ async fn a_timer_due_while_its_consumer_was_down_fires_once_on_restart_overdue_w
 async fn two_thousand_timers_fire_once_each_across_two_replicas() {
     const TIMERS: i64 = 2_000;
     let h = harness().await;
-    // Each replica with its relay, as two instances of a service run.
-    h.start_relay();
-    let (first, second) = (h.start(), h.start());
+    // Two instances of a service: each with its own pool and relay.
+    let replica = async || {
+        let pool = h.db.pool().await;
+        h.start_relay(pool.clone());
+        h.start_with(pool, &h.shutdown.child())
+    };
+    let (first, second) = (replica().await, replica().await);
     let from = in_an(&h.clock, Duration::from_secs(1));
     sqlx::query(
         "INSERT INTO msgkit_timers (consumer, name, key, due_at, payload, set_at) \
-         SELECT 'timed', 'due', 'k-' || n, $1 + (n % 3000) * interval '1 millisecond', \
+         SELECT 'timed', 'due', 'k-' || n, $1 + (n % 200) * interval '1 millisecond', \
                 jsonb_build_object('note', 'bulk'), $2 \
          FROM generate_series(1, $3) AS n",
     )
