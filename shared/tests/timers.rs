@@ -11,13 +11,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use msgkit::clock::Clock;
 use msgkit::consume::{Consumer, ConsumerConfig, ConsumerStats, Context, HandlerError, Routes};
 use msgkit::message::OutgoingMessage;
-use msgkit::testing::{TestBroker, TestDatabase, metric_value, wait_until, wait_until_async};
+use msgkit::service::{Service, ServiceError};
+use msgkit::testing::{
+    TestBroker, TestDatabase, metric_value, service_settings, wait_until, wait_until_async,
+};
 use msgkit::timer::{Fired, TimerType};
 use msgkit::{
     ConfirmedPublisher, EventType, OutboxRelay, RelayConfig, Shutdown, Topology, WorkQueue,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -422,4 +426,24 @@ async fn a_timer_fires_on_a_quiet_queue_with_nothing_else_arriving() {
     .await;
     assert_eq!(h.firings("quiet").await, 1);
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_whose_routes_handle_timers_needs_no_binding_for_them_but_refuses_to_run_without_a_relay()
+ {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let settings = service_settings("timed", "timed", &db, broker.settings("timed"));
+    let service = Service::start(settings, topology(), Migrator::DEFAULT)
+        .await
+        .unwrap()
+        .consume(routes())
+        .expect("timer routes are not checked against the bindings");
+    let refused = tokio::time::timeout(DEADLINE, service.run_until_stopped(Shutdown::new()))
+        .await
+        .expect("refused at once");
+    let Err(error @ ServiceError::TimersWithoutRelay { .. }) = refused else {
+        panic!("the service must refuse to run: {refused:?}");
+    };
+    assert!(error.to_string().contains("add .with_relay()"), "{error}");
 }
