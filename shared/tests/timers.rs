@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use msgkit::clock::Clock;
 use msgkit::consume::{Consumer, ConsumerConfig, ConsumerStats, Context, HandlerError, Routes};
-use msgkit::message::OutgoingMessage;
+use msgkit::message::{OutgoingMessage, header_str};
 use msgkit::service::{Service, ServiceError};
 use msgkit::testing::{
     TestBroker, TestDatabase, metric_value, service_settings, wait_until, wait_until_async,
@@ -446,4 +446,41 @@ async fn a_service_whose_routes_handle_timers_needs_no_binding_for_them_but_refu
         panic!("the service must refuse to run: {refused:?}");
     };
     assert!(error.to_string().contains("add .with_relay()"), "{error}");
+}
+
+#[tokio::test]
+async fn a_timer_message_without_its_due_instant_is_dead_lettered_as_poison() {
+    let h = harness().await;
+    h.start();
+    // A forged or hand-replayed message of a timer's type, without the kit's header.
+    let note = Note {
+        note: "forged".into(),
+    };
+    let forged = OutgoingMessage {
+        exchange: String::new(),
+        routing_key: "timed".into(),
+        ..OutgoingMessage::event("msgkit.timer.due", "forged", "test", &note).unwrap()
+    };
+    assert!(h.publisher.publish(&forged).await.unwrap().is_confirmed());
+    let connection = h.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let dead = wait_until_async("the forged timer in timed.dlq", DEADLINE, || {
+        let channel = channel.clone();
+        async move {
+            let options = lapin::options::BasicGetOptions { no_ack: true };
+            channel
+                .basic_get("timed.dlq".into(), options)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let props = &dead.delivery.properties;
+    assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
+    assert_eq!(
+        header_str(props, "x-exception-type"),
+        Some(msgkit::timer::NOT_A_TIMER)
+    );
+    assert!(h.effects("forged").await.is_empty());
+    h.stop().await;
 }
