@@ -83,8 +83,8 @@
 //!   the W3C `traceparent` carried in outbox rows and headers;
 //! - [`broker`], [`publish`]: connecting with backoff (credentials kept out of logs), and
 //!   publishing where anything but a broker ack of a routed message is a failure;
-//! - [`outbox`], [`consume`], [`state`]: the outbox and its relay, the consumer runtime with
-//!   its inbox, a consumer's keyed state;
+//! - [`outbox`], [`consume`], [`state`], [`timer`]: the outbox and its relay, the consumer
+//!   runtime with its inbox, a consumer's keyed state and durable timers;
 //! - [`replay`]: the headers of a dead letter sent back to its work queue;
 //! - [`service`], [`config`], [`shutdown`], [`backoff`], [`clock`]: running a service, its
 //!   settings, the cancellation every background task hangs off, retry schedules, and the
@@ -114,6 +114,7 @@ pub mod service;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod timer;
 pub mod topology;
 pub mod trace_context;
 
@@ -126,5 +127,6 @@ pub use message::OutgoingMessage;
 pub use outbox::{OutboxMessage, OutboxRelay, RelayConfig};
 pub use publish::{ConfirmedPublisher, PublishOutcome};
 pub use shutdown::Shutdown;
+pub use timer::TimerType;
 pub use topology::{Topology, WorkQueue};
 pub use trace_context::TraceParent;

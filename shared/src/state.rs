@@ -49,6 +49,8 @@ pub struct StateScope {
     pub(crate) entry_limit: usize,
     /// The consumer's metrics (late events), once a consumer runs the handler.
     pub(crate) metrics: Option<crate::metrics::QueueMetrics>,
+    /// How often the consumer looks for due timers: a timer due sooner wakes it when set.
+    pub(crate) timer_poll_interval: Duration,
 }
 
 impl Default for StateScope {
@@ -58,6 +60,7 @@ impl Default for StateScope {
             clock: Clock::system(),
             entry_limit: DEFAULT_ENTRY_LIMIT,
             metrics: None,
+            timer_poll_interval: Duration::from_secs(1),
         }
     }
 }

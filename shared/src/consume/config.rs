@@ -50,6 +50,10 @@ pub struct ConsumerConfig {
     pub clock: Clock,
     /// The largest keyed-state entry, in JSON bytes; a larger one is poison.
     pub state_entry_limit: usize,
+    /// How often the consumer looks for due timers when nothing wakes it sooner: a timer due
+    /// before the next look wakes it when set, so this bounds the lateness of a timer only
+    /// when a notification is lost or the clock jumps.
+    pub timer_poll_interval: Duration,
 }
 
 impl ConsumerConfig {
@@ -70,6 +74,7 @@ impl ConsumerConfig {
             faults: Faults::default(),
             clock: Clock::system(),
             state_entry_limit: crate::state::DEFAULT_ENTRY_LIMIT,
+            timer_poll_interval: Duration::from_secs(1),
         }
     }
 
@@ -86,7 +91,8 @@ impl ConsumerConfig {
     }
 
     /// This configuration with what `config` sets: `CONSUMER_PREFETCH`,
-    /// `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`, `CONSUMER_INBOX_RETENTION_MS`, `STATE_ENTRY_LIMIT`, the `RETRY_*`
+    /// `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`, `CONSUMER_INBOX_RETENTION_MS`, `STATE_ENTRY_LIMIT`,
+    /// `TIMER_POLL_INTERVAL_MS`, the `RETRY_*`
     /// settings of [`RetryPolicy::configured`] and the `FAULT_*` ones of
     /// [`Faults::configured`]. A setting left unset keeps this configuration's value, so a
     /// service's own defaults stand until an operator sets something. Services get `config`
@@ -100,6 +106,8 @@ impl ConsumerConfig {
             batch: config.parse("CONSUMER_BATCH", self.batch)?.max(1),
             inbox_retention: config.millis("CONSUMER_INBOX_RETENTION_MS", self.inbox_retention)?,
             state_entry_limit: config.parse("STATE_ENTRY_LIMIT", self.state_entry_limit)?,
+            timer_poll_interval: config
+                .millis("TIMER_POLL_INTERVAL_MS", self.timer_poll_interval)?,
             retry: self.retry.configured(config)?,
             faults: self.faults.configured(config)?,
             ..self

@@ -11,6 +11,7 @@ use super::message::IncomingMessage;
 use crate::event::EventType;
 use crate::outbox::{self, OutboxMessage};
 use crate::state::{KeyedState, StateScope};
+use crate::timer::Timers;
 use crate::trace_context::TraceParent;
 
 /// One message being handled, inside the kit's transaction. Everything written through
@@ -41,6 +42,14 @@ impl<'a, S> Context<'a, S> {
             tx: self.tx,
             scope: self.scope,
             locked: Vec::new(),
+        }
+    }
+
+    /// The consumer's timers, in this transaction (see [`crate::timer`]).
+    pub fn timers(&mut self) -> Timers<'_> {
+        Timers {
+            tx: self.tx,
+            scope: self.scope,
         }
     }
 

@@ -156,4 +156,8 @@ impl<H: Handler> Handler for FaultLayer<H> {
     fn configure(&mut self, setup: &super::handler::ConsumerSetup<'_>) {
         self.inner.configure(setup);
     }
+
+    fn handles_timers(&self) -> bool {
+        self.inner.handles_timers()
+    }
 }

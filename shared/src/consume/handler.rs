@@ -45,6 +45,12 @@ pub trait Handler: Send + Sync + 'static {
     fn configure(&mut self, setup: &ConsumerSetup<'_>) {
         let _ = setup;
     }
+
+    /// Whether it handles fired timers, so that its consumer must fire them (see
+    /// [`crate::timer`]). The default: no.
+    fn handles_timers(&self) -> bool {
+        false
+    }
 }
 
 /// What a consumer hands its handler as it starts ([`Handler::configure`]).

@@ -26,6 +26,7 @@ mod routes;
 mod runtime;
 mod session;
 mod stats;
+mod timer_firing;
 
 pub use config::ConsumerConfig;
 pub use context::{Batch, Context};

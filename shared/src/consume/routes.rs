@@ -20,9 +20,11 @@
 //! ```
 //!
 //! A body that does not decode into the route's payload is poison (dead-lettered at once); a
-//! message whose type has no route meets the consumer's [`Unrouted`] policy.
+//! message whose type has no route meets the consumer's [`Unrouted`] policy. Fired timers are
+//! routed the same way, with [`Routes::on_timer`] (see [`crate::timer`]).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ use super::lateness::Lateness;
 use super::message::IncomingMessage;
 use crate::event::EventType;
 use crate::state::StateScope;
+use crate::timer::{Fired, TimerType};
 
 /// What becomes of a message whose type has no route.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +136,34 @@ where
     }
 }
 
+/// A timer route: the message decoded into a [`Fired`] timer, handled now by the consumer's clock.
+struct TimerRoute<P, F> {
+    handler: F,
+    payload: PhantomData<fn() -> P>,
+}
+
+impl<S, P, F> ErasedRoute<S> for TimerRoute<P, F>
+where
+    S: Send + Sync + 'static,
+    P: DeserializeOwned + Send + 'static,
+    F: for<'a> RouteFn<'a, S, Fired<P>>,
+{
+    fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a> {
+        match Fired::decode(ctx.message, ctx.scope.clock.now()) {
+            Ok(fired) => Box::pin(self.handler.call(ctx, fired)),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+}
+
+/// One route: the message type it handles, the event type when it is one (timers are not: they
+/// come to the queue by name, through no binding), and the handler.
+struct Route<S> {
+    message_type: String,
+    event: Option<&'static str>,
+    handler: Box<dyn ErasedRoute<S>>,
+}
+
 trait ErasedBatch<S>: Send + Sync {
     fn call<'a>(&'a self, batch: Batch<'a, S>) -> RouteFuture<'a>;
 }
@@ -153,8 +184,8 @@ where
 pub struct Routes<S = ()> {
     state: S,
     // A handful of routes per queue: a linear scan beats hashing the type on every message.
-    routes: Vec<(&'static str, Box<dyn ErasedRoute<S>>)>,
-    duplicates: Vec<&'static str>,
+    routes: Vec<Route<S>>,
+    duplicates: Vec<String>,
     before_batch: Option<Box<dyn ErasedBatch<S>>>,
     unrouted: Unrouted,
     /// Whose keyed state the handlers see: set by the consumer ([`Handler::configure`]).
@@ -194,7 +225,7 @@ impl<S: Send + Sync + 'static> Routes<S> {
         P: DeserializeOwned + Send + 'static,
         F: for<'a> RouteFn<'a, S, P>,
     {
-        self.add(Typed {
+        self.add_event(Typed {
             event,
             handler,
             late: None,
@@ -222,23 +253,50 @@ impl<S: Send + Sync + 'static> Routes<S> {
             allowed,
             on_late: Box::new(on_late),
         };
-        self.add(Typed {
+        self.add_event(Typed {
             event,
             handler,
             late: Some(late),
         })
     }
 
-    fn add<P, F>(mut self, typed: Typed<S, P, F>) -> Self
+    fn add_event<P, F>(self, typed: Typed<S, P, F>) -> Self
     where
         P: DeserializeOwned + Send + 'static,
         F: for<'a> RouteFn<'a, S, P>,
     {
         let name = typed.event.name();
-        if self.routes.iter().any(|(routed, _)| *routed == name) {
-            self.duplicates.push(name);
+        self.add(name.to_owned(), Some(name), Box::new(typed))
+    }
+
+    /// Handle `timer` when it fires with `handler`, an `async fn(Context<'_, S>, Fired<P>)`.
+    /// A fired timer reaches the consumer's queue by name, so it needs no binding.
+    pub fn on_timer<P, F>(self, timer: TimerType<P>, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        F: for<'a> RouteFn<'a, S, Fired<P>>,
+    {
+        let route = TimerRoute {
+            handler,
+            payload: PhantomData,
+        };
+        self.add(timer.message_type(), None, Box::new(route))
+    }
+
+    fn add(
+        mut self,
+        message_type: String,
+        event: Option<&'static str>,
+        handler: Box<dyn ErasedRoute<S>>,
+    ) -> Self {
+        if self.find(&message_type).is_some() {
+            self.duplicates.push(message_type.clone());
         }
-        self.routes.push((name, Box::new(typed)));
+        self.routes.push(Route {
+            message_type,
+            event,
+            handler,
+        });
         self
     }
 
@@ -260,21 +318,29 @@ impl<S: Send + Sync + 'static> Routes<S> {
         self
     }
 
-    /// The routed event types, in the order they were added.
+    /// The routed event types, in the order they were added (timers are not events).
     pub fn event_types(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.routes.iter().map(|(name, _)| *name)
+        self.routes.iter().filter_map(|route| route.event)
     }
 
-    /// Event types routed more than once.
-    pub(crate) fn duplicates(&self) -> &[&'static str] {
+    /// The message types of the routed timers (`msgkit.timer.<name>`).
+    pub fn timer_types(&self) -> impl Iterator<Item = &str> + '_ {
+        self.routes
+            .iter()
+            .filter(|route| route.event.is_none())
+            .map(|route| route.message_type.as_str())
+    }
+
+    /// Event and timer message types routed more than once.
+    pub(crate) fn duplicates(&self) -> &[String] {
         &self.duplicates
     }
 
     fn find(&self, message_type: &str) -> Option<&dyn ErasedRoute<S>> {
         self.routes
             .iter()
-            .find(|(name, _)| *name == message_type)
-            .map(|(_, route)| route.as_ref())
+            .find(|route| route.message_type == message_type)
+            .map(|route| route.handler.as_ref())
     }
 }
 
@@ -336,6 +402,11 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
             clock: config.clock.clone(),
             entry_limit: config.state_entry_limit,
             metrics: Some(setup.metrics.clone()),
+            timer_poll_interval: config.timer_poll_interval,
         };
+    }
+
+    fn handles_timers(&self) -> bool {
+        self.timer_types().next().is_some()
     }
 }

@@ -1,5 +1,6 @@
 //! The consumer: what a service builds and runs. It assembles the parts (sessions, the
-//! pipeline each delivery goes through, the inbox sweep) and runs them until shutdown.
+//! pipeline each delivery goes through, the inbox sweep, the timer firing) and runs them until
+//! shutdown.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::outcome::Outcomes;
 use super::pipeline::Pipeline;
 use super::session::Sessions;
 use super::stats::ConsumerStats;
+use super::timer_firing::fire_timers;
 use crate::broker::BrokerSettings;
 use crate::metrics::{Metrics, QueueMetrics};
 use crate::shutdown::Shutdown;
@@ -25,6 +27,8 @@ pub struct Consumer<H> {
     config: ConsumerConfig,
     handler: H,
     metrics: QueueMetrics,
+    /// Whether the handler handles timers, so that this consumer fires them.
+    timers: bool,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -38,6 +42,7 @@ impl<H: Handler> Consumer<H> {
         handler: H,
     ) -> Self {
         Self {
+            timers: handler.handles_timers(),
             metrics: queue_metrics(&Metrics::new(), &config),
             pool,
             broker,
@@ -71,6 +76,7 @@ impl<H: Handler> Consumer<H> {
             config,
             mut handler,
             metrics,
+            timers,
         } = self;
         // Now that its registry is final (a service swaps in its own).
         handler.configure(&ConsumerSetup {
@@ -83,6 +89,7 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             outcomes: Outcomes { metrics },
+            timers,
         };
         // Monomorphised twice, so that a consumer without faults runs its handler bare.
         match parts.config.faults.around(handler) {
@@ -100,11 +107,12 @@ struct Parts {
     topology: Topology,
     config: ConsumerConfig,
     outcomes: Outcomes,
+    timers: bool,
 }
 
 impl Parts {
-    /// Run sessions through a pipeline of `handler`, and the sweep of what the consumer keeps,
-    /// until `shutdown`.
+    /// Run sessions through a pipeline of `handler`, the sweep of what the consumer keeps and
+    /// the firing of its timers, until `shutdown`.
     async fn run<G: Handler>(self, handler: G, shutdown: &Shutdown) {
         let Self {
             pool,
@@ -112,7 +120,9 @@ impl Parts {
             topology,
             config,
             outcomes,
+            timers,
         } = self;
+        let timer_metrics = outcomes.metrics.registry.for_timers(&config.queue);
         let connection = outcomes.metrics.connection.clone();
         let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes);
         let sessions = Sessions {
@@ -124,7 +134,13 @@ impl Parts {
         };
         // The consumer that writes inbox rows and state entries also retires them.
         let sweep = sweep(&pool, &sessions.config, shutdown);
-        tokio::join!(sessions.run(shutdown), sweep);
+        // Firing sits beside consuming, not behind it: a quiet queue still fires its timers.
+        let firing = async {
+            if timers {
+                fire_timers(&pool, &sessions.config, &timer_metrics, shutdown).await;
+            }
+        };
+        tokio::join!(sessions.run(shutdown), sweep, firing);
     }
 }
 

@@ -103,6 +103,16 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    /// A consumer handles timers, whose firings are outbox messages, and nothing publishes
+    /// the outbox.
+    #[error(
+        "the consumer of queue {queue:?} handles timers, which fire through the outbox, but the \
+         service runs no outbox relay: add .with_relay()"
+    )]
+    TimersWithoutRelay {
+        /// The consumer's queue.
+        queue: String,
+    },
 }
 
 type Task = Box<dyn FnOnce(Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -120,6 +130,9 @@ pub struct Service {
     metrics: Metrics,
     tasks: Vec<Task>,
     consumers: Vec<ConsumerConfig>,
+    relay: bool,
+    /// Queues whose consumers handle timers: they need the relay.
+    timer_queues: Vec<String>,
 }
 
 impl Service {
@@ -164,6 +177,8 @@ impl Service {
             routes: Router::new(),
             tasks: Vec::new(),
             consumers: Vec::new(),
+            relay: false,
+            timer_queues: Vec::new(),
         })
     }
 
@@ -198,6 +213,7 @@ impl Service {
             .with_relay(self.settings.name.clone(), relay.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(relay.run(shutdown))));
+        self.relay = true;
         self
     }
 
@@ -223,12 +239,8 @@ impl Service {
         routes: Routes<S>,
     ) -> Result<Self, ServiceError> {
         let routed: Vec<&str> = routes.event_types().collect();
-        crate::bindings::check(
-            &self.topology,
-            &defaults.queue,
-            &routed,
-            routes.duplicates(),
-        )?;
+        let duplicates: Vec<&str> = routes.duplicates().iter().map(String::as_str).collect();
+        crate::bindings::check(&self.topology, &defaults.queue, &routed, &duplicates)?;
         self.with_consumer(defaults, routes)
     }
 
@@ -258,6 +270,9 @@ impl Service {
             config.concurrency = limit;
         }
         let queue = config.queue.clone();
+        if handler.handles_timers() {
+            self.timer_queues.push(queue.clone());
+        }
         self.consumers.push(config.clone());
         let consumer = Consumer::new(
             self.pool.clone(),
@@ -300,8 +315,14 @@ impl Service {
     }
 
     /// Run everything until `shutdown`; then stop taking requests and deliveries, finish what
-    /// is in flight, and return once every task has ended.
+    /// is in flight, and return once every task has ended. Refuses to start a consumer that
+    /// handles timers in a service without an outbox relay.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        if let (false, Some(queue)) = (self.relay, self.timer_queues.first()) {
+            return Err(ServiceError::TimersWithoutRelay {
+                queue: queue.clone(),
+            });
+        }
         // This service's own tasks, so that stopping it waits for them and nothing else.
         let shutdown = shutdown.child();
         for task in self.tasks {

@@ -16,6 +16,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+mod timers;
+
+pub(crate) use timers::TimerMetrics;
+
 type One = [(&'static str, String); 1];
 type Two = [(&'static str, String); 2];
 
@@ -52,6 +56,7 @@ struct Families {
     outbox_pending: Family<One, Gauge>,
     outbox_failing: Family<One, Gauge>,
     outbox_oldest_age: Family<One, Gauge<f64, AtomicU64>>,
+    timers: timers::TimerFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,10 +86,12 @@ impl Metrics {
             outbox_pending: Family::default(),
             outbox_failing: Family::default(),
             outbox_oldest_age: Family::default(),
+            timers: timers::TimerFamilies::new(),
             registry: Registry::default(),
         };
         metrics.register_consumer_metrics(&mut registry);
         metrics.register_publisher_metrics(&mut registry);
+        metrics.timers.register(&mut registry);
         Self(Arc::new(Families {
             registry,
             ..metrics
@@ -230,6 +237,11 @@ impl Metrics {
             connection: self.component(component),
             registry: self.clone(),
         }
+    }
+
+    /// The timer metrics of `queue`'s consumer.
+    pub(crate) fn for_timers(&self, queue: &str) -> TimerMetrics {
+        self.0.timers.for_queue(queue)
     }
 
     /// How long `publisher` (relay, retry, dead_letter) waited for a confirm.
