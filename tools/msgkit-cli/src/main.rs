@@ -1,8 +1,8 @@
 //! `msgkit`: the operator CLI of the messaging kit.
 //!
-//! Configured like the services: `AMQP_URL` (broker and vhost), and for the management API
-//! `RABBITMQ_MANAGEMENT_URL` (default `http://127.0.0.1:15672`) with the AMQP credentials
-//! unless `RABBITMQ_MANAGEMENT_USER` / `RABBITMQ_MANAGEMENT_PASSWORD` are set.
+//! Configured like the services: `AMQP_URL` (broker and vhost), `DATABASE_URL` (timers), and
+//! for the management API `RABBITMQ_MANAGEMENT_URL` (default `http://127.0.0.1:15672`) with the
+//! AMQP credentials unless `RABBITMQ_MANAGEMENT_USER` / `RABBITMQ_MANAGEMENT_PASSWORD` are set.
 //!
 //! Exit codes: 0 done, 1 a chaos run found violations, and (sysexits) 64 bad usage or filter,
 //! 66 no such queue, message or scenario, 69 broker unreachable, 70 anything else.
@@ -13,6 +13,7 @@ mod chaos;
 mod cluster;
 mod dlq;
 mod table;
+mod timers;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,8 @@ enum Command {
     /// Start a three-node RabbitMQ cluster, run the services on it under load, SIGKILL the
     /// node leading a work queue, then check nothing was lost and report the stalls.
     ClusterTest(cluster::ClusterTestArgs),
+    /// List, show and cancel a service's pending durable timers.
+    Timers(timers::TimersArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -116,6 +119,7 @@ async fn main() -> ExitCode {
             Command::Chaos(args) => chaos::run(args, cli.json).await,
             Command::Bench(args) => bench::run(args, cli.json).await,
             Command::ClusterTest(args) => cluster::run(args, cli.json).await,
+            Command::Timers(args) => timers::run(args, cli.json).await,
         },
         Err(error) => Err(error),
     };
