@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::context::Context;
 use super::handler::HandlerError;
-use super::routes::{RouteFn, RouteFuture};
+use super::route_fn::{RouteFn, RouteFuture};
 use crate::event_time;
 
 /// A late hook with its payload type kept, its future boxed.

@@ -23,9 +23,7 @@
 //! message whose type has no route meets the consumer's [`Unrouted`] policy. Fired timers are
 //! routed the same way, with [`Routes::on_timer`] (see [`crate::timer`]).
 
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -35,6 +33,7 @@ use super::context::{Batch, Context};
 use super::handler::{ConsumerSetup, FailureKind, Handler, HandlerError};
 use super::lateness::Lateness;
 use super::message::IncomingMessage;
+use super::route_fn::{BatchFn, ErasedBatch, ErasedRoute, RouteFn, TimerRoute, Typed};
 use crate::event::EventType;
 use crate::state::StateScope;
 use crate::timer::{Fired, TimerType};
@@ -55,127 +54,12 @@ pub enum Unrouted {
 /// The exception type recorded on a dead-lettered unrouted message.
 pub const UNROUTED_ERROR_TYPE: &str = "msgkit::Unrouted";
 
-pub(super) type RouteFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
-
-/// An async function usable as a route: `async fn f(ctx: Context<'_, S>, payload: P) ->
-/// Result<(), HandlerError>`. Implemented for every such function; not meant to be implemented
-/// by hand.
-pub trait RouteFn<'a, S: 'a, P>: Send + Sync + 'static {
-    /// The function's future.
-    type Future: Future<Output = Result<(), HandlerError>> + Send + 'a;
-    /// Call it.
-    fn call(&self, ctx: Context<'a, S>, payload: P) -> Self::Future;
-}
-
-impl<'a, S: 'a, P, F, Fut> RouteFn<'a, S, P> for F
-where
-    F: Fn(Context<'a, S>, P) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
-{
-    type Future = Fut;
-    fn call(&self, ctx: Context<'a, S>, payload: P) -> Fut {
-        self(ctx, payload)
-    }
-}
-
-/// An async function usable as a batch preparation: `async fn f(batch: Batch<'_, S>) ->
-/// Result<(), HandlerError>`.
-pub trait BatchFn<'a, S: 'a>: Send + Sync + 'static {
-    /// The function's future.
-    type Future: Future<Output = Result<(), HandlerError>> + Send + 'a;
-    /// Call it.
-    fn call(&self, batch: Batch<'a, S>) -> Self::Future;
-}
-
-impl<'a, S: 'a, F, Fut> BatchFn<'a, S> for F
-where
-    F: Fn(Batch<'a, S>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
-{
-    type Future = Fut;
-    fn call(&self, batch: Batch<'a, S>) -> Fut {
-        self(batch)
-    }
-}
-
-/// A route with its payload type erased, so that routes of different payloads share a table.
-trait ErasedRoute<S>: Send + Sync {
-    fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a>;
-}
-
-struct Typed<S, P, F> {
-    event: EventType<P>,
-    handler: F,
-    late: Option<Lateness<S, P>>,
-}
-
-impl<S, P, F> ErasedRoute<S> for Typed<S, P, F>
-where
-    S: Send + Sync + 'static,
-    P: DeserializeOwned + Send + 'static,
-    F: for<'a> RouteFn<'a, S, P>,
-{
-    fn call<'a>(&'a self, mut ctx: Context<'a, S>) -> RouteFuture<'a> {
-        let payload = match ctx.message.decode::<P>() {
-            Ok(payload) => payload,
-            Err(error) => return Box::pin(std::future::ready(Err(error))),
-        };
-        if let Some(time) = self.event.event_time_of(&payload) {
-            ctx.event_time = time;
-        }
-        let Some(late) = &self.late else {
-            return Box::pin(self.handler.call(ctx, payload));
-        };
-        Box::pin(async move {
-            if late.judge(&mut ctx).await? {
-                return late.on_late.call(ctx, payload).await;
-            }
-            self.handler.call(ctx, payload).await
-        })
-    }
-}
-
-/// A timer route: the message decoded into a [`Fired`] timer, handled now by the consumer's clock.
-struct TimerRoute<P, F> {
-    handler: F,
-    payload: PhantomData<fn() -> P>,
-}
-
-impl<S, P, F> ErasedRoute<S> for TimerRoute<P, F>
-where
-    S: Send + Sync + 'static,
-    P: DeserializeOwned + Send + 'static,
-    F: for<'a> RouteFn<'a, S, Fired<P>>,
-{
-    fn call<'a>(&'a self, ctx: Context<'a, S>) -> RouteFuture<'a> {
-        match Fired::decode(ctx.message, ctx.scope.clock.now()) {
-            Ok(fired) => Box::pin(self.handler.call(ctx, fired)),
-            Err(error) => Box::pin(std::future::ready(Err(error))),
-        }
-    }
-}
-
 /// One route: the message type it handles, the event type when it is one (timers are not: they
 /// come to the queue by name, through no binding), and the handler.
 struct Route<S> {
     message_type: String,
     event: Option<&'static str>,
     handler: Box<dyn ErasedRoute<S>>,
-}
-
-trait ErasedBatch<S>: Send + Sync {
-    fn call<'a>(&'a self, batch: Batch<'a, S>) -> RouteFuture<'a>;
-}
-
-impl<S, F> ErasedBatch<S> for F
-where
-    S: Send + Sync + 'static,
-    F: for<'a> BatchFn<'a, S>,
-{
-    fn call<'a>(&'a self, batch: Batch<'a, S>) -> RouteFuture<'a> {
-        Box::pin(BatchFn::call(self, batch))
-    }
 }
 
 /// A consumer's handlers, one per event type, sharing a state `S`. It is the [`Handler`] the

@@ -16,8 +16,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+mod handles;
 mod timers;
 
+pub(crate) use handles::{ComponentMetrics, Outcome, QueueMetrics, RelayMetrics};
 pub(crate) use timers::TimerMetrics;
 
 type One = [(&'static str, String); 1];
@@ -277,136 +279,4 @@ impl Metrics {
         let _ = encode(&mut out, &self.0.registry);
         out
     }
-}
-
-/// How a consumed message was settled (the `outcome` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Ack,
-    Duplicate,
-    Deferred,
-    Retry,
-    Poison,
-    DeadLetter,
-}
-
-impl Outcome {
-    const ALL: [Self; 6] = [
-        Self::Ack,
-        Self::Duplicate,
-        Self::Deferred,
-        Self::Retry,
-        Self::Poison,
-        Self::DeadLetter,
-    ];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Ack => "ack",
-            Self::Duplicate => "duplicate",
-            Self::Deferred => "deferred",
-            Self::Retry => "retry",
-            Self::Poison => "poison",
-            Self::DeadLetter => "dead_letter",
-        }
-    }
-}
-
-/// A component's broker connection: reconnects and whether it is connected.
-#[derive(Clone, Debug)]
-pub(crate) struct ComponentMetrics {
-    reconnects: Counter,
-    connected: Gauge,
-}
-
-impl ComponentMetrics {
-    /// The component re-opened its broker session.
-    pub(crate) fn reconnected(&self) {
-        self.reconnects.inc();
-    }
-
-    /// Whether the component holds a broker connection.
-    pub(crate) fn set_connected(&self, connected: bool) {
-        self.connected.set(i64::from(connected));
-    }
-
-    pub(crate) fn reconnects(&self) -> u64 {
-        self.reconnects.get()
-    }
-
-    pub(crate) fn connected(&self) -> bool {
-        self.connected.get() == 1
-    }
-}
-
-/// One queue's consumer metrics (handles into its registry's families).
-#[derive(Clone, Debug)]
-pub(crate) struct QueueMetrics {
-    consumed: [Counter; 6],
-    redelivered: Counter,
-    handler_duration: Histogram,
-    batch_size: Histogram,
-    batch_rollbacks: Counter,
-    end_to_end: Histogram,
-    late_events: Family<Two, Counter>,
-    queue: String,
-    pub(crate) connection: ComponentMetrics,
-    pub(crate) registry: Metrics,
-}
-
-impl QueueMetrics {
-    /// Messages settled with `outcome` so far.
-    pub(crate) fn count(&self, outcome: Outcome) -> u64 {
-        self.consumed[outcome as usize].get()
-    }
-
-    /// A message settled with `outcome`.
-    pub(crate) fn consumed(&self, outcome: Outcome) {
-        self.consumed[outcome as usize].inc();
-    }
-
-    /// The broker redelivered a message.
-    pub(crate) fn redelivered(&self) {
-        self.redelivered.inc();
-    }
-
-    /// How long settling one delivery took.
-    pub(crate) fn handler_duration(&self, took: Duration) {
-        self.handler_duration.observe(took.as_secs_f64());
-    }
-
-    /// A transaction of a batching consumer committed `size` deliveries.
-    pub(crate) fn batch_committed(&self, size: usize) {
-        self.batch_size.observe(size as f64);
-    }
-
-    /// A batch was rolled back (its messages are handled one by one next).
-    pub(crate) fn batch_rolled_back(&self) {
-        self.batch_rollbacks.inc();
-    }
-
-    /// A late event of `message_type` went to its route's late hook.
-    pub(crate) fn late_event(&self, message_type: &str) {
-        self.late_events
-            .get_or_create(&[
-                ("queue", self.queue.clone()),
-                ("type", message_type.to_owned()),
-            ])
-            .inc();
-    }
-
-    /// From the message's creation to the end of its handling.
-    pub(crate) fn end_to_end(&self, took: Duration) {
-        self.end_to_end.observe(took.as_secs_f64());
-    }
-}
-
-/// One relay's metrics (handles into its registry's families).
-#[derive(Clone, Debug)]
-pub(crate) struct RelayMetrics {
-    pub(crate) published: Counter,
-    pub(crate) refused: Counter,
-    pub(crate) broker_errors: Counter,
-    pub(crate) connection: ComponentMetrics,
-    pub(crate) registry: Metrics,
 }
