@@ -27,6 +27,8 @@ pub struct OpsState {
     outbox_of: Option<String>,
     relays: Vec<Arc<RelayStats>>,
     consumers: Vec<(String, Arc<ConsumerStats>)>,
+    /// The consumers' names (in the inbox, state and timers tables).
+    consumer_names: Vec<String>,
 }
 
 impl OpsState {
@@ -38,6 +40,7 @@ impl OpsState {
             outbox_of: None,
             relays: Vec::new(),
             consumers: Vec::new(),
+            consumer_names: Vec::new(),
         }
     }
 
@@ -48,9 +51,15 @@ impl OpsState {
         self
     }
 
-    /// Include a consumer of `queue`.
-    pub fn with_consumer(mut self, queue: impl Into<String>, stats: Arc<ConsumerStats>) -> Self {
+    /// Include the consumer `name` of `queue`.
+    pub fn with_consumer(
+        mut self,
+        queue: impl Into<String>,
+        name: impl Into<String>,
+        stats: Arc<ConsumerStats>,
+    ) -> Self {
         self.consumers.push((queue.into(), stats));
+        self.consumer_names.push(name.into());
         self
     }
 }
@@ -114,6 +123,11 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
             Ok(Err(error)) => tracing::warn!(%error, "cannot read the outbox backlog"),
             Err(_) => tracing::warn!("reading the outbox backlog timed out"),
         }
+    }
+    if let Some(pool) = &state.pool
+        && !state.consumer_names.is_empty()
+    {
+        metrics.read_kept(pool, &state.consumer_names).await;
     }
     (
         [(

@@ -52,6 +52,7 @@ fn topology() -> Topology {
 }
 
 struct Running {
+    url: String,
     pool: PgPool,
     broker: TestBroker,
     publisher: ConfirmedPublisher,
@@ -73,12 +74,14 @@ async fn start(queue: &str, routes: Routes) -> Running {
         .unwrap();
     let config = msgkit::consume::ConsumerConfig::new(queue, queue);
     let service = service.consume_with(config, routes).unwrap();
+    let url = format!("http://{}", service.local_addr().unwrap());
     let shutdown = Shutdown::new();
     tokio::spawn(service.run_until_stopped(shutdown.clone()));
     let publisher = ConfirmedPublisher::open(&broker.settings("test"), &topology(), &shutdown)
         .await
         .unwrap();
     Running {
+        url,
         pool,
         broker,
         publisher,
@@ -231,4 +234,32 @@ async fn a_service_whose_routes_disagree_with_the_bindings_refuses_to_start() {
         text.contains("bound but not routed (add a route or remove the binding): ledger.debited"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn metrics_show_what_the_consumer_keeps_read_from_the_database() {
+    let routes = Routes::new().route(CREDITED, credit).route(DEBITED, debit);
+    let running = start("ledger", routes).await;
+    sqlx::query(
+        "INSERT INTO msgkit_state (consumer, key, value, updated_at) \
+         VALUES ('ledger', 'a', '1', now()), ('ledger', 'b', '2', now())",
+    )
+    .execute(&running.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO msgkit_timers (consumer, name, key, due_at, payload, set_at) VALUES \
+         ('ledger', 't', 'late', now() - interval '1 hour', '{}', now()), \
+         ('ledger', 't', 'soon', now() + interval '1 hour', '{}', now())",
+    )
+    .execute(&running.pool)
+    .await
+    .unwrap();
+    let exposition = msgkit::testing::scrape(&reqwest::Client::new(), &running.url).await;
+    let gauge =
+        |name: &str| msgkit::testing::metric_value(&exposition, name, &[("consumer", "ledger")]);
+    assert_eq!(gauge("msgkit_state_entries"), Some(2.0));
+    assert_eq!(gauge("msgkit_timers_pending"), Some(2.0));
+    assert_eq!(gauge("msgkit_timers_pending_overdue"), Some(1.0));
+    running.stop().await;
 }

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 mod handles;
+mod kept;
 mod timers;
 
 pub(crate) use handles::{ComponentMetrics, Outcome, QueueMetrics, RelayMetrics};
@@ -59,6 +60,7 @@ struct Families {
     outbox_failing: Family<One, Gauge>,
     outbox_oldest_age: Family<One, Gauge<f64, AtomicU64>>,
     timers: timers::TimerFamilies,
+    kept: kept::KeptFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,11 +91,13 @@ impl Metrics {
             outbox_failing: Family::default(),
             outbox_oldest_age: Family::default(),
             timers: timers::TimerFamilies::new(),
+            kept: kept::KeptFamilies::new(),
             registry: Registry::default(),
         };
         metrics.register_consumer_metrics(&mut registry);
         metrics.register_publisher_metrics(&mut registry);
         metrics.timers.register(&mut registry);
+        metrics.kept.register(&mut registry);
         Self(Arc::new(Families {
             registry,
             ..metrics

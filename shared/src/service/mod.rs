@@ -269,7 +269,7 @@ impl Service {
             );
             config.concurrency = limit;
         }
-        let queue = config.queue.clone();
+        let (queue, name) = (config.queue.clone(), config.name.clone());
         if handler.handles_timers() {
             self.timer_queues.push(queue.clone());
         }
@@ -282,7 +282,7 @@ impl Service {
             handler,
         )
         .with_metrics(&self.metrics);
-        self.ops = self.ops.with_consumer(queue, consumer.stats());
+        self.ops = self.ops.with_consumer(queue, name, consumer.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(consumer.run(shutdown))));
         Ok(self)
