@@ -47,3 +47,39 @@ async fn the_bench_measures_every_throughput_stage_in_repeated_rounds() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[tokio::test]
+async fn the_bench_measures_how_fast_timers_fire_and_their_lag_at_half_that_rate() {
+    let out = std::env::temp_dir().join(format!("msgkit-bench-timers-{}", std::process::id()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_msgkit"))
+        .args([
+            "--json",
+            "bench",
+            "--stages",
+            "timers",
+            "--messages",
+            "300",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let timers = &report["timers"];
+    let max = timers["max_per_sec"].as_f64().unwrap();
+    assert!(max > 0.0, "{timers}");
+    assert_eq!(timers["lag_run_per_sec"].as_f64().unwrap(), max / 2.0);
+    let (p50, p99) = (
+        timers["lag_p50_ms"].as_f64().unwrap(),
+        timers["lag_p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 >= 0.0 && p99 >= p50, "{timers}");
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -4,6 +4,7 @@
 mod e2e;
 mod plot;
 mod raw;
+mod timers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,7 +39,8 @@ pub struct BenchArgs {
     /// Skip the end-to-end stages (they need the service binaries).
     #[arg(long)]
     skip_e2e: bool,
-    /// Run only these stages (comma-separated: raw, relay, consumer, e2e); ratios need `raw`.
+    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers); ratios need
+    /// `raw`.
     /// All by default.
     #[arg(long, value_delimiter = ',', value_enum)]
     stages: Vec<StageKind>,
@@ -58,6 +60,8 @@ pub enum StageKind {
     Consumer,
     /// Orders through the four service processes.
     E2e,
+    /// Durable timers: fired per second, and the firing lag at half that rate.
+    Timers,
 }
 
 /// One measured stage.
@@ -104,6 +108,8 @@ fn topology() -> Topology {
         .with_queue(WorkQueue::new("bench.relay").bind("bench.relay"))
         .with_queue(WorkQueue::new("bench.work").bind("bench.work"))
         .with_queue(WorkQueue::new("bench.inbox").bind("bench.inbox"))
+        // Fired timers come to their consumer's queue by name: no binding.
+        .with_queue(WorkQueue::new(timers::QUEUE))
 }
 
 pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
@@ -156,6 +162,12 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
             }
         }
     }
+    let timers = if wanted(StageKind::Timers) {
+        eprintln!("bench: timers ...");
+        Some(timers::run(&db, &broker, n.min(20_000)).await?)
+    } else {
+        None
+    };
     let _ = connection.close(200, "done".into()).await;
     pool.close().await;
 
@@ -196,8 +208,12 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         "repetitions": repeat,
         "stages": stages,
         "end_to_end": e2e,
+        "timers": timers,
     });
-    let markdown = markdown(&stages, e2e.as_ref());
+    let mut markdown = markdown(&stages, e2e.as_ref());
+    if let Some(timers) = &timers {
+        markdown.push_str(&timers.markdown());
+    }
     std::fs::write(
         args.out.join("report.json"),
         serde_json::to_string_pretty(&report).unwrap_or_default(),
