@@ -151,21 +151,7 @@ async fn an_unrouted_type_is_dead_lettered_with_its_reason() {
     let routes = Routes::new().route(CREDITED, credit).route(DEBITED, debit);
     let running = start("ledger", routes).await;
     running.publish("ledger.audited", "acc-2", 1).await;
-    let connection = running.broker.connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    let dead = wait_until_async("the unrouted message in ledger.dlq", DEADLINE, || {
-        let channel = channel.clone();
-        async move {
-            channel
-                .basic_get(
-                    "ledger.dlq".into(),
-                    lapin::options::BasicGetOptions { no_ack: true },
-                )
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let dead = running.broker.take_one("ledger.dlq", DEADLINE).await;
     let props = &dead.delivery.properties;
     assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
     assert_eq!(

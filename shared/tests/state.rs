@@ -292,19 +292,7 @@ async fn an_entry_above_the_size_limit_is_dead_lettered_as_poison_with_the_reaso
         text: "x".repeat(1_000),
     };
     h.publish(REMEMBERED, "big", &big).await;
-    let connection = h.broker.connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    let dead = wait_until_async("the oversized entry in keyed.dlq", DEADLINE, || {
-        let channel = channel.clone();
-        async move {
-            let options = lapin::options::BasicGetOptions { no_ack: true };
-            channel
-                .basic_get("keyed.dlq".into(), options)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let dead = h.broker.take_one("keyed.dlq", DEADLINE).await;
     let props = &dead.delivery.properties;
     assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
     assert_eq!(

@@ -462,19 +462,7 @@ async fn a_timer_message_without_its_due_instant_is_dead_lettered_as_poison() {
         ..OutgoingMessage::event("msgkit.timer.due", "forged", "test", &note).unwrap()
     };
     assert!(h.publisher.publish(&forged).await.unwrap().is_confirmed());
-    let connection = h.broker.connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    let dead = wait_until_async("the forged timer in timed.dlq", DEADLINE, || {
-        let channel = channel.clone();
-        async move {
-            let options = lapin::options::BasicGetOptions { no_ack: true };
-            channel
-                .basic_get("timed.dlq".into(), options)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let dead = h.broker.take_one("timed.dlq", DEADLINE).await;
     let props = &dead.delivery.properties;
     assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
     assert_eq!(

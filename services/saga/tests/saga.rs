@@ -1,25 +1,13 @@
 //! The order saga through real RabbitMQ hops and real PostgreSQL, every service running.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use lapin::options::BasicGetOptions;
 use msgkit::message::{OutgoingMessage, header_i64, header_str};
 use msgkit::testing::wait_until_async;
 use msgkit::{ConfirmedPublisher, Shutdown};
 use saga::{DEADLINE, Saga};
 
 async fn take_dead_letter(saga: &Saga, queue: &str) -> lapin::message::BasicGetMessage {
-    let connection = saga.broker.connect().await;
-    wait_until_async(&format!("a dead letter in {queue}"), DEADLINE, || async {
-        // A fresh channel each time: until the services have declared the queue, the get
-        // fails with NOT_FOUND, which closes the channel.
-        let channel = connection.create_channel().await.ok()?;
-        channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .ok()
-            .flatten()
-    })
-    .await
+    saga.broker.take_one(queue, DEADLINE).await
 }
 
 #[tokio::test]

@@ -192,6 +192,27 @@ impl TestBroker {
             .expect("connect to test vhost")
     }
 
+    /// Take one message from `queue` (acked), waiting up to `deadline` for one to arrive;
+    /// panics naming the queue when none does. Each attempt opens a fresh channel: until the
+    /// services declare the queue, a get fails with NOT_FOUND, which closes the channel.
+    pub async fn take_one(
+        &self,
+        queue: &str,
+        deadline: Duration,
+    ) -> lapin::message::BasicGetMessage {
+        let connection = self.connect().await;
+        super::wait_until_async(&format!("a message in {queue}"), deadline, || async {
+            let channel = connection.create_channel().await.ok()?;
+            let options = lapin::options::BasicGetOptions { no_ack: true };
+            channel
+                .basic_get(queue.into(), options)
+                .await
+                .ok()
+                .flatten()
+        })
+        .await
+    }
+
     /// Start seeing every message published to `exchange` with a key matching `pattern`,
     /// through an exclusive queue bound now. Declares the exchange (topic, durable) if needed.
     pub async fn probe(&self, exchange: &str, pattern: &str) -> Probe {
