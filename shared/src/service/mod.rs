@@ -44,7 +44,10 @@ pub use settings::ServiceSettings;
 /// SIGTERM or Ctrl-C.
 ///
 /// ```no_run
-/// # async fn build(settings: msgkit::service::ServiceSettings) -> Result<msgkit::service::Service, msgkit::service::ServiceError> { todo!() }
+/// # use msgkit::service::{Service, ServiceError, ServiceSettings};
+/// # async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
+/// #     Service::start(settings, msgkit::Topology::default(), sqlx::migrate::Migrator::DEFAULT).await
+/// # }
 /// #[tokio::main]
 /// async fn main() -> Result<(), msgkit::service::ServiceError> {
 ///     msgkit::service::run("notify", 8083, "notify", build).await
