@@ -55,6 +55,8 @@ pub const DUE_AT_HEADER: &str = "x-timer-due-at-ms";
 pub const OVERDUE_AFTER: Duration = Duration::from_secs(1);
 /// Exception type of a timer message without a valid [`DUE_AT_HEADER`].
 pub const NOT_A_TIMER: &str = "msgkit::timer::NotATimer";
+/// Exception type of a timer whose payload is larger than the consumer's `state_entry_limit`.
+pub const PAYLOAD_TOO_LARGE: &str = "msgkit::timer::PayloadTooLarge";
 /// Message types of fired timers start with this, then the timer's name.
 pub const MESSAGE_TYPE_PREFIX: &str = "msgkit.timer.";
 
@@ -116,6 +118,20 @@ impl Timers<'_> {
         payload: &P,
     ) -> Result<(), HandlerError> {
         let json = serde_json::to_value(payload).map_err(HandlerError::poison)?;
+        // A timer's payload travels in an outbox row and a message: small, like a state entry.
+        let size = json.to_string().len();
+        if size > self.scope.entry_limit {
+            return Err(HandlerError::new(
+                crate::consume::FailureKind::Poison,
+                PAYLOAD_TOO_LARGE,
+                format!(
+                    "timer {:?} for key {key:?} has a payload of {size} bytes of JSON, above the \
+                     limit of {} (STATE_ENTRY_LIMIT)",
+                    timer.name(),
+                    self.scope.entry_limit
+                ),
+            ));
+        }
         let trace = crate::telemetry::context::current().map(|trace| trace.to_string());
         let now = self.scope.clock.now();
         sqlx::query(

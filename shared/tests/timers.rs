@@ -472,3 +472,28 @@ async fn a_timer_message_without_its_due_instant_is_dead_lettered_as_poison() {
     assert!(h.effects("forged").await.is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_timer_whose_payload_is_above_the_limit_is_poison_and_never_set() {
+    let h = harness().await;
+    h.start();
+    let plan = Plan {
+        key: "huge".into(),
+        at_ms: Utc::now().timestamp_millis(),
+        note: "x".repeat(70 * 1024),
+    };
+    h.publish(SCHEDULED, "huge", &plan).await;
+    let dead = h.broker.take_one("timed.dlq", DEADLINE).await;
+    let props = &dead.delivery.properties;
+    assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
+    assert_eq!(
+        header_str(props, "x-exception-type"),
+        Some(msgkit::timer::PAYLOAD_TOO_LARGE)
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM msgkit_timers WHERE key = 'huge'")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    h.stop().await;
+}
