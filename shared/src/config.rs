@@ -90,7 +90,12 @@ impl ConfigSource {
     /// The environment over the TOML file named by `<SERVICE>_CONFIG_FILE`, else
     /// `MSGKIT_CONFIG_FILE`, when either is set.
     pub fn load(service: &str) -> Result<Self, ConfigError> {
-        let env = Self::from_env();
+        Self::from_env().with_file_of(service)
+    }
+
+    /// `self` (the environment) over the file it names for `service`, if it names one.
+    fn with_file_of(self, service: &str) -> Result<Self, ConfigError> {
+        let env = self;
         let file_setting = format!("{}_CONFIG_FILE", env_prefix(service));
         let file = [file_setting.as_str(), "MSGKIT_CONFIG_FILE"]
             .into_iter()
@@ -259,6 +264,47 @@ mod tests {
         assert_eq!(source.get("CONSUMER_PREFETCH"), Some("64"));
         assert_eq!(source.get("NOTIFY_CONSUMER_BATCH"), Some("32"));
         assert_eq!(source.get("AMQP_URL"), Some("amqp://a,amqp://b"));
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_it_names_and_a_bad_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("msgkit-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("notify.toml");
+        std::fs::write(&file, "[consumer]\nbatch = 32\nprefetch = 64\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let env = ConfigSource::from_pairs([
+            ("NOTIFY_CONFIG_FILE", path.as_str()),
+            ("CONSUMER_BATCH", "8"),
+        ]);
+        let loaded = env.clone().with_file_of("notify").unwrap();
+        assert_eq!(
+            loaded.get("CONSUMER_BATCH"),
+            Some("8"),
+            "the environment wins"
+        );
+        assert_eq!(
+            loaded.get("CONSUMER_PREFETCH"),
+            Some("64"),
+            "the file fills in"
+        );
+
+        let other = ConfigSource::from_pairs([("MSGKIT_CONFIG_FILE", path.as_str())]);
+        let loaded = other.with_file_of("payment").unwrap();
+        assert_eq!(
+            loaded.get("CONSUMER_BATCH"),
+            Some("32"),
+            "the kit-wide file"
+        );
+
+        let missing = ConfigSource::from_pairs([("NOTIFY_CONFIG_FILE", "/nonexistent/x.toml")]);
+        let error = missing.with_file_of("notify").unwrap_err();
+        assert_eq!(error.name, "NOTIFY_CONFIG_FILE");
+
+        std::fs::write(&file, "consumer = [unclosed").unwrap();
+        let error = env.with_file_of("notify").unwrap_err();
+        assert!(error.reason.starts_with(&path), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -190,8 +190,7 @@ fn topology() -> Topology {
 async fn harness() -> Harness {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let pool = db.pool().await;
-    msgkit::schema::migrate(&pool).await.unwrap();
+    let pool = db.kit_pool().await;
     // `tx` tells which effects were committed together.
     sqlx::query(
         "CREATE TABLE effects (key text NOT NULL, tx bigint NOT NULL DEFAULT txid_current())",
@@ -200,13 +199,7 @@ async fn harness() -> Harness {
     .await
     .unwrap();
     let topology = topology();
-    let publisher = ConfirmedPublisher::open(
-        &broker.settings("test-publisher"),
-        &topology,
-        &Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let publisher = broker.publisher(&topology).await;
     Harness {
         pool,
         broker,

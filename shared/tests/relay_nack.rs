@@ -18,8 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn a_nacked_batch_makes_the_relay_open_a_new_channel_and_the_row_is_published_later() {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let pool = db.pool().await;
-    msgkit::schema::migrate(&pool).await.unwrap();
+    let pool = db.kit_pool().await;
 
     // A queue that refuses everything: every publish routed to it is nacked.
     let _exchange = broker.probe("events", "unrelated").await;

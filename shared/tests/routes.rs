@@ -77,9 +77,7 @@ async fn start(queue: &str, routes: Routes) -> Running {
     let url = format!("http://{}", service.local_addr().unwrap());
     let shutdown = Shutdown::new();
     tokio::spawn(service.run_until_stopped(shutdown.clone()));
-    let publisher = ConfirmedPublisher::open(&broker.settings("test"), &topology(), &shutdown)
-        .await
-        .unwrap();
+    let publisher = broker.publisher(&topology()).await;
     Running {
         url,
         pool,
@@ -247,5 +245,28 @@ async fn metrics_show_what_the_consumer_keeps_read_from_the_database() {
     assert_eq!(gauge("msgkit_state_entries"), Some(2.0));
     assert_eq!(gauge("msgkit_timers_pending"), Some(2.0));
     assert_eq!(gauge("msgkit_timers_pending_overdue"), Some(1.0));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_decode_into_the_routes_payload_is_dead_lettered_as_poison() {
+    let routes = Routes::new().route(CREDITED, credit).route(DEBITED, debit);
+    let running = start("ledger", routes).await;
+    let wrong = serde_json::json!({"account": 7});
+    let message = OutgoingMessage::event("ledger.credited", "acc-4", "test", &wrong).unwrap();
+    assert!(
+        running
+            .publisher
+            .publish(&message)
+            .await
+            .unwrap()
+            .is_confirmed()
+    );
+    let dead = running.broker.take_one("ledger.dlq", DEADLINE).await;
+    let props = &dead.delivery.properties;
+    assert_eq!(header_str(props, "x-failure-reason"), Some("poison"));
+    let error_type = header_str(props, "x-exception-type").unwrap();
+    assert!(error_type.ends_with("UndecodableBody"), "{error_type}");
+    assert_eq!(header_i64(props, "x-attempt"), Some(1), "never retried");
     running.stop().await;
 }

@@ -108,8 +108,7 @@ struct Harness {
 async fn harness() -> Harness {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let pool = db.pool().await;
-    msgkit::schema::migrate(&pool).await.unwrap();
+    let pool = db.kit_pool().await;
     for table in [
         "CREATE TABLE recalled (key text, found text)",
         "CREATE TABLE observed (n int, outcome text, event_time timestamptz)",
@@ -117,9 +116,7 @@ async fn harness() -> Harness {
         sqlx::query(table).execute(&pool).await.unwrap();
     }
     let shutdown = Shutdown::new();
-    let publisher = ConfirmedPublisher::open(&broker.settings("test"), &topology(), &shutdown)
-        .await
-        .unwrap();
+    let publisher = broker.publisher(&topology()).await;
     Harness {
         pool,
         broker,

@@ -110,8 +110,7 @@ struct Harness {
 async fn harness() -> Harness {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let pool = db.pool().await;
-    msgkit::schema::migrate(&pool).await.unwrap();
+    let pool = db.kit_pool().await;
     sqlx::query(
         "CREATE TABLE effects (key text, note text, due_at timestamptz, lateness_ms bigint, \
          overdue boolean)",
@@ -124,9 +123,7 @@ async fn harness() -> Harness {
         .await
         .unwrap();
     let shutdown = Shutdown::new();
-    let publisher = ConfirmedPublisher::open(&broker.settings("test"), &topology(), &shutdown)
-        .await
-        .unwrap();
+    let publisher = broker.publisher(&topology()).await;
     let h = Harness {
         pool,
         broker,

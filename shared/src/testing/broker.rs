@@ -11,6 +11,7 @@ use super::probe::Probe;
 use super::{block_on_cleanup, is_leftover, unique_name};
 use crate::broker::BrokerSettings;
 use crate::config::{ConfigSource, Lookup};
+use crate::shutdown::Shutdown;
 
 const PREFIX: &str = "msgkit_test_";
 
@@ -190,6 +191,17 @@ impl TestBroker {
             .connect()
             .await
             .expect("connect to test vhost")
+    }
+
+    /// A confirmed publisher on this vhost, `topology` declared.
+    pub async fn publisher(&self, topology: &crate::Topology) -> crate::ConfirmedPublisher {
+        crate::ConfirmedPublisher::open(
+            &self.settings("test-publisher"),
+            topology,
+            &Shutdown::new(),
+        )
+        .await
+        .expect("open a test publisher")
     }
 
     /// Take one message from `queue` (acked), waiting up to `deadline` for one to arrive;

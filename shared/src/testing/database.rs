@@ -71,6 +71,15 @@ impl TestDatabase {
             .await
             .expect("connect to test database")
     }
+
+    /// [`TestDatabase::pool`] with the kit's tables installed (outbox, inbox, state, timers).
+    pub async fn kit_pool(&self) -> PgPool {
+        let pool = self.pool().await;
+        crate::schema::migrate(&pool)
+            .await
+            .expect("install the kit's tables");
+        pool
+    }
 }
 
 async fn sweep_leftovers(admin: &mut PgConnection) {

@@ -31,7 +31,7 @@ async fn msgkit(db: &TestDatabase, args: &[&str]) -> Run {
 /// due in an hour.
 async fn schema_with_timers(db: &TestDatabase) -> PgPool {
     let pool = db.settings("risk_timers").connect().await.unwrap();
-    msgkit::schema::migrate(&pool).await.unwrap();
+    msgkit::schema::migrate(&pool).await.unwrap(); // the service's own schema, as it runs
     sqlx::query(
         "INSERT INTO msgkit_timers (consumer, name, key, due_at, payload, set_at) VALUES \
          ('risk', 'callback-due', 'pay-1', now() - interval '1 hour', '{\"amount\": 5}', now()), \
@@ -95,4 +95,34 @@ async fn a_cancelled_timer_is_gone_and_cancelling_it_again_is_not_found() {
     assert_eq!(left, ["pay-1"]);
     let again = msgkit(&db, &["cancel", "--name", "callback-due", "--key", "pay-2"]).await;
     assert_eq!(again.code, 66, "not found: {}", again.stderr);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_and_a_schema_without_timers_have_their_own_exit_codes() {
+    let db = TestDatabase::create().await;
+    // A schema the kit never migrated: no msgkit_timers table.
+    db.settings("risk_timers").connect().await.unwrap();
+    let empty = msgkit(&db, &["list"]).await;
+    assert_eq!(empty.code, 66, "not found: {}", empty.stderr);
+    assert!(
+        empty.stderr.contains("no msgkit_timers table"),
+        "{}",
+        empty.stderr
+    );
+
+    let unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_msgkit"))
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:secret@127.0.0.1:1/none",
+        )
+        .args(["timers", "--service", "risk", "list"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.status.code(), Some(69), "unavailable: {stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "the password stays out: {stderr}"
+    );
 }
