@@ -26,6 +26,7 @@ pub struct EventType<P> {
     // payload.
     payload: PhantomData<fn() -> P>,
     event_time: Option<fn(&P) -> DateTime<Utc>>,
+    sequence: Option<&'static str>,
 }
 
 impl<P> EventType<P> {
@@ -35,6 +36,7 @@ impl<P> EventType<P> {
             name,
             payload: PhantomData,
             event_time: None,
+            sequence: None,
         }
     }
 
@@ -52,6 +54,29 @@ impl<P> EventType<P> {
     pub const fn with_event_time(mut self, time: fn(&P) -> DateTime<Utc>) -> Self {
         self.event_time = Some(time);
         self
+    }
+
+    /// Events of this type are numbered per key (aggregate id) in the sequence `sequence`, which
+    /// other event types of the same aggregate may share, so that consumers asking for it
+    /// apply one key's events in the order they were written, through retries (see
+    /// [`crate::key_order`]).
+    ///
+    /// ```
+    /// # #[derive(serde::Deserialize)] pub struct Credited { amount_cents: i64 }
+    /// # #[derive(serde::Deserialize)] pub struct Debited { amount_cents: i64 }
+    /// use msgkit::EventType;
+    /// pub const CREDITED: EventType<Credited> = EventType::new("account.credited").in_sequence("account");
+    /// pub const DEBITED: EventType<Debited> = EventType::new("account.debited").in_sequence("account");
+    /// assert_eq!(CREDITED.sequence(), Some("account"));
+    /// ```
+    pub const fn in_sequence(mut self, sequence: &'static str) -> Self {
+        self.sequence = Some(sequence);
+        self
+    }
+
+    /// The sequence its events are numbered in, if any.
+    pub const fn sequence(&self) -> Option<&'static str> {
+        self.sequence
     }
 
     /// The name: the AMQP `type` and the routing key on the events exchange.

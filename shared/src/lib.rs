@@ -103,6 +103,7 @@ pub mod database;
 pub mod event;
 pub mod event_time;
 pub(crate) mod inbox;
+pub mod key_order;
 pub mod message;
 pub(crate) mod metrics;
 pub(crate) mod ops;

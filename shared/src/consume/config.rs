@@ -54,6 +54,10 @@ pub struct ConsumerConfig {
     /// before the next look wakes it when set, so this bounds the lateness of a timer only
     /// when a notification is lost or the clock jumps.
     pub timer_poll_interval: Duration,
+    /// How long a key of an ordered consumer waits for an expected message that is not
+    /// retrying (it never came) before it goes on with its next parked one
+    /// ([`crate::key_order`]).
+    pub key_order_gap_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -71,6 +75,7 @@ impl ConsumerConfig {
             inbox: true,
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             inbox_cleanup_interval: Duration::from_secs(3600),
+            key_order_gap_timeout: Duration::from_secs(60),
             faults: Faults::default(),
             clock: Clock::system(),
             state_entry_limit: crate::state::DEFAULT_ENTRY_LIMIT,
@@ -92,7 +97,7 @@ impl ConsumerConfig {
 
     /// This configuration with what `config` sets: `CONSUMER_PREFETCH`,
     /// `CONSUMER_CONCURRENCY`, `CONSUMER_BATCH`, `CONSUMER_INBOX_RETENTION_MS`, `STATE_ENTRY_LIMIT`,
-    /// `TIMER_POLL_INTERVAL_MS`, the `RETRY_*`
+    /// `TIMER_POLL_INTERVAL_MS`, `KEY_ORDER_GAP_TIMEOUT_MS`, the `RETRY_*`
     /// settings of [`RetryPolicy::configured`] and the `FAULT_*` ones of
     /// [`Faults::configured`]. A setting left unset keeps this configuration's value, so a
     /// service's own defaults stand until an operator sets something. Services get `config`
@@ -108,6 +113,8 @@ impl ConsumerConfig {
             state_entry_limit: config.parse("STATE_ENTRY_LIMIT", self.state_entry_limit)?,
             timer_poll_interval: config
                 .millis("TIMER_POLL_INTERVAL_MS", self.timer_poll_interval)?,
+            key_order_gap_timeout: config
+                .millis("KEY_ORDER_GAP_TIMEOUT_MS", self.key_order_gap_timeout)?,
             retry: self.retry.configured(config)?,
             faults: self.faults.configured(config)?,
             ..self

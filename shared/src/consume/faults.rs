@@ -160,4 +160,8 @@ impl<H: Handler> Handler for FaultLayer<H> {
     fn handles_timers(&self) -> bool {
         self.inner.handles_timers()
     }
+
+    fn key_order(&self) -> bool {
+        self.inner.key_order()
+    }
 }

@@ -51,6 +51,12 @@ pub trait Handler: Send + Sync + 'static {
     fn handles_timers(&self) -> bool {
         false
     }
+
+    /// Whether sequenced messages are applied in their key's order (see
+    /// [`crate::key_order`]). The default: no, messages are handled as they come.
+    fn key_order(&self) -> bool {
+        false
+    }
 }
 
 /// What a consumer hands its handler as it starts ([`Handler::configure`]).

@@ -25,6 +25,8 @@ pub(super) enum Settled {
     Handled,
     Duplicate,
     Deferred,
+    /// Ahead of its key's turn: kept until then ([`crate::key_order`]).
+    Parked,
     Retried,
     DeadLettered(FailureReason),
 }
@@ -49,6 +51,7 @@ impl Outcomes {
             Settled::Handled => Outcome::Ack,
             Settled::Duplicate => Outcome::Duplicate,
             Settled::Deferred => Outcome::Deferred,
+            Settled::Parked => Outcome::Parked,
             Settled::Retried => Outcome::Retry,
             Settled::DeadLettered(FailureReason::Poison) => Outcome::Poison,
             Settled::DeadLettered(FailureReason::RetriesExhausted) => Outcome::DeadLetter,
@@ -56,7 +59,7 @@ impl Outcomes {
         one.span.record("msgkit.outcome", outcome.label());
         if !matches!(
             settled,
-            Settled::Handled | Settled::Duplicate | Settled::Deferred
+            Settled::Handled | Settled::Duplicate | Settled::Deferred | Settled::Parked
         ) {
             one.span.record("otel.status_code", "error");
         }

@@ -21,6 +21,7 @@ use super::republish::Republisher;
 use crate::backoff;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::inbox;
+use crate::key_order::Position;
 use crate::publish::ConfirmedPublisher;
 use crate::telemetry::{context, spans};
 use crate::topology::delay_tier_for;
@@ -48,13 +49,16 @@ pub(super) struct Pipeline<H> {
     /// Its backoff paces waiting for the database.
     broker: BrokerSettings,
     /// The consumer's name in the inbox.
-    name: String,
-    queue: String,
+    pub(super) name: String,
+    pub(super) queue: String,
     inbox: bool,
     /// Deliveries handled in one transaction at most ([`ConsumerConfig::batch`]).
     pub(super) batch: usize,
     pub(super) handler: H,
-    failures: FailurePolicy,
+    pub(super) failures: FailurePolicy,
+    /// Whether sequenced messages wait for their turn ([`crate::key_order`]).
+    key_order: bool,
+    pub(super) clock: crate::clock::Clock,
     pub(super) outcomes: Outcomes,
     /// `<queue> process`, the name of every delivery's span.
     span_name: String,
@@ -74,7 +78,14 @@ impl<H: Handler> Pipeline<H> {
             name: config.name.clone(),
             queue: config.queue.clone(),
             inbox: config.inbox,
-            batch: config.batch.max(1),
+            // A key's turn is decided message by message.
+            batch: if handler.key_order() {
+                1
+            } else {
+                config.batch.max(1)
+            },
+            key_order: handler.key_order(),
+            clock: config.clock.clone(),
             handler,
             failures: FailurePolicy::new(
                 config.retry.clone(),
@@ -171,6 +182,13 @@ impl<H: Handler> Pipeline<H> {
         let Some(mut tx) = self.begin().await else {
             return Ok(None);
         };
+        if self.key_order
+            && let Some(position) = Position::of(message)
+        {
+            return self
+                .process_in_order(message, message_id, &position, tx, publisher)
+                .await;
+        }
         let outcome = match self.run_handler(message, message_id, &mut tx).await {
             Ok(applied) => tx
                 .commit()
@@ -189,7 +207,7 @@ impl<H: Handler> Pipeline<H> {
     }
 
     /// Retry or dead-letter a message that failed, as the failure policy decides.
-    async fn fail(
+    pub(super) async fn fail(
         &self,
         message: &IncomingMessage,
         error: &HandlerError,

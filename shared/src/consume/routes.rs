@@ -72,6 +72,8 @@ pub struct Routes<S = ()> {
     duplicates: Vec<String>,
     before_batch: Option<Box<dyn ErasedBatch<S>>>,
     unrouted: Unrouted,
+    /// Whether sequenced messages are applied in their key's order.
+    key_order: bool,
     /// Whose keyed state the handlers see: set by the consumer ([`Handler::configure`]).
     scope: StateScope,
 }
@@ -98,6 +100,7 @@ impl<S: Send + Sync + 'static> Routes<S> {
             duplicates: Vec::new(),
             before_batch: None,
             unrouted: Unrouted::default(),
+            key_order: false,
             scope: StateScope::default(),
         }
     }
@@ -202,6 +205,17 @@ impl<S: Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// Apply each key's sequenced events (event types declared with
+    /// [`EventType::in_sequence`]) in the order they were written, through retries: while one
+    /// waits for a retry its key's later events wait too, parked, and other keys flow (see
+    /// [`crate::key_order`]). The consumer then handles one message per transaction, and its
+    /// service must keep the inbox and run the outbox relay. Messages without a sequence are
+    /// handled as they come.
+    pub fn in_key_order(mut self) -> Self {
+        self.key_order = true;
+        self
+    }
+
     /// The routed event types, in the order they were added (timers are not events).
     pub fn event_types(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.routes.iter().filter_map(|route| route.event)
@@ -292,5 +306,9 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
 
     fn handles_timers(&self) -> bool {
         self.timer_types().next().is_some()
+    }
+
+    fn key_order(&self) -> bool {
+        self.key_order
     }
 }

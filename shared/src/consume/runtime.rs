@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::config::ConsumerConfig;
+use super::gaps::skip_gaps;
 use super::handler::{ConsumerSetup, Handler};
 use super::inbox_sweep::sweep;
 use super::outcome::Outcomes;
@@ -123,6 +124,8 @@ impl Parts {
             timers,
         } = self;
         let timer_metrics = outcomes.metrics.registry.for_timers(&config.queue);
+        let registry = outcomes.metrics.registry.clone();
+        let key_order = handler.key_order();
         let connection = outcomes.metrics.connection.clone();
         let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes);
         let sessions = Sessions {
@@ -140,7 +143,12 @@ impl Parts {
                 fire_timers(&pool, &sessions.config, &timer_metrics, shutdown).await;
             }
         };
-        tokio::join!(sessions.run(shutdown), sweep, firing);
+        let gaps = async {
+            if key_order {
+                skip_gaps(&pool, &sessions.config, &registry, shutdown).await;
+            }
+        };
+        tokio::join!(sessions.run(shutdown), sweep, firing, gaps);
     }
 }
 

@@ -16,16 +16,18 @@ pub(crate) enum Outcome {
     Ack,
     Duplicate,
     Deferred,
+    Parked,
     Retry,
     Poison,
     DeadLetter,
 }
 
 impl Outcome {
-    pub(super) const ALL: [Self; 6] = [
+    pub(super) const ALL: [Self; 7] = [
         Self::Ack,
         Self::Duplicate,
         Self::Deferred,
+        Self::Parked,
         Self::Retry,
         Self::Poison,
         Self::DeadLetter,
@@ -36,6 +38,7 @@ impl Outcome {
             Self::Ack => "ack",
             Self::Duplicate => "duplicate",
             Self::Deferred => "deferred",
+            Self::Parked => "parked",
             Self::Retry => "retry",
             Self::Poison => "poison",
             Self::DeadLetter => "dead_letter",
@@ -73,7 +76,7 @@ impl ComponentMetrics {
 /// One queue's consumer metrics (handles into its registry's families).
 #[derive(Clone, Debug)]
 pub(crate) struct QueueMetrics {
-    pub(super) consumed: [Counter; 6],
+    pub(super) consumed: [Counter; Outcome::ALL.len()],
     pub(super) redelivered: Counter,
     pub(super) handler_duration: Histogram,
     pub(super) batch_size: Histogram,

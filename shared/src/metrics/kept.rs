@@ -1,9 +1,11 @@
 //! What a service's consumers keep in its schema, read from the database at scrape time (like
 //! the outbox backlog), so that the figures are right even while a consumer is down: keyed-state
-//! entries, and pending timers with those already overdue.
+//! entries, pending timers with those already overdue, and messages parked for their key's
+//! turn. Also the count of keys that skipped a gap in their sequence.
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -16,6 +18,8 @@ pub(super) struct KeptFamilies {
     state_entries: Family<One, Gauge>,
     timers_pending: Family<One, Gauge>,
     timers_pending_overdue: Family<One, Gauge>,
+    key_order_parked: Family<One, Gauge>,
+    key_order_gaps: Family<One, Counter>,
 }
 
 impl KeptFamilies {
@@ -24,6 +28,8 @@ impl KeptFamilies {
             state_entries: Family::default(),
             timers_pending: Family::default(),
             timers_pending_overdue: Family::default(),
+            key_order_parked: Family::default(),
+            key_order_gaps: Family::default(),
         }
     }
 
@@ -42,6 +48,16 @@ impl KeptFamilies {
             "timers_pending_overdue",
             "Pending timers more than a second past their instant (their consumer is down or behind), by consumer",
             self.timers_pending_overdue.clone(),
+        );
+        registry.register(
+            "key_order_parked",
+            "Messages parked until an earlier message of their key is applied or dead-lettered, by consumer",
+            self.key_order_parked.clone(),
+        );
+        registry.register(
+            "key_order_gaps",
+            "Keys that went on without an expected message that never came (gap timeout), by consumer",
+            self.key_order_gaps.clone(),
         );
     }
 }
@@ -62,9 +78,15 @@ impl Metrics {
             )
             .fetch_all(pool)
             .await?;
-            Ok::<_, sqlx::Error>((state, timers))
+            let parked: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT consumer, count(*) FROM msgkit_key_parked GROUP BY consumer",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((state, timers, parked))
         };
-        let (state, timers) = match tokio::time::timeout(Duration::from_secs(2), read).await {
+        let (state, timers, parked) = match tokio::time::timeout(Duration::from_secs(2), read).await
+        {
             Ok(Ok(kept)) => kept,
             Ok(Err(error)) => return tracing::warn!(%error, "cannot read what consumers keep"),
             Err(_) => return tracing::warn!("reading what consumers keep timed out"),
@@ -80,11 +102,25 @@ impl Metrics {
                 .iter()
                 .find(|(c, _, _)| c == consumer)
                 .map_or((0, 0), |(_, p, o)| (*p, *o));
+            let parked = parked
+                .iter()
+                .find(|(c, _)| c == consumer)
+                .map_or(0, |(_, n)| *n);
             kept.state_entries.get_or_create(&label).set(entries);
+            kept.key_order_parked.get_or_create(&label).set(parked);
             kept.timers_pending.get_or_create(&label).set(pending);
             kept.timers_pending_overdue
                 .get_or_create(&label)
                 .set(overdue);
         }
+    }
+
+    /// `consumer`'s keys skipped `gaps` missing messages.
+    pub(crate) fn key_order_gaps(&self, consumer: &str, gaps: u64) {
+        self.0
+            .kept
+            .key_order_gaps
+            .get_or_create(&[("consumer", consumer.to_owned())])
+            .inc_by(gaps);
     }
 }

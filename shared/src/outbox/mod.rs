@@ -52,6 +52,8 @@ pub struct OutboxMessage {
     message_type: String,
     payload: serde_json::Value,
     headers: BTreeMap<String, String>,
+    /// Numbered per aggregate in this sequence when written ([`crate::key_order`]).
+    key_sequence: Option<String>,
 }
 
 impl OutboxMessage {
@@ -72,6 +74,7 @@ impl OutboxMessage {
             message_type,
             payload: serde_json::to_value(payload)?,
             headers: BTreeMap::new(),
+            key_sequence: None,
         })
     }
 
@@ -81,7 +84,19 @@ impl OutboxMessage {
         aggregate_id: impl Into<String>,
         payload: &P,
     ) -> Result<Self, serde_json::Error> {
-        Self::event(event.name(), aggregate_id, payload)
+        let message = Self::event(event.name(), aggregate_id, payload)?;
+        Ok(match event.sequence() {
+            Some(sequence) => message.in_sequence(sequence),
+            None => message,
+        })
+    }
+
+    /// Number this message per aggregate in `sequence` when it is written (headers
+    /// `x-key-sequence` and `x-key-seq`, see [`crate::key_order`]); typed events declared
+    /// with [`crate::EventType::in_sequence`] get it from [`OutboxMessage::of`].
+    pub fn in_sequence(mut self, sequence: impl Into<String>) -> Self {
+        self.key_sequence = Some(sequence.into());
+        self
     }
 
     /// Publish to another exchange.

@@ -37,19 +37,39 @@ pub(crate) async fn insert(
 ) -> Result<(), sqlx::Error> {
     let headers =
         serde_json::to_value(&message.headers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
-        "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(message.id)
-    .bind(&message.aggregate_id)
-    .bind(&message.exchange)
-    .bind(&message.routing_key)
-    .bind(&message.message_type)
-    .bind(&message.payload)
-    .bind(headers)
-    .execute(conn)
-    .await?;
+    let query = match message.key_sequence {
+        None => sqlx::query(
+            "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ),
+        // The key's next number in the same round trip. The counter row stays locked until
+        // commit, so a key's numbers follow its commits, and so does its outbox `seq` (taken
+        // after the lock), which is the relay's publishing order.
+        Some(_) => sqlx::query(
+            "WITH numbered AS ( \
+                 INSERT INTO msgkit_key_sequences (sequence, key, last) VALUES ($8, $2, 1) \
+                 ON CONFLICT (sequence, key) DO UPDATE SET last = msgkit_key_sequences.last + 1 \
+                 RETURNING last) \
+             INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
+             SELECT $1, $2, $3, $4, $5, $6, \
+                    $7 || jsonb_build_object('x-key-sequence', $8::text, 'x-key-seq', numbered.last::text) \
+             FROM numbered",
+        ),
+    };
+    let query = query
+        .bind(message.id)
+        .bind(&message.aggregate_id)
+        .bind(&message.exchange)
+        .bind(&message.routing_key)
+        .bind(&message.message_type)
+        .bind(&message.payload)
+        .bind(headers);
+    // Bound last: it is `$8`.
+    let query = match &message.key_sequence {
+        Some(sequence) => query.bind(sequence),
+        None => query,
+    };
+    query.execute(conn).await?;
     Ok(())
 }
 

@@ -116,6 +116,16 @@ pub enum ServiceError {
         /// The consumer's queue.
         queue: String,
     },
+    /// A consumer applies keys in order, which releases parked messages through the outbox
+    /// and recognises a released message's redelivered original by its inbox row.
+    #[error(
+        "the consumer of queue {queue:?} applies keys in order, which needs its inbox and the \
+         service's outbox relay (.with_relay())"
+    )]
+    KeyOrderNeedsInboxAndRelay {
+        /// The consumer's queue.
+        queue: String,
+    },
 }
 
 type Task = Box<dyn FnOnce(Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -136,6 +146,8 @@ pub struct Service {
     relay: bool,
     /// Queues whose consumers handle timers: they need the relay.
     timer_queues: Vec<String>,
+    /// Queues whose consumers apply keys in order (they need the relay too).
+    key_order_queues: Vec<String>,
 }
 
 impl Service {
@@ -182,6 +194,7 @@ impl Service {
             consumers: Vec::new(),
             relay: false,
             timer_queues: Vec::new(),
+            key_order_queues: Vec::new(),
         })
     }
 
@@ -276,6 +289,12 @@ impl Service {
         if handler.handles_timers() {
             self.timer_queues.push(queue.clone());
         }
+        if handler.key_order() {
+            if !config.inbox {
+                return Err(ServiceError::KeyOrderNeedsInboxAndRelay { queue });
+            }
+            self.key_order_queues.push(queue.clone());
+        }
         self.consumers.push(config.clone());
         let consumer = Consumer::new(
             self.pool.clone(),
@@ -321,6 +340,11 @@ impl Service {
     /// is in flight, and return once every task has ended. Refuses to start a consumer that
     /// handles timers in a service without an outbox relay.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        if let (false, Some(queue)) = (self.relay, self.key_order_queues.first()) {
+            return Err(ServiceError::KeyOrderNeedsInboxAndRelay {
+                queue: queue.clone(),
+            });
+        }
         if let (false, Some(queue)) = (self.relay, self.timer_queues.first()) {
             return Err(ServiceError::TimersWithoutRelay {
                 queue: queue.clone(),

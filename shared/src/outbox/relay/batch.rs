@@ -6,9 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use chrono::{TimeZone, Utc};
+
 use super::{BatchReport, MARK_PATIENCE, OutboxRelay, RelayError};
 use crate::backoff;
-use crate::message::OutgoingMessage;
+use crate::key_order;
+use crate::message::{CREATED_AT_HEADER, OutgoingMessage};
 use crate::outbox::store::{self, FailedRow, PendingRow};
 use crate::publish::{ConfirmedPublisher, PendingConfirms, PublishOutcome};
 use crate::telemetry::spans;
@@ -204,21 +207,31 @@ impl OutboxRelay {
 
     /// The message a claimed row becomes.
     fn outgoing(&self, row: &PendingRow) -> OutgoingMessage {
-        let headers: BTreeMap<String, String> = match &row.headers {
+        let mut headers: BTreeMap<String, String> = match &row.headers {
             serde_json::Value::Object(map) => map
                 .iter()
                 .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
                 .collect(),
             _ => BTreeMap::new(),
         };
+        // A released parked message (see `key_order`) goes out as the message it was: its own
+        // id and creation time, not the row's.
+        let message_id = headers
+            .remove(key_order::MESSAGE_ID_HEADER)
+            .unwrap_or_else(|| row.id.to_string());
+        let created_at = headers
+            .remove(CREATED_AT_HEADER)
+            .and_then(|millis| millis.parse().ok())
+            .and_then(|millis| Utc.timestamp_millis_opt(millis).single())
+            .unwrap_or(row.created_at);
         OutgoingMessage {
-            message_id: row.id.to_string(),
+            message_id,
             message_type: row.message_type.clone(),
             exchange: row.exchange.clone(),
             routing_key: row.routing_key.clone(),
             correlation_id: row.aggregate_id.clone(),
             app_id: self.config.app_id.clone(),
-            created_at: row.created_at,
+            created_at,
             // Serialising a JSON value cannot fail.
             body: serde_json::to_vec(&row.payload).unwrap_or_default(),
             headers,
