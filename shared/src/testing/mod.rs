@@ -20,7 +20,7 @@ pub use broker::TestBroker;
 pub use database::TestDatabase;
 pub use message::TestMessage;
 pub use probe::Probe;
-pub use proxy::TcpProxy;
+pub use proxy::{Connectivity, Faults, ProxyControl, ProxyCounters, TcpProxy};
 pub use scrape::{metric_value, scrape};
 pub use wait::{try_wait_until, wait_until, wait_until_async};
 
