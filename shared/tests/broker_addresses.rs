@@ -145,3 +145,32 @@ async fn a_round_where_every_node_refuses_reports_each_address_without_the_passw
     assert!(text.contains(&redacted(&broker, &cut)), "{text}");
     assert!(!text.contains(":guest@"), "password in {text}");
 }
+
+#[tokio::test]
+async fn amqp_heartbeat_secs_is_the_interval_negotiated_with_the_broker() {
+    let broker = TestBroker::create().await;
+    // The harness's URL asks for 5 s itself.
+    assert!(
+        broker.amqp_url().ends_with("?heartbeat=5"),
+        "{}",
+        broker.amqp_url()
+    );
+    let config = msgkit::config::ConfigSource::from_pairs([
+        ("AMQP_URL", broker.amqp_url()),
+        ("AMQP_HEARTBEAT_SECS", "3".to_owned()),
+    ]);
+    let settings = BrokerSettings::from_config(&config, "test/heartbeat").unwrap();
+    assert_eq!(settings.heartbeat_secs, Some(3));
+    let connection = settings.connect().await.unwrap();
+    // The setting wins over the URL's parameter; the broker (60 s) accepts the lower one.
+    assert_eq!(connection.configuration().heartbeat(), 3);
+
+    let unset = BrokerSettings::new(broker.amqp_url(), "test/default");
+    assert_eq!(unset.heartbeat_secs, None);
+    let connection = unset.connect().await.unwrap();
+    assert_eq!(
+        connection.configuration().heartbeat(),
+        5,
+        "the URL's parameter"
+    );
+}

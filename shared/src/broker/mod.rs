@@ -48,6 +48,13 @@ pub struct BrokerSettings {
     /// Limit on one attempt at one address (TCP connect and AMQP handshake), so that a node
     /// that does not answer at all cannot hold up the others.
     pub connect_timeout: Duration,
+    /// The AMQP heartbeat interval in seconds to ask the broker for (`AMQP_HEARTBEAT_SECS`),
+    /// overriding the URL's `heartbeat` parameter; `None` keeps that, or else the broker's
+    /// (RabbitMQ: 60 s). The lower of ours and the broker's is used, and lapin takes `0` as
+    /// "the broker's", so heartbeats cannot be switched off here. A short interval lets the
+    /// broker notice a client that stopped answering (a paused or hung process) within about
+    /// twice the interval instead of minutes.
+    pub heartbeat_secs: Option<u16>,
 }
 
 impl BrokerSettings {
@@ -69,11 +76,12 @@ impl BrokerSettings {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            heartbeat_secs: None,
         }
     }
 
     /// From `AMQP_URL` (default [`DEFAULT_AMQP_URL`]; a comma-separated list for a cluster),
-    /// `AMQP_RECONNECT_INITIAL_MS` and `AMQP_RECONNECT_MAX_MS`.
+    /// `AMQP_RECONNECT_INITIAL_MS`, `AMQP_RECONNECT_MAX_MS` and `AMQP_HEARTBEAT_SECS`.
     pub fn from_config(
         config: &impl Lookup,
         connection_name: impl Into<String>,
@@ -82,6 +90,7 @@ impl BrokerSettings {
         settings.reconnect_initial =
             config.millis("AMQP_RECONNECT_INITIAL_MS", settings.reconnect_initial)?;
         settings.reconnect_max = config.millis("AMQP_RECONNECT_MAX_MS", settings.reconnect_max)?;
+        settings.heartbeat_secs = config.parse_opt("AMQP_HEARTBEAT_SECS")?;
         Ok(settings)
     }
 
@@ -181,13 +190,18 @@ impl BrokerSettings {
         let raw = self.urls[index].expose_secret();
         // Parsed here rather than by the client, whose error for some malformed URLs quotes
         // the whole text, password included.
-        let uri: AMQPUri = raw.parse().map_err(|reason: String| {
+        let mut uri: AMQPUri = raw.parse().map_err(|reason: String| {
             let reason = reason.replace(raw, &redact_url(raw));
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("not a valid AMQP URL: {reason}"),
             )
         })?;
+        // lapin takes the heartbeat only from the URI (ConnectionProperties has no field for
+        // it) and negotiates the lower of ours and the broker's.
+        if let Some(secs) = self.heartbeat_secs {
+            uri.query.heartbeat = Some(secs);
+        }
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into());
         match tokio::time::timeout(

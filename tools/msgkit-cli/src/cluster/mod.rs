@@ -10,7 +10,7 @@
 //! `msgkit chaos`, which restarts the shared PostgreSQL. Exit code 1 when something was lost.
 
 mod load;
-mod nodes;
+pub(crate) mod nodes;
 mod stalls;
 
 use std::collections::{BTreeMap, BTreeSet};
