@@ -7,6 +7,7 @@
 
 pub(crate) mod check;
 mod counters;
+pub(crate) mod generic;
 mod load;
 pub(crate) mod scenario;
 pub(crate) mod services;
