@@ -168,7 +168,23 @@ async fn a_healthy_system_that_handled_every_event_passes() {
     let recorder = ledger.recorder().await;
     ledger.emit(&["ledger.credited", "ledger.debited"]).await;
     ledger.drained(2).await;
-    let verdict = ledger.judge(recorder).await;
+    let recording = recorder.finish(DEADLINE).await.unwrap();
+    // What the firehose of RabbitMQ 3.10 says of each event: where it went.
+    let routed: Vec<_> = recording
+        .publishes
+        .iter()
+        .filter(|p| p.exchange == "events")
+        .map(|p| (p.message_type.as_deref(), p.routed_queues.clone()))
+        .collect();
+    let ledger_only = Some(vec!["ledger".to_owned()]);
+    assert_eq!(
+        routed,
+        [
+            (Some("ledger.credited"), ledger_only.clone()),
+            (Some("ledger.debited"), ledger_only)
+        ]
+    );
+    let verdict = verdict(&ledger.system(), &recording).await.unwrap();
     assert!(verdict.holds(), "{:?}", verdict.violations);
     assert_eq!(verdict.events, 2);
     assert_eq!(verdict.deliveries_checked, 2);
@@ -274,5 +290,51 @@ async fn an_event_left_in_a_work_queue_fails_it() {
         "{found:?}"
     );
     assert_eq!(verdict.total(), 2, "{found:?}");
+    ledger.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_dead_lettered_with_a_reason_is_accounted_for() {
+    // Bound by `ledger.#`, routed by no route: the consumer dead-letters it as poison.
+    let ledger = Ledger::start(Vec::new()).await;
+    let recorder = ledger.recorder().await;
+    ledger.emit(&["ledger.credited", "ledger.audited"]).await;
+    ledger.drained(1).await;
+    wait_until_async("the audit event in ledger.dlq", DEADLINE, || async {
+        (ledger.broker.queue_depth("ledger.dlq").await == Some(1)).then_some(())
+    })
+    .await;
+    let verdict = ledger.judge(recorder).await;
+    assert!(verdict.holds(), "{:?}", verdict.violations);
+    assert_eq!(verdict.deliveries_checked, 2);
+    // Read without taking: the dead letter is still there for an operator.
+    assert_eq!(ledger.broker.queue_depth("ledger.dlq").await, Some(1));
+    ledger.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_no_queue_is_bound_to_is_unroutable_and_stays_in_the_outbox() {
+    let ledger = Ledger::start(Vec::new()).await;
+    let recorder = ledger.recorder().await;
+    ledger.emit(&["nobody.listens"]).await;
+    // The relay publishes with the mandatory flag: the broker returns it, the row stays.
+    wait_until_async("the relay's first refused attempt", DEADLINE, || async {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM msgkit_outbox")
+            .fetch_one(&ledger.pool)
+            .await
+            .unwrap();
+        (attempts >= 1).then_some(())
+    })
+    .await;
+    let verdict = ledger.judge(recorder).await;
+    let found = kinds(&verdict);
+    assert!(
+        found.contains(&(ViolationKind::Unroutable, Some("nobody.listens"), None)),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(ViolationKind::OutboxPending, Some("nobody.listens"), None)),
+        "{found:?}"
+    );
     ledger.stop().await;
 }
