@@ -91,8 +91,9 @@ pub struct Verdict {
     pub violations: Vec<Violation>,
     /// Every violation counted by kind, listed or not.
     pub counts: BTreeMap<ViolationKind, usize>,
-    /// Queues bound to events that no [`super::ConsumerTarget`] describes (an archive
-    /// stream, another team's queue): their deliveries were not checked.
+    /// Queues bound to the events exchange that no [`super::ConsumerTarget`] describes (an
+    /// archive stream, another team's queue): neither their deliveries nor their depth were
+    /// checked.
     pub unchecked_queues: BTreeSet<String>,
     /// Set when the recording ended early: events published after it were not checked.
     pub recording_interrupted: Option<String>,
@@ -210,9 +211,16 @@ async fn check_queues(
     bindings: &[Binding],
     verdict: &mut Verdict,
 ) -> Result<(), GenericError> {
-    let mut work: BTreeSet<&str> = system.consumers.iter().map(|c| c.queue.as_str()).collect();
-    work.extend(bindings.iter().map(|b| b.destination.as_str()));
-    work.retain(|queue| !verdict.unchecked_queues.contains(*queue));
+    // Only the described work queues: a bound queue nobody described may be a stream (an
+    // archive), which keeps its messages by design.
+    let work: BTreeSet<&str> = system.consumers.iter().map(|c| c.queue.as_str()).collect();
+    let undescribed = bindings
+        .iter()
+        .map(|b| b.destination.as_str())
+        .filter(|queue| !work.contains(queue));
+    verdict
+        .unchecked_queues
+        .extend(undescribed.map(str::to_owned));
     let names = system.management.queue_names(&system.vhost).await?;
     let tiers = names.iter().filter(|n| n.starts_with("msgkit.delay."));
     let queues = work
