@@ -176,7 +176,7 @@ mod tests {
     fn expect(publishes: Vec<TracedPublish>, bindings: &[Binding]) -> (Vec<Delivery>, Verdict) {
         let recording = Recording {
             publishes,
-            interrupted: None,
+            ..Recording::default()
         };
         let mut verdict = Verdict::default();
         let deliveries = expected_deliveries(&system(), &recording, bindings, &mut verdict);

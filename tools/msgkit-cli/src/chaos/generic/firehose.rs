@@ -2,103 +2,35 @@
 //! (<https://www.rabbitmq.com/docs/firehose>): with `rabbitmqctl trace_on -p <vhost>` the broker
 //! copies each message entering the vhost to the topic exchange `amq.rabbitmq.trace` with the
 //! routing key `publish.<exchange>` (and each delivery as `deliver.<queue>`, not wanted here).
-//! The copy's headers carry `exchange_name`, `routing_keys` (the key plus CC/BCC), the original
-//! `properties` as a table (`message_id`, `type`, `headers`, ...) and, on RabbitMQ 3.10 (seen on
-//! the real broker; not in the documented table), `routed_queues`: where it was routed.
 //!
-//! The firehose is per node and not persistent: a broker restart turns it off, and the
-//! recorder's exclusive queue goes with its connection. Either ends the recording early, which
-//! [`Recording::interrupted`] reports.
+//! The firehose is per node and not persistent (a broker restart turns it off), and the
+//! recorder's exclusive queue goes with its connection: after either, the recorder connects
+//! again, subscribes again, turns the firehose on again, and records the gap.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use msgkit::{BrokerSettings, Shutdown};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::traced::{Gap, Recording, parse};
 use super::{GenericError, rabbitmqctl};
 
 /// The exchange the broker copies traced messages to.
 const TRACE_EXCHANGE: &str = "amq.rabbitmq.trace";
 /// Publishes only (messages entering the broker), not deliveries.
 const PUBLISHES: &str = "publish.#";
-
-/// One message as it entered the broker.
-#[derive(Debug, Clone)]
-pub struct TracedPublish {
-    /// The exchange it was published to (`""` for the default exchange).
-    pub exchange: String,
-    /// Its routing key, then any CC/BCC keys.
-    pub routing_keys: Vec<String>,
-    /// Its `message_id` property.
-    pub message_id: Option<String>,
-    /// Its `type` property.
-    pub message_type: Option<String>,
-    /// The queues the broker routed it to, when the broker says (3.10 does).
-    pub routed_queues: Option<Vec<String>>,
-    /// When the recorder received the copy (the broker stamps no time on it).
-    pub seen_at: DateTime<Utc>,
-}
-
-/// What a publish is, from the kit's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishKind {
-    /// An event, published to the events exchange: what the invariant counts.
-    Event,
-    /// A retry on its way through a delay tier (`msgkit.delay.<ms>ms`).
-    Retry,
-    /// A dead letter sent by a consumer to `<queue>.dlq` through the default exchange.
-    DeadLetter,
-    /// A fired timer, sent by the outbox relay to its consumer's queue (default exchange).
-    TimerFired,
-    /// Anything else (another tool's publish, a replay, ...).
-    Other,
-}
-
-impl TracedPublish {
-    /// The routing key it was published with.
-    pub fn routing_key(&self) -> &str {
-        self.routing_keys.first().map_or("", String::as_str)
-    }
-
-    /// Classify against the system's events exchange, by the exchange names the kit uses
-    /// (`msgkit::topology`, `msgkit::consume` republishing, `msgkit::timer` firing).
-    pub fn kind(&self, events_exchange: &str) -> PublishKind {
-        if self.exchange == events_exchange {
-            PublishKind::Event
-        } else if self.exchange.starts_with("msgkit.delay.") {
-            PublishKind::Retry
-        } else if self.exchange.is_empty() && self.routing_key().ends_with(".dlq") {
-            PublishKind::DeadLetter
-        } else if self.exchange.is_empty()
-            && self
-                .message_type
-                .as_deref()
-                .is_some_and(|t| t.starts_with(msgkit::timer::MESSAGE_TYPE_PREFIX))
-        {
-            PublishKind::TimerFired
-        } else {
-            PublishKind::Other
-        }
-    }
-}
-
-/// Everything the recorder saw.
-#[derive(Debug, Clone, Default)]
-pub struct Recording {
-    /// Every publish, in the order the copies arrived.
-    pub publishes: Vec<TracedPublish>,
-    /// Why the recording ended before the recorder was finished (broker restart, connection
-    /// lost): publishes after that were not seen, so the verdict is incomplete.
-    pub interrupted: Option<String>,
-}
+/// Between two failed attempts to subscribe again.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 
 /// Records the publishes of one vhost from [`FirehoseRecorder::start`] until
 /// [`FirehoseRecorder::finish`]. Owns its background task; dropping it unfinished (an error
@@ -108,11 +40,24 @@ pub struct FirehoseRecorder {
     rabbitmqctl: Vec<String>,
     /// Until [`FirehoseRecorder::finish`] has tried to turn it off: then Drop need not.
     firehose_on: bool,
+    finish: Option<oneshot::Sender<()>>,
+    stop: Shutdown,
+    gaps: Arc<AtomicUsize>,
+    task: Option<JoinHandle<Recording>>,
+}
+
+/// What the background task needs to subscribe (again).
+struct Subscriber {
+    broker: BrokerSettings,
+    vhost: String,
+    rabbitmqctl: Vec<String>,
+}
+
+/// One subscription to the trace exchange.
+struct Session {
     connection: Connection,
     channel: Channel,
-    marker: String,
-    stop: Shutdown,
-    task: Option<JoinHandle<Recording>>,
+    consumer: Consumer,
 }
 
 impl FirehoseRecorder {
@@ -125,45 +70,46 @@ impl FirehoseRecorder {
         vhost: &str,
         rabbitmqctl: &[String],
     ) -> Result<Self, GenericError> {
-        let connection = broker
-            .connect()
-            .await
-            .map_err(|e| GenericError::broker("connecting the firehose recorder", e))?;
-        let (channel, consumer) = match subscribe(&connection).await {
-            Ok(subscribed) => subscribed,
-            Err(error) => {
-                let _ = connection.close(200, "done".into()).await;
-                return Err(error);
-            }
+        let subscriber = Subscriber {
+            broker: broker.clone(),
+            vhost: vhost.to_owned(),
+            rabbitmqctl: rabbitmqctl.to_vec(),
         };
-        if let Err(error) = rabbitmqctl::trace(rabbitmqctl, "trace_on", vhost).await {
-            let _ = connection.close(200, "done".into()).await;
-            return Err(error);
-        }
-        let marker = format!("msgkit.firehose.end.{}", uuid::Uuid::new_v4().simple());
+        let session = subscriber.subscribe().await?;
+        let (finish, finish_rx) = oneshot::channel();
         let stop = Shutdown::new();
-        let task = tokio::spawn(record(consumer, marker.clone(), stop.clone()));
+        let gaps = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(record(
+            subscriber,
+            session,
+            finish_rx,
+            stop.clone(),
+            Arc::clone(&gaps),
+        ));
         Ok(Self {
             vhost: vhost.to_owned(),
             rabbitmqctl: rabbitmqctl.to_vec(),
             firehose_on: true,
-            connection,
-            channel,
-            marker,
+            finish: Some(finish),
             stop,
+            gaps,
             task: Some(task),
         })
     }
 
+    /// Gaps so far that the recorder has recovered from (it is listening again).
+    pub fn recovered_gaps(&self) -> usize {
+        self.gaps.load(Ordering::SeqCst)
+    }
+
     /// End the recording: publish an end marker and wait (at most `deadline`) until its copy
     /// arrives, so every publish confirmed before this call has been recorded; then turn the
-    /// firehose off and close the connection.
+    /// firehose off.
     pub async fn finish(mut self, deadline: Duration) -> Result<Recording, GenericError> {
         let recording = self.collect(deadline).await;
         let off = rabbitmqctl::trace(&self.rabbitmqctl, "trace_off", &self.vhost).await;
         // Turned off (or tried, and reported): nothing left for Drop to do.
         self.firehose_on = false;
-        let _ = self.connection.close(200, "done".into()).await;
         off.map(|()| recording)
     }
 
@@ -171,35 +117,22 @@ impl FirehoseRecorder {
         let Some(mut task) = self.task.take() else {
             return Recording::default();
         };
-        let properties = BasicProperties::default().with_message_id(self.marker.as_str().into());
-        let published = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.marker.as_str().into(),
-                BasicPublishOptions::default(),
-                b"",
-                properties,
-            )
-            .await;
-        let interrupted = match published {
-            Err(error) => format!("the end marker could not be published: {error}"),
-            Ok(_) => match tokio::time::timeout(deadline, &mut task).await {
-                Ok(Ok(recording)) => return recording,
-                Ok(Err(error)) => {
-                    return Recording {
-                        publishes: Vec::new(),
-                        interrupted: Some(format!("the recorder task failed: {error}")),
-                    };
-                }
-                Err(_) => format!("the end marker did not arrive within {deadline:?}"),
-            },
-        };
-        self.stop.trigger();
-        let mut recording = task.await.unwrap_or_default();
-        // The task's own reason ("stopped") says less than ours.
-        recording.interrupted = Some(interrupted);
-        recording
+        if let Some(finish) = self.finish.take() {
+            let _ = finish.send(());
+        }
+        match tokio::time::timeout(deadline, &mut task).await {
+            Ok(joined) => joined.unwrap_or_else(|error| Recording {
+                interrupted: Some(format!("the recorder task failed: {error}")),
+                ..Recording::default()
+            }),
+            Err(_) => {
+                self.stop.trigger();
+                let mut recording = task.await.unwrap_or_default();
+                recording.interrupted =
+                    Some(format!("the end marker did not arrive within {deadline:?}"));
+                recording
+            }
+        }
     }
 }
 
@@ -223,7 +156,54 @@ impl Drop for FirehoseRecorder {
     }
 }
 
-async fn subscribe(connection: &Connection) -> Result<(Channel, Consumer), GenericError> {
+impl Subscriber {
+    /// Connect, bind and consume a fresh queue, then turn the firehose on (again: a restarted
+    /// broker has it off).
+    async fn subscribe(&self) -> Result<Session, GenericError> {
+        let connection = self
+            .broker
+            .connect()
+            .await
+            .map_err(|e| GenericError::broker("connecting the firehose recorder", e))?;
+        let subscribed = async {
+            let (channel, consumer) = declare_and_consume(&connection).await?;
+            rabbitmqctl::trace(&self.rabbitmqctl, "trace_on", &self.vhost).await?;
+            Ok((channel, consumer))
+        };
+        match subscribed.await {
+            Ok((channel, consumer)) => Ok(Session {
+                connection,
+                channel,
+                consumer,
+            }),
+            Err(error) => {
+                let _ = connection.close(200, "done".into()).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Subscriber::subscribe`] until it works, or `None` once `stop` is triggered.
+    async fn resubscribe(&self, stop: &Shutdown) -> Option<Session> {
+        loop {
+            let attempt = tokio::select! {
+                biased;
+                () = stop.triggered() => return None,
+                attempt = self.subscribe() => attempt,
+            };
+            match attempt {
+                Ok(session) => return Some(session),
+                Err(error) => eprintln!("chaos: firehose recorder: {error}; trying again"),
+            }
+            tokio::select! {
+                () = stop.triggered() => return None,
+                () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+            }
+        }
+    }
+}
+
+async fn declare_and_consume(connection: &Connection) -> Result<(Channel, Consumer), GenericError> {
     let channel = connection
         .create_channel()
         .await
@@ -267,110 +247,79 @@ async fn subscribe(connection: &Connection) -> Result<(Channel, Consumer), Gener
     Ok((channel, consumer))
 }
 
-/// The background task: record until the end marker, the stop signal, or the stream's end.
-async fn record(mut consumer: Consumer, marker: String, stop: Shutdown) -> Recording {
+/// Publish the end marker through the default exchange to no queue: only its trace copy
+/// matters, and it arrives after the copies of everything confirmed before it.
+async fn publish_marker(channel: &Channel, marker: &str) -> Result<(), lapin::Error> {
+    let properties = BasicProperties::default().with_message_id(marker.into());
+    channel
+        .basic_publish(
+            "".into(),
+            marker.into(),
+            BasicPublishOptions::default(),
+            b"",
+            properties,
+        )
+        .await
+        .map(drop)
+}
+
+/// The background task: record until the end marker's copy arrives (once `finish` asked for
+/// it) or `stop`; subscribe again whenever the subscription fails.
+async fn record(
+    subscriber: Subscriber,
+    mut session: Session,
+    mut finish: oneshot::Receiver<()>,
+    stop: Shutdown,
+    gaps: Arc<AtomicUsize>,
+) -> Recording {
+    let marker = format!("msgkit.firehose.end.{}", uuid::Uuid::new_v4().simple());
+    let mut finishing = false;
     let mut recording = Recording::default();
     loop {
-        let next = tokio::select! {
+        let failure = tokio::select! {
             biased;
-            next = consumer.next() => next,
             () = stop.triggered() => {
                 recording.interrupted = Some("stopped before the end marker arrived".to_owned());
-                return recording;
+                break;
             }
-        };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => {
-                recording.interrupted = Some(format!("the trace queue failed: {error}"));
-                return recording;
+            _ = &mut finish, if !finishing => {
+                finishing = true;
+                match publish_marker(&session.channel, &marker).await {
+                    Ok(()) => continue,
+                    Err(error) => format!("publishing the end marker failed: {error}"),
+                }
             }
-            None => {
-                recording.interrupted = Some("the trace queue's consumer ended".to_owned());
-                return recording;
-            }
+            next = session.consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    match parse(&delivery, Utc::now()) {
+                        Some(p) if p.message_id.as_deref() == Some(marker.as_str()) => break,
+                        Some(publish) => recording.publishes.push(publish),
+                        None => {}
+                    }
+                    continue;
+                }
+                Some(Err(error)) => format!("the trace queue failed: {error}"),
+                None => "the trace queue's consumer ended".to_owned(),
+            },
         };
-        let Some(publish) = parse(&delivery, Utc::now()) else {
-            continue;
-        };
-        if publish.message_id.as_deref() == Some(marker.as_str()) {
+        let from = Utc::now();
+        let _ = session.connection.close(200, "done".into()).await;
+        let Some(again) = subscriber.resubscribe(&stop).await else {
+            recording.interrupted = Some(format!("{failure}; not subscribed again"));
             return recording;
-        }
-        recording.publishes.push(publish);
-    }
-}
-
-/// The publish a trace copy describes, or `None` if it carries no `exchange_name`.
-fn parse(delivery: &Delivery, seen_at: DateTime<Utc>) -> Option<TracedPublish> {
-    let headers = delivery.properties.headers().as_ref()?.inner();
-    let exchange = text(headers.get("exchange_name")?)?;
-    let properties = match headers.get("properties") {
-        Some(AMQPValue::FieldTable(table)) => Some(table.inner()),
-        _ => None,
-    };
-    let property = |name: &str| properties.and_then(|p| p.get(name)).and_then(text);
-    Some(TracedPublish {
-        exchange,
-        routing_keys: headers.get("routing_keys").map(texts).unwrap_or_default(),
-        message_id: property("message_id"),
-        message_type: property("type"),
-        routed_queues: headers.get("routed_queues").map(texts),
-        seen_at,
-    })
-}
-
-fn text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-fn texts(value: &AMQPValue) -> Vec<String> {
-    match value {
-        AMQPValue::FieldArray(array) => array.as_slice().iter().filter_map(text).collect(),
-        other => text(other).into_iter().collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn publish(exchange: &str, key: &str, message_type: &str) -> TracedPublish {
-        TracedPublish {
-            exchange: exchange.to_owned(),
-            routing_keys: vec![key.to_owned()],
-            message_id: Some("m".to_owned()),
-            message_type: Some(message_type.to_owned()),
-            routed_queues: None,
-            seen_at: Utc::now(),
+        };
+        session = again;
+        recording.gaps.push(Gap {
+            from,
+            to: Utc::now(),
+            reason: failure,
+        });
+        gaps.fetch_add(1, Ordering::SeqCst);
+        // The marker may have been lost with the old subscription.
+        if finishing && let Err(error) = publish_marker(&session.channel, &marker).await {
+            eprintln!("chaos: firehose recorder: publishing the end marker failed: {error}");
         }
     }
-
-    #[test]
-    fn the_kits_own_republishes_are_not_counted_as_events() {
-        let kind = |p: TracedPublish| p.kind("events");
-        assert_eq!(
-            kind(publish("events", "order.placed", "order.placed")),
-            PublishKind::Event
-        );
-        assert_eq!(
-            kind(publish("msgkit.delay.100ms", "inventory", "order.placed")),
-            PublishKind::Retry
-        );
-        assert_eq!(
-            kind(publish("", "inventory.dlq", "order.placed")),
-            PublishKind::DeadLetter
-        );
-        assert_eq!(
-            kind(publish("", "reconcile", "msgkit.timer.callback-due")),
-            PublishKind::TimerFired
-        );
-        assert_eq!(
-            kind(publish("", "inventory", "order.placed")),
-            PublishKind::Other
-        );
-    }
+    let _ = session.connection.close(200, "done".into()).await;
+    recording
 }

@@ -21,11 +21,13 @@ mod rabbitmqctl;
 mod store;
 #[cfg(test)]
 mod tests;
+mod traced;
 mod verdict;
 
 use std::time::Duration;
 
-pub use self::firehose::{FirehoseRecorder, PublishKind, Recording, TracedPublish};
+pub use self::firehose::FirehoseRecorder;
+pub use self::traced::{Gap, PublishKind, Recording, TracedPublish};
 pub use self::verdict::{Verdict, Violation, ViolationKind, verdict};
 
 /// Where a service keeps the kit's tables (outbox, inbox, timers).

@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use msgkit::consume::{ConsumerConfig, Context, HandlerError, Routes};
 use msgkit::service::{Service, ServiceError};
-use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until_async};
+use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until, wait_until_async};
 use msgkit::{EventType, OutboxMessage, Shutdown, Topology, WorkQueue};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -335,6 +335,36 @@ async fn an_event_no_queue_is_bound_to_is_unroutable_and_stays_in_the_outbox() {
     assert!(
         found.contains(&(ViolationKind::OutboxPending, Some("nobody.listens"), None)),
         "{found:?}"
+    );
+    ledger.stop().await;
+}
+
+#[tokio::test]
+async fn the_recorder_listens_again_after_losing_its_connection_and_reports_the_gap() {
+    let ledger = Ledger::start(Vec::new()).await;
+    let recorder = ledger.recorder().await;
+    ledger.emit(&["ledger.credited"]).await;
+    ledger.drained(1).await;
+    // As an operator would from the management UI; a broker restart does the same and more.
+    // The API lists a new connection only after its next statistics tick: close until the
+    // recorder's own connection was among the closed.
+    wait_until_async("the recorder subscribed again", DEADLINE, || async {
+        if recorder.recovered_gaps() == 0 {
+            ledger.broker.close_all_connections().await;
+        }
+        (recorder.recovered_gaps() >= 1).then_some(())
+    })
+    .await;
+    ledger.emit(&["ledger.debited"]).await;
+    ledger.drained(2).await;
+    let recording = recorder.finish(DEADLINE).await.unwrap();
+    assert_eq!(recording.interrupted, None);
+    assert!(!recording.gaps.is_empty());
+    let verdict = verdict(&ledger.system(), &recording).await.unwrap();
+    assert!(verdict.holds(), "{:?}", verdict.violations);
+    assert_eq!(
+        verdict.events, 2,
+        "both events, one on each side of the gap"
     );
     ledger.stop().await;
 }

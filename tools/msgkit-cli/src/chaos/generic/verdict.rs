@@ -9,7 +9,7 @@ use lapin::Connection;
 use super::broker_state::{self, Binding};
 use super::expected::{Delivery, expected_deliveries};
 use super::store::Store;
-use super::{GenericError, Recording, ServiceStore, SystemUnderTest};
+use super::{Gap, GenericError, Recording, ServiceStore, SystemUnderTest};
 
 /// What kind of rule a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,6 +95,8 @@ pub struct Verdict {
     /// archive stream, another team's queue): neither their deliveries nor their depth were
     /// checked.
     pub unchecked_queues: BTreeSet<String>,
+    /// Times the recorder was not listening: events published then were not checked.
+    pub recording_gaps: Vec<Gap>,
     /// Set when the recording ended early: events published after it were not checked.
     pub recording_interrupted: Option<String>,
 }
@@ -105,7 +107,8 @@ impl Verdict {
         self.counts.values().sum()
     }
 
-    /// No violation, and the recording covered the whole run.
+    /// No violation, and the recording reached its end (it may have gaps: see
+    /// [`Verdict::recording_gaps`]).
     pub fn holds(&self) -> bool {
         self.total() == 0 && self.recording_interrupted.is_none()
     }
@@ -130,6 +133,7 @@ pub async fn verdict(
         .queue_bindings(&system.vhost, &system.events_exchange)
         .await?;
     let mut verdict = Verdict {
+        recording_gaps: recording.gaps.clone(),
         recording_interrupted: recording.interrupted.clone(),
         ..Verdict::default()
     };
