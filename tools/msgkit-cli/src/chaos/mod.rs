@@ -8,6 +8,7 @@
 pub(crate) mod check;
 mod counters;
 pub(crate) mod faults;
+pub(crate) mod generic;
 mod load;
 pub(crate) mod scenario;
 pub(crate) mod services;
