@@ -11,6 +11,7 @@ pub(crate) mod faults;
 mod load;
 pub(crate) mod scenario;
 pub(crate) mod services;
+pub(crate) mod timeline;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
