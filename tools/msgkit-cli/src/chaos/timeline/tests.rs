@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use super::*;
 
 /// A quick run as it looks in practice: four services at about 8 msg/s for 50 s of load and
@@ -327,4 +329,45 @@ fn write_saves_exactly_the_rendered_picture() {
     let written = std::fs::read_to_string(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     assert_eq!(written, render(&fixture()));
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The picture check a person would do, in headless Chromium (`scripts/ui-deps.sh` installs it
+/// and playwright-core). `MSGKIT_UPDATE_SCREENSHOTS=1` copies the PNG to docs/images.
+#[test]
+fn the_fixture_run_renders_as_a_picture_in_a_browser() {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"));
+    std::fs::create_dir_all(target.join("chaos")).unwrap();
+    let svg = target.join("chaos/timeline-fixture.svg");
+    let png = target.join("chaos/timeline-fixture.png");
+    let _ = std::fs::remove_file(&png);
+    write(&fixture(), &svg).unwrap();
+    let script = workspace().join("tools/ui-screenshot/svg-screenshot.mjs");
+    let output = std::process::Command::new("node")
+        .arg(&script)
+        .arg(&svg)
+        .arg(&png)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}); run scripts/ui-deps.sh"));
+    assert!(
+        output.status.success(),
+        "the browser check failed (run scripts/ui-deps.sh if Chromium or playwright-core is missing):\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG was written");
+    assert!(
+        bytes.len() > 20_000,
+        "the picture has content ({} bytes)",
+        bytes.len()
+    );
+    if std::env::var("MSGKIT_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        std::fs::copy(&png, workspace().join("docs/images/chaos-timeline.png")).unwrap();
+    }
 }
