@@ -316,6 +316,21 @@ fn legend(svg: &mut String, series: &[Series], frame: &Frame) {
             ty = y + 4.0,
         );
     }
+    // What the red marks mean, below the services: a reader should not have to guess.
+    let y = frame.top + 12.0 + series.len() as f64 * 20.0 + 12.0;
+    let _ = write!(
+        svg,
+        r#"<rect x="{x}" y="{rt:.1}" width="18" height="12" fill="{FAULT_COLOUR}" fill-opacity="0.13"/><text x="{tx}" y="{t1:.1}">fault</text><path d="M{l},{b2:.1} L{m},{p2:.1} L{r},{b2:.1} Z" fill="{FAULT_COLOUR}"/><text x="{tx}" y="{t2:.1}">recovered</text>"#,
+        rt = y - 6.0,
+        t1 = y + 4.0,
+        tx = x + 24.0,
+        l = x + 5.0,
+        m = x + 9.0,
+        r = x + 13.0,
+        b2 = y + 24.0,
+        p2 = y + 17.0,
+        t2 = y + 24.0,
+    );
 }
 
 fn colour(index: usize) -> &'static str {
