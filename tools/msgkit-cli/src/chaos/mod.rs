@@ -12,6 +12,7 @@ pub(crate) mod generic;
 mod load;
 pub(crate) mod scenario;
 pub(crate) mod services;
+pub(crate) mod timeline;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
