@@ -151,7 +151,10 @@ async fn a_timer_set_before_its_service_is_sigkilled_fires_once_overdue_after_re
     first.start_kill().unwrap();
     let status = first.wait().await.unwrap();
     assert!(!status.success(), "killed, not exited: {status:?}");
-    assert!(rung(&pool).await.is_empty(), "nothing fired before the kill");
+    assert!(
+        rung(&pool).await.is_empty(),
+        "nothing fired before the kill"
+    );
 
     // The restarted service's clock is an hour on: the timer is long overdue.
     let second = start_child(&db, &broker, Duration::from_secs(3600));
@@ -161,7 +164,11 @@ async fn a_timer_set_before_its_service_is_sigkilled_fires_once_overdue_after_re
         (!rung.is_empty()).then_some(rung)
     })
     .await;
-    assert_eq!(fired, [("k".to_owned(), true, second_pid)], "once, overdue, by the new process");
+    assert_eq!(
+        fired,
+        [("k".to_owned(), true, second_pid)],
+        "once, overdue, by the new process"
+    );
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM msgkit_timers")
         .fetch_one(&pool)
         .await

@@ -9,13 +9,27 @@ use contracts::event_type::{
     INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_PLACED, PAYMENT_FAILED,
 };
 use contracts::{InventoryReserved, OrderPlaced, OrderSetback};
-use msgkit::consume::{Batch, Context, HandlerError, Routes};
+use msgkit::consume::{Batch, Context, FailureKind, HandlerError, Routes};
+use sqlx::PgPool;
 
 use crate::stock;
 
+/// A deliberately broken inventory, for the chaos runner's proof that its SQL invariants catch
+/// an effect applied outside the consumer's transaction: with a pool here, a reservation first
+/// takes the stock through that pool (committed at once, whatever becomes of the message), and
+/// its first attempt then fails, so the retry takes the stock again. Never in production; set
+/// by `INVENTORY_BROKEN_STOCK_OUTSIDE_TRANSACTION=1`.
+#[derive(Clone, Default)]
+pub struct Broken(pub Option<PgPool>);
+
 /// The `inventory` queue's routes.
-pub fn routes() -> Routes {
-    Routes::new()
+pub fn routes() -> Routes<Broken> {
+    routes_with(Broken::default())
+}
+
+/// The routes, deliberately broken when `broken` holds a pool (see [`Broken`]).
+pub fn routes_with(broken: Broken) -> Routes<Broken> {
+    Routes::with_state(broken)
         .route(ORDER_PLACED, reserve)
         .route(PAYMENT_FAILED, release)
         .before_batch(lock_batch_stock)
@@ -25,7 +39,7 @@ pub fn routes() -> Routes {
 /// messages: each message alone locks its SKUs in order, but a batch would add its messages'
 /// locks up in correlation order, and two batches could then deadlock. What does not decode
 /// is left to its route, which dead-letters it.
-async fn lock_batch_stock(mut batch: Batch<'_>) -> Result<(), HandlerError> {
+async fn lock_batch_stock(mut batch: Batch<'_, Broken>) -> Result<(), HandlerError> {
     let skus: Vec<String> = batch
         .payloads(ORDER_PLACED)
         .flat_map(|order| order.items.into_iter().map(|line| line.sku))
@@ -38,7 +52,10 @@ async fn lock_batch_stock(mut batch: Batch<'_>) -> Result<(), HandlerError> {
     Ok(())
 }
 
-async fn reserve(mut ctx: Context<'_>, order: OrderPlaced) -> Result<(), HandlerError> {
+async fn reserve(mut ctx: Context<'_, Broken>, order: OrderPlaced) -> Result<(), HandlerError> {
+    if let Broken(Some(pool)) = ctx.state() {
+        take_stock_outside_the_transaction(pool, &order, ctx.attempt()).await?;
+    }
     let tx = ctx.tx();
     // The inbox stops redeliveries; this stops a replayed copy with another message id.
     if stock::has_reservation(tx, order.order_id).await? {
@@ -86,7 +103,7 @@ async fn reserve(mut ctx: Context<'_>, order: OrderPlaced) -> Result<(), Handler
     Ok(())
 }
 
-async fn release(mut ctx: Context<'_>, failed: OrderSetback) -> Result<(), HandlerError> {
+async fn release(mut ctx: Context<'_, Broken>, failed: OrderSetback) -> Result<(), HandlerError> {
     let lines = stock::release(ctx.tx(), failed.order_id).await?;
     if lines == 0 {
         tracing::warn!(order_id = %failed.order_id, "no reservation to release");
@@ -98,5 +115,31 @@ async fn release(mut ctx: Context<'_>, failed: OrderSetback) -> Result<(), Handl
     };
     ctx.publish(INVENTORY_RELEASED, &event).await?;
     tracing::info!(order_id = %failed.order_id, lines, "reservation released");
+    Ok(())
+}
+
+/// The broken part of [`Broken`]: the effect commits on its own connection, then the first
+/// attempt fails as a crash would, and the retry applies it again.
+async fn take_stock_outside_the_transaction(
+    pool: &PgPool,
+    order: &OrderPlaced,
+    attempt: u32,
+) -> Result<(), HandlerError> {
+    for line in &order.items {
+        sqlx::query(
+            "UPDATE stock SET available = available - $2 WHERE sku = $1 AND available >= $2",
+        )
+        .bind(&line.sku)
+        .bind(i32::try_from(line.quantity).unwrap_or(i32::MAX))
+        .execute(pool)
+        .await?;
+    }
+    if attempt == 1 {
+        return Err(HandlerError::new(
+            FailureKind::Transient,
+            "inventory::BrokenOnPurpose",
+            "crashed after taking the stock outside the transaction",
+        ));
+    }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
-use crate::handlers::routes;
+use crate::handlers::{Broken, routes_with};
 
 /// The service's name: its queue, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "inventory";
@@ -16,15 +16,23 @@ const CONSUMER_BATCH: usize = 16;
 
 /// The inventory service, ready to run: its outbox relay and the consumer of its queue.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
-    Service::start(
+    let service = Service::start(
         settings,
         contracts::topology(),
         sqlx::migrate!("./migrations"),
     )
     .await?
-    .with_relay()
-    .consume_with(
+    .with_relay();
+    let broken = if std::env::var("INVENTORY_BROKEN_STOCK_OUTSIDE_TRANSACTION").as_deref()
+        == Ok("1")
+    {
+        tracing::warn!("INVENTORY IS BROKEN ON PURPOSE: stock is taken outside the transaction");
+        Broken(Some(service.pool().clone()))
+    } else {
+        Broken::default()
+    };
+    service.consume_with(
         ConsumerConfig::new(NAME, NAME).batch(CONSUMER_BATCH),
-        routes(),
+        routes_with(broken),
     )
 }

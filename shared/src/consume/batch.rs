@@ -39,11 +39,12 @@ impl<H: Handler> Pipeline<H> {
             }
             return Ok(());
         }
-        // Deferred retries and messages without an id take their own path.
+        // Deferred retries, messages without an id and dropped ones take their own path.
         let received = deliveries.into_iter().map(|d| self.receive(d));
         let (together, alone): (Vec<_>, Vec<_>) = received.partition(|one| {
             onward_tier(&one.message).is_none()
                 && one.message.message_id().is_some_and(|id| !id.is_empty())
+                && !self.drops(&one.message)
         });
         for one in alone {
             self.settle_one(one, publisher, acks).await?;

@@ -9,6 +9,7 @@
 //! | `FAULT_DELAY_MS` | extra processing time per message |
 //! | `FAULT_POISON_MARKER` | a message whose body contains this text is poison |
 //! | `FAULT_ACK_BEFORE_COMMIT` | `1`: ack before handling — a deliberately broken consumer |
+//! | `FAULT_DROP_TYPE` | acknowledge messages of this type without handling them (no inbox row, no effect) — a deliberately broken consumer |
 //!
 //! A process that reads any of these logs a warning at start-up, so a forgotten setting in
 //! production is visible.
@@ -38,6 +39,10 @@ pub struct Faults {
     /// (a crash mid-handling loses the message), so that the chaos runner can prove it
     /// catches a broken consumer. Never for production.
     pub ack_before_commit: bool,
+    /// Acknowledge every message of this type without handling it: deliberately loses one
+    /// event type, so that the chaos runner can prove its kit invariant catches a consumer
+    /// that never handles a type it is bound to. Never for production.
+    pub drop_type: Option<String>,
 }
 
 impl Faults {
@@ -58,6 +63,10 @@ impl Faults {
             ack_before_commit: config
                 .parse_opt::<u8>("FAULT_ACK_BEFORE_COMMIT")?
                 .map_or(self.ack_before_commit, |flag| flag == 1),
+            drop_type: config
+                .get("FAULT_DROP_TYPE")
+                .map(str::to_owned)
+                .or(self.drop_type),
         };
         if faults.is_active() {
             tracing::warn!(?faults, "FAULT INJECTION IS ON");

@@ -59,6 +59,8 @@ pub(super) struct Pipeline<H> {
     /// Whether sequenced messages wait for their turn ([`crate::key_order`]).
     key_order: bool,
     pub(super) clock: crate::clock::Clock,
+    /// [`super::Faults::drop_type`]: the type this deliberately broken consumer drops.
+    drop_type: Option<String>,
     pub(super) outcomes: Outcomes,
     /// `<queue> process`, the name of every delivery's span.
     span_name: String,
@@ -86,6 +88,7 @@ impl<H: Handler> Pipeline<H> {
             },
             key_order: handler.key_order(),
             clock: config.clock.clone(),
+            drop_type: config.faults.drop_type.clone(),
             handler,
             failures: FailurePolicy::new(
                 config.retry.clone(),
@@ -164,6 +167,13 @@ impl<H: Handler> Pipeline<H> {
         message: &IncomingMessage,
         publisher: &ConfirmedPublisher,
     ) -> Result<Option<Settled>, BrokerError> {
+        if self.drops(message) {
+            tracing::warn!(
+                message_type = message.message_type(),
+                "FAULT_DROP_TYPE: acknowledged without handling"
+            );
+            return Ok(Some(Settled::Handled));
+        }
         if let Some(tier) = onward_tier(message) {
             self.failures
                 .republisher()
@@ -204,6 +214,11 @@ impl<H: Handler> Pipeline<H> {
             Ok(settled) => Ok(Some(settled)),
             Err(error) => self.fail(message, &error, publisher).await.map(Some),
         }
+    }
+
+    /// Whether the injected fault drops `message` unhandled.
+    pub(super) fn drops(&self, message: &IncomingMessage) -> bool {
+        self.drop_type.as_deref() == Some(message.message_type())
     }
 
     /// Retry or dead-letter a message that failed, as the failure policy decides.

@@ -12,6 +12,7 @@ mod broker;
 mod chaos;
 mod cluster;
 mod dlq;
+mod saga_services;
 mod table;
 mod timers;
 

@@ -9,7 +9,8 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::CliError;
-use crate::chaos::{run_directory, scenario::Scenario, services::ServiceProcess, start_services};
+use crate::chaos::services::ServiceProcess;
+use crate::saga_services::{ServiceOverrides, run_directory, start_services};
 
 /// One open-loop step.
 #[derive(Debug, Clone, Serialize)]
@@ -75,31 +76,28 @@ impl EndToEnd {
     }
 }
 
-const SCENARIO: &str = r#"
-name = "bench"
-duration_secs = 1
-rate_per_sec = 1
-drain_timeout_secs = 1
-[services.order.env]
+/// Each service's settings for the benchmark.
+const SETTINGS: &str = r#"
+[order.env]
 RUST_LOG = "warn"
-[services.inventory.env]
+[inventory.env]
 RUST_LOG = "warn"
-[services.payment.env]
+[payment.env]
 RUST_LOG = "warn"
 GATEWAY_LATENCY_MS = "0"
-[services.notify.env]
+[notify.env]
 RUST_LOG = "warn"
 "#;
 
 const ORDER: &str = r#"{"customer_id":"bench","items":[{"sku":"SKU-1","quantity":1}]}"#;
 
 pub async fn run(duration: Duration) -> Result<EndToEnd, CliError> {
-    let scenario: Scenario = toml::from_str(SCENARIO).map_err(|e| CliError::Other(e.into()))?;
+    let settings: BTreeMap<String, ServiceOverrides> =
+        toml::from_str(SETTINGS).map_err(|e| CliError::Other(e.into()))?;
     let db = msgkit::testing::TestDatabase::create().await;
     let broker = msgkit::testing::TestBroker::create().await;
     let run_dir = run_directory("bench")?;
-    let mut processes =
-        start_services(&scenario.services, &db, &broker.amqp_url(), &run_dir).await?;
+    let mut processes = start_services(&settings, &db, &broker.amqp_url(), &run_dir).await?;
     let pool = db.pool().await;
     let api = processes[0].base_url();
     let client = reqwest::Client::builder()

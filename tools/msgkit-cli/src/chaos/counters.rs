@@ -1,21 +1,36 @@
 //! Counters of the services' `/metrics`, added up across their restarts (a restarted process
-//! starts from zero, as Prometheus' `increase()` assumes).
+//! starts from zero, as Prometheus' `increase()` assumes), with a sample of every service's
+//! totals at each scrape: the timeline's throughput, and what happened around each fault.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Totals per (service, series) at one moment.
+pub type Sample = BTreeMap<(String, String), f64>;
 
 /// Totals per series, e.g. `msgkit_consumed_total{queue="inventory",outcome="retry"}`.
 #[derive(Debug, Default)]
 pub struct Counters {
     last: BTreeMap<(String, String), f64>,
     total: BTreeMap<String, f64>,
+    /// Totals per (service, series), the service being the replica's name without `-<n>`.
+    by_service: Sample,
+    /// After each round of scrapes: seconds since the run started, and `by_service` then.
+    pub samples: Vec<(f64, Sample)>,
 }
 
-const TRACKED: [&str; 2] = ["msgkit_consumed_total", "msgkit_redelivered_total"];
+const TRACKED: [&str; 3] = [
+    "msgkit_consumed_total",
+    "msgkit_redelivered_total",
+    "msgkit_broker_reconnects_total",
+];
+
+/// The acknowledged-message series of `msgkit_consumed_total`.
+pub const ACKED: [&str; 2] = ["msgkit_consumed_total", "outcome=\"ack\""];
 
 impl Counters {
-    fn observe(&mut self, service: &str, exposition: &str) {
+    fn observe(&mut self, replica: &str, service: &str, exposition: &str) {
         for line in exposition.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -26,7 +41,7 @@ impl Counters {
             let Ok(value) = value.parse::<f64>() else {
                 continue;
             };
-            let key = (service.to_owned(), series.to_owned());
+            let key = (replica.to_owned(), series.to_owned());
             let previous = self.last.insert(key, value).unwrap_or(0.0);
             let increase = if value >= previous {
                 value - previous
@@ -34,7 +49,22 @@ impl Counters {
                 value
             };
             *self.total.entry(series.to_owned()).or_default() += increase;
+            *self
+                .by_service
+                .entry((service.to_owned(), series.to_owned()))
+                .or_default() += increase;
         }
+    }
+
+    /// `service`'s total of the series containing all of `parts`, in a sample.
+    pub fn in_sample(sample: &Sample, service: Option<&str>, parts: &[&str]) -> f64 {
+        sample
+            .iter()
+            .filter(|((s, series), _)| {
+                service.is_none_or(|name| s == name) && parts.iter().all(|p| series.contains(p))
+            })
+            .map(|(_, v)| v)
+            .sum()
     }
 
     /// The total of every series whose text contains all of `parts`.
@@ -47,10 +77,11 @@ impl Counters {
     }
 }
 
-/// Scrape `services` (name, base URL) every half second until `stop`.
+/// Scrape `services` (replica name, metrics URL) every half second until `stop`.
 pub async fn poll(
     services: Vec<(String, String)>,
     counters: Arc<Mutex<Counters>>,
+    started: Instant,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let client = reqwest::Client::builder()
@@ -59,6 +90,12 @@ pub async fn poll(
         .unwrap_or_default();
     loop {
         scrape_all(&client, &services, &counters).await;
+        if let Ok(mut counters) = counters.lock() {
+            let sample = counters.by_service.clone();
+            counters
+                .samples
+                .push((started.elapsed().as_secs_f64(), sample));
+        }
         let stopped = tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => false,
             changed = stop.changed() => changed.is_err() || *stop.borrow(),
@@ -75,16 +112,24 @@ async fn scrape_all(
     services: &[(String, String)],
     counters: &Mutex<Counters>,
 ) {
-    for (name, base) in services {
-        let Ok(response) = client.get(format!("{base}/metrics")).send().await else {
+    for (name, url) in services {
+        let Ok(response) = client.get(url).send().await else {
             continue;
         };
         let Ok(text) = response.text().await else {
             continue;
         };
         if let Ok(mut counters) = counters.lock() {
-            counters.observe(name, &text);
+            counters.observe(name, service_of(name), &text);
         }
+    }
+}
+
+/// The service of a replica's name (`inventory-1` is `inventory`, `order` is `order`).
+pub fn service_of(replica: &str) -> &str {
+    match replica.rsplit_once('-') {
+        Some((service, index)) if index.parse::<u32>().is_ok() => service,
+        _ => replica,
     }
 }
 
@@ -97,14 +142,17 @@ mod tests {
         let mut counters = Counters::default();
         counters.observe(
             "inventory",
+            "inventory",
             "msgkit_consumed_total{queue=\"inventory\",outcome=\"ack\"} 5",
         );
         counters.observe(
+            "inventory",
             "inventory",
             "msgkit_consumed_total{queue=\"inventory\",outcome=\"ack\"} 8",
         );
         // The process restarted: its counter starts again from zero.
         counters.observe(
+            "inventory",
             "inventory",
             "msgkit_consumed_total{queue=\"inventory\",outcome=\"ack\"} 2",
         );

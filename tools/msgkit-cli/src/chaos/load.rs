@@ -1,19 +1,42 @@
-//! Open-loop order load: a fixed rate for a fixed time, whatever the system does.
+//! Open-loop HTTP load from a scenario's templates: a fixed rate for a fixed time, whatever the
+//! system does. A body template is JSON (or any text) with generated fields:
+//! `${n}` (the request's number), `${uuid}`, `${int:LO..HI}` (inclusive) and
+//! `${choice:A|B|C}`. The same scenario sends the same bodies (a fixed seed), apart from uuids.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio::task::JoinSet;
 
-/// One order the load sent.
-#[derive(Debug, Clone)]
-pub struct Sent {
-    /// The order id when it got a 202.
-    pub order_id: Option<String>,
-    /// The HTTP status, or 0 when the request failed.
-    pub status: u16,
-    pub poison: bool,
+use super::scenario::LoadSpec;
+
+/// What one load did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    pub sent: u64,
+    /// Responses by HTTP status (0: no response).
+    pub statuses: BTreeMap<u16, u64>,
+    /// Captured values of accepted requests, by variant tag ("" for the main body).
+    pub captured: BTreeMap<String, Vec<String>>,
+}
+
+impl LoadResult {
+    /// The captured values `accepted:<load>` (every tag) or `accepted:<load>:<tag>` names.
+    pub fn values(&self, tag: Option<&str>) -> Vec<String> {
+        match tag {
+            None => self.captured.values().flatten().cloned().collect(),
+            Some(tag) => self.captured.get(tag).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+fn accepts(spec: &LoadSpec, status: u16) -> bool {
+    if spec.accept.is_empty() {
+        (200..=202).contains(&status)
+    } else {
+        spec.accept.contains(&status)
+    }
 }
 
 /// A small deterministic generator: the same scenario sends the same mix.
@@ -28,81 +51,165 @@ impl Mix {
     }
 }
 
-/// What the n-th order contains: mostly payable orders, some out of stock (rejected), some
-/// declined (cancelled), and every `poison_every`-th one poison for inventory.
-fn order_body(n: u64, poison_every: u64, mix: &mut Mix) -> (serde_json::Value, bool) {
-    let poison = poison_every > 0 && n % poison_every == poison_every - 1;
-    let customer = if poison {
-        format!("chaos-poison-{n}")
-    } else {
-        format!("chaos-{n}")
-    };
+/// The body of request `n` and its variant tag.
+fn pick(spec: &LoadSpec, n: u64, mix: &mut Mix) -> (String, String) {
+    if let Some(variant) = spec.variants.iter().find(|v| {
+        v.every
+            .is_some_and(|every| every > 0 && n % every == every - 1)
+    }) {
+        return (variant.tag.clone(), render(&variant.body, n, mix));
+    }
     let roll = mix.next() % 100;
-    let items = match roll {
-        0..=4 => json!([{"sku": "SKU-GONE", "quantity": 1}]),
-        5..=12 => json!([{"sku": "SKU-LUX", "quantity": 1}]),
-        _ => {
-            let skus = ["SKU-1", "SKU-2", "SKU-3"];
-            let sku = skus[(mix.next() % 3) as usize];
-            json!([{"sku": sku, "quantity": 1 + mix.next() % 3}])
+    let mut floor = 0;
+    for variant in spec.variants.iter().filter(|v| v.every.is_none()) {
+        let weight = variant.weight.unwrap_or(0);
+        if roll < floor + weight {
+            return (variant.tag.clone(), render(&variant.body, n, mix));
         }
-    };
-    (json!({"customer_id": customer, "items": items}), poison)
+        floor += weight;
+    }
+    (String::new(), render(&spec.body, n, mix))
 }
 
-/// Send orders to `api` at `rate` per second for `duration`.
-pub async fn run(api: String, rate: f64, duration: Duration, poison_every: u64) -> Vec<Sent> {
+/// Fill a template's generated fields.
+fn render(template: &str, n: u64, mix: &mut Mix) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let field = &rest[start + 2..start + end];
+        out.push_str(&generate(field, n, mix).unwrap_or_else(|| format!("${{{field}}}")));
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn generate(field: &str, n: u64, mix: &mut Mix) -> Option<String> {
+    if field == "n" {
+        return Some(n.to_string());
+    }
+    if field == "uuid" {
+        return Some(uuid::Uuid::new_v4().to_string());
+    }
+    if let Some(range) = field.strip_prefix("int:") {
+        let (lo, hi) = range.split_once("..")?;
+        let (lo, hi): (u64, u64) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        return Some((lo + mix.next() % (hi.saturating_sub(lo) + 1)).to_string());
+    }
+    if let Some(choices) = field.strip_prefix("choice:") {
+        let choices: Vec<&str> = choices.split('|').collect();
+        let index = usize::try_from(mix.next() % choices.len() as u64).ok()?;
+        return choices.get(index).map(|c| (*c).to_owned());
+    }
+    None
+}
+
+/// Send `spec`'s requests to `base` for `duration`.
+pub async fn run(spec: LoadSpec, base: String, duration: Duration) -> LoadResult {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();
-    let sent = Arc::new(Mutex::new(Vec::new()));
+    let result = Arc::new(Mutex::new(LoadResult::default()));
+    let spec = Arc::new(spec);
     let mut requests = JoinSet::new();
-    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / spec.rate_per_sec));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut mix = Mix(0x9E37_79B9_7F4A_7C15);
+    let method =
+        reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
     let mut n = 0u64;
     while started.elapsed() < duration {
         pace.tick().await;
-        let (body, poison) = order_body(n, poison_every, &mut mix);
+        let (tag, body) = pick(&spec, n, &mut mix);
         n += 1;
-        let (client, api, sent) = (client.clone(), api.clone(), Arc::clone(&sent));
+        let request = client
+            .request(method.clone(), format!("{base}{}", spec.path))
+            .header("content-type", "application/json")
+            .body(body);
+        let (spec, result) = (Arc::clone(&spec), Arc::clone(&result));
         requests.spawn(async move {
-            let result = client
-                .post(format!("{api}/orders"))
-                .json(&body)
-                .send()
-                .await;
-            let record = match result {
+            let (status, captured) = match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let order_id = if status == 202 {
-                        response
+                    let captured = match (&spec.capture, accepts(&spec, status)) {
+                        (Some(field), true) => response
                             .json::<serde_json::Value>()
                             .await
                             .ok()
-                            .and_then(|v| v["order_id"].as_str().map(str::to_owned))
-                    } else {
-                        None
+                            .and_then(|v| match &v[field.as_str()] {
+                                serde_json::Value::String(s) => Some(s.clone()),
+                                serde_json::Value::Null => None,
+                                other => Some(other.to_string()),
+                            }),
+                        _ => None,
                     };
-                    Sent {
-                        order_id,
-                        status,
-                        poison,
-                    }
+                    (status, captured)
                 }
-                Err(_) => Sent {
-                    order_id: None,
-                    status: 0,
-                    poison,
-                },
+                Err(_) => (0, None),
             };
-            if let Ok(mut sent) = sent.lock() {
-                sent.push(record);
+            if let Ok(mut result) = result.lock() {
+                result.sent += 1;
+                *result.statuses.entry(status).or_default() += 1;
+                if let Some(value) = captured {
+                    result.captured.entry(tag).or_default().push(value);
+                }
             }
         });
     }
     while requests.join_next().await.is_some() {}
-    sent.lock().map(|s| s.clone()).unwrap_or_default()
+    result.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_fields_are_filled_and_json_braces_are_left_alone() {
+        let mut mix = Mix(7);
+        let body = render(
+            r#"{"customer": "c-${n}", "sku": "${choice:A|B}", "q": ${int:1..3}, "x": "${nope}"}"#,
+            42,
+            &mut mix,
+        );
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["customer"], "c-42");
+        assert!(["A", "B"].contains(&value["sku"].as_str().unwrap()));
+        assert!((1..=3).contains(&value["q"].as_u64().unwrap()));
+        assert_eq!(value["x"], "${nope}", "an unknown field stays visible");
+    }
+
+    #[test]
+    fn every_nth_request_is_the_variant_and_weights_share_the_rest() {
+        let spec: LoadSpec = toml::from_str(
+            r#"
+            name = "orders"
+            service = "order"
+            rate_per_sec = 1
+            path = "/orders"
+            body = "plain"
+            [[variants]]
+            tag = "poison"
+            body = "poison"
+            every = 10
+            [[variants]]
+            tag = "rare"
+            body = "rare"
+            weight = 20
+            "#,
+        )
+        .unwrap();
+        let mut mix = Mix(1);
+        let tags: Vec<String> = (0..1000).map(|n| pick(&spec, n, &mut mix).0).collect();
+        assert_eq!(tags.iter().filter(|t| *t == "poison").count(), 100);
+        let rare = tags.iter().filter(|t| *t == "rare").count();
+        assert!((120..240).contains(&rare), "about 20 % of 900: {rare}");
+    }
 }

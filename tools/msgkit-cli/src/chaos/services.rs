@@ -1,4 +1,5 @@
-//! The four services as OS processes, and the shared infrastructure the faults act on.
+//! Service processes, restartable with the same settings, and the shared infrastructure the
+//! faults act on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use crate::CliError;
 
 /// One service process, restartable with the same settings.
 pub struct ServiceProcess {
-    pub name: &'static str,
+    pub name: String,
     pub port: u16,
     binary: PathBuf,
+    args: Vec<String>,
     env: BTreeMap<String, String>,
     log: PathBuf,
     child: Option<Child>,
@@ -22,21 +24,28 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn new(
-        name: &'static str,
+        name: impl Into<String>,
         binary: PathBuf,
         env: BTreeMap<String, String>,
         log: PathBuf,
         port: u16,
     ) -> Self {
         Self {
-            name,
+            name: name.into(),
             port,
             binary,
+            args: Vec::new(),
             env,
             log,
             child: None,
             starts: 0,
         }
+    }
+
+    /// Run the program with these arguments.
+    pub fn with_args(mut self, args: Vec<String>) -> Self {
+        self.args = args;
+        self
     }
 
     pub fn start(&mut self) -> Result<(), CliError> {
@@ -49,6 +58,7 @@ impl ServiceProcess {
             .try_clone()
             .map_err(|e| CliError::Other(anyhow::anyhow!("log file: {e}")))?;
         let child = Command::new(&self.binary)
+            .args(&self.args)
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(log)

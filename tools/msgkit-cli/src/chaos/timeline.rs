@@ -2,13 +2,6 @@
 //! for every fault and a marker where the system recovered, so a person sees where each fault
 //! hit and how throughput reacted. Written by hand like `bench/plot.rs`: one picture does not
 //! justify a plotting dependency.
-// The chaos runner (being reworked in chaos/mod.rs) is to call these; until it does, only the
-// tests below use them.
-#![cfg_attr(
-    not(test),
-    allow(dead_code, reason = "called by the reworked chaos runner")
-)]
-
 use std::fmt::Write as _;
 
 /// What one chaos run looked like, in seconds since the run started.

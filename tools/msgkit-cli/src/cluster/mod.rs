@@ -9,8 +9,9 @@
 //! uses its own RabbitMQ nodes, so it may run beside the test suite, but not beside
 //! `msgkit chaos`, which restarts the shared PostgreSQL. Exit code 1 when something was lost.
 
+mod check;
 mod load;
-pub(crate) mod nodes;
+mod nodes;
 mod stalls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +25,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use self::nodes::Cluster;
-use crate::chaos::check;
 use crate::{CliError, table};
 
 const WORK_QUEUES: [&str; 4] = ["order", "inventory", "payment", "notify"];
@@ -149,7 +149,7 @@ async fn exercise(
     let run_dir = run_directory()?;
     let amqp_url = cluster.amqp_url_list(vhost);
     let mut processes =
-        crate::chaos::start_services(&BTreeMap::new(), db, &amqp_url, &run_dir).await?;
+        crate::saga_services::start_services(&BTreeMap::new(), db, &amqp_url, &run_dir).await?;
     let pool = db.pool().await;
     let mut violations = Vec::new();
 
@@ -257,8 +257,7 @@ async fn exercise(
             ));
         }
     }
-    let findings =
-        check::invariants(&pool, &accepted, &BTreeSet::new(), &initial_stock, &[]).await?;
+    let findings = check::invariants(&pool, &accepted, &initial_stock).await?;
     violations.extend(findings.violations.iter().cloned());
     let recovery_secs = check::recovery(&pool, killed_at, killed_at).await?;
     let stalls = stalls::measure(&pool, killed_at, load_ended).await?;
@@ -280,7 +279,7 @@ async fn exercise(
         };
         // Counters: whole numbers.
         reopened.insert(
-            process.name,
+            process.name.clone(),
             sum_metric(&text, "msgkit_broker_reconnects_total") as u64,
         );
         refused_publishes += sum_metric(&text, "msgkit_relay_refused_total") as u64;
@@ -288,7 +287,10 @@ async fn exercise(
 
     let mut exits = BTreeMap::new();
     for process in &mut processes {
-        exits.insert(process.name, process.stop(Duration::from_secs(20)).await);
+        exits.insert(
+            process.name.clone(),
+            process.stop(Duration::from_secs(20)).await,
+        );
     }
     for (name, code) in &exits {
         if *code != Some(0) {

@@ -203,6 +203,7 @@ pub struct AlarmGuard {
 
 impl AlarmGuard {
     /// The setting that is restored, as `rabbitmqctl` arguments (e.g. `["0.4"]`).
+    #[cfg(test)]
     pub fn previous_setting(&self) -> &[String] {
         &self.previous
     }

@@ -1,19 +1,12 @@
 //! Faults that act on a running system, for the chaos runner: a broker resource alarm
-//! ([`alarm`]), a paused process ([`pause`]) and a killed node of the three-node cluster
-//! ([`node`]). Each one undoes itself: a guard restores the system on every path (an error, a
-//! panic, a cancelled run), and the explicit way out checks that the system is back.
+//! ([`alarm`]) and a paused process ([`pause`]). Each one undoes itself: a guard restores the
+//! system on every path (an error, a panic, a cancelled run), and the explicit way out checks
+//! that the system is back. (A killed cluster node is `msgkit cluster-test`'s fault.)
 //!
 //! Broker alarms are node-wide: every client of the node is blocked, not only the run's vhost.
-//! Raise them only on a node that the run owns.
-// The chaos runner (being reworked in chaos/mod.rs and scenario.rs) is to call these; until it
-// does, only the tests below use them.
-#![cfg_attr(
-    not(test),
-    allow(dead_code, reason = "called by the reworked chaos runner")
-)]
-
+//! The runner raises them only in the serial phase of `make test`; their tests raise them on a
+//! node of their own.
 pub(crate) mod alarm;
-pub(crate) mod node;
 pub(crate) mod pause;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@ pub async fn pause(pid: u32) -> Result<PausedProcess, FaultError> {
 
 /// Pause `pid` for `duration`, then continue it. The wait is the fault itself, not a
 /// synchronisation; if the future is dropped meanwhile, the guard continues the process.
+#[cfg(test)]
 pub async fn pause_for(pid: u32, duration: Duration) -> Result<(), FaultError> {
     let paused = pause(pid).await?;
     tokio::time::sleep(duration).await;
@@ -43,6 +44,7 @@ pub struct PausedProcess {
 }
 
 impl PausedProcess {
+    #[cfg(test)]
     pub fn pid(&self) -> u32 {
         self.pid
     }

@@ -11,9 +11,6 @@
 //! exchange: a tap would itself be a binding, so an event no service is bound to would look
 //! routed.
 
-// The chaos runner's scenario rework wires this in; until then only the tests call it.
-#![allow(dead_code, unused_imports)]
-
 mod broker_state;
 mod expected;
 mod firehose;
@@ -27,8 +24,12 @@ mod verdict;
 use std::time::Duration;
 
 pub use self::firehose::FirehoseRecorder;
-pub use self::traced::{Gap, PublishKind, Recording, TracedPublish};
-pub use self::verdict::{Verdict, Violation, ViolationKind, verdict};
+#[cfg(test)]
+pub use self::traced::TracedPublish;
+pub use self::traced::{Gap, PublishKind, Recording};
+#[cfg(test)]
+pub use self::verdict::ViolationKind;
+pub use self::verdict::{Verdict, verdict};
 
 /// Where a service keeps the kit's tables (outbox, inbox, timers).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,42 +73,6 @@ pub struct SystemUnderTest {
     pub timer_grace: Duration,
     /// Violations listed in full; the rest are only counted.
     pub max_listed: usize,
-}
-
-impl SystemUnderTest {
-    /// The example saga (order, inventory, payment, notify) as `make run` and the chaos
-    /// runner lay it out: one database, one schema per service (`orders` for order), each
-    /// service's consumer named after it and owning the queue of that name.
-    pub fn example_saga(
-        vhost: &str,
-        broker: msgkit::BrokerSettings,
-        management: ManagementApi,
-        database_url: &str,
-    ) -> Self {
-        let consumer = |service: &str, schema: &str| ConsumerTarget {
-            queue: service.to_owned(),
-            consumer: service.to_owned(),
-            store: ServiceStore {
-                database_url: database_url.to_owned(),
-                schema: Some(schema.to_owned()),
-            },
-        };
-        Self {
-            vhost: vhost.to_owned(),
-            broker,
-            management,
-            events_exchange: msgkit::topology::EVENTS_EXCHANGE.to_owned(),
-            consumers: vec![
-                consumer("order", "orders"),
-                consumer("inventory", "inventory"),
-                consumer("payment", "payment"),
-                consumer("notify", "notify"),
-            ],
-            publishers: Vec::new(),
-            timer_grace: Duration::from_secs(5),
-            max_listed: 50,
-        }
-    }
 }
 
 /// The RabbitMQ management API and its credentials.

@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use msgkit::consume::{ConsumerConfig, Context, HandlerError, Routes};
 use msgkit::service::{Service, ServiceError};
-use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until, wait_until_async};
+use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until_async};
 use msgkit::{EventType, OutboxMessage, Shutdown, Topology, WorkQueue};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;

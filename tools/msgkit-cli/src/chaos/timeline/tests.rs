@@ -12,7 +12,7 @@ fn fixture() -> Timeline {
         fault("restart postgres", 32.0, 35.0, Some(4.6)),
         fault("latency on payment", 40.0, 45.0, Some(5.8)),
     ];
-    let series = crate::chaos::SERVICES
+    let series = crate::saga_services::SERVICES
         .iter()
         .enumerate()
         .map(|(i, name)| Series {
@@ -206,7 +206,7 @@ fn a_run_renders_as_well_formed_svg_with_every_fault_labelled() {
     ] {
         assert!(svg.contains(&format!(">{label}")), "{label} is shown");
     }
-    for service in crate::chaos::SERVICES {
+    for service in crate::saga_services::SERVICES {
         assert!(
             svg.contains(&format!(">{service}</text>")),
             "{service} is in the legend"

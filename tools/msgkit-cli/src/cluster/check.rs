@@ -1,74 +1,13 @@
-//! After the run: the invariants, read from the databases and the broker, and the figures.
+//! After the cluster test: the example saga's invariants, read from its databases, and the
+//! figures.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::CliError;
-
-/// A dead letter found after the run.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetterSeen {
-    pub queue: String,
-    pub order_id: String,
-    pub reason: String,
-}
-
-/// Every dead letter of the vhost, read without removing any.
-pub async fn dead_letters(
-    broker: &msgkit::testing::TestBroker,
-    queues: &[&str],
-) -> Result<Vec<DeadLetterSeen>, CliError> {
-    let connection = broker
-        .settings("msgkit-chaos/check")
-        .connect()
-        .await
-        .map_err(|e| CliError::Unavailable(e.to_string()))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| CliError::Unavailable(e.to_string()))?;
-    let mut seen = Vec::new();
-    for queue in queues {
-        let mut tags = Vec::new();
-        while let Some(got) = channel
-            .basic_get((*queue).into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(|e| CliError::Other(anyhow::anyhow!("reading {queue}: {e}")))?
-        {
-            let props = &got.delivery.properties;
-            seen.push(DeadLetterSeen {
-                queue: (*queue).to_owned(),
-                order_id: props
-                    .correlation_id()
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                reason: msgkit::message::header_str(props, msgkit::consume::FAILURE_REASON)
-                    .or_else(|| msgkit::message::header_str(props, "x-first-death-reason"))
-                    .unwrap_or("unknown")
-                    .to_owned(),
-            });
-            tags.push(got.delivery.delivery_tag);
-        }
-        for tag in tags {
-            let _ = channel
-                .basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    },
-                )
-                .await;
-        }
-    }
-    let _ = connection.close(200, "done".into()).await;
-    Ok(seen)
-}
 
 /// Stock of every SKU.
 pub async fn stock(pool: &PgPool) -> Result<BTreeMap<String, i64>, CliError> {
@@ -127,9 +66,7 @@ pub struct Findings {
 pub async fn invariants(
     pool: &PgPool,
     accepted: &BTreeSet<uuid::Uuid>,
-    poison: &BTreeSet<uuid::Uuid>,
     initial_stock: &BTreeMap<String, i64>,
-    dead: &[DeadLetterSeen],
 ) -> Result<Findings, CliError> {
     let mut f = Findings::default();
     let ids: Vec<uuid::Uuid> = accepted.iter().copied().collect();
@@ -154,7 +91,6 @@ pub async fn invariants(
             accepted.len() - rows.len()
         ));
     }
-    let dead_orders: BTreeSet<String> = dead.iter().map(|d| d.order_id.clone()).collect();
     for row in &rows {
         let id: uuid::Uuid = row.try_get("id").map_err(db)?;
         let status: String = row.try_get("status").map_err(db)?;
@@ -169,14 +105,7 @@ pub async fn invariants(
         let mut bad = |what: String| f.violations.push(format!("order {id}: {what}"));
         match status.as_str() {
             "pending" => {
-                if dead_orders.contains(&id.to_string()) {
-                    f.stuck_in_dlq += 1;
-                } else {
-                    bad(
-                        "never reached a final state and is in no dead-letter queue (lost)"
-                            .to_owned(),
-                    );
-                }
+                bad("never reached a final state (lost)".to_owned());
                 if notified > 0 {
                     bad("notified while pending".to_owned());
                 }
@@ -210,34 +139,6 @@ pub async fn invariants(
             f.violations
                 .push(format!("order {id}: {notified} notification(s) for final state {status} (expected exactly one)"));
         }
-    }
-    // Dead letters are exactly the injected poison.
-    let poison_ids: BTreeSet<String> = poison.iter().map(|id| id.to_string()).collect();
-    for letter in dead {
-        if !poison_ids.contains(&letter.order_id) {
-            f.violations.push(format!(
-                "unexpected dead letter in {} for order {} (reason {})",
-                letter.queue, letter.order_id, letter.reason
-            ));
-        } else if letter.reason != "poison" {
-            f.violations.push(format!(
-                "poison order {} dead-lettered as {}",
-                letter.order_id, letter.reason
-            ));
-        }
-    }
-    for id in &poison_ids {
-        if !dead_orders.contains(id) {
-            f.violations
-                .push(format!("poison order {id} is not in a dead-letter queue"));
-        }
-    }
-    if dead.len() != dead_orders.len() {
-        f.violations.push(format!(
-            "{} dead letters for {} orders: some were dead-lettered twice",
-            dead.len(),
-            dead_orders.len()
-        ));
     }
     // Stock: what is missing is exactly what is still reserved.
     let now = stock(pool).await?;
