@@ -21,6 +21,9 @@ use crate::topology::Topology;
 /// Default limit on waiting for the broker's confirms of one batch.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`ConfirmedPublisher::close`] waits for the broker.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 /// What the broker said about one published message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -277,10 +280,16 @@ impl ConfirmedPublisher {
         })
     }
 
-    /// Close the channel and connection politely (best effort).
+    /// Close the channel and connection politely (best effort, within [`CLOSE_LIMIT`]: a dead
+    /// connection may never answer; dropping it then closes its socket).
     pub async fn close(self) {
-        let _ = self.channel.close(200, "closing".into()).await;
-        let _ = self.connection.close(200, "closing".into()).await;
+        let polite = async {
+            let _ = self.channel.close(200, "closing".into()).await;
+            let _ = self.connection.close(200, "closing".into()).await;
+        };
+        if tokio::time::timeout(CLOSE_LIMIT, polite).await.is_err() {
+            tracing::warn!(limit = ?CLOSE_LIMIT, "the broker did not answer the close; dropping the connection");
+        }
     }
 }
 

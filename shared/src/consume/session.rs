@@ -185,12 +185,31 @@ impl Session {
             error = acking.run(&channel) => tracing::warn!(%error, "could not acknowledge deliveries; restarting the session"),
         }
         // In-flight deliveries have been settled (or abandoned with the connection): ack what
-        // is settled, then closing returns anything still unacked to the queue.
-        acking.flush(&channel).await;
-        let _ = channel.close(200, "consumer stopping".into()).await;
-        let _ = connection.close(200, "consumer stopping".into()).await;
+        // is settled, then closing returns anything still unacked to the queue. On a dead
+        // connection these may wait for an answer that never comes (seen after the process
+        // was frozen past the heartbeat: the session never ended and the consumer never came
+        // back), so they get a bound; dropping the connection then closes its socket, and the
+        // broker returns the unacked deliveries all the same.
+        let teardown = async {
+            acking.flush(&channel).await;
+            let _ = channel.close(200, "consumer stopping".into()).await;
+            let _ = connection.close(200, "consumer stopping".into()).await;
+        };
+        if tokio::time::timeout(TEARDOWN_LIMIT, teardown)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                limit = ?TEARDOWN_LIMIT,
+                "the broker did not answer while the session ended; dropping the connection"
+            );
+        }
     }
 }
+
+/// How long ending a session may take: acking what is settled and closing the channel and
+/// the connection.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Resolves on shutdown or when the session is broken.
 async fn stopped(shutdown: Shutdown, broken: CancellationToken) {

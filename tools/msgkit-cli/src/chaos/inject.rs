@@ -21,6 +21,10 @@ pub struct FaultRecord {
     pub fault: String,
     /// Seconds after the load started.
     pub start_secs: f64,
+    /// When the fault was lifted: the process started again, the link or the alarm restored,
+    /// the restart done. Recovery is counted from here.
+    pub healed_secs: f64,
+    /// When the fault's action was over, checks included (an alarm seen cleared).
     pub end_secs: f64,
     pub at: DateTime<Utc>,
     /// When the fault's action was over (after the restart, for restarts).
@@ -31,8 +35,8 @@ pub struct FaultRecord {
     pub failed: bool,
     /// For a broker or database restart: how long the restart itself took.
     pub restart_secs: Option<f64>,
-    /// From the fault's start until every service that was handling messages before it had
-    /// handled one after it ended.
+    /// From the fault's lifting until every service that was handling messages before the
+    /// fault had handled one after it was lifted.
     pub recovery_secs: Option<f64>,
     /// What the services did from the fault's start until they recovered (or 10 s).
     pub redeliveries: u64,
@@ -57,17 +61,16 @@ pub async fn inject(
         let (at, start_secs) = (Utc::now(), started.elapsed().as_secs_f64());
         eprintln!("chaos: t+{start_secs:.1}s {}", fault.kind.label());
         let acted = apply(&fault.kind, commands, system, broker).await;
-        let (outcome, failed, restart_secs) = match acted {
-            Ok(Acted {
-                detail,
-                restart_secs,
-            }) => (detail, false, restart_secs),
-            Err(error) => (format!("failed: {error}"), true, None),
+        let end_secs = started.elapsed().as_secs_f64();
+        let (outcome, failed, restart_secs, healed) = match acted {
+            Ok(acted) => (acted.detail, false, acted.restart_secs, acted.healed),
+            Err(error) => (format!("failed: {error}"), true, None, None),
         };
         records.push(FaultRecord {
             fault: fault.kind.label(),
             start_secs,
-            end_secs: started.elapsed().as_secs_f64(),
+            healed_secs: healed.map_or(end_secs, |at| at.duration_since(started).as_secs_f64()),
+            end_secs,
             at,
             ended: Utc::now(),
             outcome,
@@ -86,6 +89,8 @@ pub async fn inject(
 struct Acted {
     detail: String,
     restart_secs: Option<f64>,
+    /// When the fault was lifted, if before the action's end.
+    healed: Option<Instant>,
 }
 
 impl From<String> for Acted {
@@ -93,6 +98,17 @@ impl From<String> for Acted {
         Self {
             detail,
             restart_secs: None,
+            healed: None,
+        }
+    }
+}
+
+impl From<(String, Instant)> for Acted {
+    fn from((detail, healed): (String, Instant)) -> Self {
+        Self {
+            detail,
+            restart_secs: None,
+            healed: Some(healed),
         }
     }
 }
@@ -118,11 +134,11 @@ async fn apply(
             for replica in &mut service.replicas {
                 replica.process.start()?;
             }
-            format!(
+            let detail = format!(
                 "SIGKILL to {} process(es), restarted after {restart_after_secs}s",
                 service.replicas.len()
-            )
-            .into()
+            );
+            (detail, Instant::now()).into()
         }
         FaultKind::PauseService {
             service,
@@ -142,6 +158,7 @@ async fn apply(
             Acted {
                 detail: format!("stop_app + start_app in {took:.1}s"),
                 restart_secs: Some(took),
+                healed: None,
             }
         }
         FaultKind::RestartPostgres => {
@@ -157,6 +174,7 @@ async fn apply(
             Acted {
                 detail: format!("{} in {took:.1}s", words.join(" ")),
                 restart_secs: Some(took),
+                healed: None,
             }
         }
         FaultKind::Partition {
@@ -216,7 +234,7 @@ async fn network(
     links: &[ProxyControl],
     duration: Duration,
     change: impl Fn(&mut msgkit::testing::Faults),
-) -> String {
+) -> (String, Instant) {
     let before: Vec<ProxyCounters> = links.iter().map(ProxyControl::counters).collect();
     for link in links {
         let mut faults = link.faults();
@@ -227,6 +245,7 @@ async fn network(
     for link in links {
         link.clear();
     }
+    let healed = Instant::now();
     let after: Vec<ProxyCounters> = links.iter().map(ProxyControl::counters).collect();
     let delta = |f: fn(&ProxyCounters) -> u64| -> u64 {
         after
@@ -235,14 +254,15 @@ async fn network(
             .map(|(a, b)| f(a).saturating_sub(f(b)))
             .sum()
     };
-    format!(
+    let detail = format!(
         "{:.1}s on {} link(s): {} connection(s) refused, {} accepted, {} bytes through",
         duration.as_secs_f64(),
         links.len(),
         delta(|c| c.refused),
         delta(|c| c.accepted),
         delta(|c| c.bytes_to_upstream) + delta(|c| c.bytes_to_client),
-    )
+    );
+    (detail, healed)
 }
 
 /// SIGSTOP every replica of `service` for `duration`, then SIGCONT.
@@ -250,7 +270,7 @@ async fn pause_service(
     system: &System,
     service: &str,
     duration: Duration,
-) -> Result<String, CliError> {
+) -> Result<(String, Instant), CliError> {
     let mut paused = Vec::new();
     for replica in &system.service(service)?.replicas {
         let Some(pid) = replica.process.pid() else {
@@ -260,13 +280,15 @@ async fn pause_service(
     }
     tokio::time::sleep(duration).await;
     let count = paused.len();
+    let healed = Instant::now();
     for process in paused {
         process.resume().await?;
     }
-    Ok(format!(
+    let detail = format!(
         "SIGSTOP {count} process(es) for {:.1}s, then SIGCONT",
         duration.as_secs_f64()
-    ))
+    );
+    Ok((detail, healed))
 }
 
 /// Raise `kind` on the local node for `duration`; the guard restores it on every path.
@@ -274,15 +296,17 @@ async fn alarm(
     commands: &Commands,
     kind: AlarmKind,
     duration: Duration,
-) -> Result<String, CliError> {
+) -> Result<(String, Instant), CliError> {
     let node = BrokerNode::local(&commands.rabbitmq_node, 15672);
     let raised = Instant::now();
     let guard = raise_alarm(&node, kind).await?;
     let shown_after = raised.elapsed().as_secs_f64();
     tokio::time::sleep(duration).await;
+    let healed = Instant::now();
     guard.restore().await?;
-    Ok(format!(
+    let detail = format!(
         "{kind:?} alarm shown by the broker after {shown_after:.1}s, held {:.1}s, restored and cleared",
         duration.as_secs_f64()
-    ))
+    );
+    Ok((detail, healed))
 }

@@ -17,10 +17,12 @@ use crate::table;
 
 /// How long after its start a fault's effects are counted when the system never recovered.
 const WITHOUT_RECOVERY_SECS: f64 = 10.0;
+/// How long after recovery they are still counted.
+const AFTER_RECOVERY_SECS: f64 = 3.0;
 
 /// Fill each fault's recovery time and what the services did from its start until then:
 /// recovered once every service that acknowledged messages in the five seconds before the
-/// fault has acknowledged one more after the fault ended.
+/// fault has acknowledged one more after the fault was lifted, counted from the lifting.
 pub fn what_faults_did(faults: &mut [FaultRecord], counters: &Counters) {
     let samples = &counters.samples;
     let at = |t: f64| {
@@ -31,11 +33,13 @@ pub fn what_faults_did(faults: &mut [FaultRecord], counters: &Counters) {
             .or_else(|| samples.first())
             .map(|(_, sample)| sample)
     };
-    for fault in faults.iter_mut() {
-        let (Some(before), Some(start), Some(end)) = (
+    let starts: Vec<f64> = faults.iter().map(|f| f.start_secs).collect();
+    for (index, fault) in faults.iter_mut().enumerate() {
+        let next_start = starts.get(index + 1).copied().unwrap_or(f64::INFINITY);
+        let (Some(before), Some(start), Some(healed)) = (
             at(fault.start_secs - 5.0),
             at(fault.start_secs),
-            at(fault.end_secs),
+            at(fault.healed_secs),
         ) else {
             continue;
         };
@@ -48,14 +52,21 @@ pub fn what_faults_did(faults: &mut [FaultRecord], counters: &Counters) {
             })
             .collect();
         let recovered = samples.iter().find(|(t, sample)| {
-            *t > fault.end_secs
+            *t > fault.healed_secs
                 && services.iter().all(|service| {
                     Counters::in_sample(sample, Some(service), &ACKED)
-                        > Counters::in_sample(end, Some(service), &ACKED)
+                        > Counters::in_sample(healed, Some(service), &ACKED)
                 })
         });
-        fault.recovery_secs = recovered.map(|(t, _)| t - fault.start_secs);
-        let until = fault.start_secs + fault.recovery_secs.unwrap_or(WITHOUT_RECOVERY_SECS);
+        fault.recovery_secs = recovered.map(|(t, _)| t - fault.healed_secs);
+        // What the services did: until a little after recovery (a reconnect is counted at the
+        // next scrape), never into the next fault.
+        let until = fault
+            .recovery_secs
+            .map_or(fault.start_secs + WITHOUT_RECOVERY_SECS, |r| {
+                fault.healed_secs + r + AFTER_RECOVERY_SECS
+            })
+            .min(next_start);
         let Some(last) = at(until) else { continue };
         let delta = |parts: &[&str]| {
             (Counters::in_sample(last, None, parts) - Counters::in_sample(start, None, parts))
@@ -110,8 +121,8 @@ pub fn timeline(
             .map(|f| FaultSpan {
                 label: f.fault.clone(),
                 start_secs: f.start_secs,
-                end_secs: f.end_secs,
-                recovered_secs: f.recovery_secs,
+                end_secs: f.healed_secs,
+                recovered_secs: f.recovery_secs.map(|r| f.healed_secs - f.start_secs + r),
             })
             .collect(),
     }

@@ -27,7 +27,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// One fault, from when it was injected until its action was over.
+/// One fault, from when it was injected until it was lifted.
 #[derive(Debug, Clone, Default)]
 pub struct FaultSpan {
     pub label: String,
@@ -127,7 +127,12 @@ fn place_labels(timeline: &Timeline) -> Vec<Label> {
         .iter()
         .map(|fault| Label {
             text: match fault.recovered_secs {
-                Some(r) => format!("{}: recovered in {r:.1} s", fault.label),
+                // As the report counts it: from the fault's end (its lifting).
+                Some(r) => format!(
+                    "{}: recovered {:.1} s after it ended",
+                    fault.label,
+                    (r - (fault.end_secs - fault.start_secs)).max(0.0)
+                ),
                 None => format!("{}: no recovery seen", fault.label),
             },
             at_secs: fault.start_secs,
