@@ -129,7 +129,7 @@ fn place_labels(timeline: &Timeline) -> Vec<Label> {
             text: match fault.recovered_secs {
                 // As the report counts it: from the fault's end (its lifting).
                 Some(r) => format!(
-                    "{}: recovered {:.1} s after it ended",
+                    "{}: recovered in {:.1} s",
                     fault.label,
                     (r - (fault.end_secs - fault.start_secs)).max(0.0)
                 ),
