@@ -109,6 +109,67 @@ fn generate(field: &str, n: u64, mix: &mut Mix) -> Option<String> {
     None
 }
 
+/// Run `spec`'s command for `duration` with every service's URL in its environment, then
+/// SIGTERM it; its exit status is recorded as the load's only "status" (0 when it was still
+/// running and stopped cleanly, its code when it ended early or failed).
+pub async fn run_command(
+    spec: LoadSpec,
+    urls: Vec<(String, String)>,
+    duration: Duration,
+) -> LoadResult {
+    let mut result = LoadResult::default();
+    let Some((program, args)) = spec.command.split_first() else {
+        return result;
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env("CHAOS_RATE_PER_SEC", spec.rate_per_sec.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (service, url) in &urls {
+        let name = service.to_ascii_uppercase().replace('-', "_");
+        command.env(format!("CHAOS_{name}_URL"), url);
+    }
+    let code = match command.spawn() {
+        Err(error) => {
+            eprintln!(
+                "chaos: load {} could not start {program}: {error}",
+                spec.name
+            );
+            u16::MAX
+        }
+        Ok(mut child) => match tokio::time::timeout(duration, child.wait()).await {
+            Ok(status) => status
+                .ok()
+                .and_then(|s| s.code())
+                .map_or(u16::MAX, exit_code),
+            Err(_) => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status()
+                        .await;
+                }
+                match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                    Ok(Ok(status)) => status.code().map_or(0, exit_code),
+                    _ => {
+                        let _ = child.kill().await;
+                        0
+                    }
+                }
+            }
+        },
+    };
+    result.sent = 1;
+    result.statuses.insert(code, 1);
+    result
+}
+
+fn exit_code(code: i32) -> u16 {
+    u16::try_from(code).unwrap_or(u16::MAX)
+}
+
 /// Send `spec`'s requests to `base` for `duration`.
 pub async fn run(spec: LoadSpec, base: String, duration: Duration) -> LoadResult {
     let client = reqwest::Client::builder()
@@ -211,5 +272,40 @@ mod tests {
         assert_eq!(tags.iter().filter(|t| *t == "poison").count(), 100);
         let rare = tags.iter().filter(|t| *t == "rare").count();
         assert!((120..240).contains(&rare), "about 20 % of 900: {rare}");
+    }
+
+    fn command_load(command: &str) -> LoadSpec {
+        LoadSpec {
+            name: "own".into(),
+            service: "order".into(),
+            rate_per_sec: 5.0,
+            method: "POST".into(),
+            path: String::new(),
+            body: String::new(),
+            variants: Vec::new(),
+            accept: Vec::new(),
+            capture: None,
+            command: vec!["sh".into(), "-c".into(), command.into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_load_sees_the_services_and_its_exit_code_counts() {
+        let urls = vec![("order".to_owned(), "http://127.0.0.1:1".to_owned())];
+        let failed = run_command(
+            command_load(r#"[ "$CHAOS_ORDER_URL" = http://127.0.0.1:1 ] && [ "$CHAOS_RATE_PER_SEC" = 5 ] && exit 3"#),
+            urls.clone(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(failed.statuses, BTreeMap::from([(3, 1)]));
+        // Still running at the end of the load: stopped, which is no failure.
+        let stopped = run_command(
+            command_load("exec sleep 30"),
+            urls,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert_eq!(stopped.statuses, BTreeMap::from([(0, 1)]));
     }
 }

@@ -77,12 +77,19 @@ pub async fn run(args: ChaosArgs, json_output: bool) -> Result<(), CliError> {
     // Load and faults side by side.
     let duration = Duration::from_secs(scenario.duration_secs);
     let mut loads = Vec::new();
+    let urls: Vec<(String, String)> = system
+        .services
+        .iter()
+        .map(|s| (s.spec.name.clone(), s.base_url()))
+        .collect();
     for spec in &scenario.load {
-        let base = system.service(&spec.service)?.base_url();
-        loads.push((
-            spec.name.clone(),
-            tokio::spawn(load::run(spec.clone(), base, duration)),
-        ));
+        let task = if spec.command.is_empty() {
+            let base = system.service(&spec.service)?.base_url();
+            tokio::spawn(load::run(spec.clone(), base, duration))
+        } else {
+            tokio::spawn(load::run_command(spec.clone(), urls.clone(), duration))
+        };
+        loads.push((spec.name.clone(), task));
     }
     let mut faults = inject::inject(
         &scenario.faults,
@@ -120,6 +127,19 @@ pub async fn run(args: ChaosArgs, json_output: bool) -> Result<(), CliError> {
     let mut violations = Vec::new();
     if let Err(busy) = &drained {
         violations.push(format!("the system did not drain: {busy}"));
+    }
+    for (name, result) in &captured {
+        let is_command = scenario
+            .load
+            .iter()
+            .any(|l| &l.name == name && !l.command.is_empty());
+        if let Some(code) = result
+            .statuses
+            .keys()
+            .find(|code| is_command && **code != 0)
+        {
+            violations.push(format!("load {name}: its command exited with {code}"));
+        }
     }
     for fault in faults.iter().filter(|f| f.failed) {
         violations.push(format!(

@@ -2,12 +2,12 @@
 //! their times, and the invariants. The runner knows nothing else about the system; see
 //! docs/chaos.md for the format and chaos/saga.toml for the example services' scenario.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
-use crate::CliError;
+mod file;
+
+pub use file::load;
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,7 +95,8 @@ fn one() -> u32 {
     1
 }
 
-/// Open-loop HTTP load: requests at a fixed rate whatever the system does.
+/// Open-loop HTTP load: requests at a fixed rate whatever the system does; or a command of
+/// the team's own (a load generator they already have), run for the load's duration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
@@ -106,9 +107,16 @@ pub struct LoadSpec {
     pub rate_per_sec: f64,
     #[serde(default = "post")]
     pub method: String,
+    #[serde(default)]
     pub path: String,
     /// The body template (see [`super::load`] for the generated fields).
+    #[serde(default)]
     pub body: String,
+    /// Instead of requests: this command, started with the load and stopped (SIGTERM) at its
+    /// end. It gets `CHAOS_<SERVICE>_URL` (e.g. `CHAOS_ORDER_URL`) for every service and
+    /// `CHAOS_RATE_PER_SEC`; a non-zero exit fails the run.
+    #[serde(default)]
+    pub command: Vec<String>,
     /// Alternative bodies: every `every`-th request, or with a weight out of 100.
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -325,80 +333,9 @@ impl Default for Commands {
     }
 }
 
-/// Find and read a scenario: a path, or a name under `chaos/` of the repository.
-pub fn load(name_or_path: &str) -> Result<(Scenario, PathBuf), CliError> {
-    let candidates = [
-        PathBuf::from(name_or_path),
-        Path::new("chaos").join(format!("{name_or_path}.toml")),
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../chaos")
-            .join(format!("{name_or_path}.toml")),
-    ];
-    let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
-        CliError::NotFound(format!(
-            "no scenario {name_or_path:?} (looked for a file, and chaos/{name_or_path}.toml)"
-        ))
-    })?;
-    let value = read_with_includes(path, 0)?;
-    let mut scenario: Scenario = value
-        .try_into()
-        .map_err(|e| CliError::Usage(format!("scenario {} is invalid: {e}", path.display())))?;
-    scenario.apply_overrides();
-    scenario
-        .validate()
-        .map_err(|e| CliError::Usage(format!("scenario {}: {e}", path.display())))?;
-    Ok((scenario, path.clone()))
-}
-
-/// `path` as TOML, with its includes merged under it.
-fn read_with_includes(path: &Path, depth: usize) -> Result<toml::Value, CliError> {
-    if depth > 4 {
-        return Err(CliError::Usage(format!(
-            "{}: includes nest too deep",
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::NotFound(format!("cannot read {}: {e}", path.display())))?;
-    let own: toml::Value = toml::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("scenario {} is invalid: {e}", path.display())))?;
-    let includes: Vec<String> = own
-        .get("include")
-        .and_then(toml::Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    let mut merged = toml::Value::Table(toml::Table::new());
-    for include in includes {
-        let included = path.parent().unwrap_or(Path::new(".")).join(include);
-        merge(&mut merged, read_with_includes(&included, depth + 1)?);
-    }
-    merge(&mut merged, own);
-    Ok(merged)
-}
-
-/// Merge `over` into `base`: tables key by key, arrays appended, anything else replaced.
-fn merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(base), toml::Value::Table(over)) => {
-            for (key, value) in over {
-                match base.get_mut(&key) {
-                    Some(existing) => merge(existing, value),
-                    None => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (toml::Value::Array(base), toml::Value::Array(over)) => base.extend(over),
-        (base, over) => *base = over,
-    }
-}
-
 impl Scenario {
     /// Put `service_env` and `rates` where they apply.
-    fn apply_overrides(&mut self) {
+    pub(super) fn apply_overrides(&mut self) {
         for service in &mut self.services {
             if let Some(env) = self.service_env.get(&service.name) {
                 service.env.extend(env.clone());
@@ -451,6 +388,12 @@ impl Scenario {
             if load.rate_per_sec <= 0.0 {
                 return Err(format!("load {}: the rate must be positive", load.name));
             }
+            if load.command.is_empty() == load.path.is_empty() {
+                return Err(format!(
+                    "load {}: give either a path (and body) or a command",
+                    load.name
+                ));
+            }
         }
         for fault in &self.faults {
             if let Some(service) = fault.kind.service()
@@ -481,59 +424,4 @@ impl Scenario {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_scenario_in_the_repository_parses_and_is_valid() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../chaos");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            // Included parts (a system without a name or duration) are checked through the
-            // scenarios that include them.
-            if path.extension().is_some_and(|e| e == "toml") {
-                load(path.to_str().unwrap()).unwrap();
-                seen += 1;
-            }
-        }
-        assert!(seen >= 3, "the scenarios in {}", dir.display());
-    }
-
-    #[test]
-    fn an_unknown_fault_kind_is_an_error_not_a_skip() {
-        let text = r#"
-            name = "x"
-            duration_secs = 1
-            drain_timeout_secs = 1
-            [[services]]
-            name = "a"
-            binary = "a"
-            [[faults]]
-            at_secs = 1
-            kind = "netem"
-            service = "a"
-        "#;
-        let error = toml::from_str::<Scenario>(text).unwrap_err().to_string();
-        assert!(error.contains("netem"), "{error}");
-    }
-
-    #[test]
-    fn a_fault_on_an_unknown_service_is_refused() {
-        let text = r#"
-            name = "x"
-            duration_secs = 1
-            drain_timeout_secs = 1
-            [[services]]
-            name = "a"
-            binary = "a"
-            [[faults]]
-            at_secs = 1
-            kind = "pause_service"
-            service = "b"
-            duration_secs = 1
-        "#;
-        let scenario: Scenario = toml::from_str(text).unwrap();
-        assert!(scenario.validate().unwrap_err().contains("unknown service"));
-    }
-}
+mod tests;
