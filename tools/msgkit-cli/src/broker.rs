@@ -108,8 +108,8 @@ impl BrokerConfig {
     }
 }
 
-/// Percent-encode a path segment.
-fn encode(segment: &str) -> String {
+/// Percent-encode a path segment (vhost, exchange and queue names in management API paths).
+pub(crate) fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {

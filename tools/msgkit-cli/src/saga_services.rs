@@ -90,25 +90,8 @@ pub(crate) async fn start_services(
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     for process in &processes {
-        loop {
-            let ready = client
-                .get(format!("{}/readyz", process.base_url()))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(CliError::Other(anyhow::anyhow!(
-                    "{} did not become ready within 90 s; see {}",
-                    process.name,
-                    process.log().display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let url = format!("{}/readyz", process.base_url());
+        services::wait_until_ready(&client, process, &url, deadline).await?;
     }
     eprintln!("chaos: all services ready; logs in {}", run_dir.display());
     Ok(processes)

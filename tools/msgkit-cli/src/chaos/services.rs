@@ -130,6 +130,34 @@ impl ServiceProcess {
     }
 }
 
+/// Wait until `url` answers 2xx for `process`, at most until `deadline`.
+pub async fn wait_until_ready(
+    client: &reqwest::Client,
+    process: &ServiceProcess,
+    url: &str,
+    deadline: std::time::Instant,
+) -> Result<(), CliError> {
+    loop {
+        let ready = client
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "{} did not become ready in time; see {}",
+                process.name,
+                process.log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> Result<u16, CliError> {
     std::net::TcpListener::bind("127.0.0.1:0")

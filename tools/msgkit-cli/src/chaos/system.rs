@@ -10,7 +10,7 @@ use msgkit::testing::{ProxyControl, TcpProxy, TestBroker, TestDatabase};
 use sqlx::ConnectOptions;
 
 use super::scenario::{Link, Scenario, ServiceSpec};
-use super::services::{ServiceProcess, free_port};
+use super::services::{ServiceProcess, free_port, wait_until_ready};
 use crate::CliError;
 
 /// Settings every service gets unless the scenario says otherwise: fast reconnects and retries
@@ -163,25 +163,7 @@ impl System {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + READY_WITHIN;
         for replica in self.services.iter().flat_map(|s| &s.replicas) {
-            loop {
-                let ready = client
-                    .get(&replica.ready_url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ready {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(CliError::Other(anyhow::anyhow!(
-                        "{} did not become ready within {READY_WITHIN:?}; see {}",
-                        replica.process.name,
-                        replica.process.log().display()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_until_ready(&client, &replica.process, &replica.ready_url, deadline).await?;
         }
         Ok(())
     }

@@ -9,6 +9,8 @@ use lapin::types::FieldTable;
 use lapin::{Connection, message::BasicGetMessage};
 use serde::Deserialize;
 
+use crate::broker::encode;
+
 use super::{GenericError, ManagementApi};
 
 /// A binding of the events exchange to a queue.
@@ -139,17 +141,4 @@ fn id_and_reason(message: &BasicGetMessage) -> (String, String) {
         .unwrap_or_default()
         .to_owned();
     (id, reason)
-}
-
-/// Percent-encode a path segment (vhost and exchange names).
-fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
