@@ -1,0 +1,6 @@
+//! placeholder docs
+#![warn(missing_docs)]
+
+pub mod engine;
+
+pub use engine::*;
