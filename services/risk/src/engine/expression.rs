@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
+use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr};
 use cel::{Context, Env, Value};
 use serde::Serialize;
 use thiserror::Error;
@@ -22,6 +23,12 @@ const PARSER_STACK_BYTES: usize = 8 * 1024 * 1024;
 /// without brackets); it also bounds the recursion of evaluation, which runs on the caller's
 /// thread.
 const MAX_PARSER_RECURSION: u16 = 64;
+
+/// Deepest expression tree accepted. Binary operators nest without brackets (`1 + 1 + ...` is
+/// as deep as it is long) and evaluation recurses on the caller's thread, so the depth bounds
+/// its stack: 32 levels fit a 2 MiB worker stack (tokio's default) even in a debug build, where
+/// a level takes tens of KiB (64 levels overflowed it).
+pub const MAX_TREE_DEPTH: usize = 32;
 
 /// The fields an expression sees for one event, by name.
 const EVENT_FIELDS: [&str; 5] = [
@@ -79,6 +86,14 @@ pub enum ExpressionError {
         message: String,
         /// Where, when the parser says.
         position: Option<Position>,
+    },
+    /// Its expression tree is deeper than [`MAX_TREE_DEPTH`] (a long operator chain).
+    #[error("the expression is {depth} operations deep, over the limit of {limit}")]
+    TooComplex {
+        /// Its depth.
+        depth: usize,
+        /// The limit.
+        limit: usize,
     },
     /// It names variables that do not exist where it is used.
     #[error("unknown variable(s) {}: this expression can use {}", names.join(", "), allowed.join(", "))]
@@ -300,31 +315,77 @@ fn check_nesting(source: &str) -> Result<(), ExpressionError> {
     Ok(())
 }
 
-fn parse_on_large_stack(source: String) -> Result<cel::parser::Expression, ExpressionError> {
+fn parse_on_large_stack(source: String) -> Result<IdedExpr, ExpressionError> {
     let parser = std::thread::Builder::new()
         .name("cel-parse".to_owned())
         .stack_size(PARSER_STACK_BYTES)
         .spawn(move || {
-            ENVIRONMENT
+            let parser = ENVIRONMENT
                 .parser()
-                .max_recursion_depth(MAX_PARSER_RECURSION)
-                .parse(&source)
+                .max_recursion_depth(MAX_PARSER_RECURSION);
+            let program = parser.parse(&source).map_err(syntax_error)?;
+            // Checked here so a refused deep tree is also dropped (recursively) on this stack.
+            match tree_depth(&program) {
+                depth if depth > MAX_TREE_DEPTH => Err(ExpressionError::TooComplex {
+                    depth,
+                    limit: MAX_TREE_DEPTH,
+                }),
+                _ => Ok(program),
+            }
         })
         .map_err(|error| ExpressionError::ParserFailed(error.to_string()))?;
-    let parsed = parser
+    parser
         .join()
-        .map_err(|_| ExpressionError::ParserFailed("the parser thread panicked".to_owned()))?;
-    parsed.map_err(|errors| {
-        let first = errors.errors.first();
-        ExpressionError::Syntax {
-            message: first.map_or_else(|| errors.to_string(), |error| error.msg.clone()),
-            position: first.and_then(|error| {
-                let line = u32::try_from(error.pos.0).ok().filter(|line| *line > 0)?;
-                let column = u32::try_from(error.pos.1)
-                    .ok()
-                    .filter(|column| *column > 0)?;
-                Some(Position { line, column })
-            }),
+        .map_err(|_| ExpressionError::ParserFailed("the parser thread panicked".to_owned()))?
+}
+
+/// The depth of the tree, walked without recursion.
+fn tree_depth(root: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((node, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        let mut children: Vec<&IdedExpr> = Vec::new();
+        match &node.expr {
+            Expr::Call(call) => {
+                children.extend(call.target.as_deref());
+                children.extend(&call.args);
+            }
+            Expr::Comprehension(comprehension) => children.extend([
+                &comprehension.iter_range,
+                &comprehension.accu_init,
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ]),
+            Expr::List(list) => children.extend(&list.elements),
+            Expr::Map(map) => children.extend(map.entries.iter().flat_map(entry_children)),
+            Expr::Struct(object) => children.extend(object.entries.iter().flat_map(entry_children)),
+            Expr::Select(select) => children.push(&select.operand),
+            Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
         }
-    })
+        stack.extend(children.into_iter().map(|child| (child, depth + 1)));
+    }
+    deepest
+}
+
+fn entry_children(entry: &IdedEntryExpr) -> Vec<&IdedExpr> {
+    match &entry.expr {
+        EntryExpr::StructField(field) => vec![&field.value],
+        EntryExpr::MapEntry(pair) => vec![&pair.key, &pair.value],
+    }
+}
+
+fn syntax_error(errors: cel::ParseErrors) -> ExpressionError {
+    let first = errors.errors.first();
+    ExpressionError::Syntax {
+        message: first.map_or_else(|| errors.to_string(), |error| error.msg.clone()),
+        position: first.and_then(|error| {
+            let line = u32::try_from(error.pos.0).ok().filter(|line| *line > 0)?;
+            let column = u32::try_from(error.pos.1)
+                .ok()
+                .filter(|column| *column > 0)?;
+            Some(Position { line, column })
+        }),
+    }
 }

@@ -22,7 +22,9 @@ pub use decisions::{
     ActiveRule, Alert, Decisions, Outcome, RuleErrorAtRuntime, RuleId, RuleVersion, TimerRequest,
 };
 pub use event::Event;
-pub use expression::{ExpressionError, MAX_EXPRESSION_CHARS, MAX_NESTING, Position};
+pub use expression::{
+    ExpressionError, MAX_EXPRESSION_CHARS, MAX_NESTING, MAX_TREE_DEPTH, Position,
+};
 pub use rule::{Aggregate, KeyField, Kind, RuleSpec, Severity, default_rule};
 pub use state::KeyState;
 
