@@ -66,9 +66,14 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// Writing the outbox row failed: on the database like any statement (a restart in progress
+/// is 503, found by the soak chaos run), or serialising (ours to fix: 500).
 impl From<msgkit::outbox::OutboxError> for ApiError {
     fn from(error: msgkit::outbox::OutboxError) -> Self {
-        Self::Internal(error.into())
+        match error {
+            msgkit::outbox::OutboxError::Database(error) => error.into(),
+            other => Self::Internal(other.into()),
+        }
     }
 }
 
@@ -116,5 +121,18 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_write_that_loses_the_database_is_unavailable_not_internal() {
+        let lost = msgkit::outbox::OutboxError::Database(sqlx::Error::PoolTimedOut);
+        let response = ApiError::from(lost).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(axum::http::header::RETRY_AFTER));
     }
 }
