@@ -526,7 +526,10 @@ def definitions_live(kit, doc):
             for key in spec["bindings"]:
                 if key.startswith(f"{svc}."):
                     return key.replace("*", "deploy-check")
-        return None
+        # A service may publish events it consumes itself, named for the fact rather than the
+        # service (risk: `transaction.recorded`, recorded by its API, evaluated by its consumer).
+        own = kit.queues.get(svc, {}).get("bindings", [])
+        return own[0].replace("*", "deploy-check") if own else None
 
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
     connections = []

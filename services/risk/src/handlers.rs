@@ -1,0 +1,162 @@
+//! The consumer of the `risk` queue: every recorded transaction through every enabled rule,
+//! with the user's state from the kit's keyed state; fired absence timers likewise.
+
+use contracts::event_type::{RISK_ALERT, TRANSACTION_RECORDED};
+use contracts::{RiskAlert, TransactionRecorded};
+use msgkit::TimerType;
+use msgkit::consume::{Context, HandlerError, Routes};
+use msgkit::timer::Fired;
+use uuid::Uuid;
+
+use crate::rule_store::CompiledRules;
+use crate::{ActiveRule, Alert, Decisions, Engine, Event, KeyState, Outcome, TimerRequest};
+
+/// The absence rules' timers: keyed by the engine's timer id, so each wait has its own.
+pub const ABSENCE_TIMER: TimerType<TimerRequest> = TimerType::new("risk.absence");
+
+/// What the handlers share: the engine and the compiled rules.
+#[derive(Debug, Default)]
+pub struct RiskState {
+    engine: Engine,
+    rules: CompiledRules,
+}
+
+/// The `risk` queue's routes: recorded transactions and fired absence timers.
+pub fn routes() -> Routes<RiskState> {
+    Routes::with_state(RiskState::default())
+        .route(TRANSACTION_RECORDED, on_transaction)
+        .on_timer(ABSENCE_TIMER, on_absence_timer)
+}
+
+#[tracing::instrument(skip_all, fields(transaction_id = %recorded.transaction_id, user_id = %recorded.user_id))]
+async fn on_transaction(
+    mut ctx: Context<'_, RiskState>,
+    recorded: TransactionRecorded,
+) -> Result<(), HandlerError> {
+    let risk = ctx.state();
+    let rules = active_rules(&mut ctx).await?;
+    let event = Event {
+        transaction_id: recorded.transaction_id,
+        user_id: recorded.user_id,
+        amount_cents: recorded.amount_cents,
+        currency: recorded.currency,
+        location: recorded.location,
+        occurred_at: recorded.occurred_at,
+    };
+    let mut state: KeyState = ctx
+        .keyed_state()
+        .get(&event.user_id)
+        .await?
+        .unwrap_or_default();
+    let decisions = risk.engine.on_event(&rules, &mut state, &event);
+    match decisions.outcome {
+        Outcome::Evaluated => {}
+        // Counted by this log line (and the kit's inbox keeps the message): a late event is
+        // a fact about the stream, not a failure, so it is never retried or dead-lettered.
+        Outcome::Late => tracing::warn!(
+            occurred_at = %event.occurred_at,
+            "late transaction: older than the user's newest event minus the allowed lateness; not evaluated"
+        ),
+        Outcome::Duplicate => tracing::info!("transaction already evaluated for this user"),
+    }
+    ctx.keyed_state().put(&event.user_id, &state).await?;
+    apply(&mut ctx, &event.user_id, decisions).await
+}
+
+#[tracing::instrument(skip_all, fields(timer = %fired.payload().timer_id))]
+async fn on_absence_timer(
+    mut ctx: Context<'_, RiskState>,
+    fired: Fired<TimerRequest>,
+) -> Result<(), HandlerError> {
+    let risk = ctx.state();
+    let rules = active_rules(&mut ctx).await?;
+    let timer = fired.into_payload();
+    let mut state: KeyState = ctx.keyed_state().get(&timer.key).await?.unwrap_or_default();
+    let decisions = risk.engine.on_timer(&rules, &mut state, &timer);
+    ctx.keyed_state().put(&timer.key, &state).await?;
+    apply(&mut ctx, &timer.key, decisions).await
+}
+
+/// The rules to run; a stored rule that cannot run is reported and left out, so the other
+/// rules still decide.
+async fn active_rules(ctx: &mut Context<'_, RiskState>) -> Result<Vec<ActiveRule>, HandlerError> {
+    let (rules, broken) = ctx.state().rules.active(ctx.tx()).await?;
+    for error in broken {
+        // TODO(issue 16): count as risk_rule_errors_total{rule} once the kit lets a service
+        // register its own metrics; until then the log line is the record.
+        tracing::error!(%error, "risk rule cannot run");
+    }
+    Ok(rules)
+}
+
+/// Store and publish what the engine decided: alerts (each once), timers, rule errors.
+async fn apply(
+    ctx: &mut Context<'_, RiskState>,
+    user_id: &str,
+    decisions: Decisions,
+) -> Result<(), HandlerError> {
+    for error in &decisions.errors {
+        // TODO(issue 16): risk_rule_errors_total{rule}, as above.
+        tracing::warn!(
+            rule_id = error.rule_id,
+            rule_version = error.rule_version,
+            message = %error.message,
+            "risk rule failed on this input; the other rules decided"
+        );
+    }
+    for id in &decisions.cancel_timers {
+        ctx.timers().cancel(ABSENCE_TIMER, id).await?;
+    }
+    for timer in &decisions.timers {
+        ctx.timers()
+            .set(ABSENCE_TIMER, &timer.timer_id, timer.due, timer)
+            .await?;
+    }
+    for alert in decisions.alerts {
+        store_and_publish(ctx, user_id, alert).await?;
+    }
+    Ok(())
+}
+
+/// Insert the alert unless this rule version already alerted on these transactions (a
+/// redelivery, a replay), and publish `risk.alert` only for the row inserted.
+async fn store_and_publish(
+    ctx: &mut Context<'_, RiskState>,
+    user_id: &str,
+    alert: Alert,
+) -> Result<(), HandlerError> {
+    let severity = serde_json::to_value(alert.severity)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", alert.severity).to_lowercase());
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO alerts (alert_id, rule_id, rule_version, user_id, severity, transaction_ids, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (rule_id, rule_version, transaction_ids) DO NOTHING RETURNING alert_id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(alert.rule_id)
+    .bind(alert.rule_version)
+    .bind(user_id)
+    .bind(&severity)
+    .bind(&alert.events)
+    .bind(alert.at)
+    .fetch_optional(ctx.tx())
+    .await?;
+    let Some(alert_id) = inserted else {
+        tracing::info!(rule_id = alert.rule_id, "alert already stored");
+        return Ok(());
+    };
+    tracing::info!(%alert_id, rule_id = alert.rule_id, rule_version = alert.rule_version, %severity, "risk alert");
+    let payload = RiskAlert {
+        alert_id,
+        user_id: user_id.to_owned(),
+        rule_id: alert.rule_id,
+        rule_version: alert.rule_version,
+        severity,
+        transaction_ids: alert.events,
+        at: alert.at,
+    };
+    ctx.publish(RISK_ALERT, &payload).await?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The stored rules, as the engine runs them: the current version of every enabled rule,
+//! each compiled once per (id, version).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::{ActiveRule, CompiledRule, Kind, RuleId, RuleSpec, RuleVersion, Severity, compile};
+
+/// A rule as stored: one version of it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StoredRule {
+    /// The rule's id.
+    pub id: RuleId,
+    /// This version.
+    pub version: RuleVersion,
+    /// The event field it partitions by.
+    pub key: String,
+    /// What it looks for: the engine's [`Kind`] as JSON.
+    pub kind: serde_json::Value,
+    /// `low`, `medium` or `high`.
+    pub severity: String,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// When this version was written.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Why a stored rule cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredRuleError {
+    /// The stored JSON is not a rule the engine knows.
+    #[error("rule {id} version {version} does not decode: {source}")]
+    Undecodable {
+        /// The rule.
+        id: RuleId,
+        /// Its version.
+        version: RuleVersion,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The rule decodes but does not compile.
+    #[error("rule {id} version {version} does not compile: {source}")]
+    Invalid {
+        /// The rule.
+        id: RuleId,
+        /// Its version.
+        version: RuleVersion,
+        /// Why.
+        source: crate::RuleError,
+    },
+}
+
+impl StoredRule {
+    /// The engine's spec of this version.
+    pub fn spec(&self) -> Result<RuleSpec, StoredRuleError> {
+        let undecodable = |source| StoredRuleError::Undecodable {
+            id: self.id,
+            version: self.version,
+            source,
+        };
+        let kind: Kind = serde_json::from_value(self.kind.clone()).map_err(undecodable)?;
+        let severity: Severity =
+            serde_json::from_value(serde_json::Value::String(self.severity.clone()))
+                .map_err(undecodable)?;
+        Ok(RuleSpec {
+            key: self.key.clone(),
+            kind,
+            severity,
+        })
+    }
+}
+
+/// Every version of every rule, by id then version.
+pub async fn all(conn: &mut PgConnection) -> Result<Vec<StoredRule>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, version, key, kind, severity, enabled, created_at FROM rules \
+         ORDER BY id, version",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// The current (highest) version of each rule, when that version is enabled: disabling a
+/// rule's current version disables the rule.
+async fn current_enabled(conn: &mut PgConnection) -> Result<Vec<StoredRule>, sqlx::Error> {
+    let current: Vec<StoredRule> = sqlx::query_as(
+        "SELECT DISTINCT ON (id) id, version, key, kind, severity, enabled, created_at \
+         FROM rules ORDER BY id, version DESC",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(current.into_iter().filter(|rule| rule.enabled).collect())
+}
+
+/// Compiled rules by (id, version): a version never changes once written, so it compiles
+/// once per process (CEL parsing runs on a thread of its own and is not free).
+#[derive(Debug, Default)]
+pub struct CompiledRules {
+    cache: Mutex<HashMap<(RuleId, RuleVersion), Arc<CompiledRule>>>,
+}
+
+impl CompiledRules {
+    /// The rules to run now: every enabled rule's current version, compiled. A stored rule
+    /// that does not compile is left out and returned in the errors, so the others still run.
+    pub async fn active(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<(Vec<ActiveRule>, Vec<StoredRuleError>), sqlx::Error> {
+        let stored = current_enabled(conn).await?;
+        let mut rules = Vec::with_capacity(stored.len());
+        let mut errors = Vec::new();
+        for rule in stored {
+            match self.compiled(&rule) {
+                Ok(compiled) => rules.push(ActiveRule {
+                    id: rule.id,
+                    version: rule.version,
+                    compiled,
+                }),
+                Err(error) => errors.push(error),
+            }
+        }
+        Ok((rules, errors))
+    }
+
+    fn compiled(&self, rule: &StoredRule) -> Result<Arc<CompiledRule>, StoredRuleError> {
+        let key = (rule.id, rule.version);
+        if let Some(compiled) = self.lock().get(&key) {
+            return Ok(Arc::clone(compiled));
+        }
+        // Compiled outside the lock: two handlers may both compile a new version once, which
+        // is cheaper than making every handler wait behind one compilation.
+        let compiled = compile(&rule.spec()?).map_err(|source| StoredRuleError::Invalid {
+            id: rule.id,
+            version: rule.version,
+            source,
+        })?;
+        let compiled = Arc::new(compiled);
+        self.lock().insert(key, Arc::clone(&compiled));
+        Ok(compiled)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(RuleId, RuleVersion), Arc<CompiledRule>>> {
+        // A panic while holding the lock leaves a map that is still valid: keep using it.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// The migration writes the default rule as a SQL literal; it must be what the engine
+    /// calls the default rule.
+    #[test]
+    fn the_migrations_default_rule_is_the_engines_default_rule() {
+        let sql = include_str!("../migrations/20260101000500_risk.sql");
+        let values = sql
+            .lines()
+            .find(|line| line.trim_start().starts_with("(1, 1, "))
+            .unwrap();
+        let quoted: Vec<&str> = values.split('\'').collect();
+        let (key, kind, severity) = (quoted[1], quoted[3], quoted[5]);
+        let stored = serde_json::json!({
+            "key": key,
+            "kind": serde_json::from_str::<serde_json::Value>(kind).unwrap(),
+            "severity": severity,
+        });
+        assert_eq!(stored, serde_json::to_value(crate::default_rule()).unwrap());
+    }
+}

@@ -1,0 +1,30 @@
+//! Building the service from its settings: `main` and the tests start the very same service.
+
+use msgkit::consume::ConsumerConfig;
+use msgkit::service::{Service, ServiceError, ServiceSettings};
+
+use crate::handlers;
+use crate::http::{self, AppState};
+
+/// The service's name: its queue, its schema, its inbox consumer, its settings' prefix.
+pub const NAME: &str = "risk";
+
+/// The risk service, ready to run: the API, the outbox relay (transactions and alerts are
+/// published through it, and the absence timers fire through it), the rule engine's consumer.
+pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
+    let service = Service::start(
+        settings,
+        contracts::topology(),
+        sqlx::migrate!("./migrations"),
+    )
+    .await?;
+    let api = http::router(AppState {
+        pool: service.pool().clone(),
+    });
+    // One delivery per transaction (the kit's default batch): a user's key state is read and
+    // written per event, and a failing event must not roll back its neighbours' alerts.
+    service
+        .with_http(api)
+        .with_relay()
+        .consume_with(ConsumerConfig::new(NAME, NAME), handlers::routes())
+}
