@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use contracts::TransactionRecorded;
 use contracts::event_type::TRANSACTION_RECORDED;
 use msgkit::outbox::{self, OutboxMessage};
@@ -60,7 +60,10 @@ impl NewTransaction {
                 .map_err(|e| {
                     InvalidField::new("occurred_at", format!("must be an RFC 3339 time: {e}"))
                 })?
-                .with_timezone(&Utc),
+                .with_timezone(&Utc)
+                // PostgreSQL keeps microseconds: a repeat of the request must compare equal
+                // to what was stored.
+                .trunc_subsecs(6),
         }))
     }
 

@@ -1,0 +1,58 @@
+//! The default rule end to end: transactions in over HTTP, alerts out over HTTP and AMQP.
+
+use chrono::{Duration, TimeZone, Utc};
+use msgkit::testing::wait_until_async;
+use serde_json::Value;
+
+use crate::helpers::{DEADLINE, spawn_app, transaction};
+
+fn t0() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap()
+}
+
+#[tokio::test]
+async fn a_large_amount_then_another_city_within_five_minutes_raises_one_alert() {
+    let mut app = spawn_app().await;
+    let first = transaction("t-1", "12000.00", "Shanghai", t0());
+    let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(3));
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+    assert_eq!(app.post_transaction(&second).await.status(), 202);
+
+    let alerts = wait_until_async("an alert for u-1", DEADLINE, || async {
+        let alerts = app.alerts_of("u-1").await;
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["rule_id"], 1);
+    assert_eq!(alert["rule_version"], 1);
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["transaction_ids"], serde_json::json!(["t-1", "t-2"]));
+
+    let published = app
+        .alerts
+        .collect_until("risk.alert published", DEADLINE, |got| !got.is_empty())
+        .await;
+    let payload: Value = serde_json::from_slice(&published[0].data).unwrap();
+    assert_eq!(payload["alert_id"], alert["alert_id"]);
+    assert_eq!(payload["user_id"], "u-1");
+    assert_eq!(
+        app.outbox_count("risk.alert").await,
+        1,
+        "one risk.alert, ever"
+    );
+}
+
+#[tokio::test]
+async fn another_city_after_the_window_raises_nothing() {
+    let app = spawn_app().await;
+    let first = transaction("t-1", "12000.00", "Shanghai", t0());
+    let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(6));
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+    assert_eq!(app.post_transaction(&second).await.status(), 202);
+
+    app.wait_until_handled(2).await;
+    assert!(app.alerts_of("u-1").await.is_empty());
+    assert_eq!(app.outbox_count("risk.alert").await, 0);
+}
