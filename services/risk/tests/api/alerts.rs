@@ -56,3 +56,55 @@ async fn another_city_after_the_window_raises_nothing() {
     assert!(app.alerts_of("u-1").await.is_empty());
     assert_eq!(app.outbox_count("risk.alert").await, 0);
 }
+
+#[tokio::test]
+async fn an_absence_rule_alerts_by_the_wall_clock_through_the_kits_timers() {
+    let mut app = spawn_app().await;
+    // A large amount not followed within 1 s by another from the same place: the timer is
+    // due 1 s + the allowed lateness (5 s) after the first transaction.
+    sqlx::query(
+        "INSERT INTO rules (id, version, key, kind, severity) VALUES (2, 1, 'user_id', $1, 'medium')",
+    )
+    .bind(serde_json::json!({
+        "type": "absence", "first": "amount_cents > 500000",
+        "then": "b.location == a.location", "within_ms": 1000,
+    }))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let first = transaction("t-1", "6000.00", "Shanghai", Utc::now());
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+
+    let alerts = wait_until_async("the absence alert", DEADLINE, || async {
+        let alerts = app.alerts_of("u-1").await;
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule_id"], 2);
+    assert_eq!(alerts[0]["severity"], "medium");
+    assert_eq!(alerts[0]["transaction_ids"], serde_json::json!(["t-1"]));
+    let published = app
+        .alerts
+        .collect_until("risk.alert published", DEADLINE, |got| !got.is_empty())
+        .await;
+    let payload: Value = serde_json::from_slice(&published[0].data).unwrap();
+    assert_eq!(payload["rule_id"], 2);
+}
+
+#[tokio::test]
+async fn a_late_transaction_is_handled_without_alert_and_not_dead_lettered() {
+    let app = spawn_app().await;
+    // The second to arrive is 3 minutes older than the first: beyond the allowed lateness of
+    // 5 s, so it is not evaluated. Within the lateness it would have completed the default
+    // rule's pattern (large amount, then another city within 5 minutes) in reverse order.
+    let newest = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(3));
+    let late = transaction("t-1", "12000.00", "Shanghai", t0());
+    assert_eq!(app.post_transaction(&newest).await.status(), 202);
+    app.wait_until_handled(1).await;
+    assert_eq!(app.post_transaction(&late).await.status(), 202);
+
+    app.wait_until_handled(2).await;
+    assert!(app.alerts_of("u-1").await.is_empty());
+    assert_eq!(app.broker.queue_depth("risk.dlq").await, Some(0));
+}

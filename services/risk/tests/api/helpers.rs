@@ -16,7 +16,7 @@ pub struct TestApp {
     pub pool: PgPool,
     /// Every `risk.alert` published from the moment the service was built.
     pub alerts: Probe,
-    _broker: TestBroker,
+    pub broker: TestBroker,
     _db: TestDatabase,
     shutdown: Shutdown,
 }
@@ -36,7 +36,7 @@ pub async fn spawn_app() -> TestApp {
         client: reqwest::Client::new(),
         pool,
         alerts,
-        _broker: broker,
+        broker,
         _db: db,
         shutdown,
     }
