@@ -22,10 +22,37 @@ pub struct RiskState {
 }
 
 /// The `risk` queue's routes: recorded transactions and fired absence timers.
+///
+/// The kit judges lateness first, with the engine's allowed lateness and the same key (the
+/// message's correlation id is the user id): a late transaction goes to
+/// [`on_late_transaction`] and is counted in `msgkit_late_events_total`, never dead-lettered.
 pub fn routes() -> Routes<RiskState> {
-    Routes::with_state(RiskState::default())
-        .route(TRANSACTION_RECORDED, on_transaction)
+    let state = RiskState::default();
+    let lateness = state.engine.config().allowed_lateness;
+    Routes::with_state(state)
+        .route_with_lateness(
+            TRANSACTION_RECORDED,
+            lateness,
+            on_transaction,
+            on_late_transaction,
+        )
         .on_timer(ABSENCE_TIMER, on_absence_timer)
+}
+
+/// A transaction older than its user's newest one minus the allowed lateness: not evaluated
+/// (the engine would not use it either), counted by the kit, and logged here.
+async fn on_late_transaction(
+    ctx: Context<'_, RiskState>,
+    recorded: TransactionRecorded,
+) -> Result<(), HandlerError> {
+    tracing::warn!(
+        transaction_id = %recorded.transaction_id,
+        user_id = %recorded.user_id,
+        occurred_at = %recorded.occurred_at,
+        message_id = ctx.message_id(),
+        "late transaction: older than the user's newest minus the allowed lateness; not evaluated"
+    );
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(transaction_id = %recorded.transaction_id, user_id = %recorded.user_id))]
@@ -51,8 +78,8 @@ async fn on_transaction(
     let decisions = risk.engine.on_event(&rules, &mut state, &event);
     match decisions.outcome {
         Outcome::Evaluated => {}
-        // Counted by this log line (and the kit's inbox keeps the message): a late event is
-        // a fact about the stream, not a failure, so it is never retried or dead-lettered.
+        // The kit's lateness check comes first and agrees with the engine's, so this is a
+        // safety net: a late event is a fact about the stream, never a failure to retry.
         Outcome::Late => tracing::warn!(
             occurred_at = %event.occurred_at,
             "late transaction: older than the user's newest event minus the allowed lateness; not evaluated"

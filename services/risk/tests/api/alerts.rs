@@ -105,6 +105,8 @@ async fn a_late_transaction_is_handled_without_alert_and_not_dead_lettered() {
     assert_eq!(app.post_transaction(&late).await.status(), 202);
 
     app.wait_until_handled(2).await;
+    let late = app.late_transactions().await;
+    assert_eq!(late, Some(1.0), "counted in msgkit_late_events_total");
     assert!(app.alerts_of("u-1").await.is_empty());
     assert_eq!(app.broker.queue_depth("risk.dlq").await, Some(0));
 }

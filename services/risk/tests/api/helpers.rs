@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use msgkit::Shutdown;
-use msgkit::testing::{Probe, TestBroker, TestDatabase, service_settings, wait_until_async};
+use msgkit::testing::{
+    Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, wait_until_async,
+};
 use risk::startup::{NAME, build};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -90,6 +92,16 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .expect("count outbox rows")
+    }
+
+    /// `msgkit_late_events_total` of the risk queue's transactions.
+    pub async fn late_transactions(&self) -> Option<f64> {
+        let exposition = scrape(&self.client, &self.address).await;
+        metric_value(
+            &exposition,
+            "msgkit_late_events_total",
+            &[("queue", "risk"), ("type", "transaction.recorded")],
+        )
     }
 
     /// Waits until the consumer has applied `count` transactions (its inbox rows).
