@@ -110,3 +110,33 @@ async fn a_late_transaction_is_handled_without_alert_and_not_dead_lettered() {
     assert!(app.alerts_of("u-1").await.is_empty());
     assert_eq!(app.broker.queue_depth("risk.dlq").await, Some(0));
 }
+
+#[tokio::test]
+async fn a_rule_failing_at_run_time_does_not_stop_the_others_nor_fail_the_message() {
+    let app = spawn_app().await;
+    // Passes the write-time dry run (its samples are not in Paris), divides by zero in Paris.
+    for (id, when) in [
+        (
+            2,
+            "location == 'Paris' && 100 / (amount_cents - amount_cents) > 1",
+        ),
+        (3, "amount_cents > 10"),
+    ] {
+        sqlx::query(
+            "INSERT INTO rules (id, version, key, kind, severity) VALUES ($1, 1, 'user_id', $2, 'low')",
+        )
+        .bind(id)
+        .bind(serde_json::json!({"type": "condition", "when": when}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let paris = transaction("t-1", "0.50", "Paris", t0());
+    assert_eq!(app.post_transaction(&paris).await.status(), 202);
+
+    app.wait_until_handled(1).await;
+    let alerts = app.alerts_of("u-1").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule_id"], 3);
+    assert_eq!(app.broker.queue_depth("risk.dlq").await, Some(0));
+}
