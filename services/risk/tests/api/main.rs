@@ -4,4 +4,5 @@
 
 mod alerts;
 mod helpers;
+mod rules;
 mod transactions;
