@@ -64,7 +64,9 @@
 //! queue `risk`): `POST /transactions` records a transaction and publishes
 //! `transaction.recorded` through the outbox; the consumer of the `risk` queue runs every
 //! enabled rule on it with the user's [`KeyState`] from the kit's keyed state, stores each
-//! alert once and publishes it as `risk.alert`; `GET /alerts` and `GET /rules` read them back.
+//! alert once and publishes it as `risk.alert`; `GET /alerts` reads them back. `/rules` lists,
+//! creates (`POST`), edits (`PUT /rules/{id}`: a new version), disables (`DELETE /rules/{id}`
+//! or `POST /rules/{id}/disable`) and enables rules; each write compiles the rule first.
 #![warn(missing_docs)]
 
 mod engine;

@@ -95,6 +95,81 @@ async fn current_enabled(conn: &mut PgConnection) -> Result<Vec<StoredRule>, sql
     Ok(current.into_iter().filter(|rule| rule.enabled).collect())
 }
 
+/// Serialises writers of `rules`: a new id or version is the highest one plus one. Rule edits
+/// are rare; the engine's readers are not blocked (a share-row-exclusive lock allows reads).
+async fn lock_for_write(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("LOCK TABLE rules IN SHARE ROW EXCLUSIVE MODE")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+fn severity_name(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+    }
+}
+
+/// Store `spec` (already compiled, so valid) as version 1 of a new, enabled rule. Call in a
+/// transaction.
+pub async fn create(conn: &mut PgConnection, spec: &RuleSpec) -> Result<StoredRule, sqlx::Error> {
+    lock_for_write(conn).await?;
+    let kind = serde_json::to_value(&spec.kind).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query_as(
+        "INSERT INTO rules (id, version, key, kind, severity) \
+         SELECT coalesce(max(id), 0) + 1, 1, $1, $2, $3 FROM rules \
+         RETURNING id, version, key, kind, severity, enabled, created_at",
+    )
+    .bind(&spec.key)
+    .bind(kind)
+    .bind(severity_name(spec.severity))
+    .fetch_one(conn)
+    .await
+}
+
+/// Store `spec` as the next version of rule `id`, enabled as its current version is; `None`
+/// for an unknown id. Call in a transaction.
+pub async fn new_version(
+    conn: &mut PgConnection,
+    id: RuleId,
+    spec: &RuleSpec,
+) -> Result<Option<StoredRule>, sqlx::Error> {
+    lock_for_write(&mut *conn).await?;
+    let kind = serde_json::to_value(&spec.kind).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query_as(
+        "INSERT INTO rules (id, version, key, kind, severity, enabled) \
+         SELECT id, version + 1, $2, $3, $4, enabled FROM rules \
+         WHERE id = $1 ORDER BY version DESC LIMIT 1 \
+         RETURNING id, version, key, kind, severity, enabled, created_at",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(kind)
+    .bind(severity_name(spec.severity))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Enable or disable rule `id` (its current version); `None` for an unknown id.
+pub async fn set_enabled(
+    conn: &mut PgConnection,
+    id: RuleId,
+    enabled: bool,
+) -> Result<Option<StoredRule>, sqlx::Error> {
+    lock_for_write(&mut *conn).await?;
+    sqlx::query_as(
+        "UPDATE rules SET enabled = $2 \
+         WHERE (id, version) = (SELECT id, max(version) FROM rules WHERE id = $1 GROUP BY id) \
+         RETURNING id, version, key, kind, severity, enabled, created_at",
+    )
+    .bind(id)
+    .bind(enabled)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Compiled rules by (id, version): a version never changes once written, so it compiles
 /// once per process (CEL parsing runs on a thread of its own and is not free).
 #[derive(Debug, Default)]

@@ -33,6 +33,12 @@ pub enum ApiError {
     /// The body is not JSON (400).
     #[error("{0}")]
     MalformedJson(String),
+    /// A rule that does not compile (400), naming the field and the position.
+    #[error("{0}")]
+    InvalidRule(crate::RuleError),
+    /// No such rule (404).
+    #[error("not found")]
+    NotFound,
     /// The transaction id was recorded before with other content (409).
     #[error("transaction {0} was already recorded with different content")]
     Conflict(String),
@@ -77,6 +83,8 @@ impl IntoResponse for ApiError {
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::InvalidRule(_) => (StatusCode::BAD_REQUEST, "invalid_rule"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::Unavailable(error) => {
                 tracing::warn!(%error, "database unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -92,6 +100,13 @@ impl IntoResponse for ApiError {
                 "field": invalid.field,
                 "message": invalid.reason,
             }),
+            Self::InvalidRule(error) => json!({
+                "error": code,
+                "field": rule_field(error),
+                "message": error.to_string(),
+                "line": error.position().map(|p| p.line),
+                "column": error.position().map(|p| p.column),
+            }),
             Self::Conflict(_) => json!({
                 "error": code,
                 "field": "transaction_id",
@@ -106,5 +121,14 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// The field of a refused rule as the request names it: expressions and windows are inside
+/// `kind`.
+fn rule_field(error: &crate::RuleError) -> String {
+    match error.field() {
+        "key" => "key".to_owned(),
+        field => format!("kind.{field}"),
     }
 }

@@ -2,11 +2,12 @@
 
 mod error;
 mod queries;
+mod rules;
 mod transactions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use sqlx::PgPool;
 
 pub use error::{ApiError, InvalidField};
@@ -27,7 +28,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/transactions", post(transactions::record))
         .route("/alerts", get(queries::alerts))
-        .route("/rules", get(queries::rules))
+        .route("/rules", get(rules::list).post(rules::create))
+        .route("/rules/{id}", put(rules::update).delete(rules::disable))
+        .route("/rules/{id}/enable", post(rules::enable))
+        .route("/rules/{id}/disable", post(rules::disable))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -1,4 +1,4 @@
-//! `GET /alerts` and `GET /rules`.
+//! `GET /alerts`.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, InvalidField};
-use crate::rule_store::{self, StoredRule};
 
 /// Most alerts one `GET /alerts` returns: the newest.
 const MAX_ALERTS: i64 = 500;
@@ -63,10 +62,4 @@ pub async fn alerts(
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(alerts))
-}
-
-/// Every version of every rule.
-pub async fn rules(State(state): State<AppState>) -> Result<Json<Vec<StoredRule>>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    Ok(Json(rule_store::all(&mut conn).await?))
 }

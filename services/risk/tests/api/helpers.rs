@@ -72,6 +72,23 @@ impl TestApp {
             .expect("POST /transactions")
     }
 
+    /// `method path` with a JSON body (or none).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        request.send().await.expect("the request is sent")
+    }
+
     pub async fn alerts_of(&self, user: &str) -> Vec<Value> {
         let mut url = reqwest::Url::parse(&format!("{}/alerts", self.address)).expect("URL");
         url.query_pairs_mut().append_pair("user", user);
