@@ -1,6 +1,7 @@
 //! The consumer of the `risk` queue: every recorded transaction through every enabled rule,
 //! with the user's state from the kit's keyed state; fired absence timers likewise.
 
+use chrono::{DateTime, TimeDelta, Utc};
 use contracts::event_type::{RISK_ALERT, TRANSACTION_RECORDED};
 use contracts::{RiskAlert, TransactionRecorded};
 use msgkit::TimerType;
@@ -9,7 +10,9 @@ use msgkit::timer::Fired;
 use uuid::Uuid;
 
 use crate::rule_store::CompiledRules;
-use crate::{ActiveRule, Alert, Decisions, Engine, Event, KeyState, Outcome, TimerRequest};
+use crate::{
+    ActiveRule, Alert, Decisions, Engine, Event, KeyState, MAX_WINDOW, Outcome, TimerRequest,
+};
 
 /// The absence rules' timers: keyed by the engine's timer id, so each wait has its own.
 pub const ABSENCE_TIMER: TimerType<TimerRequest> = TimerType::new("risk.absence");
@@ -107,7 +110,15 @@ async fn on_absence_timer(
 /// The rules to run; a stored rule that cannot run is reported and left out, so the other
 /// rules still decide.
 async fn active_rules(ctx: &mut Context<'_, RiskState>) -> Result<Vec<ActiveRule>, HandlerError> {
-    let (rules, broken) = ctx.state().rules.active(ctx.tx()).await?;
+    let risk = ctx.state();
+    // A partial match waits at most the longest window plus the lateness.
+    let longest_wait = TimeDelta::from_std(MAX_WINDOW + risk.engine.config().allowed_lateness)
+        .unwrap_or(TimeDelta::MAX);
+    let superseded_after = ctx
+        .now()
+        .checked_sub_signed(longest_wait)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let (rules, broken) = risk.rules.active(ctx.tx(), superseded_after).await?;
     for error in broken {
         // TODO(issue 16): count as risk_rule_errors_total{rule} once the kit lets a service
         // register its own metrics; until then the log line is the record.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 
@@ -25,7 +26,7 @@ pub struct StoredRule {
     /// Whether it runs.
     pub enabled: bool,
     /// When this version was written.
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Why a stored rule cannot run.
@@ -83,16 +84,28 @@ pub async fn all(conn: &mut PgConnection) -> Result<Vec<StoredRule>, sqlx::Error
     .await
 }
 
-/// The current (highest) version of each rule, when that version is enabled: disabling a
-/// rule's current version disables the rule.
-async fn current_enabled(conn: &mut PgConnection) -> Result<Vec<StoredRule>, sqlx::Error> {
-    let current: Vec<StoredRule> = sqlx::query_as(
-        "SELECT DISTINCT ON (id) id, version, key, kind, severity, enabled, created_at \
-         FROM rules ORDER BY id, version DESC",
+/// The versions the engine runs, of every rule whose current (highest) version is enabled
+/// (disabling the current version disables the rule): the current version, which starts
+/// matches, and each older version superseded after `superseded_after`, so that partial
+/// matches started under it can still finish under it (the engine drops those of versions it
+/// is not given).
+async fn runnable(
+    conn: &mut PgConnection,
+    superseded_after: DateTime<Utc>,
+) -> Result<Vec<StoredRule>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, version, key, kind, severity, enabled, created_at FROM ( \
+             SELECT *, \
+                 lead(created_at) OVER (PARTITION BY id ORDER BY version) AS superseded_at, \
+                 first_value(enabled) OVER (PARTITION BY id ORDER BY version DESC) AS rule_enabled \
+             FROM rules \
+         ) AS versions \
+         WHERE rule_enabled AND (superseded_at IS NULL OR superseded_at > $1) \
+         ORDER BY id, version",
     )
+    .bind(superseded_after)
     .fetch_all(conn)
-    .await?;
-    Ok(current.into_iter().filter(|rule| rule.enabled).collect())
+    .await
 }
 
 /// Serialises writers of `rules`: a new id or version is the highest one plus one. Rule edits
@@ -178,13 +191,16 @@ pub struct CompiledRules {
 }
 
 impl CompiledRules {
-    /// The rules to run now: every enabled rule's current version, compiled. A stored rule
-    /// that does not compile is left out and returned in the errors, so the others still run.
+    /// The rules to run now, compiled: every enabled rule's current version, and its older
+    /// versions superseded after `superseded_after` (the longest a partial match can wait:
+    /// now minus the longest window and the lateness). A stored rule that does not compile is
+    /// left out and returned in the errors, so the others still run.
     pub async fn active(
         &self,
         conn: &mut PgConnection,
+        superseded_after: DateTime<Utc>,
     ) -> Result<(Vec<ActiveRule>, Vec<StoredRuleError>), sqlx::Error> {
-        let stored = current_enabled(conn).await?;
+        let stored = runnable(conn, superseded_after).await?;
         let mut rules = Vec::with_capacity(stored.len());
         let mut errors = Vec::new();
         for rule in stored {

@@ -33,8 +33,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(rule)))
 }
 
-/// A new version of rule `id`: partial matches started under the old version finish under it
-/// only while it is listed, and the engine lists the current version alone.
+/// A new version of rule `id`: it decides on every event handled after the response, and
+/// partial matches started under an older version finish under that one.
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<RuleId>,

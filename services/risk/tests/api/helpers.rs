@@ -50,6 +50,11 @@ impl Drop for TestApp {
     }
 }
 
+/// The engine's default rule as `POST /rules` takes it.
+pub fn default_rule_json() -> Value {
+    serde_json::to_value(risk::default_rule()).expect("a rule is JSON")
+}
+
 /// A transaction body as an app sends it.
 pub fn transaction(id: &str, amount: &str, location: &str, at: DateTime<Utc>) -> Value {
     json!({

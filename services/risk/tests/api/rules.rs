@@ -122,3 +122,27 @@ async fn a_disabled_rule_raises_nothing() {
         .unwrap();
     assert_eq!(enabled["enabled"], true);
 }
+
+#[tokio::test]
+async fn a_match_started_before_an_edit_finishes_under_the_version_it_started_with() {
+    let app = spawn_app().await;
+    let at = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+    let first = transaction("t-1", "12000.00", "Shanghai", at);
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+    app.wait_until_handled(1).await;
+
+    let mut edited = crate::helpers::default_rule_json();
+    edited["kind"]["first"] = json!("amount_cents > 500000");
+    let response = app.send(Method::PUT, "/rules/1", Some(&edited)).await;
+    assert_eq!(response.status(), 200);
+    let second = transaction("t-2", "50.00", "Beijing", at + chrono::Duration::minutes(3));
+    assert_eq!(app.post_transaction(&second).await.status(), 202);
+    app.wait_until_handled(2).await;
+
+    let alerts = app.alerts_of("u-1").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0]["rule_version"], 1,
+        "the version the match started under"
+    );
+}
