@@ -5,4 +5,5 @@
 mod alerts;
 mod helpers;
 mod rules;
+mod settings;
 mod transactions;
