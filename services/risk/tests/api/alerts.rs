@@ -29,6 +29,18 @@ async fn a_large_amount_then_another_city_within_five_minutes_raises_one_alert()
     assert_eq!(alert["rule_version"], 1);
     assert_eq!(alert["severity"], "high");
     assert_eq!(alert["transaction_ids"], serde_json::json!(["t-1", "t-2"]));
+    let since = alert["created_at"].as_str().unwrap();
+    let newer: Vec<Value> = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/alerts?user=u-1&since={}", since.replace('+', "%2B")),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(newer.is_empty(), "nothing stored after it: {newer:?}");
 
     let published = app
         .alerts
