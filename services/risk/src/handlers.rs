@@ -9,7 +9,7 @@ use msgkit::consume::{Context, HandlerError, Routes};
 use msgkit::timer::Fired;
 use uuid::Uuid;
 
-use crate::rule_store::CompiledRules;
+use crate::rule_store::{self, CompiledRules};
 use crate::{
     ActiveRule, Alert, Decisions, Engine, Event, KeyState, MAX_WINDOW, Outcome, TimerRequest,
 };
@@ -163,10 +163,7 @@ async fn store_and_publish(
     user_id: &str,
     alert: Alert,
 ) -> Result<(), HandlerError> {
-    let severity = serde_json::to_value(alert.severity)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{:?}", alert.severity).to_lowercase());
+    let severity = rule_store::severity_name(alert.severity);
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO alerts (alert_id, rule_id, rule_version, user_id, severity, transaction_ids, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -176,7 +173,7 @@ async fn store_and_publish(
     .bind(alert.rule_id)
     .bind(alert.rule_version)
     .bind(user_id)
-    .bind(&severity)
+    .bind(severity)
     .bind(&alert.events)
     .bind(alert.at)
     .fetch_optional(ctx.tx())
@@ -191,7 +188,7 @@ async fn store_and_publish(
         user_id: user_id.to_owned(),
         rule_id: alert.rule_id,
         rule_version: alert.rule_version,
-        severity,
+        severity: severity.to_owned(),
         transaction_ids: alert.events,
         at: alert.at,
     };

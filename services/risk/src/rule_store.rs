@@ -117,7 +117,8 @@ async fn lock_for_write(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         .map(drop)
 }
 
-fn severity_name(severity: Severity) -> &'static str {
+/// A severity as stored and published.
+pub(crate) fn severity_name(severity: Severity) -> &'static str {
     match severity {
         Severity::Low => "low",
         Severity::Medium => "medium",
@@ -245,6 +246,8 @@ impl CompiledRules {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use crate::Severity;
+
     /// The migration writes the default rule as a SQL literal; it must be what the engine
     /// calls the default rule.
     #[test]
@@ -262,5 +265,15 @@ mod tests {
             "severity": severity,
         });
         assert_eq!(stored, serde_json::to_value(crate::default_rule()).unwrap());
+    }
+
+    #[test]
+    fn severities_are_stored_as_the_engine_serialises_them() {
+        for severity in [Severity::Low, Severity::Medium, Severity::High] {
+            assert_eq!(
+                serde_json::to_value(severity).unwrap(),
+                super::severity_name(severity)
+            );
+        }
     }
 }
