@@ -1,9 +1,9 @@
-# One image for the four msgkit services (order, inventory, payment, notify).
+# One image for the msgkit services (order, inventory, payment, notify, risk).
 #
 #   docker build --build-arg SERVICE=order -t msgkit/order:dev .
 #
-# The image holds all four binaries; SERVICE (build arg, and environment variable at run time)
-# picks the one that runs, so a single image can also be deployed four times with a different
+# The image holds every service's binary; SERVICE (build arg, and environment variable at run time)
+# picks the one that runs, so a single image can also be deployed once per service with a different
 # SERVICE each (see k8s/). docker-compose.yml builds it once per service with `args: SERVICE`.
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +45,7 @@ RUN set -eux; \
     find . -name '*.rs' -not -path './target/*' -exec touch '{}' +; \
     cargo build --release --locked --bins; \
     mkdir -p /out; \
-    for svc in order inventory payment notify; do \
+    for svc in order inventory payment notify risk; do \
         cp "target/release/$svc" /out/; \
     done
 
@@ -62,9 +62,9 @@ RUN set -eux; \
     useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin msgkit
 
-COPY --from=builder /out/order /out/inventory /out/payment /out/notify /usr/local/bin/
+COPY --from=builder /out/order /out/inventory /out/payment /out/notify /out/risk /usr/local/bin/
 
-# Which binary runs. Declared late so the layers above are shared by the four builds.
+# Which binary runs. Declared late so the layers above are shared by the services' builds.
 ARG SERVICE=order
 ENV SERVICE=${SERVICE} \
     LOG_FORMAT=json \

@@ -526,7 +526,10 @@ def definitions_live(kit, doc):
             for key in spec["bindings"]:
                 if key.startswith(f"{svc}."):
                     return key.replace("*", "deploy-check")
-        return None
+        # A service may publish events it consumes itself, named for the fact rather than the
+        # service (risk: `transaction.recorded`, recorded by its API, evaluated by its consumer).
+        own = kit.queues.get(svc, {}).get("bindings", [])
+        return own[0].replace("*", "deploy-check") if own else None
 
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
     connections = []
@@ -719,7 +722,7 @@ def cmd_compose():
             ctx = ROOT / build.get("context", ".")
             if not (ctx / build.get("dockerfile", "Dockerfile")).exists():
                 problems.append(f"{name}: no Dockerfile at {ctx}")
-    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083}
+    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084}
     targets = set(re.findall(r'"([a-z]+:\d+)"', (ROOT / "observability/prometheus-docker.yml").read_text()))
     for name, port in want_ports.items():
         svc = services.get(name)
@@ -981,7 +984,7 @@ def k8s_references(objects):
                for n, d in by.get("Secret", {}).items()}
     configmaps = {n: d.get("data") or {} for n, d in by.get("ConfigMap", {}).items()}
     defs = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
-    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083}
+    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084}
 
     def check_pod(owner, pod):
         for c in (pod.get("containers") or []):

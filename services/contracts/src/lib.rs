@@ -14,7 +14,10 @@ use uuid::Uuid;
 pub mod event_type {
     use msgkit::EventType;
 
-    use super::{InventoryReserved, OrderConcluded, OrderPlaced, OrderSetback, PaymentSucceeded};
+    use super::{
+        InventoryReserved, OrderConcluded, OrderPlaced, OrderSetback, PaymentSucceeded, RiskAlert,
+        TransactionRecorded,
+    };
 
     /// An order was accepted over HTTP (order -> inventory).
     pub const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
@@ -35,6 +38,12 @@ pub mod event_type {
     pub const ORDER_REJECTED: EventType<OrderConcluded> = EventType::new("order.rejected");
     /// The order is cancelled: payment declined (order -> notify).
     pub const ORDER_CANCELLED: EventType<OrderConcluded> = EventType::new("order.cancelled");
+    /// A user's transaction was recorded (risk's HTTP API -> risk's rule engine). Its event
+    /// time is when the transaction happened: the engine's windows are measured on it.
+    pub const TRANSACTION_RECORDED: EventType<TransactionRecorded> =
+        EventType::new("transaction.recorded").with_event_time(|t| t.occurred_at);
+    /// A risk rule matched a user's transactions (risk -> whoever tells the user).
+    pub const RISK_ALERT: EventType<RiskAlert> = EventType::new("risk.alert");
 }
 
 /// One line of an order.
@@ -105,10 +114,47 @@ pub struct OrderConcluded {
     pub reason: Option<String>,
 }
 
+/// Payload of `transaction.recorded`: one transaction of a user, as an app records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionRecorded {
+    /// Unique per transaction: a repeated id is the same transaction.
+    pub transaction_id: String,
+    /// Whose transaction (the key the risk rules partition by).
+    pub user_id: String,
+    /// The amount in minor units (cents).
+    pub amount_cents: i64,
+    /// ISO 4217 code, e.g. `CNY`.
+    pub currency: String,
+    /// Where it happened, e.g. a city.
+    pub location: String,
+    /// When it happened (the event time), not when it was recorded.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Payload of `risk.alert`: a rule version matched some of a user's transactions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskAlert {
+    /// The stored alert's id.
+    pub alert_id: Uuid,
+    /// Whose transactions matched.
+    pub user_id: String,
+    /// The rule that matched.
+    pub rule_id: i64,
+    /// The version it matched under.
+    pub rule_version: i32,
+    /// `low`, `medium` or `high`.
+    pub severity: String,
+    /// The triggering transactions, in event-time order.
+    pub transaction_ids: Vec<String>,
+    /// Event time of the match.
+    pub at: DateTime<Utc>,
+}
+
 /// The saga's topology, the one table of bindings: every service declares all of it, so each
 /// work queue exists (and buffers its events) before its consumer first starts, and each
 /// service's routes are checked against its queue's bindings before it starts
-/// (`msgkit::bindings`). The order queue takes every result of inventory and payment.
+/// (`msgkit::bindings`). The order queue takes every result of inventory and payment; the risk
+/// queue takes the transactions its own API records.
 pub fn topology() -> Topology {
     use event_type::*;
     Topology::default()
@@ -129,6 +175,7 @@ pub fn topology() -> Topology {
                 .bind(ORDER_REJECTED)
                 .bind(ORDER_CANCELLED),
         )
+        .with_queue(WorkQueue::new("risk").bind(TRANSACTION_RECORDED))
 }
 
 #[cfg(test)]
@@ -138,7 +185,7 @@ mod tests {
     #[test]
     fn every_consuming_service_has_a_queue_and_a_dlq() {
         let topology = topology();
-        for name in ["order", "inventory", "payment", "notify"] {
+        for name in ["order", "inventory", "payment", "notify", "risk"] {
             let queue = topology.queue(name).unwrap();
             assert_eq!(queue.dead_letter_queue(), format!("{name}.dlq"));
         }

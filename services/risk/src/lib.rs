@@ -58,8 +58,21 @@
 //! [`EngineConfig::max_pending_per_rule`] partial matches per rule (the oldest gives way), and at
 //! most [`MAX_THRESHOLD_EVENTS`] counted events per threshold rule. Sequence partial matches are
 //! forgotten when no event still accepted could complete them.
+//!
+//! # The service
+//! [`startup::build`] wires the engine into a kit service (HTTP 127.0.0.1:8084, schema and
+//! queue `risk`): `POST /transactions` records a transaction and publishes
+//! `transaction.recorded` through the outbox; the consumer of the `risk` queue runs every
+//! enabled rule on it with the user's [`KeyState`] from the kit's keyed state, stores each
+//! alert once and publishes it as `risk.alert`; `GET /alerts` reads them back. `/rules` lists,
+//! creates (`POST`), edits (`PUT /rules/{id}`: a new version), disables (`DELETE /rules/{id}`
+//! or `POST /rules/{id}/disable`) and enables rules; each write compiles the rule first.
 #![warn(missing_docs)]
 
 mod engine;
+pub mod handlers;
+pub mod http;
+pub mod rule_store;
+pub mod startup;
 
 pub use engine::*;

@@ -1,0 +1,197 @@
+//! The consumer of the `risk` queue: every recorded transaction through every enabled rule,
+//! with the user's state from the kit's keyed state; fired absence timers likewise.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use contracts::event_type::{RISK_ALERT, TRANSACTION_RECORDED};
+use contracts::{RiskAlert, TransactionRecorded};
+use msgkit::TimerType;
+use msgkit::consume::{Context, HandlerError, Routes};
+use msgkit::timer::Fired;
+use uuid::Uuid;
+
+use crate::rule_store::{self, CompiledRules};
+use crate::{
+    ActiveRule, Alert, Decisions, Engine, Event, KeyState, MAX_WINDOW, Outcome, TimerRequest,
+};
+
+/// The absence rules' timers: keyed by the engine's timer id, so each wait has its own.
+pub const ABSENCE_TIMER: TimerType<TimerRequest> = TimerType::new("risk.absence");
+
+/// What the handlers share: the engine and the compiled rules.
+#[derive(Debug, Default)]
+pub struct RiskState {
+    engine: Engine,
+    rules: CompiledRules,
+}
+
+/// The `risk` queue's routes: recorded transactions and fired absence timers.
+///
+/// The kit judges lateness first, with the engine's allowed lateness and the same key (the
+/// message's correlation id is the user id): a late transaction goes to
+/// [`on_late_transaction`] and is counted in `msgkit_late_events_total`, never dead-lettered.
+pub fn routes() -> Routes<RiskState> {
+    let state = RiskState::default();
+    let lateness = state.engine.config().allowed_lateness;
+    Routes::with_state(state)
+        .route_with_lateness(
+            TRANSACTION_RECORDED,
+            lateness,
+            on_transaction,
+            on_late_transaction,
+        )
+        .on_timer(ABSENCE_TIMER, on_absence_timer)
+}
+
+/// A transaction older than its user's newest one minus the allowed lateness: not evaluated
+/// (the engine would not use it either), counted by the kit, and logged here.
+async fn on_late_transaction(
+    ctx: Context<'_, RiskState>,
+    recorded: TransactionRecorded,
+) -> Result<(), HandlerError> {
+    tracing::warn!(
+        transaction_id = %recorded.transaction_id,
+        user_id = %recorded.user_id,
+        occurred_at = %recorded.occurred_at,
+        message_id = ctx.message_id(),
+        "late transaction: older than the user's newest minus the allowed lateness; not evaluated"
+    );
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(transaction_id = %recorded.transaction_id, user_id = %recorded.user_id))]
+async fn on_transaction(
+    mut ctx: Context<'_, RiskState>,
+    recorded: TransactionRecorded,
+) -> Result<(), HandlerError> {
+    let risk = ctx.state();
+    let rules = active_rules(&mut ctx).await?;
+    let event = Event {
+        transaction_id: recorded.transaction_id,
+        user_id: recorded.user_id,
+        amount_cents: recorded.amount_cents,
+        currency: recorded.currency,
+        location: recorded.location,
+        occurred_at: recorded.occurred_at,
+    };
+    let mut state: KeyState = ctx
+        .keyed_state()
+        .get(&event.user_id)
+        .await?
+        .unwrap_or_default();
+    let decisions = risk.engine.on_event(&rules, &mut state, &event);
+    match decisions.outcome {
+        Outcome::Evaluated => {}
+        // The kit's lateness check comes first and agrees with the engine's, so this is a
+        // safety net: a late event is a fact about the stream, never a failure to retry.
+        Outcome::Late => tracing::warn!(
+            occurred_at = %event.occurred_at,
+            "late transaction: older than the user's newest event minus the allowed lateness; not evaluated"
+        ),
+        Outcome::Duplicate => tracing::info!("transaction already evaluated for this user"),
+    }
+    ctx.keyed_state().put(&event.user_id, &state).await?;
+    apply(&mut ctx, &event.user_id, decisions).await
+}
+
+#[tracing::instrument(skip_all, fields(timer = %fired.payload().timer_id))]
+async fn on_absence_timer(
+    mut ctx: Context<'_, RiskState>,
+    fired: Fired<TimerRequest>,
+) -> Result<(), HandlerError> {
+    let risk = ctx.state();
+    let rules = active_rules(&mut ctx).await?;
+    let timer = fired.into_payload();
+    let mut state: KeyState = ctx.keyed_state().get(&timer.key).await?.unwrap_or_default();
+    let decisions = risk.engine.on_timer(&rules, &mut state, &timer);
+    ctx.keyed_state().put(&timer.key, &state).await?;
+    apply(&mut ctx, &timer.key, decisions).await
+}
+
+/// The rules to run; a stored rule that cannot run is reported and left out, so the other
+/// rules still decide.
+async fn active_rules(ctx: &mut Context<'_, RiskState>) -> Result<Vec<ActiveRule>, HandlerError> {
+    let risk = ctx.state();
+    // A partial match waits at most the longest window plus the lateness.
+    let longest_wait = TimeDelta::from_std(MAX_WINDOW + risk.engine.config().allowed_lateness)
+        .unwrap_or(TimeDelta::MAX);
+    let superseded_after = ctx
+        .now()
+        .checked_sub_signed(longest_wait)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let (rules, broken) = risk.rules.active(ctx.tx(), superseded_after).await?;
+    for error in broken {
+        // TODO(issue 16): count as risk_rule_errors_total{rule} once the kit lets a service
+        // register its own metrics; until then the log line is the record.
+        tracing::error!(%error, "risk rule cannot run");
+    }
+    Ok(rules)
+}
+
+/// Store and publish what the engine decided: alerts (each once), timers, rule errors.
+async fn apply(
+    ctx: &mut Context<'_, RiskState>,
+    user_id: &str,
+    decisions: Decisions,
+) -> Result<(), HandlerError> {
+    for error in &decisions.errors {
+        // TODO(issue 16): risk_rule_errors_total{rule}, as above.
+        tracing::warn!(
+            rule_id = error.rule_id,
+            rule_version = error.rule_version,
+            message = %error.message,
+            "risk rule failed on this input; the other rules decided"
+        );
+    }
+    for id in &decisions.cancel_timers {
+        ctx.timers().cancel(ABSENCE_TIMER, id).await?;
+    }
+    for timer in &decisions.timers {
+        ctx.timers()
+            .set(ABSENCE_TIMER, &timer.timer_id, timer.due, timer)
+            .await?;
+    }
+    for alert in decisions.alerts {
+        store_and_publish(ctx, user_id, alert).await?;
+    }
+    Ok(())
+}
+
+/// Insert the alert unless this rule version already alerted on these transactions (a
+/// redelivery, a replay), and publish `risk.alert` only for the row inserted.
+async fn store_and_publish(
+    ctx: &mut Context<'_, RiskState>,
+    user_id: &str,
+    alert: Alert,
+) -> Result<(), HandlerError> {
+    let severity = rule_store::severity_name(alert.severity);
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO alerts (alert_id, rule_id, rule_version, user_id, severity, transaction_ids, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (rule_id, rule_version, transaction_ids) DO NOTHING RETURNING alert_id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(alert.rule_id)
+    .bind(alert.rule_version)
+    .bind(user_id)
+    .bind(severity)
+    .bind(&alert.events)
+    .bind(alert.at)
+    .fetch_optional(ctx.tx())
+    .await?;
+    let Some(alert_id) = inserted else {
+        tracing::info!(rule_id = alert.rule_id, "alert already stored");
+        return Ok(());
+    };
+    tracing::info!(%alert_id, rule_id = alert.rule_id, rule_version = alert.rule_version, %severity, "risk alert");
+    let payload = RiskAlert {
+        alert_id,
+        user_id: user_id.to_owned(),
+        rule_id: alert.rule_id,
+        rule_version: alert.rule_version,
+        severity: severity.to_owned(),
+        transaction_ids: alert.events,
+        at: alert.at,
+    };
+    ctx.publish(RISK_ALERT, &payload).await?;
+    Ok(())
+}

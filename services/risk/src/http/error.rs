@@ -1,0 +1,134 @@
+//! API errors, in the order API's shape: a status and `{"error": code, "message", "field"}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// A request field that is missing or invalid: `field` is its name in the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The field's name in the request, e.g. `amount`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidField {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing or invalid (422).
+    #[error("{0}")]
+    Invalid(InvalidField),
+    /// The body is not JSON (400).
+    #[error("{0}")]
+    MalformedJson(String),
+    /// A rule that does not compile (400), naming the field and the position.
+    #[error("{0}")]
+    InvalidRule(crate::RuleError),
+    /// No such rule (404).
+    #[error("not found")]
+    NotFound,
+    /// The transaction id was recorded before with other content (409).
+    #[error("transaction {0} was already recorded with different content")]
+    Conflict(String),
+    /// The database cannot be reached right now; nothing was stored (503).
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable(#[source] sqlx::Error),
+    /// Something on our side failed; details are logged, not returned (500).
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        let unreachable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // Class 08: connection exceptions; 57P01-57P03: the server is stopping or starting.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+            _ => false,
+        };
+        if unreachable {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error.into())
+        }
+    }
+}
+
+impl From<msgkit::outbox::OutboxError> for ApiError {
+    fn from(error: msgkit::outbox::OutboxError) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::InvalidRule(_) => (StatusCode::BAD_REQUEST, "invalid_rule"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Unavailable(error) => {
+                tracing::warn!(%error, "database unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let body = match &self {
+            Self::Invalid(invalid) => json!({
+                "error": code,
+                "field": invalid.field,
+                "message": invalid.reason,
+            }),
+            Self::InvalidRule(error) => json!({
+                "error": code,
+                "field": rule_field(error),
+                "message": error.to_string(),
+                "line": error.position().map(|p| p.line),
+                "column": error.position().map(|p| p.column),
+            }),
+            Self::Conflict(_) => json!({
+                "error": code,
+                "field": "transaction_id",
+                "message": self.to_string(),
+            }),
+            _ => json!({"error": code, "message": self.to_string()}),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The field of a refused rule as the request names it: expressions and windows are inside
+/// `kind`.
+fn rule_field(error: &crate::RuleError) -> String {
+    match error.field() {
+        "key" => "key".to_owned(),
+        field => format!("kind.{field}"),
+    }
+}

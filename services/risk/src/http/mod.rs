@@ -1,0 +1,37 @@
+//! The risk API. (`/healthz`, `/readyz` and `/metrics` come from the kit.)
+
+mod error;
+mod queries;
+mod rules;
+mod transactions;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use sqlx::PgPool;
+
+pub use error::{ApiError, InvalidField};
+pub use transactions::NewTransaction;
+
+/// Largest accepted request body: a transaction is a few hundred bytes.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The service's database (its schema on the search path).
+    pub pool: PgPool,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/transactions", post(transactions::record))
+        .route("/alerts", get(queries::alerts))
+        .route("/rules", get(rules::list).post(rules::create))
+        .route("/rules/{id}", put(rules::update).delete(rules::disable))
+        .route("/rules/{id}/enable", post(rules::enable))
+        .route("/rules/{id}/disable", post(rules::disable))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
