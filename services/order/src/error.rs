@@ -133,6 +133,10 @@ mod tests {
         let lost = msgkit::outbox::OutboxError::Database(sqlx::Error::PoolTimedOut);
         let response = ApiError::from(lost).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(response.headers().contains_key(axum::http::header::RETRY_AFTER));
+        assert!(
+            response
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
     }
 }
