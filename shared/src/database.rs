@@ -120,3 +120,21 @@ impl DatabaseSettings {
         Ok(pool)
     }
 }
+
+/// Whether `error` means the database cannot be reached right now (the connection failed or
+/// was lost, the pool is exhausted, the server is shutting down or starting up), so that the
+/// same request may work later: an HTTP API answers 503 with `Retry-After`, not 500.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-57P03: the server is shutting down or
+        // starting up (a restart in progress).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    }
+}

@@ -1,7 +1,8 @@
 //! A timer survives its service being SIGKILLed: the consumer runs in a child process (this
-//! test binary run again, in its child mode), a handler sets a timer, the child is killed
-//! before the timer is due, and a new child whose clock is an hour ahead fires it once, marked
-//! overdue. Nothing shuts down gracefully, so nothing but the database carries the timer.
+//! test binary running this same test again, which the child's environment turns into the
+//! service), a handler sets a timer, the child is killed before the timer is due, and a new
+//! child whose clock is an hour ahead fires it once, marked overdue. Nothing shuts down
+//! gracefully, so nothing but the database carries the timer.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::process::Stdio;
@@ -59,15 +60,8 @@ fn topology() -> Topology {
     Topology::default().with_queue(WorkQueue::new("alarms").bind(ALARM_SET))
 }
 
-/// The child mode: the `alarms` service (consumer and relay) until it is killed. Run by
-/// [`a_timer_set_before_its_service_is_sigkilled_fires_once_overdue_after_restart`] only.
-#[tokio::test]
-#[ignore = "the child process of the SIGKILL test, which runs it itself"]
-async fn child_service() {
-    let (Ok(database), Ok(amqp)) = (std::env::var(CHILD_DATABASE), std::env::var(CHILD_AMQP))
-    else {
-        return;
-    };
+/// The child mode: the `alarms` service (consumer and relay) until it is killed.
+async fn child_service(database: String, amqp: String) {
     let ahead: u64 = std::env::var(CHILD_CLOCK_AHEAD_MS)
         .ok()
         .and_then(|ms| ms.parse().ok())
@@ -103,7 +97,11 @@ async fn child_service() {
 
 fn start_child(db: &TestDatabase, broker: &TestBroker, clock_ahead: Duration) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_service", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "a_timer_set_before_its_service_is_sigkilled_fires_once_overdue_after_restart",
+            "--nocapture",
+        ])
         .env(CHILD_DATABASE, db.url())
         .env(CHILD_AMQP, broker.amqp_url())
         .env(CHILD_CLOCK_AHEAD_MS, clock_ahead.as_millis().to_string())
@@ -122,6 +120,9 @@ async fn rung(pool: &PgPool) -> Vec<(String, bool, i64)> {
 
 #[tokio::test]
 async fn a_timer_set_before_its_service_is_sigkilled_fires_once_overdue_after_restart() {
+    if let (Ok(database), Ok(amqp)) = (std::env::var(CHILD_DATABASE), std::env::var(CHILD_AMQP)) {
+        return child_service(database, amqp).await;
+    }
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let pool = db.kit_pool().await;

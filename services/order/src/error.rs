@@ -46,19 +46,7 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        let unreachable = match &error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            // Class 08: connection exceptions; 57P01-57P03: the server is shutting down or
-            // starting up.
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
-            _ => false,
-        };
-        if unreachable {
+        if msgkit::database::is_unavailable(&error) {
             Self::Unavailable(error)
         } else {
             Self::Internal(error.into())
@@ -66,8 +54,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// Writing the outbox row failed: on the database like any statement (a restart in progress
-/// is 503, found by the soak chaos run), or serialising (ours to fix: 500).
 impl From<msgkit::outbox::OutboxError> for ApiError {
     fn from(error: msgkit::outbox::OutboxError) -> Self {
         match error {
