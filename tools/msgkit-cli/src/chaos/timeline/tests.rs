@@ -26,7 +26,7 @@ fn fixture() -> Timeline {
         })
         .collect();
     Timeline {
-        title: "chaos: quick (PASSED)".to_owned(),
+        title: "timeline picture check (synthetic run)".to_owned(),
         duration_secs: 60.0,
         load_ends_secs: 50.0,
         series,
@@ -202,7 +202,7 @@ fn a_run_renders_as_well_formed_svg_with_every_fault_labelled() {
         "restart postgres",
         "latency on payment",
         "load ends; draining",
-        "chaos: quick (PASSED)",
+        "timeline picture check (synthetic run)",
     ] {
         assert!(svg.contains(&format!(">{label}")), "{label} is shown");
     }
