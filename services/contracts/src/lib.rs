@@ -28,7 +28,8 @@ pub mod event_type {
     pub const INVENTORY_REJECTED: EventType<OrderSetback> = EventType::new("inventory.rejected");
     /// A reservation was released after a failed payment (inventory -> order).
     pub const INVENTORY_RELEASED: EventType<OrderSetback> = EventType::new("inventory.released");
-    /// The charge was taken (payment -> order).
+    /// The charge was taken (payment -> order, risk). No payload event time: `occurred_at`
+    /// is optional for older messages, so the kit's event time is the outbox row's creation.
     pub const PAYMENT_SUCCEEDED: EventType<PaymentSucceeded> = EventType::new("payment.succeeded");
     /// The charge was declined (payment -> inventory, order).
     pub const PAYMENT_FAILED: EventType<OrderSetback> = EventType::new("payment.failed");
@@ -66,6 +67,10 @@ pub struct OrderPlaced {
     pub items: Vec<OrderLine>,
     /// When the order was accepted.
     pub placed_at: DateTime<Utc>,
+    /// Where it was placed (e.g. a city), if the client said; risk rules compare it.
+    /// Defaulted so that messages from before the field existed still decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// Payload of `inventory.reserved`.
@@ -77,6 +82,9 @@ pub struct InventoryReserved {
     pub customer_id: String,
     /// The total to charge, in cents.
     pub amount_cents: i64,
+    /// Where the order was placed, carried from `order.placed` for payment to pass on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// Payload of `inventory.rejected`, `inventory.released` and `payment.failed`: an order and
@@ -98,6 +106,18 @@ pub struct PaymentSucceeded {
     pub charge_id: String,
     /// What was charged, in cents.
     pub amount_cents: i64,
+    /// Who was charged. Empty in a message from before the field existed: no customer to
+    /// evaluate it for.
+    #[serde(default)]
+    pub customer_id: String,
+    /// Where the order was placed, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// When the charge was taken. `None` in a message from before the field existed: there is
+    /// no honest value to invent, so a reader falls back to the message's own event time
+    /// (its outbox row's creation time, within milliseconds of the charge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
 }
 
 /// Payload of `order.confirmed`, `order.rejected` and `order.cancelled`.
@@ -154,7 +174,7 @@ pub struct RiskAlert {
 /// work queue exists (and buffers its events) before its consumer first starts, and each
 /// service's routes are checked against its queue's bindings before it starts
 /// (`msgkit::bindings`). The order queue takes every result of inventory and payment; the risk
-/// queue takes the transactions its own API records.
+/// queue takes the transactions its own API records and the saga's payments.
 pub fn topology() -> Topology {
     use event_type::*;
     Topology::default()
@@ -175,7 +195,11 @@ pub fn topology() -> Topology {
                 .bind(ORDER_REJECTED)
                 .bind(ORDER_CANCELLED),
         )
-        .with_queue(WorkQueue::new("risk").bind(TRANSACTION_RECORDED))
+        .with_queue(
+            WorkQueue::new("risk")
+                .bind(TRANSACTION_RECORDED)
+                .bind(PAYMENT_SUCCEEDED),
+        )
 }
 
 #[cfg(test)]
@@ -208,9 +232,30 @@ mod tests {
                 quantity: 2,
             }],
             placed_at: DateTime::UNIX_EPOCH,
+            location: None,
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["items"][0]["sku"], "SKU-1");
         assert_eq!(json["customer_id"], "c-1");
+    }
+
+    #[test]
+    fn a_payment_succeeded_from_before_the_risk_fields_still_decodes() {
+        let old = r#"{"order_id":"00000000-0000-0000-0000-000000000000","charge_id":"ch-1","amount_cents":500}"#;
+        let payment: PaymentSucceeded = serde_json::from_str(old).unwrap();
+        assert_eq!(payment.amount_cents, 500);
+        assert_eq!(payment.customer_id, "");
+        assert_eq!(payment.location, None);
+        assert_eq!(payment.occurred_at, None);
+    }
+
+    #[test]
+    fn order_placed_and_inventory_reserved_without_a_location_still_decode() {
+        let placed = r#"{"order_id":"00000000-0000-0000-0000-000000000000","customer_id":"c","items":[],"placed_at":"2026-01-01T00:00:00Z"}"#;
+        let placed: OrderPlaced = serde_json::from_str(placed).unwrap();
+        assert_eq!(placed.location, None);
+        let reserved = r#"{"order_id":"00000000-0000-0000-0000-000000000000","customer_id":"c","amount_cents":1}"#;
+        let reserved: InventoryReserved = serde_json::from_str(reserved).unwrap();
+        assert_eq!(reserved.location, None);
     }
 }

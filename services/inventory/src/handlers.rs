@@ -97,6 +97,8 @@ async fn reserve(mut ctx: Context<'_, Broken>, order: OrderPlaced) -> Result<(),
         order_id: order.order_id,
         customer_id: order.customer_id,
         amount_cents,
+        // Payment passes it on in `payment.succeeded`, for the risk rules.
+        location: order.location,
     };
     ctx.publish(INVENTORY_RESERVED, &event).await?;
     tracing::info!(order_id = %order.order_id, amount_cents, "stock reserved");

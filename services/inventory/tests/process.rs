@@ -69,6 +69,7 @@ impl Setup {
                 })
                 .collect(),
             placed_at: chrono::Utc::now(),
+            location: None,
         };
         let message = OutgoingMessage::event(
             event_type::ORDER_PLACED.name(),

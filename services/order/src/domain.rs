@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// Longest accepted customer id or SKU.
 const MAX_ID_LEN: usize = 64;
+/// Longest accepted location: room for a city and its region, not for a document.
+pub const MAX_LOCATION_LEN: usize = 100;
 /// Most lines in one order.
 pub const MAX_LINES: usize = 100;
 /// Largest quantity of one line.
@@ -38,6 +40,9 @@ pub struct PlaceOrderRequest {
     pub customer_id: String,
     /// What is ordered.
     pub items: Vec<OrderLineRequest>,
+    /// Where the order is placed (e.g. a city), optional: the risk rules compare it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// One line of [`PlaceOrderRequest`]. The quantity is read as a signed integer so that zero
@@ -58,29 +63,50 @@ pub struct CustomerId(String);
 impl CustomerId {
     /// Validate `value`, reporting problems against `field`.
     pub fn parse(value: &str, field: &str) -> Result<Self, InvalidField> {
-        let trimmed = value.trim();
-        if trimmed.is_empty() {
-            return Err(InvalidField::new(field, "must not be empty"));
-        }
-        if trimmed.chars().count() > MAX_ID_LEN {
-            return Err(InvalidField::new(
-                field,
-                format!("must be at most {MAX_ID_LEN} characters"),
-            ));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(InvalidField::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(trimmed.to_owned()))
+        printable_text(value, field, MAX_ID_LEN).map(Self)
     }
 
     /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Where an order was placed: 1 to [`MAX_LOCATION_LEN`] printable characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location(String);
+
+impl Location {
+    /// Validate `value`, reporting problems against `field`.
+    pub fn parse(value: &str, field: &str) -> Result<Self, InvalidField> {
+        printable_text(value, field, MAX_LOCATION_LEN).map(Self)
+    }
+
+    /// The location.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `value` trimmed, if it is 1 to `max_len` characters without control characters.
+fn printable_text(value: &str, field: &str, max_len: usize) -> Result<String, InvalidField> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(InvalidField::new(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > max_len {
+        return Err(InvalidField::new(
+            field,
+            format!("must be at most {max_len} characters"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(InvalidField::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// A SKU: 1 to 64 of `A-Z a-z 0-9 . _ -`.
@@ -160,6 +186,8 @@ pub struct NewOrder {
     pub customer_id: CustomerId,
     /// What: 1 to [`MAX_LINES`] lines, each SKU at most once.
     pub lines: Vec<OrderLine>,
+    /// Where, if the client said.
+    pub location: Option<Location>,
 }
 
 impl TryFrom<&PlaceOrderRequest> for NewOrder {
@@ -188,7 +216,16 @@ impl TryFrom<&PlaceOrderRequest> for NewOrder {
             let quantity = Quantity::parse(item.quantity, &format!("items[{i}].quantity"))?;
             lines.push(OrderLine { sku, quantity });
         }
-        Ok(Self { customer_id, lines })
+        let location = request
+            .location
+            .as_deref()
+            .map(|location| Location::parse(location, "location"))
+            .transpose()?;
+        Ok(Self {
+            customer_id,
+            lines,
+            location,
+        })
     }
 }
 
@@ -233,6 +270,7 @@ mod tests {
                     quantity: *quantity,
                 })
                 .collect(),
+            location: None,
         }
     }
 
@@ -269,5 +307,11 @@ mod tests {
         let too_many: Vec<(String, i64)> = (0..=MAX_LINES).map(|i| (format!("S{i}"), 1)).collect();
         let too_many: Vec<(&str, i64)> = too_many.iter().map(|(s, q)| (s.as_str(), *q)).collect();
         assert_eq!(field_of(request("c", &too_many)), "items");
+        let mut blank_location = request("c", &[("A", 1)]);
+        blank_location.location = Some("  ".into());
+        assert_eq!(field_of(blank_location), "location");
+        let mut long_location = request("c", &[("A", 1)]);
+        long_location.location = Some("x".repeat(MAX_LOCATION_LEN + 1));
+        assert_eq!(field_of(long_location), "location");
     }
 }

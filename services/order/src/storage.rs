@@ -14,6 +14,9 @@ pub struct OrderView {
     pub order_id: Uuid,
     /// Who ordered.
     pub customer_id: String,
+    /// Where it was placed, if the client said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Current state.
     pub status: String,
     /// What was ordered.
@@ -68,7 +71,8 @@ pub async fn insert_order(
     // the end of the statement, when the order row exists.
     let created_at: DateTime<Utc> = sqlx::query_scalar(
         "WITH placed AS ( \
-             INSERT INTO orders (id, customer_id, status) VALUES ($1, $2, $3) RETURNING created_at), \
+             INSERT INTO orders (id, customer_id, status, location) VALUES ($1, $2, $3, $9) \
+             RETURNING created_at), \
          lines AS ( \
              INSERT INTO order_items (order_id, line, sku, quantity) \
              SELECT $1, * FROM UNNEST($4::int[], $5::text[], $6::int[])), \
@@ -84,6 +88,7 @@ pub async fn insert_order(
     .bind(quantities)
     .bind(event)
     .bind(message_id)
+    .bind(order.location.as_ref().map(|location| location.as_str()))
     .fetch_one(&mut *conn)
     .await?;
     Ok(created_at)
@@ -91,11 +96,12 @@ pub async fn insert_order(
 
 /// The order with its lines and history, if it exists.
 pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
-    let Some(order) =
-        sqlx::query("SELECT customer_id, status, created_at, updated_at FROM orders WHERE id = $1")
-            .bind(order_id)
-            .fetch_optional(pool)
-            .await?
+    let Some(order) = sqlx::query(
+        "SELECT customer_id, location, status, created_at, updated_at FROM orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?
     else {
         return Ok(None);
     };
@@ -131,6 +137,7 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderVie
     Ok(Some(OrderView {
         order_id,
         customer_id: order.try_get("customer_id")?,
+        location: order.try_get("location")?,
         status: order.try_get("status")?,
         items,
         created_at: order.try_get("created_at")?,

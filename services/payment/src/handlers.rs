@@ -56,6 +56,10 @@ async fn charge(
                 order_id,
                 charge_id,
                 amount_cents: reserved.amount_cents,
+                customer_id: reserved.customer_id,
+                location: reserved.location,
+                // Risk evaluates the payment as a transaction at this time.
+                occurred_at: Some(ctx.now()),
             };
             ctx.publish(PAYMENT_SUCCEEDED, &event).await?
         }

@@ -1,11 +1,12 @@
-//! The consumer of the `risk` queue: every recorded transaction through every enabled rule,
-//! with the user's state from the kit's keyed state; fired absence timers likewise.
+//! The consumer of the `risk` queue: every recorded transaction and every saga payment through
+//! every enabled rule, with the user's state from the kit's keyed state; fired absence timers
+//! likewise.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use contracts::event_type::{RISK_ALERT, TRANSACTION_RECORDED};
-use contracts::{RiskAlert, TransactionRecorded};
+use contracts::event_type::{PAYMENT_SUCCEEDED, RISK_ALERT, TRANSACTION_RECORDED};
+use contracts::{PaymentSucceeded, RiskAlert, TransactionRecorded};
 use msgkit::TimerType;
-use msgkit::consume::{Context, HandlerError, Routes};
+use msgkit::consume::{Batch, Context, HandlerError, Routes};
 use msgkit::timer::Fired;
 use uuid::Uuid;
 
@@ -24,11 +25,18 @@ pub struct RiskState {
     rules: CompiledRules,
 }
 
-/// The `risk` queue's routes: recorded transactions and fired absence timers.
+/// The currency of the order saga's payments: neither the orders nor the gateway name one, so
+/// the saga's amounts are taken to be euros.
+pub const SAGA_CURRENCY: &str = "EUR";
+
+/// The `risk` queue's routes: recorded transactions, the saga's payments, fired absence timers.
 ///
-/// The kit judges lateness first, with the engine's allowed lateness and the same key (the
-/// message's correlation id is the user id): a late transaction goes to
+/// For a transaction the kit judges lateness first, with the engine's allowed lateness and the
+/// same key (its correlation id is the user id): a late transaction goes to
 /// [`on_late_transaction`] and is counted in `msgkit_late_events_total`, never dead-lettered.
+/// A payment's correlation id is its order and its kit event time the outbox row's creation,
+/// so the kit's check would judge neither the right key nor the right time: the engine's own
+/// check (per user, on `occurred_at`) is the one that applies, and logs a late payment.
 pub fn routes() -> Routes<RiskState> {
     let state = RiskState::default();
     let lateness = state.engine.config().allowed_lateness;
@@ -39,7 +47,27 @@ pub fn routes() -> Routes<RiskState> {
             on_transaction,
             on_late_transaction,
         )
+        .route(PAYMENT_SUCCEEDED, on_payment)
         .on_timer(ABSENCE_TIMER, on_absence_timer)
+        .before_batch(lock_batch_users)
+}
+
+/// Lock the state of every user a batch evaluates, in one global order, before any message: a
+/// payment's user is not its correlation id, so the batch's correlation order alone would not
+/// keep two batches from taking the same two users' locks in opposite orders.
+async fn lock_batch_users(mut batch: Batch<'_, RiskState>) -> Result<(), HandlerError> {
+    let users: Vec<String> = batch
+        .payloads(TRANSACTION_RECORDED)
+        .map(|recorded| recorded.user_id)
+        .chain(
+            batch
+                .payloads(PAYMENT_SUCCEEDED)
+                .map(|paid| paid.customer_id),
+        )
+        .filter(|user| !user.is_empty())
+        .collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    batch.lock_state(&users).await
 }
 
 /// A transaction older than its user's newest one minus the allowed lateness: not evaluated
@@ -60,11 +88,9 @@ async fn on_late_transaction(
 
 #[tracing::instrument(skip_all, fields(transaction_id = %recorded.transaction_id, user_id = %recorded.user_id))]
 async fn on_transaction(
-    mut ctx: Context<'_, RiskState>,
+    ctx: Context<'_, RiskState>,
     recorded: TransactionRecorded,
 ) -> Result<(), HandlerError> {
-    let risk = ctx.state();
-    let rules = active_rules(&mut ctx).await?;
     let event = Event {
         transaction_id: recorded.transaction_id,
         user_id: recorded.user_id,
@@ -73,6 +99,39 @@ async fn on_transaction(
         location: recorded.location,
         occurred_at: recorded.occurred_at,
     };
+    evaluate(ctx, event).await
+}
+
+/// A saga payment, evaluated as a transaction of its customer. A payment without a location
+/// is still evaluated, with location `""`: dropping it would hide its amount from the rules and
+/// break strict sequences around it, and a rule comparing locations then sees "unknown" as
+/// different from any known place, which errs towards an alert.
+#[tracing::instrument(skip_all, fields(order_id = %paid.order_id, user_id = %paid.customer_id))]
+async fn on_payment(
+    ctx: Context<'_, RiskState>,
+    paid: PaymentSucceeded,
+) -> Result<(), HandlerError> {
+    if paid.customer_id.is_empty() {
+        // Published before payments named their customer: there is no stream to put it in.
+        tracing::warn!("payment without a customer id; not evaluated");
+        return Ok(());
+    }
+    let event = Event {
+        transaction_id: format!("payment-{}", paid.order_id),
+        user_id: paid.customer_id,
+        amount_cents: paid.amount_cents,
+        currency: SAGA_CURRENCY.to_owned(),
+        location: paid.location.unwrap_or_default(),
+        occurred_at: paid.occurred_at.unwrap_or_else(|| ctx.event_time()),
+    };
+    evaluate(ctx, event).await
+}
+
+/// One event of a user through every enabled rule, the user's state read and written in the
+/// message's transaction.
+async fn evaluate(mut ctx: Context<'_, RiskState>, event: Event) -> Result<(), HandlerError> {
+    let risk = ctx.state();
+    let rules = active_rules(&mut ctx).await?;
     let mut state: KeyState = ctx
         .keyed_state()
         .get(&event.user_id)

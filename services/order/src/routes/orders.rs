@@ -65,6 +65,10 @@ pub async fn place_order(
             })
             .collect(),
         placed_at: Utc::now(),
+        location: order
+            .location
+            .as_ref()
+            .map(|location| location.as_str().to_owned()),
     };
     let message = OutboxMessage::of(event_type::ORDER_PLACED, order_id.to_string(), &event)
         .map_err(|e| ApiError::Internal(e.into()))?;

@@ -105,6 +105,38 @@ async fn a_placed_order_can_be_read_back_with_its_history() {
 }
 
 #[tokio::test]
+async fn an_orders_location_is_stored_and_carried_in_order_placed() {
+    let app = spawn_app().await;
+    let mut probe = app.broker.probe("events", "order.placed").await;
+    let mut order = valid_order();
+    order["location"] = " Shanghai ".into();
+    let body: Value = app.post_order(&order).await.json().await.unwrap();
+    let order_id = body["order_id"].as_str().unwrap();
+
+    let stored: Value = app.get_order(order_id).await.json().await.unwrap();
+    assert_eq!(
+        stored["location"], "Shanghai",
+        "trimmed, as customer ids are"
+    );
+    let delivery = probe.next(DEADLINE).await.expect("order.placed published");
+    let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(event["location"], "Shanghai");
+}
+
+#[tokio::test]
+async fn an_order_without_a_location_has_none() {
+    let app = spawn_app().await;
+    let body: Value = app.post_order(&valid_order()).await.json().await.unwrap();
+    let stored: Value = app
+        .get_order(body["order_id"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(stored.get("location").is_none(), "{stored}");
+}
+
+#[tokio::test]
 async fn an_unknown_order_is_a_404() {
     let app = spawn_app().await;
     for id in ["6f1c1c56-0c4b-4d5e-9d7a-1d2b3c4d5e6f", "not-a-uuid"] {

@@ -62,6 +62,18 @@ async fn invalid_orders_get_a_422_naming_the_field_and_nothing_is_stored() {
             json!({"customer_id": 7, "items": [{"sku": "SKU-1", "quantity": 1}]}),
             "customer_id",
         ),
+        (
+            json!({"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 1}], "location": " "}),
+            "location",
+        ),
+        (
+            json!({"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 1}], "location": "x".repeat(101)}),
+            "location",
+        ),
+        (
+            json!({"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 1}], "location": 5}),
+            "location",
+        ),
         (json!([1, 2]), "body"),
     ];
     for (body, field) in cases {

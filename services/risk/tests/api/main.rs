@@ -4,6 +4,7 @@
 
 mod alerts;
 mod helpers;
+mod payments;
 mod rules;
 mod settings;
 mod transactions;
