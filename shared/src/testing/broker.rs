@@ -206,14 +206,20 @@ impl TestBroker {
 
     /// Take one message from `queue` (acked), waiting up to `deadline` for one to arrive;
     /// panics naming the queue when none does. Each attempt opens a fresh channel: until the
-    /// services declare the queue, a get fails with NOT_FOUND, which closes the channel.
+    /// services declare the queue, a get fails with NOT_FOUND, which closes the channel. A
+    /// connection the broker closed (it answers some gets with a connection-level
+    /// INTERNAL_ERROR while the queue's process restarts) is replaced, not retried on.
     pub async fn take_one(
         &self,
         queue: &str,
         deadline: Duration,
     ) -> lapin::message::BasicGetMessage {
-        let connection = self.connect().await;
+        let connection = tokio::sync::Mutex::new(self.connect().await);
         super::wait_until_async(&format!("a message in {queue}"), deadline, || async {
+            let mut connection = connection.lock().await;
+            if !connection.status().connected() {
+                *connection = self.settings("test/take-one").connect().await.ok()?;
+            }
             let channel = connection.create_channel().await.ok()?;
             let options = lapin::options::BasicGetOptions { no_ack: true };
             channel
