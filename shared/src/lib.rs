@@ -105,7 +105,7 @@ pub mod event_time;
 pub(crate) mod inbox;
 pub mod key_order;
 pub mod message;
-pub(crate) mod metrics;
+pub mod metrics;
 pub(crate) mod ops;
 pub mod outbox;
 pub mod publish;

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -29,6 +30,8 @@ pub struct OpsState {
     consumers: Vec<(String, Arc<ConsumerStats>)>,
     /// The consumers' names (in the inbox, state and timers tables).
     consumer_names: Vec<String>,
+    /// The service's own metrics, served after the kit's.
+    own: Vec<Arc<Registry>>,
 }
 
 impl OpsState {
@@ -41,7 +44,14 @@ impl OpsState {
             relays: Vec::new(),
             consumers: Vec::new(),
             consumer_names: Vec::new(),
+            own: Vec::new(),
         }
+    }
+
+    /// Serve the service's own `registry` too.
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.own.push(Arc::new(registry));
+        self
     }
 
     /// Include the outbox relay of `service`.
@@ -134,6 +144,6 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(),
+        metrics.render(&state.own),
     )
 }

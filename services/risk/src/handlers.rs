@@ -10,6 +10,7 @@ use msgkit::consume::{Batch, Context, HandlerError, Routes};
 use msgkit::timer::Fired;
 use uuid::Uuid;
 
+use crate::metrics::RiskMetrics;
 use crate::rule_store::{self, CompiledRules};
 use crate::{
     ActiveRule, Alert, Decisions, Engine, Event, KeyState, MAX_WINDOW, Outcome, TimerRequest,
@@ -18,11 +19,12 @@ use crate::{
 /// The absence rules' timers: keyed by the engine's timer id, so each wait has its own.
 pub const ABSENCE_TIMER: TimerType<TimerRequest> = TimerType::new("risk.absence");
 
-/// What the handlers share: the engine and the compiled rules.
-#[derive(Debug, Default)]
+/// What the handlers share: the engine, the compiled rules, the service's metrics.
+#[derive(Debug)]
 pub struct RiskState {
     engine: Engine,
     rules: CompiledRules,
+    metrics: RiskMetrics,
 }
 
 /// The currency of the order saga's payments: neither the orders nor the gateway name one, so
@@ -37,8 +39,12 @@ pub const SAGA_CURRENCY: &str = "EUR";
 /// A payment's correlation id is its order and its kit event time the outbox row's creation,
 /// so the kit's check would judge neither the right key nor the right time: the engine's own
 /// check (per user, on `occurred_at`) is the one that applies, and logs a late payment.
-pub fn routes() -> Routes<RiskState> {
-    let state = RiskState::default();
+pub fn routes(metrics: RiskMetrics) -> Routes<RiskState> {
+    let state = RiskState {
+        engine: Engine::default(),
+        rules: CompiledRules::default(),
+        metrics,
+    };
     let lateness = state.engine.config().allowed_lateness;
     Routes::with_state(state)
         .route_with_lateness(
@@ -179,8 +185,7 @@ async fn active_rules(ctx: &mut Context<'_, RiskState>) -> Result<Vec<ActiveRule
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let (rules, broken) = risk.rules.active(ctx.tx(), superseded_after).await?;
     for error in broken {
-        // TODO(issue 16): count as risk_rule_errors_total{rule} once the kit lets a service
-        // register its own metrics; until then the log line is the record.
+        risk.metrics.rule_error(error.rule_id());
         tracing::error!(%error, "risk rule cannot run");
     }
     Ok(rules)
@@ -192,8 +197,9 @@ async fn apply(
     user_id: &str,
     decisions: Decisions,
 ) -> Result<(), HandlerError> {
+    let metrics = &ctx.state().metrics;
     for error in &decisions.errors {
-        // TODO(issue 16): risk_rule_errors_total{rule}, as above.
+        metrics.rule_error(error.rule_id);
         tracing::warn!(
             rule_id = error.rule_id,
             rule_version = error.rule_version,
@@ -242,6 +248,9 @@ async fn store_and_publish(
         return Ok(());
     };
     tracing::info!(%alert_id, rule_id = alert.rule_id, rule_version = alert.rule_version, %severity, "risk alert");
+    // Counted before the commit: a rolled-back transaction's alert counts again on its
+    // redelivery, which errs high where a missed alert would hide.
+    ctx.state().metrics.alert(alert.rule_id, severity);
     let payload = RiskAlert {
         alert_id,
         user_id: user_id.to_owned(),

@@ -72,6 +72,7 @@
 mod engine;
 pub mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod rule_store;
 pub mod startup;
 

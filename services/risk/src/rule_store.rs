@@ -54,6 +54,15 @@ pub enum StoredRuleError {
     },
 }
 
+impl StoredRuleError {
+    /// The rule that cannot run.
+    pub fn rule_id(&self) -> RuleId {
+        match self {
+            Self::Undecodable { id, .. } | Self::Invalid { id, .. } => *id,
+        }
+    }
+}
+
 impl StoredRule {
     /// The engine's spec of this version.
     pub fn spec(&self) -> Result<RuleSpec, StoredRuleError> {

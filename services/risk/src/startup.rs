@@ -5,6 +5,7 @@ use msgkit::service::{Service, ServiceError, ServiceSettings};
 
 use crate::handlers;
 use crate::http::{self, AppState};
+use crate::metrics::RiskMetrics;
 
 /// The service's name: its queue, its schema, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "risk";
@@ -18,6 +19,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         sqlx::migrate!("./migrations"),
     )
     .await?;
+    let (metrics, registry) = RiskMetrics::new();
     let api = http::router(AppState {
         pool: service.pool().clone(),
     });
@@ -27,8 +29,9 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     consumer.state_entry_limit = KEY_STATE_LIMIT;
     service
         .with_http(api)
+        .with_metrics(registry)
         .with_relay()
-        .consume_with(consumer, handlers::routes())
+        .consume_with(consumer, handlers::routes(metrics))
 }
 
 /// Largest user state stored by default (`RISK_STATE_ENTRY_LIMIT` or `STATE_ENTRY_LIMIT`

@@ -49,6 +49,6 @@ impl ConsumerStats {
     /// The consumer's registry as `/metrics` would serve it (its service's, when it runs in
     /// one).
     pub fn render_metrics(&self) -> String {
-        self.metrics.registry.render()
+        self.metrics.registry.render(&[])
     }
 }

@@ -1,14 +1,19 @@
 //! The kit's Prometheus metrics (see `docs/observability.md` for what each means). They are
 //! the only counters the kit keeps: a consumer's or relay's stats read them back.
 //!
+//! A service adds metrics of its own with [`crate::service::Service::with_metrics`], built with
+//! the [`prometheus_client`] re-exported here.
+//!
 //! One registry per service, rendered by its `/metrics`; a consumer or relay started on its own
 //! (a test, the bench) gets a registry of its own, so that two of them in one process never
 //! count into each other.
 
+pub use prometheus_client;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -277,10 +282,15 @@ impl Metrics {
     }
 
     /// The registry in the OpenMetrics text format.
-    pub(crate) fn render(&self) -> String {
+    /// The kit's families, then each of the service's own registries, in one exposition.
+    pub(crate) fn render(&self, own: &[Arc<Registry>]) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.0.registry);
+        let _ = encode_registry(&mut out, &self.0.registry);
+        for registry in own {
+            let _ = encode_registry(&mut out, registry);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }

@@ -315,6 +315,18 @@ impl Service {
         &self.consumers
     }
 
+    /// Serve the service's own metrics on `/metrics`, after the kit's. Register them under the
+    /// service's name as prefix (`Registry::with_prefix("risk")`) so that they cannot collide
+    /// with the kit's `msgkit_*` families; [`crate::metrics`] re-exports the client library so
+    /// that the service registers with the very version the kit encodes.
+    pub fn with_metrics(
+        mut self,
+        registry: crate::metrics::prometheus_client::registry::Registry,
+    ) -> Self {
+        self.ops = self.ops.with_registry(registry);
+        self
+    }
+
     /// Serve these routes beside the operational ones.
     pub fn with_http(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);

@@ -151,4 +151,12 @@ async fn a_rule_failing_at_run_time_does_not_stop_the_others_nor_fail_the_messag
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["rule_id"], 3);
     assert_eq!(app.broker.queue_depth("risk.dlq").await, Some(0));
+    let errors = app.metric("risk_rule_errors_total", &[("rule", "2")]).await;
+    assert_eq!(errors, Some(1.0), "the failing rule is counted");
+    assert_eq!(
+        app.metric("risk_alerts_total", &[("rule", "3"), ("severity", "low")])
+            .await,
+        Some(1.0),
+        "the other rule's alert is counted"
+    );
 }

@@ -126,6 +126,12 @@ impl TestApp {
         )
     }
 
+    /// A sample of the service's `/metrics`, by name and labels.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let exposition = scrape(&self.client, &self.address).await;
+        metric_value(&exposition, name, labels)
+    }
+
     /// Waits until the consumer has applied `count` transactions (its inbox rows).
     pub async fn wait_until_handled(&self, count: i64) {
         wait_until_async(

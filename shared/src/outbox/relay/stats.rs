@@ -31,7 +31,7 @@ impl RelayStats {
     }
     /// The relay's registry as `/metrics` would serve it (its service's, when it runs in one).
     pub fn render_metrics(&self) -> String {
-        self.metrics.registry.render()
+        self.metrics.registry.render(&[])
     }
 }
 
