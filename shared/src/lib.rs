@@ -93,6 +93,7 @@
 // Small functions, one job each (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+pub mod auth;
 pub mod backoff;
 pub mod bindings;
 pub mod broker;
