@@ -1148,6 +1148,22 @@ def cmd_dashboard():
     walk(dash)
     used = set(re.findall(r"\bmsgkit_[a-zA-Z0-9_]+", " ".join(exprs)))
     problems = [f"{m} is not a metric the kit exports (docs/observability.md)" for m in sorted(used - series)]
+    # A service's own metrics (risk_*): documented in the same file, registered in its
+    # src/metrics.rs under the service's prefix.
+    for service in ("risk",):
+        own = dict(re.findall(rf"^\|\s*`({service}_[a-z0-9_]+)`\s*\|\s*(counter|gauge|histogram)\s*\|", doc, re.M))
+        own_series = set()
+        for name, kind in own.items():
+            own_series |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+        own_used = set(re.findall(rf"\b{service}_[a-zA-Z0-9_]+", " ".join(exprs)))
+        problems += [f"{m} is not a metric the {service} service exports (docs/observability.md)" for m in sorted(own_used - own_series)]
+        src = ROOT / f"services/{service}/src/metrics.rs"
+        registered_own = {f"{service}_" + n for n in re.findall(r'register\(\s*"([a-z0-9_]+)"', src.read_text())} if src.exists() else set()
+        for name, kind in own.items():
+            base = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
+            if base not in registered_own:
+                problems.append(f"{name} (docs/observability.md) is not registered in {src.relative_to(ROOT)}")
+        used |= own_used
     if not exprs:
         problems.append("no PromQL expression found")
     # The docs' names against the registry in shared/src/metrics/ (prefix msgkit_; counters
@@ -1166,7 +1182,7 @@ def cmd_dashboard():
         for p in problems:
             fail(f"{label}: {p}")
     else:
-        ok(f"{label}: parses; {len(exprs)} expressions use {len(used)} msgkit_* series, all exported "
+        ok(f"{label}: parses; {len(exprs)} expressions use {len(used)} msgkit_*/risk_* series, all exported "
            f"(docs/observability.md, shared/src/metrics/)")
 
 
