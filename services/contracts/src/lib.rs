@@ -43,7 +43,8 @@ pub mod event_type {
     /// time is when the transaction happened: the engine's windows are measured on it.
     pub const TRANSACTION_RECORDED: EventType<TransactionRecorded> =
         EventType::new("transaction.recorded").with_event_time(|t| t.occurred_at);
-    /// A risk rule matched a user's transactions (risk -> whoever tells the user).
+    /// A risk rule matched a user's transactions (risk -> notify, which tells the user of the
+    /// high-severity ones).
     pub const RISK_ALERT: EventType<RiskAlert> = EventType::new("risk.alert");
 }
 
@@ -173,8 +174,9 @@ pub struct RiskAlert {
 /// The saga's topology, the one table of bindings: every service declares all of it, so each
 /// work queue exists (and buffers its events) before its consumer first starts, and each
 /// service's routes are checked against its queue's bindings before it starts
-/// (`msgkit::bindings`). The order queue takes every result of inventory and payment; the risk
-/// queue takes the transactions its own API records and the saga's payments.
+/// (`msgkit::bindings`). The order queue takes every result of inventory and payment; the notify
+/// queue takes the orders' final states and risk's alerts; the risk queue takes the
+/// transactions its own API records and the saga's payments.
 pub fn topology() -> Topology {
     use event_type::*;
     Topology::default()
@@ -193,7 +195,8 @@ pub fn topology() -> Topology {
             WorkQueue::new("notify")
                 .bind(ORDER_CONFIRMED)
                 .bind(ORDER_REJECTED)
-                .bind(ORDER_CANCELLED),
+                .bind(ORDER_CANCELLED)
+                .bind(RISK_ALERT),
         )
         .with_queue(
             WorkQueue::new("risk")

@@ -1,8 +1,12 @@
 //! The notify service: tells the customer once when an order reaches its final state (a row
-//! in `notifications`, whose key makes a second one impossible, and a log line for the e-mail).
+//! in `notifications`, whose key makes a second one impossible, and a log line for the e-mail),
+//! and tells a user once of each high-severity risk alert (a row in `risk_notifications`, keyed
+//! by the alert's id, and a log line). Alerts of lower severity are for operators (risk's page
+//! and stream): notify acks them without a row. The two tables are apart so that each keeps
+//! its own once-only key: one per order and final state, one per alert.
 
-use contracts::OrderConcluded;
-use contracts::event_type::{ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_REJECTED};
+use contracts::event_type::{ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_REJECTED, RISK_ALERT};
+use contracts::{OrderConcluded, RiskAlert};
 use msgkit::consume::{ConsumerConfig, Context, HandlerError, Routes};
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
@@ -18,13 +22,17 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         .consume_with(ConsumerConfig::new(NAME, NAME).batch(16), routes())
 }
 
-/// The `notify` queue's routes: every final state of an order.
+/// The `notify` queue's routes: every final state of an order, and risk's alerts.
 pub fn routes() -> Routes {
     let routes = Routes::new().route(ORDER_CONFIRMED, notify);
     routes
         .route(ORDER_REJECTED, notify)
         .route(ORDER_CANCELLED, notify)
+        .route(RISK_ALERT, notify_risk_alert)
 }
+
+/// The severity of the risk alerts a user is told about (risk's `Severity::High`).
+pub const NOTIFIED_SEVERITY: &str = "high";
 
 async fn notify(mut ctx: Context<'_>, order: OrderConcluded) -> Result<(), HandlerError> {
     let text = match order.reason.as_deref() {
@@ -45,5 +53,34 @@ async fn notify(mut ctx: Context<'_>, order: OrderConcluded) -> Result<(), Handl
     .execute(ctx.tx())
     .await?;
     tracing::info!(order_id = %order.order_id, status = %order.status, message = %text, first = sent.rows_affected() == 1, "customer notified");
+    Ok(())
+}
+
+/// A high-severity alert: one row per alert id (a redelivery or a replay finds it there) and
+/// a log line for the message. Any other severity is acked without a row.
+async fn notify_risk_alert(mut ctx: Context<'_>, alert: RiskAlert) -> Result<(), HandlerError> {
+    if alert.severity != NOTIFIED_SEVERITY {
+        tracing::debug!(alert_id = %alert.alert_id, severity = %alert.severity, "risk alert below the notified severity");
+        return Ok(());
+    }
+    let text = format!(
+        "Unusual activity on your account: transactions {} matched risk rule {}. \
+         If this was not you, contact us.",
+        alert.transaction_ids.join(", "),
+        alert.rule_id
+    );
+    let sent = sqlx::query(
+        "INSERT INTO risk_notifications (alert_id, user_id, rule_id, rule_version, transaction_ids, message) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (alert_id) DO NOTHING",
+    )
+    .bind(alert.alert_id)
+    .bind(&alert.user_id)
+    .bind(alert.rule_id)
+    .bind(alert.rule_version)
+    .bind(&alert.transaction_ids)
+    .bind(&text)
+    .execute(ctx.tx())
+    .await?;
+    tracing::info!(alert_id = %alert.alert_id, user_id = %alert.user_id, rule_id = alert.rule_id, message = %text, first = sent.rows_affected() == 1, "user told of a risk alert");
     Ok(())
 }

@@ -1,9 +1,17 @@
-//! The notify service: its routes called directly with test messages, and its settings.
+//! The notify service: its routes called directly with test messages, its settings, and risk
+//! alerts through the running service.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use contracts::OrderConcluded;
-use contracts::event_type::{ORDER_CONFIRMED, ORDER_REJECTED};
-use msgkit::testing::{TestBroker, TestDatabase, TestMessage, service_settings};
+use std::time::Duration;
+
+use contracts::event_type::{ORDER_CONFIRMED, ORDER_REJECTED, RISK_ALERT};
+use contracts::{OrderConcluded, RiskAlert};
+use msgkit::Shutdown;
+use msgkit::message::OutgoingMessage;
+use msgkit::testing::{
+    TestBroker, TestDatabase, TestMessage, metric_value, scrape, service_settings, wait_until_async,
+};
+use sqlx::PgPool;
 
 #[tokio::test]
 async fn the_services_own_consumer_defaults_survive_when_nothing_is_set() {
@@ -85,4 +93,137 @@ async fn a_final_state_is_notified_once_however_often_it_arrives() {
             ),
         ]
     );
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The notify service running in this test's database and vhost until dropped.
+struct RunningNotify {
+    pool: PgPool,
+    address: String,
+    broker: TestBroker,
+    shutdown: Shutdown,
+    _db: TestDatabase,
+}
+
+impl Drop for RunningNotify {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+async fn run_notify() -> RunningNotify {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let settings = service_settings("notify", "notify", &db, broker.settings("notify"));
+    let service = notify::build(settings).await.unwrap();
+    let pool = service.pool().clone();
+    let address = format!("http://{}", service.local_addr().unwrap());
+    let shutdown = Shutdown::new();
+    tokio::spawn(service.run_until_stopped(shutdown.clone()));
+    RunningNotify {
+        pool,
+        address,
+        broker,
+        shutdown,
+        _db: db,
+    }
+}
+
+impl RunningNotify {
+    /// Publish `message` as risk's relay does.
+    async fn publish(&self, message: &OutgoingMessage) {
+        let publisher = self.broker.publisher(&contracts::topology()).await;
+        assert!(publisher.publish(message).await.unwrap().is_confirmed());
+        publisher.close().await;
+    }
+
+    /// Waits until notify has handled `count` distinct `risk.alert` messages (its inbox).
+    async fn wait_until_handled(&self, count: i64) {
+        wait_until_async(
+            &format!("{count} risk alert(s) handled"),
+            DEADLINE,
+            || async {
+                let handled: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM msgkit_inbox WHERE message_type = 'risk.alert'",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+                (handled >= count).then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn told(&self) -> Vec<(uuid::Uuid, String, Vec<String>, String)> {
+        sqlx::query_as(
+            "SELECT alert_id, user_id, transaction_ids, message FROM risk_notifications \
+             ORDER BY sent_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+fn risk_alert(severity: &str) -> RiskAlert {
+    RiskAlert {
+        alert_id: uuid::Uuid::now_v7(),
+        user_id: "u-1".into(),
+        rule_id: 1,
+        rule_version: 1,
+        severity: severity.into(),
+        transaction_ids: vec!["t-1".into(), "t-2".into()],
+        at: chrono::DateTime::UNIX_EPOCH,
+    }
+}
+
+fn alert_message(alert: &RiskAlert) -> OutgoingMessage {
+    OutgoingMessage::event(RISK_ALERT.name(), &alert.user_id, "risk", alert).unwrap()
+}
+
+#[tokio::test]
+async fn a_high_severity_risk_alert_is_told_once_however_often_it_is_delivered() {
+    let notify = run_notify().await;
+    let alert = risk_alert("high");
+    let message = alert_message(&alert);
+    notify.publish(&message).await;
+    notify.wait_until_handled(1).await;
+    // A redelivered copy (the same message id): the inbox acks it as a duplicate.
+    notify.publish(&message).await;
+    let client = reqwest::Client::new();
+    wait_until_async("the copy acked as a duplicate", DEADLINE, || async {
+        let exposition = scrape(&client, &notify.address).await;
+        let labels = [("queue", "notify"), ("outcome", "duplicate")];
+        let duplicates = metric_value(&exposition, "msgkit_consumed_total", &labels);
+        (duplicates >= Some(1.0)).then_some(())
+    })
+    .await;
+    // A replay (a new message id): the inbox cannot tell, the alert id does.
+    notify.publish(&alert_message(&alert)).await;
+    notify.wait_until_handled(2).await;
+
+    let told = notify.told().await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    let (alert_id, user_id, transactions, text) = &told[0];
+    assert_eq!((alert_id, user_id.as_str()), (&alert.alert_id, "u-1"));
+    assert_eq!(transactions, &["t-1", "t-2"]);
+    assert!(text.contains("t-1, t-2"), "{text}");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&notify.pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0, "the order notifications are another table");
+}
+
+#[tokio::test]
+async fn a_risk_alert_below_high_severity_is_acked_without_telling_anyone() {
+    let notify = run_notify().await;
+    for severity in ["low", "medium"] {
+        notify.publish(&alert_message(&risk_alert(severity))).await;
+    }
+    notify.wait_until_handled(2).await;
+    assert!(notify.told().await.is_empty());
+    assert_eq!(notify.broker.queue_depth("notify.dlq").await, Some(0));
 }

@@ -16,6 +16,9 @@ async fn a_large_amount_then_another_city_within_five_minutes_raises_one_alert()
     let first = transaction("t-1", "12000.00", "Shanghai", t0());
     let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(3));
     assert_eq!(app.post_transaction(&first).await.status(), 202);
+    // The consumer handles several deliveries at once: posted back to back, the second could
+    // be handled first and make the first late.
+    app.wait_until_handled(1).await;
     assert_eq!(app.post_transaction(&second).await.status(), 202);
 
     let alerts = wait_until_async("an alert for u-1", DEADLINE, || async {
@@ -62,6 +65,9 @@ async fn another_city_after_the_window_raises_nothing() {
     let first = transaction("t-1", "12000.00", "Shanghai", t0());
     let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(6));
     assert_eq!(app.post_transaction(&first).await.status(), 202);
+    // The consumer handles several deliveries at once: posted back to back, the second could
+    // be handled first and make the first late.
+    app.wait_until_handled(1).await;
     assert_eq!(app.post_transaction(&second).await.status(), 202);
 
     app.wait_until_handled(2).await;

@@ -3,8 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod alerts;
+mod duplicates;
 mod helpers;
 mod payments;
 mod rules;
+mod semantics;
 mod settings;
+mod sigkill;
 mod transactions;
+mod twenty_rules;

@@ -1,0 +1,81 @@
+//! The default rule's edges through the service: the window is exclusive at its far end, the
+//! amount must be strictly above 10,000.00, and event time (not arrival) decides the order.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use msgkit::testing::wait_until_async;
+
+use crate::helpers::{DEADLINE, spawn_app, transaction};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap()
+}
+
+#[tokio::test]
+async fn another_city_exactly_five_minutes_later_raises_nothing_as_the_window_is_exclusive() {
+    let app = spawn_app().await;
+    let first = transaction("t-1", "12000.00", "Shanghai", t0());
+    let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(5));
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+    // Handled before the second is posted: the consumer handles several deliveries at once,
+    // and the second arriving first would make the first late (and this test pass vacuously).
+    app.wait_until_handled(1).await;
+    assert_eq!(app.post_transaction(&second).await.status(), 202);
+
+    app.wait_until_handled(2).await;
+    assert!(app.alerts_of("u-1").await.is_empty());
+    assert_eq!(app.outbox_count("risk.alert").await, 0);
+}
+
+#[tokio::test]
+async fn a_first_amount_of_exactly_ten_thousand_raises_nothing() {
+    let app = spawn_app().await;
+    let first = transaction("t-1", "10000.00", "Shanghai", t0());
+    let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(3));
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+    // Handled before the second is posted: the consumer handles several deliveries at once,
+    // and the second arriving first would make the first late (and this test pass vacuously).
+    app.wait_until_handled(1).await;
+    assert_eq!(app.post_transaction(&second).await.status(), 202);
+
+    app.wait_until_handled(2).await;
+    assert!(app.alerts_of("u-1").await.is_empty());
+    assert_eq!(app.outbox_count("risk.alert").await, 0);
+}
+
+#[tokio::test]
+async fn two_transactions_arriving_in_reverse_order_within_the_lateness_match_by_event_time() {
+    let mut app = spawn_app().await;
+    // Beijing happened 3 s after Shanghai but arrives first; Shanghai is then 3 s behind the
+    // user's newest event, within the allowed lateness of 5 s.
+    let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::seconds(3));
+    let first = transaction("t-1", "12000.00", "Shanghai", t0());
+    assert_eq!(app.post_transaction(&second).await.status(), 202);
+    app.wait_until_handled(1).await;
+    assert!(app.alerts_of("u-1").await.is_empty(), "half a pattern");
+    assert_eq!(app.post_transaction(&first).await.status(), 202);
+
+    let alerts = wait_until_async("an alert for u-1", DEADLINE, || async {
+        let alerts = app.alerts_of("u-1").await;
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule_id"], 1);
+    assert_eq!(
+        alerts[0]["transaction_ids"],
+        serde_json::json!(["t-1", "t-2"]),
+        "in event-time order, not arrival order"
+    );
+    app.wait_until_handled(2).await;
+    assert_eq!(
+        app.late_transactions().await.unwrap_or(0.0),
+        0.0,
+        "not late"
+    );
+    let published = app
+        .alerts
+        .collect_until("risk.alert published", DEADLINE, |got| !got.is_empty())
+        .await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(app.outbox_count("risk.alert").await, 1);
+}
