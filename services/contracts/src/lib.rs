@@ -40,9 +40,14 @@ pub mod event_type {
     /// The order is cancelled: payment declined (order -> notify).
     pub const ORDER_CANCELLED: EventType<OrderConcluded> = EventType::new("order.cancelled");
     /// A user's transaction was recorded (risk's HTTP API -> risk's rule engine). Its event
-    /// time is when the transaction happened: the engine's windows are measured on it.
+    /// time is when the transaction happened: the engine's windows are measured on it. Numbered
+    /// per user (the aggregate) so that the engine sees a user's transactions in the order
+    /// they were recorded: otherwise two posted back to back could be evaluated in reverse by
+    /// concurrent handlers, and the first, if minutes older, would count as late.
     pub const TRANSACTION_RECORDED: EventType<TransactionRecorded> =
-        EventType::new("transaction.recorded").with_event_time(|t| t.occurred_at);
+        EventType::new("transaction.recorded")
+            .in_sequence("user")
+            .with_event_time(|t: &TransactionRecorded| t.occurred_at);
     /// A risk rule matched a user's transactions (risk -> notify, which tells the user of the
     /// high-severity ones).
     pub const RISK_ALERT: EventType<RiskAlert> = EventType::new("risk.alert");

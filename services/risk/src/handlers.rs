@@ -33,6 +33,10 @@ pub const SAGA_CURRENCY: &str = "EUR";
 
 /// The `risk` queue's routes: recorded transactions, the saga's payments, fired absence timers.
 ///
+/// A user's recorded transactions are applied in the order they were recorded (the kit's key
+/// order: `transaction.recorded` is numbered per user), whatever the consumer's concurrency
+/// and through retries; the saga's payments are not numbered and come as they come.
+///
 /// For a transaction the kit judges lateness first, with the engine's allowed lateness and the
 /// same key (its correlation id is the user id): a late transaction goes to
 /// [`on_late_transaction`] and is counted in `msgkit_late_events_total`, never dead-lettered.
@@ -56,6 +60,7 @@ pub fn routes(metrics: RiskMetrics) -> Routes<RiskState> {
         .route(PAYMENT_SUCCEEDED, on_payment)
         .on_timer(ABSENCE_TIMER, on_absence_timer)
         .before_batch(lock_batch_users)
+        .in_key_order()
 }
 
 /// Lock the state of every user a batch evaluates, in one global order, before any message: a

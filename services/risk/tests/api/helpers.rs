@@ -3,7 +3,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use msgkit::Shutdown;
 use msgkit::testing::{
-    Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, wait_until_async,
+    Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, test_config,
+    wait_until_async,
 };
 use risk::startup::{NAME, build};
 use serde_json::{Value, json};
@@ -24,9 +25,15 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_config(&[]).await
+}
+
+/// The service with these settings over the test defaults (e.g. `FAULT_*`, `RETRY_*`).
+pub async fn spawn_app_with_config(extra: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+    let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+    settings.source = test_config(extra.iter().copied());
     let service = build(settings).await.expect("build the risk service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
     let pool = service.pool().clone();

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use msgkit::testing::wait_until_async;
 
-use crate::helpers::{DEADLINE, spawn_app, transaction};
+use crate::helpers::{DEADLINE, spawn_app, spawn_app_with_config, transaction};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap()
@@ -78,4 +78,40 @@ async fn two_transactions_arriving_in_reverse_order_within_the_lateness_match_by
         .await;
     assert_eq!(published.len(), 1);
     assert_eq!(app.outbox_count("risk.alert").await, 1);
+}
+
+#[tokio::test]
+async fn a_users_transactions_are_evaluated_in_the_order_recorded_through_retries() {
+    // A third of the attempts fail transiently and wait 300 ms for their retry, while the
+    // relay publishes a user's next transaction within milliseconds: without per-user order
+    // the second would overtake the first, which, three minutes older, would then be late.
+    let app = spawn_app_with_config(&[
+        ("FAULT_TRANSIENT_RATE", "0.3"),
+        ("RETRY_MAX_ATTEMPTS", "30"),
+        ("RETRY_INITIAL_DELAY_MS", "300"),
+        ("OUTBOX_POLL_INTERVAL_MS", "10"),
+    ])
+    .await;
+    let users: Vec<String> = (0..20).map(|n| format!("u-{n}")).collect();
+    for user in &users {
+        let mut first = transaction(&format!("{user}-t1"), "12000.00", "Shanghai", t0());
+        let mut second = transaction(
+            &format!("{user}-t2"),
+            "50.00",
+            "Beijing",
+            t0() + Duration::minutes(3),
+        );
+        first["user_id"] = user.as_str().into();
+        second["user_id"] = user.as_str().into();
+        assert_eq!(app.post_transaction(&first).await.status(), 202);
+        assert_eq!(app.post_transaction(&second).await.status(), 202);
+    }
+
+    app.wait_until_handled(40).await;
+    for user in &users {
+        let alerts = app.alerts_of(user).await;
+        assert_eq!(alerts.len(), 1, "{user}: {alerts:?}");
+    }
+    assert_eq!(app.late_transactions().await.unwrap_or(0.0), 0.0);
+    assert_eq!(app.broker.queue_depth("risk.dlq").await, Some(0));
 }
