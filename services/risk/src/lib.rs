@@ -62,7 +62,9 @@
 //! # The service
 //! [`startup::build`] wires the engine into a kit service (HTTP 127.0.0.1:8084, schema and
 //! queue `risk`): `POST /transactions` records a transaction and publishes
-//! `transaction.recorded` through the outbox; the consumer of the `risk` queue runs every
+//! `transaction.recorded` through the outbox (numbered per user, so the consumer applies a
+//! user's transactions in the order they were recorded, through retries: the kit's key order);
+//! the consumer of the `risk` queue runs every
 //! enabled rule on it with the user's [`KeyState`] from the kit's keyed state, stores each
 //! alert once and publishes it as `risk.alert`; `GET /alerts` reads them back. `/rules` lists,
 //! creates (`POST`), edits (`PUT /rules/{id}`: a new version), disables (`DELETE /rules/{id}`
