@@ -27,7 +27,8 @@ use crate::metrics::RiskMetrics;
 /// The channel `pg_notify` announces new alerts on.
 pub const CHANNEL: &str = "risk_alerts";
 
-/// Alerts a stream may fall behind the broadcast before it reads the table instead.
+/// Alerts a stream may fall behind the broadcast before it reads the table instead (by
+/// default; `RISK_STREAM_BUFFER` sets it).
 pub const BROADCAST_CAPACITY: usize = 1024;
 
 /// Most alerts one read of the table returns; a longer backlog is read in pages.
@@ -103,14 +104,15 @@ pub struct Feed {
 
 impl Default for Feed {
     fn default() -> Self {
-        Self::new()
+        Self::with_capacity(BROADCAST_CAPACITY)
     }
 }
 
 impl Feed {
-    /// A feed with no subscribers yet.
-    pub fn new() -> Self {
-        let (sender, _) = broadcast::channel(BROADCAST_CAPACITY);
+    /// A feed with no subscribers yet, whose streams may fall `capacity` alerts behind (at
+    /// least 1) before they read the table instead.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
         Self { sender }
     }
 

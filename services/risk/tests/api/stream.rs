@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use msgkit::TraceParent;
 use msgkit::auth::{Claims, Role, TokenKey};
 use msgkit::testing::wait_until_async;
 use serde_json::{Value, json};
@@ -18,6 +19,11 @@ const QUIET: Duration = Duration::from_millis(500);
 /// A large amount in Shanghai, then (once handled) a small one in Beijing 3 minutes later:
 /// the default rule's alert for `user`. Returns the stored alert.
 async fn raise_alert(app: &TestApp, user: &str) -> Value {
+    raise_traced_alert(app, user, None).await
+}
+
+/// [`raise_alert`], the second transaction's request continuing `trace` when given.
+async fn raise_traced_alert(app: &TestApp, user: &str, trace: Option<TraceParent>) -> Value {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
     let first = format!("{user}-big");
     let second = format!("{user}-elsewhere");
@@ -35,9 +41,14 @@ async fn raise_alert(app: &TestApp, user: &str) -> Value {
     // Handled before the second is sent, so that the two are evaluated in order.
     app.wait_until_handled(handled_before + 1).await;
     let at = (t0 + chrono::Duration::minutes(3)).to_rfc3339();
-    let response = app
-        .post_transaction(&body(&second, "50.00", "Beijing", at))
-        .await;
+    let mut request = app
+        .client
+        .post(format!("{}/transactions", app.address))
+        .json(&body(&second, "50.00", "Beijing", at));
+    if let Some(trace) = trace {
+        request = request.header("traceparent", trace.to_string());
+    }
+    let response = request.send().await.unwrap();
     assert_eq!(response.status(), 202);
     wait_until_async(&format!("an alert for {user}"), DEADLINE, || async {
         app.alerts_of(user).await.into_iter().next()
@@ -344,7 +355,8 @@ async fn a_token_in_the_query_never_reaches_the_logs() {
     )
     .await;
     assert_eq!(refused.status(), 401);
-    let alert = raise_alert(&app, "u-1").await;
+    let trace = TraceParent::new_root();
+    let alert = raise_traced_alert(&app, "u-1", Some(trace)).await;
     assert_frame_is(&live.next(DEADLINE).await.expect("the alert"), &alert);
     drop(live);
 
@@ -357,7 +369,12 @@ async fn a_token_in_the_query_never_reaches_the_logs() {
         logs.contains("alert stream refused"),
         "the refusal is logged"
     );
-    assert!(logs.contains("alert pushed"), "the push is logged");
+    // The push continues the trace of the request that completed the pattern.
+    let pushed = logs
+        .lines()
+        .find(|line| line.contains("alert pushed"))
+        .expect("the push is logged");
+    assert!(pushed.contains(&trace.trace_id()), "{pushed}");
     let signature = good.rsplit('.').next().unwrap();
     assert!(
         !logs.contains(signature),
@@ -367,4 +384,38 @@ async fn a_token_in_the_query_never_reaches_the_logs() {
         !logs.contains("secret-garbage"),
         "a refused token is in the logs"
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_falls_behind_reads_the_table_and_still_loses_nothing() {
+    // A buffer of one alert, and two rules alerting on the same event: one transaction
+    // commits two alerts, the listener broadcasts both at once, the stream lags.
+    let app = spawn_app_with(|settings| settings.source.set("RISK_STREAM_BUFFER", "1")).await;
+    let created = app
+        .send(
+            reqwest::Method::POST,
+            "/rules",
+            Some(&crate::helpers::default_rule_json()),
+        )
+        .await;
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let mut operator = stream(&app, &token("ops", Role::Operator)).await;
+    raise_alert(&app, "u-1").await;
+    let stored = wait_until_async("two alerts", DEADLINE, || async {
+        let alerts = app.alerts_of("u-1").await;
+        (alerts.len() == 2).then_some(alerts)
+    })
+    .await;
+    let first = operator.next(DEADLINE).await.expect("an alert");
+    let second = operator.next(DEADLINE).await.expect("the other alert");
+    assert_eq!(second.seq(), first.seq() + 1, "both, in order");
+    let mut sent = [
+        first.json()["alert_id"].clone(),
+        second.json()["alert_id"].clone(),
+    ];
+    let mut expected = [stored[0]["alert_id"].clone(), stored[1]["alert_id"].clone()];
+    sent.sort_by_key(Value::to_string);
+    expected.sort_by_key(Value::to_string);
+    assert_eq!(sent, expected);
+    assert!(operator.nothing_within(QUIET).await, "nothing repeated");
 }
