@@ -141,10 +141,16 @@ pub async fn listen(
     let mut failures = 0;
     let mut last: Option<i64> = None;
     while !shutdown.is_triggered() {
-        let listened = tokio::select! {
-            () = shutdown.triggered() => break,
-            listened = follow(&pool, &feed, &metrics, replica, &mut last, &shutdown, &mut failures) => listened,
-        };
+        let listened = follow(
+            &pool,
+            &feed,
+            &metrics,
+            replica,
+            &mut last,
+            &shutdown,
+            &mut failures,
+        )
+        .await;
         if let Err(error) = listened {
             failures = failures.saturating_add(1);
             tracing::warn!(%error, "alert feed listener lost its connection; reconnecting");
@@ -158,8 +164,8 @@ pub async fn listen(
 }
 
 /// One connection's life: listen, catch up from `last`, then broadcast on each notification
-/// until the connection fails (returned as the error) or shutdown (never returns: the caller
-/// selects on it).
+/// until the connection fails (returned as the error) or `shutdown` (`Ok`; the connection is
+/// closed either way).
 async fn follow(
     pool: &PgPool,
     feed: &Feed,
@@ -169,12 +175,15 @@ async fn follow(
     shutdown: &Shutdown,
     failures: &mut u32,
 ) -> Result<(), sqlx::Error> {
-    let own = PgPoolOptions::new()
+    let connect = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
-        .connect_with((*pool.connect_options()).clone())
-        .await?;
-    let result = async {
+        .connect_with((*pool.connect_options()).clone());
+    let own = tokio::select! {
+        () = shutdown.triggered() => return Ok(()),
+        own = connect => own?,
+    };
+    let session = async {
         let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(CHANNEL).await?;
         // Listening before reading: whatever commits from here on is announced, and whatever
@@ -196,12 +205,12 @@ async fn follow(
                 // The connection was lost: reconnect (and catch up) from the top.
                 None => return Err(sqlx::Error::PoolClosed),
             }
-            if shutdown.is_triggered() {
-                return Ok(());
-            }
         }
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        () = shutdown.triggered() => Ok(()),
+        result = session => result,
+    };
     own.close().await;
     result
 }
