@@ -104,7 +104,8 @@
 //!   open connections, so SIGTERM is not held up) and when its token expires: the client
 //!   reconnects with a fresh token and its last id.
 //! - **Metrics.** `risk_decision_seconds`: the triggering message's creation (its outbox row)
-//!   to the listener seeing the alert committed, recorded once, by the replica that decided it.
+//!   to the listener seeing the alert committed, recorded once, by the replica that decided it
+//!   (for an absence alert the message is the timer's firing, so it measures the firing).
 //!   `risk_push_seconds`: the alert's commit (the numbering statement's clock, a few
 //!   milliseconds before the commit) to the frame handed to the connection, for live alerts
 //!   only (history sent on a resume measures the client's absence, not the push); one sample
