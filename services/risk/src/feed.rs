@@ -19,7 +19,7 @@ use msgkit::backoff::Backoff;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::metrics::RiskMetrics;
@@ -100,6 +100,10 @@ pub async fn last_seq(pool: &PgPool) -> Result<i64, sqlx::Error> {
 #[derive(Clone, Debug)]
 pub struct Feed {
     sender: broadcast::Sender<Arc<FeedAlert>>,
+    /// Whether the listener has listened once: it broadcasts only alerts numbered after the
+    /// last one committed when it first listened, so a stream that started from an earlier
+    /// point would miss the ones in between.
+    listening: watch::Sender<bool>,
 }
 
 impl Default for Feed {
@@ -113,7 +117,18 @@ impl Feed {
     /// least 1) before they read the table instead.
     pub fn with_capacity(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        Self { sender }
+        Self {
+            sender,
+            listening: watch::Sender::new(false),
+        }
+    }
+
+    /// Resolves once the listener has listened (for the first time): from then on every
+    /// alert committed is broadcast.
+    pub async fn listening(&self) {
+        let mut listening = self.listening.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = listening.wait_for(|listening| *listening).await;
     }
 
     /// Every alert the listener broadcasts from now on.
@@ -196,6 +211,7 @@ async fn follow(
         seen = broadcast_after(pool, feed, metrics, replica, seen).await?;
         *last = Some(seen);
         *failures = 0;
+        feed.listening.send_replace(true);
         loop {
             match listener.try_recv().await? {
                 Some(_) => {

@@ -91,7 +91,8 @@
 //!   with it): `LISTEN risk_alerts` on a connection of its own, and on each notification it
 //!   reads the alerts after the last number it saw and broadcasts them to its streams. After a
 //!   reconnect it listens first, then reads what it missed. An alert decided on one replica
-//!   reaches the streams on every replica.
+//!   reaches the streams on every replica. A stream opened before the listener first listened
+//!   (the service is starting) waits for it, up to 10 s, then answers 503.
 //! - **Resume.** `Last-Event-ID` (what `EventSource` sends when it reconnects) or
 //!   `?last_event_id=N` (for a new `EventSource`, e.g. after a token refresh; the header wins):
 //!   the stream subscribes to the broadcast, then reads the table after N, then follows the
