@@ -1,6 +1,8 @@
-//! The risk API. (`/healthz`, `/readyz` and `/metrics` come from the kit.)
+//! The risk API and, at `/`, its page. (`/healthz`, `/readyz` and `/metrics` come from the
+//! kit.)
 
 mod error;
+mod page;
 mod queries;
 mod rules;
 mod transactions;
@@ -11,6 +13,7 @@ use axum::routing::{get, post, put};
 use sqlx::PgPool;
 
 pub use error::{ApiError, InvalidField};
+pub use page::{PAGE, content_security_policy};
 pub use transactions::NewTransaction;
 
 /// Largest accepted request body: a transaction is a few hundred bytes.
@@ -26,6 +29,7 @@ pub struct AppState {
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page::page))
         .route("/transactions", post(transactions::record))
         .route("/alerts", get(queries::alerts))
         .route("/rules", get(rules::list).post(rules::create))

@@ -11,6 +11,9 @@ use sqlx::PgPool;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The secret the test service signs and checks tokens with.
+pub const TOKEN_SECRET: &str = "risk-test-secret-of-at-least-32-bytes";
+
 /// The risk service on a free port, in this test's database and vhost, running until dropped.
 pub struct TestApp {
     pub address: String,
@@ -68,6 +71,18 @@ pub fn transaction(id: &str, amount: &str, location: &str, at: DateTime<Utc>) ->
 }
 
 impl TestApp {
+    /// A token for an operator (every user's alerts), valid for ten minutes.
+    pub fn operator_token(&self) -> String {
+        let key = msgkit::auth::TokenKey::new(TOKEN_SECRET).expect("a long enough secret");
+        let claims = msgkit::auth::Claims::new(
+            "operator",
+            msgkit::auth::Role::Operator,
+            Utc::now(),
+            chrono::TimeDelta::minutes(10),
+        );
+        key.issue(&claims)
+    }
+
     pub async fn post_transaction(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(format!("{}/transactions", self.address))

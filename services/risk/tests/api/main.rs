@@ -4,6 +4,7 @@
 
 mod alerts;
 mod helpers;
+mod page;
 mod payments;
 mod rules;
 mod settings;

@@ -1,0 +1,132 @@
+// The risk service's page in headless Chromium, as an operator uses it: opens it with a token in
+// the URL fragment, creates a rule in the editor, submits an invalid one and reads the error at
+// its field, posts transactions, and waits for their alerts to arrive in the live feed and the
+// rules' counts to go up, without reloading. Saves two screenshots: the page with its alerts,
+// and the editor showing the error. Exits non-zero (with the reason) if any step fails.
+//
+// Environment: PAGE_URL (the service's root, required), TOKEN (an operator token, required),
+// OUT and ERROR_OUT (PNG paths, required), CHROMIUM (/usr/bin/chromium).
+import { chromium } from 'playwright-core';
+
+const env = process.env;
+for (const name of ['PAGE_URL', 'TOKEN', 'OUT', 'ERROR_OUT']) {
+  if (!env[name]) {
+    console.error(`${name} is required`);
+    process.exit(64);
+  }
+}
+const base = env.PAGE_URL.endsWith('/') ? env.PAGE_URL : `${env.PAGE_URL}/`;
+const timeout = 30000;
+
+function fail(message) {
+  throw new Error(message);
+}
+
+const browser = await chromium.launch({
+  executablePath: env.CHROMIUM ?? '/usr/bin/chromium',
+  // The machine has no network beyond the package registries: keep Chromium from trying.
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const problems = [];
+const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+try {
+  // A policy violation or a script error is a failure of the page, even if the flow works.
+  // (A refused request is logged as "Failed to load resource": the invalid rule's 400 is one.)
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+      problems.push(`console: ${message.text()}`);
+    }
+  });
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+
+  await page.goto(`${base}#token=${encodeURIComponent(env.TOKEN)}`);
+  await page.waitForSelector('#status[data-state="live"]', { timeout });
+  if (await page.evaluate(() => location.hash) !== '') fail('the token stayed in the address bar');
+  // Set once: a reload would lose it, so finding it at the end proves the page never reloaded.
+  await page.evaluate(() => { window.loadedOnce = true; });
+  await page.waitForSelector('#rules tbody tr[data-rule-id="1"]', { timeout });
+
+  // A new rule, written in the editor.
+  await page.selectOption('#f-type', 'condition');
+  await page.fill('#f-when', 'amount_cents > 500000');
+  await page.selectOption('#f-severity', 'high');
+  await page.click('#submit');
+  const created = page.locator('#rules tbody tr', { hasText: 'amount_cents > 500000' });
+  await created.waitFor({ timeout });
+  const ruleId = await created.getAttribute('data-rule-id');
+  const count = (id) => page.locator(`#rules tbody tr[data-rule-id="${id}"] td.alerts`);
+  if (await count(ruleId).innerText() !== '0') fail('a new rule starts with no alerts');
+
+  // An invalid one: the error appears under the field it names, with the position.
+  await page.selectOption('#f-type', 'sequence');
+  await page.fill('#f-first', 'amount_cents > 100000');
+  await page.fill('#f-then', 'b.location != ');
+  await page.click('#submit');
+  const error = page.locator('.field[data-field="then"] .field-error');
+  await error.waitFor({ timeout });
+  const errorText = await error.innerText();
+  if (!/line 1, column \d+/.test(errorText)) fail(`the error shows no position: ${errorText}`);
+  if (await page.locator('#rules tbody tr').count() !== 2) fail('the invalid rule was stored');
+  const editor = page.locator('section', { has: page.locator('#rule-form') });
+  await editor.screenshot({ path: env.ERROR_OUT });
+  await page.fill('#f-then', 'b.location != a.location');
+  if (await error.count() !== 0) fail('the error stays after the field is edited');
+  await page.selectOption('#f-type', 'condition');
+  await page.fill('#f-when', '');
+
+  // Transactions, posted from the page (same origin): the default rule's pattern for u-1 and
+  // one large amount for u-2.
+  const posted = await page.evaluate(async () => {
+    const post = (body) => fetch('transactions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ currency: 'CNY', ...body }),
+    }).then((response) => response.status);
+    const t0 = Date.now() - 10 * 60 * 1000;
+    const at = (minutes) => new Date(t0 + minutes * 60 * 1000).toISOString();
+    return [
+      await post({ transaction_id: 'page-t1', user_id: 'u-1', amount: '12000.00', location: 'Shanghai', occurred_at: at(0) }),
+      await post({ transaction_id: 'page-t2', user_id: 'u-1', amount: '50.00', location: 'Beijing', occurred_at: at(3) }),
+      await post({ transaction_id: 'page-t3', user_id: 'u-2', amount: '8000.00', location: 'Hangzhou', occurred_at: at(5) }),
+    ];
+  });
+  if (posted.some((status) => status !== 202)) fail(`transactions refused: ${posted}`);
+
+  // Rule 1 (the default sequence) fires once, the new rule twice (12,000.00 and 8,000.00).
+  const feed = page.locator('#feed tbody tr');
+  await page.waitForFunction(() => document.querySelectorAll('#feed tbody tr').length >= 3,
+    null, { timeout });
+  await page.locator(`#feed tbody tr[data-rule-id="${ruleId}"]`).first().waitFor({ timeout });
+  await page.locator('#feed tbody tr[data-rule-id="1"]').first().waitFor({ timeout });
+  await page.waitForFunction(([id]) => {
+    const text = (rule) => document.querySelector(
+      `#rules tbody tr[data-rule-id="${rule}"] td.alerts`)?.textContent;
+    return text(id) === '2' && text('1') === '1';
+  }, [ruleId], { timeout });
+  const rows = await feed.count();
+  if (rows !== 3) fail(`expected 3 alerts in the feed, got ${rows}`);
+  const first = await feed.first().innerText();
+  if (!first.includes('u-2') || !first.includes('page-t3')) {
+    fail(`the newest alert is not first: ${first}`);
+  }
+  if (!await page.evaluate(() => window.loadedOnce === true)) fail('the page was reloaded');
+  if (await page.evaluate(() => sessionStorage.getItem('risk.token')) !== env.TOKEN) {
+    fail('the token was not kept for the session');
+  }
+
+  // Capture once the arrival highlight has faded.
+  await page.waitForFunction(() => document.getAnimations().length === 0, null, { timeout });
+  await page.screenshot({ path: env.OUT, fullPage: true });
+  if (problems.length > 0) fail(problems.join('\n'));
+  console.log(JSON.stringify({ screenshot: env.OUT, error_screenshot: env.ERROR_OUT, rule: ruleId, alerts: rows }));
+} catch (error) {
+  console.error(error.message);
+  // What the page showed when it failed, beside the screenshot it would have written.
+  await page.screenshot({ path: env.OUT.replace(/\.png$/, '') + '.failed.png', fullPage: true })
+    .catch(() => {});
+  if (problems.length > 0) console.error(problems.join('\n'));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
