@@ -1,7 +1,8 @@
 // The risk service's page in headless Chromium, as an operator uses it: opens it with a token in
 // the URL fragment, creates a rule in the editor, submits an invalid one and reads the error at
 // its field, posts transactions, and waits for their alerts to arrive in the live feed and the
-// rules' counts to go up, without reloading. Saves two screenshots: the page with its alerts,
+// rules' counts to go up, without reloading; replaces a refused token and gets the alert
+// raised meanwhile, once. Saves two screenshots: the page with its alerts,
 // and the editor showing the error. Exits non-zero (with the reason) if any step fails.
 //
 // Environment: PAGE_URL (the service's root, required), TOKEN (an operator token, required),
@@ -22,6 +23,15 @@ function fail(message) {
   throw new Error(message);
 }
 
+// Polls `check` until it holds, failing after the timeout with what it waited for.
+async function until(what, check) {
+  const deadline = Date.now() + timeout;
+  while (!await check()) {
+    if (Date.now() > deadline) fail(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 const browser = await chromium.launch({
   executablePath: env.CHROMIUM ?? '/usr/bin/chromium',
   // The machine has no network beyond the package registries: keep Chromium from trying.
@@ -32,9 +42,11 @@ const problems = [];
 const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
 try {
   // A policy violation or a script error is a failure of the page, even if the flow works.
-  // (A refused request is logged as "Failed to load resource": the invalid rule's 400 is one.)
+  // Refused requests are logged too, and the test makes two on purpose: the invalid rule (400)
+  // and the stream with a bad token (401).
+  const expected = /^Failed to load resource|EventSource's response has a status 401/;
   page.on('console', (message) => {
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+    if (message.type() === 'error' && !expected.test(message.text())) {
       problems.push(`console: ${message.text()}`);
     }
   });
@@ -110,6 +122,31 @@ try {
   if (!first.includes('u-2') || !first.includes('page-t3')) {
     fail(`the newest alert is not first: ${first}`);
   }
+  // Away and back, as after a token refresh: a refused token closes the stream; an alert
+  // raised meanwhile arrives once the token is replaced, resumed from the last alert shown,
+  // and nothing arrives twice.
+  await page.fill('#token', 'not-a-valid-token');
+  await page.click('#token-form button[type="submit"]');
+  await page.waitForSelector('#status[data-state="refused"]', { timeout });
+  const away = await page.evaluate(() => fetch('transactions', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ transaction_id: 'page-t4', user_id: 'u-3', amount: '9000.00',
+      currency: 'CNY', location: 'Suzhou', occurred_at: new Date().toISOString() }),
+  }).then((response) => response.status));
+  if (away !== 202) fail(`transaction refused: ${away}`);
+  await until('the alert raised while away is stored', async () => {
+    const rules = await page.evaluate(() => fetch('rules').then((response) => response.json()));
+    return rules.filter((rule) => String(rule.id) === ruleId)
+      .reduce((sum, rule) => sum + rule.alerts, 0) === 3;
+  });
+  await page.fill('#token', env.TOKEN);
+  await page.click('#token-form button[type="submit"]');
+  await page.waitForSelector('#status[data-state="live"]', { timeout });
+  await page.locator('#feed tbody tr', { hasText: 'page-t4' }).waitFor({ timeout });
+  const streamed = await page.evaluate(() => document.querySelector('#feed').dataset.streamed);
+  if (streamed !== '4') fail(`4 alerts should have come over the stream, once each: ${streamed}`);
+  if (await feed.count() !== 4) fail(`expected 4 alerts in the feed, got ${await feed.count()}`);
   if (!await page.evaluate(() => window.loadedOnce === true)) fail('the page was reloaded');
   if (await page.evaluate(() => sessionStorage.getItem('risk.token')) !== env.TOKEN) {
     fail('the token was not kept for the session');
