@@ -39,7 +39,7 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 const problems = [];
-const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+const page = await browser.newPage({ viewport: { width: 1360, height: 720 } });
 try {
   // A policy violation or a script error is a failure of the page, even if the flow works.
   // Refused requests are logged too, and the test makes two on purpose: the invalid rule (400)

@@ -5,15 +5,22 @@ mod error;
 mod page;
 mod queries;
 mod rules;
+mod stream;
 mod transactions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
+use msgkit::Shutdown;
+use msgkit::auth::TokenKey;
 use sqlx::PgPool;
+
+use crate::feed::Feed;
+use crate::metrics::RiskMetrics;
 
 pub use error::{ApiError, InvalidField};
 pub use page::{PAGE, content_security_policy};
+pub use stream::KEEP_ALIVE;
 pub use transactions::NewTransaction;
 
 /// Largest accepted request body: a transaction is a few hundred bytes.
@@ -24,6 +31,15 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 pub struct AppState {
     /// The service's database (its schema on the search path).
     pub pool: PgPool,
+    /// Verifies the stream's tokens; `None` when no secret is configured (the stream then
+    /// answers 503, the rest of the API works).
+    pub tokens: Option<TokenKey>,
+    /// This replica's alert feed.
+    pub feed: Feed,
+    /// The service's metrics.
+    pub metrics: RiskMetrics,
+    /// Triggered when the service stops: open streams end on it.
+    pub shutdown: Shutdown,
 }
 
 /// The API's routes.
@@ -32,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page::page))
         .route("/transactions", post(transactions::record))
         .route("/alerts", get(queries::alerts))
+        .route("/alerts/stream", get(stream::stream))
         .route("/rules", get(rules::list).post(rules::create))
         .route("/rules/{id}", put(rules::update).delete(rules::disable))
         .route("/rules/{id}/enable", post(rules::enable))

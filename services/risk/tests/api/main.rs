@@ -8,4 +8,6 @@ mod page;
 mod payments;
 mod rules;
 mod settings;
+mod sse;
+mod stream;
 mod transactions;

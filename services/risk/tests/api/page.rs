@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use chrono::{TimeZone, Utc};
+use msgkit::auth::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, transaction};
+use crate::helpers::{spawn_app, token, transaction};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -96,7 +97,7 @@ async fn listed_rules_carry_the_alerts_raised_under_each_version() {
 #[tokio::test]
 async fn an_operator_writes_a_rule_in_the_page_and_sees_its_alerts_arrive_live() {
     let app = spawn_app().await;
-    let token = app.operator_token();
+    let token = token("operator", Role::Operator);
 
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -148,6 +149,7 @@ async fn an_operator_writes_a_rule_in_the_page_and_sees_its_alerts_arrive_live()
     assert_eq!(rules[1]["severity"], "high");
     assert_eq!(app.alerts_of("u-1").await.len(), 2);
     assert_eq!(app.alerts_of("u-2").await.len(), 1);
+    assert_eq!(app.alerts_of("u-3").await.len(), 1, "raised while the page was away");
 
     if std::env::var("MSGKIT_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
         for file in [&screenshot, &error_screenshot] {
