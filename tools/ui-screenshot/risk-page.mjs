@@ -2,7 +2,7 @@
 // the URL fragment, creates a rule in the editor, submits an invalid one and reads the error at
 // its field, posts transactions, and waits for their alerts to arrive in the live feed and the
 // rules' counts to go up, without reloading; replaces a refused token and gets the alert
-// raised meanwhile, once. Saves two screenshots: the page with its alerts,
+// raised meanwhile, once; edits, disables and enables the rule. Saves two screenshots: the page with its alerts,
 // and the editor showing the error. Exits non-zero (with the reason) if any step fails.
 //
 // Environment: PAGE_URL (the service's root, required), TOKEN (an operator token, required),
@@ -155,6 +155,21 @@ try {
   // Capture once the arrival highlight has faded.
   await page.waitForFunction(() => document.getAnimations().length === 0, null, { timeout });
   await page.screenshot({ path: env.OUT, fullPage: true });
+
+  // Edit the rule (a new version; the count is the rule's, over its versions), then disable
+  // and enable it again.
+  const row = page.locator(`#rules tbody tr[data-rule-id="${ruleId}"]`);
+  await row.locator('button', { hasText: 'Edit' }).click();
+  if (await page.inputValue('#f-when') !== 'amount_cents > 500000') fail('the editor was not filled');
+  await page.fill('#f-when', 'amount_cents > 700000');
+  await page.click('#submit');
+  await row.locator('td', { hasText: 'v2' }).waitFor({ timeout });
+  if (!(await row.innerText()).includes('amount_cents > 700000')) fail('the edit is not shown');
+  if (await count(ruleId).innerText() !== '3') fail('the count did not carry over the versions');
+  await row.locator('button.toggle').click();
+  await row.locator('.badge.off').waitFor({ timeout });
+  await row.locator('button.toggle').click();
+  await row.locator('.badge.on').waitFor({ timeout });
   if (problems.length > 0) fail(problems.join('\n'));
   console.log(JSON.stringify({ screenshot: env.OUT, error_screenshot: env.ERROR_OUT, rule: ruleId, alerts: rows }));
 } catch (error) {

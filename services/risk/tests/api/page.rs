@@ -142,14 +142,24 @@ async fn an_operator_writes_a_rule_in_the_page_and_sees_its_alerts_arrive_live()
         .unwrap();
     assert_eq!(
         rules.len(),
-        2,
-        "one rule created, the invalid one refused: {rules:?}"
+        3,
+        "the default rule, and one created then edited (the invalid one refused): {rules:?}"
     );
     assert_eq!(rules[1]["kind"]["when"], "amount_cents > 500000");
     assert_eq!(rules[1]["severity"], "high");
+    assert_eq!(
+        (rules[2]["id"].as_i64(), rules[2]["version"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(rules[2]["kind"]["when"], "amount_cents > 700000");
+    assert_eq!(rules[2]["enabled"], true, "disabled, then enabled again");
     assert_eq!(app.alerts_of("u-1").await.len(), 2);
     assert_eq!(app.alerts_of("u-2").await.len(), 1);
-    assert_eq!(app.alerts_of("u-3").await.len(), 1, "raised while the page was away");
+    assert_eq!(
+        app.alerts_of("u-3").await.len(),
+        1,
+        "raised while the page was away"
+    );
 
     if std::env::var("MSGKIT_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
         for file in [&screenshot, &error_screenshot] {
