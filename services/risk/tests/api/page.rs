@@ -117,12 +117,28 @@ async fn an_operator_writes_a_rule_in_the_page_and_sees_its_alerts_arrive_live()
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run node ({e}); run scripts/ui-deps.sh"));
-    assert!(
-        output.status.success(),
-        "the browser check failed (run scripts/ui-deps.sh if Chromium or playwright-core is missing):\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if !output.status.success() {
+        // Whether the service decided (stored alerts, consumer outcomes) tells a page bug
+        // from an engine one.
+        let exposition = msgkit::testing::scrape(&app.client, &app.address).await;
+        let consumed: Vec<&str> = exposition
+            .lines()
+            .filter(|line| line.starts_with("msgkit_consumed_total"))
+            .collect();
+        let stored: Vec<Value> = app
+            .send(Method::GET, "/alerts", None)
+            .await
+            .json()
+            .await
+            .unwrap_or_default();
+        panic!(
+            "the browser check failed (run scripts/ui-deps.sh if Chromium or playwright-core is missing; \
+             the page as it was: {}):\n{}\n{}\nalerts stored: {stored:?}\nconsumed: {consumed:#?}",
+            target.join("ui/risk-page.failed.png").display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
     for file in [&screenshot, &error_screenshot] {
         let png = std::fs::read(file).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{file:?} is a PNG");
