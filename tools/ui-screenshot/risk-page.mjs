@@ -87,30 +87,32 @@ try {
   await page.selectOption('#f-type', 'condition');
   await page.fill('#f-when', '');
 
-  // Transactions, posted from the page (same origin): the default rule's pattern for u-1 and
-  // one large amount for u-2.
-  const posted = await page.evaluate(async () => {
-    const post = (body) => fetch('transactions', {
+  // Transactions, posted from the page (same origin), each followed by the alert it raises:
+  // the default rule's pattern for u-1 (12,000.00 in Shanghai, then 50.00 in Beijing 3 minutes
+  // later) and 8,000.00 for u-2. A user's second transaction is posted once the first has
+  // raised its alert: posted together, the second could be handled first, which makes the
+  // first late (the engine's semantics) rather than a test of the page.
+  const t0 = Date.now() - 10 * 60 * 1000;
+  const at = (minutes) => new Date(t0 + minutes * 60 * 1000).toISOString();
+  const post = async (body) => {
+    const status = await page.evaluate((body) => fetch('transactions', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ currency: 'CNY', ...body }),
-    }).then((response) => response.status);
-    const t0 = Date.now() - 10 * 60 * 1000;
-    const at = (minutes) => new Date(t0 + minutes * 60 * 1000).toISOString();
-    return [
-      await post({ transaction_id: 'page-t1', user_id: 'u-1', amount: '12000.00', location: 'Shanghai', occurred_at: at(0) }),
-      await post({ transaction_id: 'page-t2', user_id: 'u-1', amount: '50.00', location: 'Beijing', occurred_at: at(3) }),
-      await post({ transaction_id: 'page-t3', user_id: 'u-2', amount: '8000.00', location: 'Hangzhou', occurred_at: at(5) }),
-    ];
-  });
-  if (posted.some((status) => status !== 202)) fail(`transactions refused: ${posted}`);
-
-  // Rule 1 (the default sequence) fires once, the new rule twice (12,000.00 and 8,000.00).
+    }).then((response) => response.status), body);
+    if (status !== 202) fail(`transaction ${body.transaction_id} refused: ${status}`);
+  };
   const feed = page.locator('#feed tbody tr');
-  await page.waitForFunction(() => document.querySelectorAll('#feed tbody tr').length >= 3,
-    null, { timeout });
-  await page.locator(`#feed tbody tr[data-rule-id="${ruleId}"]`).first().waitFor({ timeout });
-  await page.locator('#feed tbody tr[data-rule-id="1"]').first().waitFor({ timeout });
+  const alertOf = (rule, transactions) => feed.filter({ hasText: transactions })
+    .and(page.locator(`[data-rule-id="${rule}"]`));
+  await post({ transaction_id: 'page-t1', user_id: 'u-1', amount: '12000.00', location: 'Shanghai', occurred_at: at(0) });
+  await alertOf(ruleId, 'page-t1').waitFor({ timeout });
+  await post({ transaction_id: 'page-t2', user_id: 'u-1', amount: '50.00', location: 'Beijing', occurred_at: at(3) });
+  await alertOf('1', 'page-t1 → page-t2').waitFor({ timeout });
+  await post({ transaction_id: 'page-t3', user_id: 'u-2', amount: '8000.00', location: 'Hangzhou', occurred_at: at(5) });
+  await alertOf(ruleId, 'page-t3').waitFor({ timeout });
+
+  // Rule 1 (the default sequence) fired once, the new rule twice.
   await page.waitForFunction(([id]) => {
     const text = (rule) => document.querySelector(
       `#rules tbody tr[data-rule-id="${rule}"] td.alerts`)?.textContent;

@@ -123,7 +123,9 @@ async fn an_operator_writes_a_rule_in_the_page_and_sees_its_alerts_arrive_live()
         let exposition = msgkit::testing::scrape(&app.client, &app.address).await;
         let consumed: Vec<&str> = exposition
             .lines()
-            .filter(|line| line.starts_with("msgkit_consumed_total"))
+            .filter(|line| {
+                line.starts_with("msgkit_consumed_total") || line.starts_with("msgkit_late_events")
+            })
             .collect();
         let stored: Vec<Value> = app
             .send(Method::GET, "/alerts", None)
