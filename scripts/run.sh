@@ -56,7 +56,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Local defaults; anything already set in the environment wins.
 : "${AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/%2f}"
 : "${DATABASE_URL:=postgres://postgres@127.0.0.1:5432/msgkit}"
-export AMQP_URL DATABASE_URL
+# The risk alert stream's token secret: a fixed local development value, so that
+# `msgkit token` in another shell (with the same default) issues tokens the service accepts.
+# Never use it beyond a developer's machine.
+: "${RISK_TOKEN_SECRET:=msgkit-local-development-token-secret}"
+export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET
 
 if [[ -n "$build" ]]; then
     say "building (cargo build --workspace --bins) ..."

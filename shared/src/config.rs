@@ -80,10 +80,34 @@ pub trait Lookup {
     }
 }
 
-/// Settings as read once: the environment over an optional TOML file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Settings as read once: the environment over an optional TOML file. Its `Debug` hides
+/// secrets: values of names containing `SECRET`, `PASSWORD` or `TOKEN` are not shown, and
+/// URLs (`*_URL`) lose their passwords.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConfigSource {
     values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.values.iter().map(|(name, value)| {
+            let upper = name.to_ascii_uppercase();
+            let value = if ["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|word| upper.contains(word))
+            {
+                "<redacted>".to_owned()
+            } else if upper.ends_with("_URL") {
+                redact_url(value)
+            } else {
+                value.clone()
+            };
+            (name, value)
+        });
+        f.debug_struct("ConfigSource")
+            .field("values", &shown.collect::<BTreeMap<_, _>>())
+            .finish()
+    }
 }
 
 impl ConfigSource {
@@ -253,6 +277,19 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_secrets_and_url_passwords() {
+        let source = ConfigSource::from_pairs([
+            ("RISK_TOKEN_SECRET", "the-secret-value-itself"),
+            ("DATABASE_URL", "postgres://app:hunter2@db:5432/msgkit"),
+            ("RISK_HTTP_ADDR", "127.0.0.1:8084"),
+        ]);
+        let shown = format!("{source:?}");
+        assert!(!shown.contains("the-secret-value-itself"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("127.0.0.1:8084"), "{shown}");
+    }
 
     #[test]
     fn a_toml_file_gives_the_same_names_as_the_environment() {

@@ -19,7 +19,7 @@ use msgkit::backoff::Backoff;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::metrics::RiskMetrics;
@@ -27,7 +27,8 @@ use crate::metrics::RiskMetrics;
 /// The channel `pg_notify` announces new alerts on.
 pub const CHANNEL: &str = "risk_alerts";
 
-/// Alerts a stream may fall behind the broadcast before it reads the table instead.
+/// Alerts a stream may fall behind the broadcast before it reads the table instead (by
+/// default; `RISK_STREAM_BUFFER` sets it).
 pub const BROADCAST_CAPACITY: usize = 1024;
 
 /// Most alerts one read of the table returns; a longer backlog is read in pages.
@@ -99,19 +100,35 @@ pub async fn last_seq(pool: &PgPool) -> Result<i64, sqlx::Error> {
 #[derive(Clone, Debug)]
 pub struct Feed {
     sender: broadcast::Sender<Arc<FeedAlert>>,
+    /// Whether the listener has listened once: it broadcasts only alerts numbered after the
+    /// last one committed when it first listened, so a stream that started from an earlier
+    /// point would miss the ones in between.
+    listening: watch::Sender<bool>,
 }
 
 impl Default for Feed {
     fn default() -> Self {
-        Self::new()
+        Self::with_capacity(BROADCAST_CAPACITY)
     }
 }
 
 impl Feed {
-    /// A feed with no subscribers yet.
-    pub fn new() -> Self {
-        let (sender, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Self { sender }
+    /// A feed with no subscribers yet, whose streams may fall `capacity` alerts behind (at
+    /// least 1) before they read the table instead.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        Self {
+            sender,
+            listening: watch::Sender::new(false),
+        }
+    }
+
+    /// Resolves once the listener has listened (for the first time): from then on every
+    /// alert committed is broadcast.
+    pub async fn listening(&self) {
+        let mut listening = self.listening.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = listening.wait_for(|listening| *listening).await;
     }
 
     /// Every alert the listener broadcasts from now on.
@@ -139,10 +156,16 @@ pub async fn listen(
     let mut failures = 0;
     let mut last: Option<i64> = None;
     while !shutdown.is_triggered() {
-        let listened = tokio::select! {
-            () = shutdown.triggered() => break,
-            listened = follow(&pool, &feed, &metrics, replica, &mut last, &shutdown, &mut failures) => listened,
-        };
+        let listened = follow(
+            &pool,
+            &feed,
+            &metrics,
+            replica,
+            &mut last,
+            &shutdown,
+            &mut failures,
+        )
+        .await;
         if let Err(error) = listened {
             failures = failures.saturating_add(1);
             tracing::warn!(%error, "alert feed listener lost its connection; reconnecting");
@@ -156,8 +179,8 @@ pub async fn listen(
 }
 
 /// One connection's life: listen, catch up from `last`, then broadcast on each notification
-/// until the connection fails (returned as the error) or shutdown (never returns: the caller
-/// selects on it).
+/// until the connection fails (returned as the error) or `shutdown` (`Ok`; the connection is
+/// closed either way).
 async fn follow(
     pool: &PgPool,
     feed: &Feed,
@@ -167,12 +190,15 @@ async fn follow(
     shutdown: &Shutdown,
     failures: &mut u32,
 ) -> Result<(), sqlx::Error> {
-    let own = PgPoolOptions::new()
+    let connect = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
-        .connect_with((*pool.connect_options()).clone())
-        .await?;
-    let result = async {
+        .connect_with((*pool.connect_options()).clone());
+    let own = tokio::select! {
+        () = shutdown.triggered() => return Ok(()),
+        own = connect => own?,
+    };
+    let session = async {
         let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(CHANNEL).await?;
         // Listening before reading: whatever commits from here on is announced, and whatever
@@ -185,6 +211,7 @@ async fn follow(
         seen = broadcast_after(pool, feed, metrics, replica, seen).await?;
         *last = Some(seen);
         *failures = 0;
+        feed.listening.send_replace(true);
         loop {
             match listener.try_recv().await? {
                 Some(_) => {
@@ -194,12 +221,12 @@ async fn follow(
                 // The connection was lost: reconnect (and catch up) from the top.
                 None => return Err(sqlx::Error::PoolClosed),
             }
-            if shutdown.is_triggered() {
-                return Ok(());
-            }
         }
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        () = shutdown.triggered() => Ok(()),
+        result = session => result,
+    };
     own.close().await;
     result
 }

@@ -70,6 +70,53 @@
 //! `GET /rules` gives each version with the alerts raised under it. `GET /` is the operator's
 //! page ([`http::PAGE`]): the live alert feed over `GET /alerts/stream`, the rules with their
 //! counts, and an editor that shows a refused rule's error under its field.
+//!
+//! # The live stream
+//! `GET /alerts/stream` pushes alerts as Server-Sent Events (`id: <seq>`, `event: alert`,
+//! `data:` the [`feed::FeedAlert`] as JSON; a keep-alive comment every 15 s).
+//!
+//! - **Tokens.** A [`msgkit::auth`] token as `Authorization: Bearer <t>` or `?access_token=<t>`
+//!   (a browser's `EventSource` cannot send headers): 401 in the API's error shape when missing,
+//!   malformed, wrongly signed or expired. A user's token shows that user's alerts (asking for
+//!   another's with `?user=` is 403); an operator's shows everyone's, or one user's with
+//!   `?user=`. The key comes from `RISK_TOKEN_SECRET`, else `TOKEN_SECRET` (at least 32 bytes;
+//!   shorter refuses to start). Without either the stream answers 503 `no_token_secret` and the
+//!   rest of the API works: an alert feed nobody can authenticate to is better closed than
+//!   open. `msgkit token --user U | --operator NAME [--ttl 15m]` prints a token signed with the
+//!   same variable. The kit's HTTP span records the query with `access_token` redacted, and
+//!   nothing here logs a token.
+//! - **Order.** Each alert gets a feed number (`seq`) as the last statement of the consumer's
+//!   transaction, from a one-row table whose row lock is held until commit: numbers follow
+//!   commit order and a rollback gives its number back. (A serial column would not: a
+//!   transaction could commit 8 while 7 is still open, and a client resuming after 8 would
+//!   never see 7.) `pg_notify('risk_alerts')` in the same transaction is delivered at commit.
+//! - **Fan-out.** Each replica runs one [`feed::listen`] task (owned by the service, stopped
+//!   with it): `LISTEN risk_alerts` on a connection of its own, and on each notification it
+//!   reads the alerts after the last number it saw and broadcasts them to its streams. After a
+//!   reconnect it listens first, then reads what it missed. An alert decided on one replica
+//!   reaches the streams on every replica. A stream opened before the listener first listened
+//!   (the service is starting) waits for it, up to 10 s, then answers 503.
+//! - **Resume.** `Last-Event-ID` (what `EventSource` sends when it reconnects) or
+//!   `?last_event_id=N` (for a new `EventSource`, e.g. after a token refresh; the header wins):
+//!   the stream subscribes to the broadcast, then reads the table after N, then follows the
+//!   broadcast skipping ids it already sent, so it loses and repeats nothing. Without an id it
+//!   starts with the next alert committed. A stream that falls more than the broadcast's buffer
+//!   (`RISK_STREAM_BUFFER`, 1024 alerts) behind reads the table from its last id instead of
+//!   dropping alerts.
+//! - **Ending.** A stream ends when the service starts to stop
+//!   (`msgkit::service::Service::shutdown_signal`: the server's graceful shutdown waits for
+//!   open connections, so SIGTERM is not held up) and when its token expires: the client
+//!   reconnects with a fresh token and its last id.
+//! - **Metrics.** `risk_decision_seconds`: the triggering message's creation (its outbox row)
+//!   to the listener seeing the alert committed, recorded once, by the replica that decided it
+//!   (for an absence alert the message is the timer's firing, so it measures the firing).
+//!   `risk_push_seconds`: the alert's commit (the numbering statement's clock, a few
+//!   milliseconds before the commit) to the frame handed to the connection, for live alerts
+//!   only (history sent on a resume measures the client's absence, not the push); one sample
+//!   per stream that sends it. `risk_streams_connected`: streams open on this replica.
+//! - **Traces.** The alert row keeps the deciding handler's `traceparent`; each push is a span
+//!   (`risk.alert push`) continuing it, so a trace runs from the transaction's request through
+//!   the consumer to every stream that sent the alert.
 #![warn(missing_docs)]
 
 mod engine;

@@ -18,6 +18,10 @@ pub const NAME: &str = "risk";
 /// `TOKEN_SECRET`).
 pub const TOKEN_SECRET: &str = "TOKEN_SECRET";
 
+/// The setting for how many alerts a stream may fall behind the broadcast before it reads
+/// the table instead (`RISK_STREAM_BUFFER`, else `STREAM_BUFFER`).
+pub const STREAM_BUFFER: &str = "STREAM_BUFFER";
+
 /// The stream tokens' key from the settings: `None` when no secret is set (the stream then
 /// answers 503 and logs why at start), an error when one is set but shorter than
 /// [`msgkit::auth::MIN_SECRET_BYTES`]. The error never shows the secret.
@@ -43,6 +47,10 @@ pub fn token_key(settings: &ServiceSettings) -> Result<Option<TokenKey>, ConfigE
 /// it), the rule engine's consumer, and the alert feed's listener.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     let tokens = token_key(&settings)?;
+    let buffer = settings
+        .source
+        .scoped(NAME)
+        .parse(STREAM_BUFFER, feed::BROADCAST_CAPACITY)?;
     if tokens.is_none() {
         tracing::warn!(
             "no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET): GET /alerts/stream answers 503"
@@ -56,7 +64,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     .await?;
     let (metrics, registry) = RiskMetrics::new();
     let replica = Uuid::now_v7();
-    let feed = Feed::new();
+    let feed = Feed::with_capacity(buffer);
     let api = http::router(AppState {
         pool: service.pool().clone(),
         tokens,

@@ -15,6 +15,7 @@ mod dlq;
 mod saga_services;
 mod table;
 mod timers;
+mod token;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,9 @@ enum Command {
     ClusterTest(cluster::ClusterTestArgs),
     /// List, show and cancel a service's pending durable timers.
     Timers(timers::TimersArgs),
+    /// Print a short-lived token for the risk alert stream (`--user U` or `--operator NAME`),
+    /// signed with RISK_TOKEN_SECRET (else TOKEN_SECRET) from the environment.
+    Token(token::TokenArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -121,6 +125,7 @@ async fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args, cli.json).await,
             Command::ClusterTest(args) => cluster::run(args, cli.json).await,
             Command::Timers(args) => timers::run(args, cli.json).await,
+            Command::Token(args) => token::run(args),
         },
         Err(error) => Err(error),
     };

@@ -52,6 +52,10 @@ pub enum ApiError {
     /// The token is valid but does not allow this (403): a user asking for another's alerts.
     #[error("a user's token shows only that user's alerts")]
     Forbidden,
+    /// The alert feed's listener is not listening yet (503: the service is starting, or
+    /// cannot reach the database).
+    #[error("the alert feed is starting; retry shortly")]
+    FeedStarting,
     /// The service has no token secret, so it cannot verify tokens (503).
     #[error("no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET)")]
     NoTokenSecret,
@@ -92,6 +96,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NoTokenSecret => (StatusCode::SERVICE_UNAVAILABLE, "no_token_secret"),
+            Self::FeedStarting => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Unavailable(error) => {
                 tracing::warn!(%error, "database unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -129,7 +134,7 @@ impl IntoResponse for ApiError {
             );
         }
         // Retrying helps a database restart, not a missing setting.
-        if matches!(self, Self::Unavailable(_)) {
+        if matches!(self, Self::Unavailable(_) | Self::FeedStarting) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

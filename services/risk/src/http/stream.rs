@@ -38,6 +38,9 @@ use crate::metrics::RiskMetrics;
 /// How often an idle stream sends a comment, so that proxies keep it open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// How long a stream opened while the service starts waits for the feed's listener.
+const FEED_START: Duration = Duration::from_secs(10);
+
 /// The header a browser's `EventSource` resumes with.
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -64,6 +67,11 @@ pub async fn stream(
         (Role::User, _) => Some(claims.sub.clone()),
     };
     let resume = resume_point(&headers, params.last_event_id.as_deref())?;
+    // Right after the service starts, the listener may not listen yet: wait for it (it
+    // would not broadcast alerts committed before it listened).
+    tokio::time::timeout(FEED_START, state.feed.listening())
+        .await
+        .map_err(|_| ApiError::FeedStarting)?;
     // Subscribe before reading the table: whatever commits after the read is broadcast to us.
     let receiver = state.feed.subscribe();
     let last = feed::last_seq(&state.pool).await?;

@@ -10,4 +10,6 @@ mod rules;
 mod settings;
 mod sse;
 mod stream;
+mod stream_logs;
+mod stream_support;
 mod transactions;

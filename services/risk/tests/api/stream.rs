@@ -1,107 +1,19 @@
-//! `GET /alerts/stream`: tokens, who sees what, resuming, replicas, shutdown, and tokens kept
-//! out of the logs.
+//! `GET /alerts/stream`: tokens, who sees what, resuming, lagging, replicas, reconnecting,
+//! shutdown and expiry.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use msgkit::auth::{Claims, Role, TokenKey};
 use msgkit::testing::wait_until_async;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::helpers::{DEADLINE, TestApp, spawn_app, spawn_app_with, token};
 use crate::sse::SseClient;
+use crate::stream_support::{assert_frame_is, assert_refused, open, raise_alert, stream};
 
 /// Long enough for a frame that should come to have come (negative checks only).
 const QUIET: Duration = Duration::from_millis(500);
-
-/// A large amount in Shanghai, then (once handled) a small one in Beijing 3 minutes later:
-/// the default rule's alert for `user`. Returns the stored alert.
-async fn raise_alert(app: &TestApp, user: &str) -> Value {
-    let t0 = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
-    let first = format!("{user}-big");
-    let second = format!("{user}-elsewhere");
-    let body = |id: &str, amount: &str, location: &str, at| {
-        json!({
-            "transaction_id": id, "user_id": user, "amount": amount, "currency": "CNY",
-            "location": location, "occurred_at": at,
-        })
-    };
-    let handled_before = handled(app).await;
-    let response = app
-        .post_transaction(&body(&first, "12000.00", "Shanghai", t0.to_rfc3339()))
-        .await;
-    assert_eq!(response.status(), 202);
-    // Handled before the second is sent, so that the two are evaluated in order.
-    app.wait_until_handled(handled_before + 1).await;
-    let at = (t0 + chrono::Duration::minutes(3)).to_rfc3339();
-    let response = app
-        .post_transaction(&body(&second, "50.00", "Beijing", at))
-        .await;
-    assert_eq!(response.status(), 202);
-    wait_until_async(&format!("an alert for {user}"), DEADLINE, || async {
-        app.alerts_of(user).await.into_iter().next()
-    })
-    .await
-}
-
-async fn handled(app: &TestApp) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM msgkit_inbox WHERE message_type = 'transaction.recorded'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
-}
-
-/// `GET {address}/alerts/stream{query}` with a Bearer token when given.
-async fn open(
-    app: &TestApp,
-    address: &str,
-    query: &str,
-    bearer: Option<&str>,
-    last_event_id: Option<i64>,
-) -> reqwest::Response {
-    let mut request = app.client.get(format!("{address}/alerts/stream{query}"));
-    if let Some(token) = bearer {
-        request = request.bearer_auth(token);
-    }
-    if let Some(id) = last_event_id {
-        request = request.header("Last-Event-ID", id.to_string());
-    }
-    request.send().await.expect("GET /alerts/stream")
-}
-
-async fn stream(app: &TestApp, bearer: &str) -> SseClient {
-    SseClient::new(open(app, &app.address, "", Some(bearer), None).await)
-}
-
-fn assert_frame_is(frame: &crate::sse::Frame, alert: &Value) {
-    assert_eq!(frame.event.as_deref(), Some("alert"));
-    let data = frame.json();
-    assert_eq!(data["alert_id"], alert["alert_id"], "{data}");
-    assert_eq!(data["seq"].as_i64(), Some(frame.seq()));
-    for field in [
-        "rule_id",
-        "rule_version",
-        "severity",
-        "user_id",
-        "transaction_ids",
-    ] {
-        assert_eq!(data[field], alert[field], "{field}");
-    }
-    assert!(
-        data["at"].is_string() && data["created_at"].is_string(),
-        "{data}"
-    );
-}
-
-async fn assert_refused(response: reqwest::Response, status: u16, code: &str) {
-    assert_eq!(response.status(), status);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["message"].is_string(), "{body}");
-}
 
 #[tokio::test]
 async fn without_a_valid_token_the_stream_is_refused() {
@@ -291,80 +203,80 @@ async fn a_stream_ends_when_the_service_stops() {
     assert_eq!(open_stream.next(DEADLINE).await, None, "the stream ended");
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
+#[tokio::test]
+async fn a_stream_that_falls_behind_reads_the_table_and_still_loses_nothing() {
+    // A buffer of one alert, and two rules alerting on the same event: one transaction
+    // commits two alerts, the listener broadcasts both at once, the stream lags.
+    let app = spawn_app_with(|settings| settings.source.set("RISK_STREAM_BUFFER", "1")).await;
+    let created = app
+        .send(
+            reqwest::Method::POST,
+            "/rules",
+            Some(&crate::helpers::default_rule_json()),
+        )
+        .await;
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let mut operator = stream(&app, &token("ops", Role::Operator)).await;
+    raise_alert(&app, "u-1").await;
+    let stored = wait_until_async("two alerts", DEADLINE, || async {
+        let alerts = app.alerts_of("u-1").await;
+        (alerts.len() == 2).then_some(alerts)
+    })
+    .await;
+    let first = operator.next(DEADLINE).await.expect("an alert");
+    let second = operator.next(DEADLINE).await.expect("the other alert");
+    assert_eq!(second.seq(), first.seq() + 1, "both, in order");
+    let mut sent = [
+        first.json()["alert_id"].clone(),
+        second.json()["alert_id"].clone(),
+    ];
+    let mut expected = [stored[0]["alert_id"].clone(), stored[1]["alert_id"].clone()];
+    sent.sort_by_key(Value::to_string);
+    expected.sort_by_key(Value::to_string);
+    assert_eq!(sent, expected);
+    assert!(operator.nothing_within(QUIET).await, "nothing repeated");
 }
 
 #[tokio::test]
-async fn a_token_in_the_query_never_reaches_the_logs() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
-        .with_ansi(false)
-        .finish();
-    // This test's runtime has one thread: the service's tasks log here too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+async fn a_stream_ends_when_its_token_expires() {
     let app = spawn_app().await;
-    let good = token("u-1", Role::User);
-    let mut live = SseClient::new(
-        open(
-            &app,
-            &app.address,
-            &format!("?access_token={good}&last_event_id=0"),
-            None,
-            None,
-        )
-        .await,
-    );
-    let refused = open(
-        &app,
-        &app.address,
-        "?access_token=v1.secret-garbage.zzz",
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(refused.status(), 401);
-    let alert = raise_alert(&app, "u-1").await;
-    assert_frame_is(&live.next(DEADLINE).await.expect("the alert"), &alert);
-    drop(live);
+    let key = TokenKey::new(crate::helpers::TEST_SECRET).unwrap();
+    let short = key.issue(&Claims::new(
+        "u-1",
+        Role::User,
+        Utc::now(),
+        chrono::TimeDelta::seconds(2),
+    ));
+    let mut expiring = stream(&app, &short).await;
+    assert_eq!(expiring.next(DEADLINE).await, None, "the stream ended");
+}
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("access_token=REDACTED"),
-        "the query is recorded, redacted"
-    );
-    assert!(
-        logs.contains("alert stream refused"),
-        "the refusal is logged"
-    );
-    assert!(logs.contains("alert pushed"), "the push is logged");
-    let signature = good.rsplit('.').next().unwrap();
-    assert!(
-        !logs.contains(signature),
-        "a token's signature is in the logs"
-    );
-    assert!(
-        !logs.contains("secret-garbage"),
-        "a refused token is in the logs"
-    );
+/// The backend of the risk service's `LISTEN` connection.
+async fn listener_backend(app: &TestApp) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_feed_listener_reconnects_when_its_connection_is_killed() {
+    let app = spawn_app().await;
+    let mut operator = stream(&app, &token("ops", Role::Operator)).await;
+    let first = wait_until_async("the listener listens", DEADLINE, || listener_backend(&app)).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    wait_until_async("the listener listens again", DEADLINE, || async {
+        listener_backend(&app).await.filter(|pid| *pid != first)
+    })
+    .await;
+    let alert = raise_alert(&app, "u-1").await;
+    assert_frame_is(&operator.next(DEADLINE).await.expect("the alert"), &alert);
 }
