@@ -2,7 +2,8 @@
 // the URL fragment, creates a rule in the editor, submits an invalid one and reads the error at
 // its field, posts transactions, and waits for their alerts to arrive in the live feed and the
 // rules' counts to go up, without reloading; replaces a refused token and gets the alert
-// raised meanwhile, once; edits, disables and enables the rule. Saves two screenshots: the page with its alerts,
+// raised meanwhile, once; edits, disables and enables the rule; reopens the page and finds
+// the earlier alerts. Saves two screenshots: the page with its alerts,
 // and the editor showing the error. Exits non-zero (with the reason) if any step fails.
 //
 // Environment: PAGE_URL (the service's root, required), TOKEN (an operator token, required),
@@ -172,6 +173,18 @@ try {
   await row.locator('.badge.off').waitFor({ timeout });
   await row.locator('button.toggle').click();
   await row.locator('.badge.on').waitFor({ timeout });
+
+  // Opened again (the token now from the session, not the URL): the feed starts with what
+  // was raised before, newest first.
+  await page.reload();
+  await page.waitForSelector('#status[data-state="live"]', { timeout });
+  await page.waitForFunction(() => document.querySelectorAll('#feed tbody tr').length === 4,
+    null, { timeout });
+  const history = await feed.evaluateAll((rows) => rows.map((row) =>
+    row.querySelector('.transactions').textContent));
+  if (history.join(' | ') !== 'page-t4 | page-t3 | page-t1 → page-t2 | page-t1') {
+    fail(`the earlier alerts are not shown newest first: ${history.join(' | ')}`);
+  }
   if (problems.length > 0) fail(problems.join('\n'));
   console.log(JSON.stringify({ screenshot: env.OUT, error_screenshot: env.ERROR_OUT, rule: ruleId, alerts: rows }));
 } catch (error) {
