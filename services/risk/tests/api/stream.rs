@@ -280,3 +280,68 @@ async fn the_feed_listener_reconnects_when_its_connection_is_killed() {
     let alert = raise_alert(&app, "u-1").await;
     assert_frame_is(&operator.next(DEADLINE).await.expect("the alert"), &alert);
 }
+
+#[tokio::test]
+async fn alerts_committed_concurrently_on_two_replicas_reach_every_stream_once_in_id_order() {
+    let app = spawn_app().await;
+    let replica = app.replica().await;
+    let operator = token("ops", Role::Operator);
+    let mut on_a = stream(&app, &operator).await;
+    let mut on_b = SseClient::new(open(&app, &replica.address, "", Some(&operator), None).await);
+
+    // Each user's two transactions 3 s apart in event time (within the allowed lateness, so
+    // they match in either arrival order), all posted at once: both replicas' consumers
+    // commit alerts concurrently.
+    let users: Vec<String> = (0..12).map(|n| format!("c-{n}")).collect();
+    let t0 = Utc::now() - chrono::TimeDelta::minutes(1);
+    let posts = users.iter().flat_map(|user| {
+        [
+            (format!("{user}-big"), "12000.00", "Shanghai", t0),
+            (
+                format!("{user}-elsewhere"),
+                "50.00",
+                "Beijing",
+                t0 + chrono::TimeDelta::seconds(3),
+            ),
+        ]
+        .map(|(id, amount, location, at)| {
+            let body = serde_json::json!({
+                "transaction_id": id, "user_id": user, "amount": amount, "currency": "CNY",
+                "location": location, "occurred_at": at.to_rfc3339(),
+            });
+            let app = &app;
+            async move { app.post_transaction(&body).await.status() }
+        })
+    });
+    for status in futures_util::future::join_all(posts).await {
+        assert_eq!(status, 202);
+    }
+    let stored: i64 = wait_until_async("an alert per user", DEADLINE, || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        (count == users.len() as i64).then_some(count)
+    })
+    .await;
+
+    let mut ids_a = Vec::new();
+    let mut ids_b = Vec::new();
+    for _ in 0..stored {
+        ids_a.push(on_a.next(DEADLINE).await.expect("an alert on A").seq());
+        ids_b.push(on_b.next(DEADLINE).await.expect("an alert on B").seq());
+    }
+    let numbered: Vec<i64> = sqlx::query_scalar("SELECT seq FROM alerts ORDER BY seq")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(numbered, (1..=stored).collect::<Vec<_>>(), "no gaps");
+    assert_eq!(ids_a, numbered, "A: every alert once, in id order");
+    assert_eq!(ids_b, numbered, "B: every alert once, in id order");
+    let mut from_start =
+        SseClient::new(open(&app, &replica.address, "", Some(&operator), Some(0)).await);
+    for id in &numbered {
+        assert_eq!(from_start.next(DEADLINE).await.expect("history").seq(), *id);
+    }
+    assert!(on_a.nothing_within(QUIET).await, "nothing repeated");
+}
