@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What the browser checks need (the management UI test, the chaos timeline picture): Debian's
-# Chromium and playwright-core (an npm package with no browser download of its own). Idempotent;
-# fast when both are present.
+# What the browser checks need (the management UI test, the chaos timeline picture, the risk
+# page test): Debian's Chromium and playwright-core (an npm package with no browser download of
+# its own). Idempotent; fast when both are present.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

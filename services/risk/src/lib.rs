@@ -69,6 +69,9 @@
 //! alert once and publishes it as `risk.alert`; `GET /alerts` reads them back. `/rules` lists,
 //! creates (`POST`), edits (`PUT /rules/{id}`: a new version), disables (`DELETE /rules/{id}`
 //! or `POST /rules/{id}/disable`) and enables rules; each write compiles the rule first.
+//! `GET /rules` gives each version with the alerts raised under it. `GET /` is the operator's
+//! page ([`http::PAGE`]): the live alert feed over `GET /alerts/stream`, the rules with their
+//! counts, and an editor that shows a refused rule's error under its field.
 //!
 //! # The live stream
 //! `GET /alerts/stream` pushes alerts as Server-Sent Events (`id: <seq>`, `event: alert`,

@@ -83,11 +83,31 @@ impl StoredRule {
     }
 }
 
-/// Every version of every rule, by id then version.
-pub async fn all(conn: &mut PgConnection) -> Result<Vec<StoredRule>, sqlx::Error> {
+/// A stored rule version with the number of alerts raised under it: what `GET /rules` lists,
+/// so that a page shows each rule's count without reading every alert.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RuleWithAlerts {
+    /// The version.
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub rule: StoredRule,
+    /// Alerts stored under this version.
+    pub alerts: i64,
+}
+
+/// Every version of every rule with its alert count, by id then version.
+pub async fn all_with_alert_counts(
+    conn: &mut PgConnection,
+) -> Result<Vec<RuleWithAlerts>, sqlx::Error> {
+    // The alerts' unique (rule_id, rule_version, transaction_ids) index serves the grouping.
     sqlx::query_as(
-        "SELECT id, version, key, kind, severity, enabled, created_at FROM rules \
-         ORDER BY id, version",
+        "SELECT r.id, r.version, r.key, r.kind, r.severity, r.enabled, r.created_at, \
+             coalesce(a.alerts, 0) AS alerts \
+         FROM rules r LEFT JOIN ( \
+             SELECT rule_id, rule_version, count(*) AS alerts FROM alerts \
+             GROUP BY rule_id, rule_version \
+         ) a ON a.rule_id = r.id AND a.rule_version = r.version \
+         ORDER BY r.id, r.version",
     )
     .fetch_all(conn)
     .await

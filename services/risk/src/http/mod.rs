@@ -1,6 +1,8 @@
-//! The risk API. (`/healthz`, `/readyz` and `/metrics` come from the kit.)
+//! The risk API and, at `/`, its page. (`/healthz`, `/readyz` and `/metrics` come from the
+//! kit.)
 
 mod error;
+mod page;
 mod queries;
 mod rules;
 mod stream;
@@ -17,6 +19,7 @@ use crate::feed::Feed;
 use crate::metrics::RiskMetrics;
 
 pub use error::{ApiError, InvalidField};
+pub use page::{PAGE, content_security_policy};
 pub use stream::KEEP_ALIVE;
 pub use transactions::NewTransaction;
 
@@ -42,6 +45,7 @@ pub struct AppState {
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page::page))
         .route("/transactions", post(transactions::record))
         .route("/alerts", get(queries::alerts))
         .route("/alerts/stream", get(stream::stream))

@@ -11,13 +11,14 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::{ApiError, AppState, InvalidField};
-use crate::rule_store::{self, StoredRule};
+use crate::rule_store::{self, RuleWithAlerts, StoredRule};
 use crate::{RuleId, RuleSpec, compile};
 
-/// Every version of every rule.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<StoredRule>>, ApiError> {
+/// Every version of every rule, each with `alerts`: how many it has raised (a rule's count is
+/// the sum over its versions).
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RuleWithAlerts>>, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    Ok(Json(rule_store::all(&mut conn).await?))
+    Ok(Json(rule_store::all_with_alert_counts(&mut conn).await?))
 }
 
 /// A new rule, version 1, enabled: 201 with the stored rule.

@@ -5,6 +5,7 @@
 mod alerts;
 mod duplicates;
 mod helpers;
+mod page;
 mod payments;
 mod rules;
 mod semantics;
