@@ -25,6 +25,8 @@ pub struct RiskState {
     engine: Engine,
     rules: CompiledRules,
     metrics: RiskMetrics,
+    /// This service instance, stored with each alert it decides (see [`crate::feed`]).
+    replica: Uuid,
 }
 
 /// The currency of the order saga's payments: neither the orders nor the gateway name one, so
@@ -39,11 +41,15 @@ pub const SAGA_CURRENCY: &str = "EUR";
 /// A payment's correlation id is its order and its kit event time the outbox row's creation,
 /// so the kit's check would judge neither the right key nor the right time: the engine's own
 /// check (per user, on `occurred_at`) is the one that applies, and logs a late payment.
-pub fn routes(metrics: RiskMetrics) -> Routes<RiskState> {
+///
+/// `replica` identifies this service instance: each alert it stores names it, so that only
+/// this instance's feed listener records the alert's decision latency.
+pub fn routes(metrics: RiskMetrics, replica: Uuid) -> Routes<RiskState> {
     let state = RiskState {
         engine: Engine::default(),
         rules: CompiledRules::default(),
         metrics,
+        replica,
     };
     let lateness = state.engine.config().allowed_lateness;
     Routes::with_state(state)
@@ -215,23 +221,62 @@ async fn apply(
             .set(ABSENCE_TIMER, &timer.timer_id, timer.due, timer)
             .await?;
     }
+    let mut stored = Vec::new();
     for alert in decisions.alerts {
-        store_and_publish(ctx, user_id, alert).await?;
+        stored.extend(store_and_publish(ctx, user_id, alert).await?);
     }
+    number_in_feed(ctx, &stored).await
+}
+
+/// Give the alerts this transaction stored their feed numbers and announce them, as the
+/// handler's last statement: the feed row stays locked until the kit commits (right after
+/// the handler returns, with its inbox row), so numbers follow commit order and a rollback
+/// gives its numbers back. `pg_notify` is delivered at commit, in commit order, to every
+/// replica's listener ([`crate::feed`]); its payload (the last number) is only a hint.
+async fn number_in_feed(
+    ctx: &mut Context<'_, RiskState>,
+    alerts: &[Uuid],
+) -> Result<(), HandlerError> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let count = i64::try_from(alerts.len()).unwrap_or(i64::MAX);
+    // The CTEs share one snapshot, so the alerts are numbered from the locked row's new
+    // value; the notification is queued in the same statement and sent at commit.
+    sqlx::query(
+        "WITH feed AS (UPDATE risk_feed SET seq = seq + $2 RETURNING seq), \
+         numbered AS ( \
+             UPDATE alerts SET seq = feed.seq - $2 + stored.n, committed_at = clock_timestamp() \
+             FROM feed, unnest($1::uuid[]) WITH ORDINALITY AS stored(alert_id, n) \
+             WHERE alerts.alert_id = stored.alert_id RETURNING alerts.seq) \
+         SELECT pg_notify('risk_alerts', max(seq)::text) FROM numbered",
+    )
+    .bind(alerts)
+    .bind(count)
+    .execute(ctx.tx())
+    .await?;
     Ok(())
 }
 
 /// Insert the alert unless this rule version already alerted on these transactions (a
-/// redelivery, a replay), and publish `risk.alert` only for the row inserted.
+/// redelivery, a replay), and publish `risk.alert` only for the row inserted; the id of the
+/// row inserted, if one was. The row keeps what the feed needs: the triggering message's
+/// creation time (decision latency), the handler's trace (the push continues it), this
+/// replica's id.
 async fn store_and_publish(
     ctx: &mut Context<'_, RiskState>,
     user_id: &str,
     alert: Alert,
-) -> Result<(), HandlerError> {
+) -> Result<Option<Uuid>, HandlerError> {
     let severity = rule_store::severity_name(alert.severity);
+    let event_created_at = ctx.message().created_at();
+    let traceparent = msgkit::telemetry::context::current()
+        .or_else(|| ctx.trace())
+        .map(|trace| trace.to_string());
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO alerts (alert_id, rule_id, rule_version, user_id, severity, transaction_ids, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+        "INSERT INTO alerts (alert_id, rule_id, rule_version, user_id, severity, transaction_ids, at, \
+                             event_created_at, traceparent, decided_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (rule_id, rule_version, transaction_ids) DO NOTHING RETURNING alert_id",
     )
     .bind(Uuid::now_v7())
@@ -241,11 +286,14 @@ async fn store_and_publish(
     .bind(severity)
     .bind(&alert.events)
     .bind(alert.at)
+    .bind(event_created_at)
+    .bind(traceparent)
+    .bind(ctx.state().replica)
     .fetch_optional(ctx.tx())
     .await?;
     let Some(alert_id) = inserted else {
         tracing::info!(rule_id = alert.rule_id, "alert already stored");
-        return Ok(());
+        return Ok(None);
     };
     tracing::info!(%alert_id, rule_id = alert.rule_id, rule_version = alert.rule_version, %severity, "risk alert");
     // Counted before the commit: a rolled-back transaction's alert counts again on its
@@ -261,5 +309,5 @@ async fn store_and_publish(
         at: alert.at,
     };
     ctx.publish(RISK_ALERT, &payload).await?;
-    Ok(())
+    Ok(Some(alert_id))
 }

@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 
 mod engine;
+pub mod feed;
 pub mod handlers;
 pub mod http;
 pub mod metrics;

@@ -1,8 +1,12 @@
 //! Building the service from its settings: `main` and the tests start the very same service.
 
+use msgkit::auth::TokenKey;
+use msgkit::config::{ConfigError, Lookup};
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
+use uuid::Uuid;
 
+use crate::feed::{self, Feed};
 use crate::handlers;
 use crate::http::{self, AppState};
 use crate::metrics::RiskMetrics;
@@ -10,9 +14,40 @@ use crate::metrics::RiskMetrics;
 /// The service's name: its queue, its schema, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "risk";
 
-/// The risk service, ready to run: the API, the outbox relay (transactions and alerts are
-/// published through it, and the absence timers fire through it), the rule engine's consumer.
+/// The setting holding the stream tokens' secret (looked up as `RISK_TOKEN_SECRET`, else
+/// `TOKEN_SECRET`).
+pub const TOKEN_SECRET: &str = "TOKEN_SECRET";
+
+/// The stream tokens' key from the settings: `None` when no secret is set (the stream then
+/// answers 503 and logs why at start), an error when one is set but shorter than
+/// [`msgkit::auth::MIN_SECRET_BYTES`]. The error never shows the secret.
+pub fn token_key(settings: &ServiceSettings) -> Result<Option<TokenKey>, ConfigError> {
+    let scoped = settings.source.scoped(NAME);
+    let Some(secret) = scoped.get(TOKEN_SECRET) else {
+        return Ok(None);
+    };
+    TokenKey::new(secret.as_bytes().to_vec())
+        .map(Some)
+        .map_err(|error| ConfigError {
+            name: format!(
+                "{}_{TOKEN_SECRET} or {TOKEN_SECRET}",
+                msgkit::config::env_prefix(NAME)
+            ),
+            value: "<redacted>".to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// The risk service, ready to run: the API (with the alert stream), the outbox relay
+/// (transactions and alerts are published through it, and the absence timers fire through
+/// it), the rule engine's consumer, and the alert feed's listener.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
+    let tokens = token_key(&settings)?;
+    if tokens.is_none() {
+        tracing::warn!(
+            "no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET): GET /alerts/stream answers 503"
+        );
+    }
     let service = Service::start(
         settings,
         contracts::topology(),
@@ -20,9 +55,19 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     )
     .await?;
     let (metrics, registry) = RiskMetrics::new();
+    let replica = Uuid::now_v7();
+    let feed = Feed::new();
     let api = http::router(AppState {
         pool: service.pool().clone(),
+        tokens,
+        feed: feed.clone(),
+        metrics: metrics.clone(),
+        shutdown: service.shutdown_signal(),
     });
+    let listener = {
+        let (pool, metrics) = (service.pool().clone(), metrics.clone());
+        move |shutdown| feed::listen(pool, feed, metrics, replica, shutdown)
+    };
     // One delivery per transaction (the kit's default batch): a user's key state is read and
     // written per event, and a failing event must not roll back its neighbours' alerts.
     let mut consumer = ConsumerConfig::new(NAME, NAME);
@@ -31,7 +76,8 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         .with_http(api)
         .with_metrics(registry)
         .with_relay()
-        .consume_with(consumer, handlers::routes(metrics))
+        .with_task("risk alert feed listener", listener)
+        .consume_with(consumer, handlers::routes(metrics, replica))
 }
 
 /// Largest user state stored by default (`RISK_STATE_ENTRY_LIMIT` or `STATE_ENTRY_LIMIT`

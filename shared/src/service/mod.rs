@@ -148,6 +148,8 @@ pub struct Service {
     timer_queues: Vec<String>,
     /// Queues whose consumers apply keys in order (they need the relay too).
     key_order_queues: Vec<String>,
+    /// Triggered when the service starts to stop: what [`Service::shutdown_signal`] hands out.
+    stopping: Shutdown,
 }
 
 impl Service {
@@ -195,6 +197,7 @@ impl Service {
             relay: false,
             timer_queues: Vec::new(),
             key_order_queues: Vec::new(),
+            stopping: Shutdown::new(),
         })
     }
 
@@ -327,6 +330,35 @@ impl Service {
         self
     }
 
+    /// Run a background task of the service's own (e.g. a `LISTEN` connection feeding its HTTP
+    /// streams), started with the service and owned by it: `task` gets the service's
+    /// [`Shutdown`], must return soon after it triggers, and the service's stop waits for it.
+    /// `name` names it in the log line when it ends.
+    pub fn with_task<F, Fut>(mut self, name: &str, task: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let name = name.to_owned();
+        self.tasks.push(Box::new(move |shutdown| {
+            Box::pin(async move {
+                task(shutdown).await;
+                tracing::debug!(task = %name, "service task ended");
+            })
+        }));
+        self
+    }
+
+    /// A signal that triggers when the service starts to stop, for HTTP handlers whose
+    /// responses do not end on their own (a Server-Sent Events stream): the server's graceful
+    /// shutdown waits for every open connection, so such a response must end on this signal
+    /// or it would hold the stop until the process is killed. Only [`Shutdown::triggered`] and
+    /// [`Shutdown::is_triggered`] are meant for it: the service does not wait for tasks spawned
+    /// on it.
+    pub fn shutdown_signal(&self) -> Shutdown {
+        self.stopping.clone()
+    }
+
     /// Serve these routes beside the operational ones.
     pub fn with_http(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);
@@ -376,10 +408,17 @@ impl Service {
         let addr = self.listener.local_addr().map_err(ServiceError::Serve)?;
         tracing::info!(service = %self.settings.name, %addr, "listening");
         let stop = shutdown.clone();
+        let stopping = self.stopping.clone();
         let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.triggered().await })
+            .with_graceful_shutdown(async move {
+                stop.triggered().await;
+                // Open streams end now, so that the graceful shutdown's wait for connections
+                // can finish.
+                stopping.trigger();
+            })
             .await;
         // The server can also end on its own: stop the other tasks either way.
+        self.stopping.trigger();
         shutdown.trigger();
         shutdown.wait_for_tasks().await;
         self.pool.close().await;

@@ -24,7 +24,8 @@ use crate::message::OutgoingMessage;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// A `server` span for an HTTP request, named `METHOD /route`; the caller records
-/// `http.response.status_code`.
+/// `http.response.status_code`, and `url.query` when the request has one (redacted first:
+/// [`super::http::redact_query`]).
 pub fn http_server(method: &str, route: &str) -> Span {
     tracing::error_span!(
         target: "msgkit::telemetry::http",
@@ -33,6 +34,7 @@ pub fn http_server(method: &str, route: &str) -> Span {
         otel.kind = "server",
         http.request.method = %method,
         http.route = %route,
+        url.query = Empty,
         http.response.status_code = Empty,
         trace_id = Empty,
         span_id = Empty,

@@ -45,6 +45,16 @@ pub enum ApiError {
     /// The database cannot be reached right now; nothing was stored (503).
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
+    /// No valid token (401): missing, malformed, wrongly signed or expired. The reason never
+    /// includes the token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The token is valid but does not allow this (403): a user asking for another's alerts.
+    #[error("a user's token shows only that user's alerts")]
+    Forbidden,
+    /// The service has no token secret, so it cannot verify tokens (503).
+    #[error("no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET)")]
+    NoTokenSecret,
     /// Something on our side failed; details are logged, not returned (500).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -79,6 +89,9 @@ impl IntoResponse for ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::InvalidRule(_) => (StatusCode::BAD_REQUEST, "invalid_rule"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NoTokenSecret => (StatusCode::SERVICE_UNAVAILABLE, "no_token_secret"),
             Self::Unavailable(error) => {
                 tracing::warn!(%error, "database unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -109,7 +122,14 @@ impl IntoResponse for ApiError {
             _ => json!({"error": code, "message": self.to_string()}),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Self::Unauthorized(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"risk\""),
+            );
+        }
+        // Retrying helps a database restart, not a missing setting.
+        if matches!(self, Self::Unavailable(_)) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

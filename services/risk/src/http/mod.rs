@@ -3,14 +3,21 @@
 mod error;
 mod queries;
 mod rules;
+mod stream;
 mod transactions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
+use msgkit::Shutdown;
+use msgkit::auth::TokenKey;
 use sqlx::PgPool;
 
+use crate::feed::Feed;
+use crate::metrics::RiskMetrics;
+
 pub use error::{ApiError, InvalidField};
+pub use stream::KEEP_ALIVE;
 pub use transactions::NewTransaction;
 
 /// Largest accepted request body: a transaction is a few hundred bytes.
@@ -21,6 +28,15 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 pub struct AppState {
     /// The service's database (its schema on the search path).
     pub pool: PgPool,
+    /// Verifies the stream's tokens; `None` when no secret is configured (the stream then
+    /// answers 503, the rest of the API works).
+    pub tokens: Option<TokenKey>,
+    /// This replica's alert feed.
+    pub feed: Feed,
+    /// The service's metrics.
+    pub metrics: RiskMetrics,
+    /// Triggered when the service stops: open streams end on it.
+    pub shutdown: Shutdown,
 }
 
 /// The API's routes.
@@ -28,6 +44,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/transactions", post(transactions::record))
         .route("/alerts", get(queries::alerts))
+        .route("/alerts/stream", get(stream::stream))
         .route("/rules", get(rules::list).post(rules::create))
         .route("/rules/{id}", put(rules::update).delete(rules::disable))
         .route("/rules/{id}/enable", post(rules::enable))

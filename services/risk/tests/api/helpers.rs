@@ -2,6 +2,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use msgkit::Shutdown;
+use msgkit::auth::{Claims, Role, TokenKey};
+use msgkit::service::{ServiceError, ServiceSettings};
 use msgkit::testing::{
     Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, wait_until_async,
 };
@@ -11,6 +13,9 @@ use sqlx::PgPool;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The stream tokens' secret every test service gets (unless a test says otherwise).
+pub const TEST_SECRET: &str = "a local test secret, 32 bytes or more";
+
 /// The risk service on a free port, in this test's database and vhost, running until dropped.
 pub struct TestApp {
     pub address: String,
@@ -19,29 +24,61 @@ pub struct TestApp {
     /// Every `risk.alert` published from the moment the service was built.
     pub alerts: Probe,
     pub broker: TestBroker,
-    _db: TestDatabase,
+    db: TestDatabase,
     shutdown: Shutdown,
+    running: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with the settings changed first (the token secret is set before `change`).
+pub async fn spawn_app_with(change: impl FnOnce(&mut ServiceSettings)) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+    let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+    settings.source.set("RISK_TOKEN_SECRET", TEST_SECRET);
+    change(&mut settings);
     let service = build(settings).await.expect("build the risk service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
     let pool = service.pool().clone();
     let alerts = broker.probe("events", "risk.alert").await;
     let shutdown = Shutdown::new();
-    tokio::spawn(service.run_until_stopped(shutdown.clone()));
+    let running = tokio::spawn(service.run_until_stopped(shutdown.clone()));
     TestApp {
         address,
         client: reqwest::Client::new(),
         pool,
         alerts,
         broker,
-        _db: db,
+        db,
         shutdown,
+        running: Some(running),
     }
+}
+
+/// Another risk service on the same database and vhost: a second replica.
+pub struct Replica {
+    pub address: String,
+    shutdown: Shutdown,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A token for `sub` in `role`, valid for 15 minutes, signed with [`TEST_SECRET`].
+pub fn token(sub: &str, role: Role) -> String {
+    let key = TokenKey::new(TEST_SECRET).expect("a long enough secret");
+    key.issue(&Claims::new(
+        sub,
+        role,
+        Utc::now(),
+        chrono::TimeDelta::minutes(15),
+    ))
 }
 
 impl Drop for TestApp {
@@ -68,6 +105,31 @@ pub fn transaction(id: &str, amount: &str, location: &str, at: DateTime<Utc>) ->
 }
 
 impl TestApp {
+    /// Start a second risk service on this app's database and vhost.
+    pub async fn replica(&self) -> Replica {
+        let mut settings = service_settings(NAME, NAME, &self.db, self.broker.settings(NAME));
+        settings.source.set("RISK_TOKEN_SECRET", TEST_SECRET);
+        let service = build(settings).await.expect("build a second risk service");
+        let address = format!("http://{}", service.local_addr().expect("addr"));
+        let shutdown = Shutdown::new();
+        tokio::spawn(service.run_until_stopped(shutdown.clone()));
+        Replica { address, shutdown }
+    }
+
+    /// Trigger the service's shutdown (as SIGTERM does) and wait until it has stopped, for
+    /// at most `deadline`; how long it took.
+    pub async fn stop(&mut self, deadline: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        self.shutdown.trigger();
+        let running = self.running.take().expect("the service runs");
+        tokio::time::timeout(deadline, running)
+            .await
+            .expect("the service stops within its deadline")
+            .expect("the service task did not panic")
+            .expect("the service stopped cleanly");
+        started.elapsed()
+    }
+
     pub async fn post_transaction(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(format!("{}/transactions", self.address))

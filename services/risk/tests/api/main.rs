@@ -7,4 +7,6 @@ mod helpers;
 mod payments;
 mod rules;
 mod settings;
+mod sse;
+mod stream;
 mod transactions;
