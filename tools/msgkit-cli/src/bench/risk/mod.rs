@@ -5,6 +5,7 @@
 //! stream). One risk process on a fresh database and vhost of the running stack; nothing is
 //! restarted.
 
+mod open_loop;
 mod rules;
 mod sse;
 mod traffic;
@@ -16,21 +17,17 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use msgkit::auth::{Claims, Role, TokenKey};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use self::open_loop::{OpenLoop, open_loop};
 use self::traffic::Variety;
-use self::watch::Sightings;
 use crate::CliError;
 use crate::chaos::services::{self, ServiceProcess};
 use crate::saga_services::{fast_env, run_directory, sibling_binary};
 
 /// Concurrent clients of the closed loop.
 const CLIENTS: usize = 32;
-/// Every n-th open-loop slot posts a planted pair instead of one background transaction.
-const PLANT_EVERY: usize = 10;
-/// The token secret the stage gives the service (the stream verifies operator tokens with it).
 const TOKEN_SECRET: &str = "bench-risk-stream-secret-at-least-32-bytes";
 
 /// What the risk stage measured.
@@ -46,20 +43,9 @@ pub struct RiskStage {
     /// CPU seconds the risk process used per 1,000 transactions (closed loop).
     pub cpu_seconds_per_1000: Option<f64>,
     pub open_loop: OpenLoop,
-}
-
-/// The open-loop half of the stage.
-#[derive(Debug, Clone, Serialize)]
-pub struct OpenLoop {
-    /// Transactions per second sent, planted pairs included.
-    pub offered_per_sec: f64,
-    pub planted_pairs: usize,
-    /// POST returned -> alert committed (polled every 5 ms).
-    pub decision: Latency,
-    /// POST returned -> alert received on the stream; `None` with the reason when the stream
-    /// could not be measured.
-    pub push: Option<Latency>,
-    pub push_unavailable: Option<String>,
+    /// The machine's 1-minute load average before and after the stage (/proc/loadavg): how
+    /// much else was running on the same cores.
+    pub load_average: (Option<f64>, Option<f64>),
 }
 
 /// Percentiles of one latency, in milliseconds, over `count` planted alerts.
@@ -80,6 +66,16 @@ impl Latency {
             max_ms: sorted_ms.last().copied().unwrap_or(f64::NAN),
         }
     }
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Nearest-rank percentile of sorted values (NaN when there are none).
@@ -117,6 +113,14 @@ impl RiskStage {
         row("decision: POST returned -> alert committed", &open.decision);
         if let Some(push) = &open.push {
             row("push: POST returned -> alert on the stream", push);
+        }
+        if let Some(push) = &open.commit_to_push {
+            row("push: alert committed -> on the stream", push);
+        }
+        if let (Some(before), Some(after)) = self.load_average {
+            out.push_str(&format!(
+                "\nLoad average (1 min) {before:.2} before the stage, {after:.2} after it.\n"
+            ));
         }
         if let Some(why) = &open.push_unavailable {
             out.push_str(&format!("\nPush latency not measured: {why}.\n"));
@@ -177,6 +181,7 @@ async fn measure(
     broker: &msgkit::testing::TestBroker,
     duration: Duration,
 ) -> Result<RiskStage, CliError> {
+    let load_before = load_average();
     let api = risk.base_url();
     let other = |e: &dyn std::fmt::Display| CliError::Other(anyhow::anyhow!("risk stage: {e}"));
     // Nothing consumes `risk.alert` in this vhost: a queue of the stage's own takes the alerts,
@@ -265,6 +270,7 @@ async fn measure(
         max_transactions_per_sec: max,
         cpu_seconds_per_1000: cpu,
         open_loop,
+        load_average: (load_before, load_average()),
     })
 }
 
@@ -293,125 +299,6 @@ async fn wait_handled(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn open_loop(
-    client: &reqwest::Client,
-    api: &str,
-    pool: &sqlx::PgPool,
-    rate: f64,
-    duration: Duration,
-) -> Result<OpenLoop, CliError> {
-    let sightings = Arc::new(Sightings::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let poller = tokio::spawn(watch::poll_committed(
-        pool.clone(),
-        Arc::clone(&sightings),
-        stopped.clone(),
-    ));
-    let key = TokenKey::new(TOKEN_SECRET).map_err(|e| CliError::Other(e.into()))?;
-    let token = key.issue(&Claims::new(
-        "bench",
-        Role::Operator,
-        Utc::now(),
-        chrono::TimeDelta::minutes(10),
-    ));
-    let (connected, answered) = tokio::sync::oneshot::channel();
-    // The stream stays open for the whole step: no client-wide timeout.
-    let stream_client = reqwest::Client::new();
-    let listener = tokio::spawn(watch::listen(
-        stream_client,
-        format!("{api}/alerts/stream?access_token={token}"),
-        Arc::clone(&sightings),
-        connected,
-        stopped,
-    ));
-    let mut push_unavailable = answered
-        .await
-        .unwrap_or_else(|_| Err("the listener ended".to_owned()))
-        .err();
-
-    // A planted slot posts two transactions, so slots come a little slower than `rate`.
-    let slot_rate = rate * PLANT_EVERY as f64 / (PLANT_EVERY + 1) as f64;
-    let interval = Duration::from_secs_f64(1.0 / slot_rate);
-    let slots = (duration.as_secs_f64() * slot_rate) as usize;
-    let variety = Arc::new(Variety::default());
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut tasks = JoinSet::new();
-    let mut planted = 0;
-    for slot in 0..slots {
-        tokio::time::sleep_until((start + interval.mul_f64(slot as f64)).into()).await;
-        let (client, api) = (client.clone(), api.to_owned());
-        if slot % PLANT_EVERY == 0 {
-            let (k, sightings) = (planted, Arc::clone(&sightings));
-            planted += 1;
-            tasks.spawn(async move {
-                if traffic::post(&client, &api, &traffic::planted(k, false))
-                    .await
-                    .is_some()
-                    && let Some(returned) =
-                        traffic::post(&client, &api, &traffic::planted(k, true)).await
-                {
-                    sightings.returned(traffic::planted_user(k), returned);
-                }
-            });
-        } else {
-            let variety = Arc::clone(&variety);
-            tasks.spawn(async move {
-                traffic::post(&client, &api, &traffic::background(&variety)).await;
-            });
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-    let sent = start.elapsed().as_secs_f64();
-    let offered = (slots + planted) as f64 / sent.max(f64::EPSILON);
-    let _ = msgkit::testing::try_wait_until(
-        "every planted alert committed",
-        Duration::from_secs(120),
-        watch::POLL_EVERY,
-        || sightings.undecided().is_empty(),
-    )
-    .await;
-    if push_unavailable.is_none() {
-        let _ = msgkit::testing::try_wait_until(
-            "every planted alert pushed",
-            Duration::from_secs(30),
-            watch::POLL_EVERY,
-            || sightings.unpushed() == 0 || listener.is_finished(),
-        )
-        .await;
-    }
-    let _ = stop.send(true);
-    let _ = poller.await;
-    if let Ok(Err(why)) = listener.await {
-        push_unavailable.get_or_insert(why);
-    }
-    let returned = sightings
-        .returned
-        .lock()
-        .map(|r| r.len())
-        .unwrap_or_default();
-    let decision = Latency::of(&sightings.latencies_ms(&sightings.committed));
-    if decision.count < returned {
-        return Err(CliError::Other(anyhow::anyhow!(
-            "risk stage: {} of {returned} planted pairs raised no alert within 2 minutes",
-            returned - decision.count
-        )));
-    }
-    let pushed = sightings.latencies_ms(&sightings.pushed);
-    if push_unavailable.is_none() && pushed.len() < returned {
-        push_unavailable = Some(format!(
-            "{} of {returned} planted alerts never came on the stream",
-            returned - pushed.len()
-        ));
-    }
-    Ok(OpenLoop {
-        offered_per_sec: offered,
-        planted_pairs: returned,
-        decision,
-        push: (!pushed.is_empty()).then(|| Latency::of(&pushed)),
-        push_unavailable,
-    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -24,6 +25,9 @@ pub struct Sightings {
     pub returned: Mutex<HashMap<String, Instant>>,
     pub committed: Mutex<HashMap<String, Instant>>,
     pub pushed: Mutex<HashMap<String, Instant>>,
+    /// The wall-clock time of each arrival on the stream, to compare with the alert's
+    /// `committed_at` (the database's clock: this machine's).
+    pub pushed_at: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 impl Sightings {
@@ -54,6 +58,32 @@ impl Sightings {
             .keys()
             .filter(|u| !pushed.contains_key(*u))
             .count()
+    }
+
+    /// Milliseconds from each planted alert's commit (`committed_at`, which risk records as
+    /// the last statement of the deciding transaction) to its arrival on the stream, sorted;
+    /// empty when the alerts table has no such column.
+    pub async fn commit_to_push_ms(&self, pool: &PgPool) -> Vec<f64> {
+        let pushed_at = self.pushed_at.lock().map(|p| p.clone()).unwrap_or_default();
+        let users: Vec<&String> = pushed_at.keys().collect();
+        let committed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT user_id, committed_at FROM risk.alerts \
+             WHERE rule_id = $1 AND user_id = ANY($2) AND committed_at IS NOT NULL",
+        )
+        .bind(DEFAULT_RULE)
+        .bind(&users)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let mut ms: Vec<f64> = committed
+            .iter()
+            .filter_map(|(user, committed)| {
+                let waited = pushed_at.get(user)?.signed_duration_since(*committed);
+                Some(waited.num_microseconds()? as f64 / 1000.0)
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
     }
 
     /// Milliseconds from each second POST's return to `seen`, sorted.
@@ -143,7 +173,7 @@ pub async fn listen(
             Ok(None) => return Err("the stream ended".to_owned()),
             Err(error) => return Err(format!("the stream broke: {error}")),
         };
-        let received = Instant::now();
+        let (received, received_wall) = (Instant::now(), Utc::now());
         for frame in reader.push(&chunk) {
             if frame.event != "alert" {
                 continue;
@@ -155,8 +185,12 @@ pub async fn listen(
             if alert["rule_id"] == DEFAULT_RULE
                 && user.starts_with(traffic::PLANTED_PREFIX)
                 && let Ok(mut pushed) = sightings.pushed.lock()
+                && !pushed.contains_key(user)
             {
-                pushed.entry(user.to_owned()).or_insert(received);
+                pushed.insert(user.to_owned(), received);
+                if let Ok(mut pushed_at) = sightings.pushed_at.lock() {
+                    pushed_at.insert(user.to_owned(), received_wall);
+                }
             }
         }
     }
