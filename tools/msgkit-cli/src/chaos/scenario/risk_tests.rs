@@ -254,3 +254,45 @@ async fn the_invariants_pass_on_a_faithful_record_and_name_each_kind_of_damage()
     pool.close().await;
     risk_pool.close().await;
 }
+
+/// Each fault kind once; a new kind does not compile here until it has a name, and then
+/// fails the test below until the risk scenario has it too.
+fn kind_name(kind: &super::FaultKind) -> &'static str {
+    use super::FaultKind::*;
+    match kind {
+        KillService { .. } => "kill_service",
+        PauseService { .. } => "pause_service",
+        CloseConnections => "close_connections",
+        RestartRabbitmq => "restart_rabbitmq",
+        RestartPostgres => "restart_postgres",
+        Partition { .. } => "partition",
+        Latency { .. } => "latency",
+        Bandwidth { .. } => "bandwidth",
+        MemoryAlarm { .. } => "memory_alarm",
+        DiskAlarm { .. } => "disk_alarm",
+    }
+}
+
+#[test]
+fn the_risk_scenario_has_every_fault_kind_and_each_fault_that_takes_a_service_takes_risk() {
+    let (scenario, _) = load("risk").unwrap();
+    let kinds: BTreeSet<&str> = scenario.faults.iter().map(|f| kind_name(&f.kind)).collect();
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    for fault in &scenario.faults {
+        assert_eq!(
+            fault.kind.service().unwrap_or("risk"),
+            "risk",
+            "{}",
+            fault.kind.label()
+        );
+    }
+    let last = scenario
+        .faults
+        .iter()
+        .map(|f| f.at_secs)
+        .fold(0.0, f64::max);
+    assert!(
+        last < scenario.duration_secs as f64,
+        "faults end under load"
+    );
+}
