@@ -37,6 +37,39 @@ pub(crate) fn run_directory(name: &str) -> Result<std::path::PathBuf, CliError> 
     Ok(dir)
 }
 
+/// The environment of a service process in test runs: the run's database and vhost, and
+/// reconnects, retries and outbox polls fast enough for a run of minutes.
+pub(crate) fn fast_env(database_url: &str, amqp_url: &str) -> BTreeMap<String, String> {
+    [
+        ("DATABASE_URL", database_url),
+        ("AMQP_URL", amqp_url),
+        ("OUTBOX_POLL_INTERVAL_MS", "250"),
+        ("AMQP_RECONNECT_INITIAL_MS", "100"),
+        ("AMQP_RECONNECT_MAX_MS", "1000"),
+        ("RETRY_INITIAL_DELAY_MS", "200"),
+        ("RETRY_MAX_DELAY_MS", "3000"),
+        ("RETRY_MAX_ATTEMPTS", "10"),
+        ("RUST_LOG", "info,sqlx=warn,lapin=error"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A binary built in this workspace, next to the running `msgkit`.
+pub(crate) fn sibling_binary(name: &str) -> Result<std::path::PathBuf, CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::Other(e.into()))?;
+    let binary = exe.parent().map(|dir| dir.join(name)).unwrap_or_default();
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(CliError::NotFound(format!(
+            "no {} binary next to msgkit (build them: cargo build --workspace --bins)",
+            binary.display()
+        )))
+    }
+}
+
 /// Start the four service binaries (next to this one) on `db` and `amqp_url` with the chaos
 /// runner's fast settings plus `overrides`, and wait until every one is ready.
 pub(crate) async fn start_services(
@@ -45,36 +78,12 @@ pub(crate) async fn start_services(
     amqp_url: &str,
     run_dir: &std::path::Path,
 ) -> Result<Vec<ServiceProcess>, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::Other(e.into()))?;
-    let bin_dir = exe
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
     let mut processes = Vec::new();
     for name in SERVICES {
-        let binary = bin_dir.join(name);
-        if !binary.is_file() {
-            return Err(CliError::NotFound(format!(
-                "no {} binary next to msgkit (build them: cargo build --workspace --bins)",
-                binary.display()
-            )));
-        }
+        let binary = sibling_binary(name)?;
         let port = services::free_port()?;
-        let mut env: BTreeMap<String, String> = [
-            ("DATABASE_URL", db.url()),
-            ("AMQP_URL", amqp_url.to_owned()),
-            ("OUTBOX_POLL_INTERVAL_MS", "250".to_owned()),
-            ("AMQP_RECONNECT_INITIAL_MS", "100".to_owned()),
-            ("AMQP_RECONNECT_MAX_MS", "1000".to_owned()),
-            ("RETRY_INITIAL_DELAY_MS", "200".to_owned()),
-            ("RETRY_MAX_DELAY_MS", "3000".to_owned()),
-            ("RETRY_MAX_ATTEMPTS", "10".to_owned()),
-            ("GATEWAY_LATENCY_MS", "5".to_owned()),
-            ("RUST_LOG", "info,sqlx=warn,lapin=error".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let mut env = fast_env(&db.url(), amqp_url);
+        env.insert("GATEWAY_LATENCY_MS".to_owned(), "5".to_owned());
         env.insert(
             format!("{}_HTTP_ADDR", name.to_ascii_uppercase()),
             format!("127.0.0.1:{port}"),

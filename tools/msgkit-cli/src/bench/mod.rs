@@ -4,6 +4,7 @@
 mod e2e;
 mod plot;
 mod raw;
+mod risk;
 mod timers;
 
 use std::collections::BTreeMap;
@@ -36,11 +37,11 @@ pub struct BenchArgs {
     /// Seconds of closed-loop end-to-end load (open-loop steps are as long).
     #[arg(long, default_value_t = 20)]
     e2e_secs: u64,
-    /// Skip the end-to-end stages (they need the service binaries).
+    /// Skip the stages that need the service binaries (e2e, risk).
     #[arg(long)]
     skip_e2e: bool,
-    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers); ratios need
-    /// `raw`.
+    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers, risk);
+    /// ratios need `raw`.
     /// All by default.
     #[arg(long, value_delimiter = ',', value_enum)]
     stages: Vec<StageKind>,
@@ -62,6 +63,8 @@ pub enum StageKind {
     E2e,
     /// Durable timers: fired per second, and the firing lag at half that rate.
     Timers,
+    /// Transactions through the risk engine with 20 rules; decision and push latency.
+    Risk,
 }
 
 /// One measured stage.
@@ -117,7 +120,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     let repeat = args.repeat.max(1);
     let wanted = |kind: StageKind| {
         (args.stages.is_empty() || args.stages.contains(&kind))
-            && !(kind == StageKind::E2e && args.skip_e2e)
+            && !(matches!(kind, StageKind::E2e | StageKind::Risk) && args.skip_e2e)
     };
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
@@ -179,6 +182,11 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     if let Some(e2e) = &e2e {
         samples.insert(KIT_E2E, vec![e2e.max_orders_per_sec]);
     }
+    let risk = if wanted(StageKind::Risk) {
+        Some(risk::run(Duration::from_secs(args.e2e_secs)).await?)
+    } else {
+        None
+    };
 
     // (stage, its ceiling, target ratio)
     let layout: [(&str, Option<&str>, Option<f64>); 9] = [
@@ -209,10 +217,14 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         "stages": stages,
         "end_to_end": e2e,
         "timers": timers,
+        "risk": risk,
     });
     let mut markdown = markdown(&stages, e2e.as_ref());
     if let Some(timers) = &timers {
         markdown.push_str(&timers.markdown());
+    }
+    if let Some(risk) = &risk {
+        markdown.push_str(&risk.markdown());
     }
     std::fs::write(
         args.out.join("report.json"),

@@ -51,6 +51,17 @@ impl Mix {
     }
 }
 
+/// The generator's seed: the same for every load, so loads with the same variants pick the
+/// same variant for the same request number.
+const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The first `count` requests' variant tags and bodies, as [`run`] sends them.
+#[cfg(test)]
+pub(crate) fn bodies(spec: &LoadSpec, count: u64) -> Vec<(String, String)> {
+    let mut mix = Mix(SEED);
+    (0..count).map(|n| pick(spec, n, &mut mix)).collect()
+}
+
 /// The body of request `n` and its variant tag.
 fn pick(spec: &LoadSpec, n: u64, mix: &mut Mix) -> (String, String) {
     if let Some(variant) = spec.variants.iter().find(|v| {
@@ -182,7 +193,7 @@ pub async fn run(spec: LoadSpec, base: String, duration: Duration) -> LoadResult
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / spec.rate_per_sec));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
-    let mut mix = Mix(0x9E37_79B9_7F4A_7C15);
+    let mut mix = Mix(SEED);
     let method =
         reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
     let mut n = 0u64;

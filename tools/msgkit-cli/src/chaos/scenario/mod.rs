@@ -424,4 +424,6 @@ impl Scenario {
 }
 
 #[cfg(test)]
+mod risk_tests;
+#[cfg(test)]
 mod tests;
