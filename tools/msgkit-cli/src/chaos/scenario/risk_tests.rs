@@ -159,6 +159,13 @@ async fn alert(pool: &PgPool, user: &str, transaction_ids: Vec<String>) {
         serde_json::to_value(&alert).unwrap(),
     )
     .await;
+    sqlx::query("INSERT INTO notify.risk_notifications (alert_id, user_id, rule_id, rule_version, transaction_ids, message) VALUES ($1, $2, 1, 1, $3, 'alert')")
+        .bind(alert.alert_id).bind(user).bind(&alert.transaction_ids)
+        .execute(pool).await.unwrap();
+}
+
+async fn exec_on(pool: &PgPool, sql: &'static str) {
+    sqlx::query(sql).execute(pool).await.unwrap();
 }
 
 /// Every violation of every invariant, and the figures (which must run).
@@ -190,7 +197,19 @@ async fn the_invariants_pass_on_a_faithful_record_and_name_each_kind_of_damage()
         .run(&risk_pool)
         .await
         .unwrap();
+    let notify_pool = db.settings("notify").connect().await.unwrap();
+    msgkit::schema::migrate(&notify_pool).await.unwrap();
+    sqlx::migrate!("../../services/notify/migrations")
+        .run(&notify_pool)
+        .await
+        .unwrap();
+    notify_pool.close().await;
     record_run(&risk_pool, &loads).await;
+    // A transaction parked for its user's turn and released: a second outbox row of the same
+    // message (its original id in a header), which is not a second publication.
+    exec_on(&risk_pool, "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers, published_at) \
+        SELECT gen_random_uuid(), aggregate_id, '', 'risk', message_type, payload, jsonb_build_object('x-msgkit-message-id', id::text), now() \
+        FROM msgkit_outbox WHERE payload->>'transaction_id' = 'chaos-hit-4-a'").await;
     let mut captured: checks::Captured = loads
         .iter()
         .map(|(name, sent)| {
@@ -234,6 +253,7 @@ async fn the_invariants_pass_on_a_faithful_record_and_name_each_kind_of_damage()
     alert(&risk_pool, "chaos-hit-1", vec!["chaos-hit-1-b".into()]).await;
     exec("DELETE FROM msgkit_inbox WHERE message_id = (SELECT id::text FROM msgkit_outbox WHERE payload->>'transaction_id' = 'chaos-hit-2-b')").await;
     exec("UPDATE msgkit_outbox SET published_at = NULL WHERE message_type = 'risk.alert' AND payload->>'user_id' = 'chaos-hit-5'").await;
+    exec("DELETE FROM notify.risk_notifications WHERE user_id = 'chaos-hit-2'").await;
     let violations = check(&pool, &scenario, &captured).await;
     for expected in [
         "transaction chaos-hit-999-a was accepted but is not stored (lost)",
@@ -244,13 +264,15 @@ async fn the_invariants_pass_on_a_faithful_record_and_name_each_kind_of_damage()
         "transaction chaos-hit-2-b was published 1 time(s) and handled 0 time(s)",
         "risk.alert outbox row(s), 0 published",
         "(risk.alert) was never published",
+        "high-severity alert stored false, user notified true",
+        "high-severity alert stored true, user notified false",
     ] {
         assert!(
             violations.iter().any(|v| v.contains(expected)),
             "no violation says {expected:?}: {violations:#?}"
         );
     }
-    assert_eq!(violations.len(), 8, "{violations:#?}");
+    assert_eq!(violations.len(), 10, "{violations:#?}");
     pool.close().await;
     risk_pool.close().await;
 }
