@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use crate::config::{ConfigError, Lookup, redact_url};
 
@@ -121,6 +121,24 @@ impl DatabaseSettings {
     }
 }
 
+/// A `LISTEN` on `channel` over a connection of its own, outside `pool` (same server, user and
+/// search path): a listening connection must never go back to a pool. When sqlx's listener is
+/// dropped or reconnects after a database restart it may hand its connection back still
+/// listening and without its notification buffer, and the next query on it fails with
+/// "unexpected message: NotificationResponse" (seen as HTTP 500s after a PostgreSQL restart).
+/// The listener's own one-connection pool ends with it.
+pub async fn listen_apart(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let mut listener = PgListener::connect_with(&own).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
 /// Whether `error` means the database cannot be reached right now (the connection failed or
 /// was lost, the pool is exhausted, the server is shutting down or starting up), so that the
 /// same request may work later: an HTTP API answers 503 with `Retry-After`, not 500.
@@ -136,5 +154,49 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn a_listener_apart_takes_no_connection_of_the_pool_and_leaves_none_listening() {
+        let db = TestDatabase::create().await;
+        let mut settings = db.settings("apart");
+        settings.max_connections = 1;
+        let pool = settings.connect().await.unwrap();
+        let mut listener = listen_apart(&pool, "apart_channel").await.unwrap();
+
+        // The pool's only connection is still free, and it is not the one listening: a
+        // notification to the channel reaches the listener, and the pool's next query does
+        // not meet it.
+        sqlx::query("SELECT pg_notify('apart_channel', 'one')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("the notification arrives")
+            .unwrap();
+        assert_eq!(heard.payload(), "one");
+        drop(listener);
+        for n in 0..20 {
+            sqlx::query("SELECT pg_notify('apart_channel', $1)")
+                .bind(n.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_listening_channels() AS c WHERE c = 'apart_channel'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(listening, 0, "the pool's connection does not listen");
+        pool.close().await;
     }
 }

@@ -101,9 +101,7 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
         let channel: String = sqlx::query_scalar("SELECT 'msgkit_timers_' || current_schema()")
             .fetch_one(pool)
             .await?;
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(&channel).await?;
-        Ok::<_, sqlx::Error>(listener)
+        crate::database::listen_apart(pool, &channel).await
     };
     match listening.await {
         Ok(listener) => Some(listener),

@@ -251,9 +251,7 @@ async fn notify_channel(pool: &PgPool) -> Result<String, sqlx::Error> {
 /// outbox rows in the pool's schema commits.
 pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let channel = notify_channel(pool).await?;
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(&channel).await?;
-    Ok(listener)
+    crate::database::listen_apart(pool, &channel).await
 }
 
 #[cfg(test)]
