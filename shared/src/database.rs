@@ -111,12 +111,20 @@ impl DatabaseSettings {
             .await
             .map_err(unavailable)?;
         // The name was checked above, so splicing it in is safe.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
         )))
         .execute(&pool)
-        .await
-        .map_err(unavailable)?;
+        .await;
+        match created {
+            Ok(_) => {}
+            // Two replicas starting together: `IF NOT EXISTS` is not safe against a concurrent
+            // creation, and the loser gets a unique violation on the catalog (or a duplicate
+            // schema). The schema exists either way.
+            Err(sqlx::Error::Database(error))
+                if matches!(error.code().as_deref(), Some("23505" | "42P06")) => {}
+            Err(error) => return Err(unavailable(error)),
+        }
         Ok(pool)
     }
 }
@@ -161,6 +169,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 mod tests {
     use super::*;
     use crate::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn replicas_starting_together_all_get_their_schema() {
+        let db = TestDatabase::create().await;
+        let settings = db.settings("together");
+        let connects = (0..8).map(|_| settings.connect());
+        for pool in futures_util::future::join_all(connects).await {
+            pool.expect("every replica connects").close().await;
+        }
+    }
 
     #[tokio::test]
     async fn a_listener_apart_takes_no_connection_of_the_pool_and_leaves_none_listening() {
