@@ -15,8 +15,8 @@ pub mod event_type {
     use msgkit::EventType;
 
     use super::{
-        InventoryReserved, OrderConcluded, OrderPlaced, OrderSetback, PaymentSucceeded, RiskAlert,
-        TransactionRecorded,
+        InventoryReserved, OrderConcluded, OrderPlaced, OrderSetback, PaymentCallback,
+        PaymentFailed, PaymentSucceeded, Reconciliation, RiskAlert, TransactionRecorded,
     };
 
     /// An order was accepted over HTTP (order -> inventory).
@@ -31,8 +31,18 @@ pub mod event_type {
     /// The charge was taken (payment -> order, risk). No payload event time: `occurred_at`
     /// is optional for older messages, so the kit's event time is the outbox row's creation.
     pub const PAYMENT_SUCCEEDED: EventType<PaymentSucceeded> = EventType::new("payment.succeeded");
-    /// The charge was declined (payment -> inventory, order).
-    pub const PAYMENT_FAILED: EventType<OrderSetback> = EventType::new("payment.failed");
+    /// The charge was declined (payment -> inventory, order, reconcile).
+    pub const PAYMENT_FAILED: EventType<PaymentFailed> = EventType::new("payment.failed");
+    /// The payment gateway called back about a charge or a decline, signed and verified by the
+    /// payment service (payment -> reconcile).
+    pub const PAYMENT_CALLBACK: EventType<PaymentCallback> = EventType::new("payment.callback");
+    /// Both sides of a payment agree (reconcile -> anyone auditing).
+    pub const RECONCILE_MATCHED: EventType<Reconciliation> = EventType::new("reconcile.matched");
+    /// A payment's sides disagree, or one is missing after the window (reconcile -> notify,
+    /// which tells operators).
+    pub const RECONCILE_MISMATCH: EventType<Reconciliation> = EventType::new("reconcile.mismatch");
+    /// A mismatch was resolved by a side arriving late (reconcile -> anyone auditing).
+    pub const RECONCILE_RESOLVED: EventType<Reconciliation> = EventType::new("reconcile.resolved");
     /// The order is confirmed (order -> notify).
     pub const ORDER_CONFIRMED: EventType<OrderConcluded> = EventType::new("order.confirmed");
     /// The order is rejected: out of stock (order -> notify).
@@ -93,14 +103,76 @@ pub struct InventoryReserved {
     pub location: Option<String>,
 }
 
-/// Payload of `inventory.rejected`, `inventory.released` and `payment.failed`: an order and
-/// why.
+/// Payload of `inventory.rejected` and `inventory.released`: an order and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderSetback {
     /// The order.
     pub order_id: Uuid,
     /// Why, for people.
     pub reason: String,
+}
+
+/// Payload of `payment.failed`: an order, why, and what the declined charge was for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    /// The order.
+    pub order_id: Uuid,
+    /// Why, for people.
+    pub reason: String,
+    /// What the declined charge was for, in cents. `None` in a message from before the field
+    /// existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+}
+
+/// What the gateway says happened to a charge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayOutcome {
+    /// The charge was taken (our side: `payment.succeeded`).
+    Success,
+    /// The charge was declined (our side: `payment.failed`).
+    Declined,
+}
+
+/// Payload of `payment.callback`: a gateway callback as the payment service received and
+/// verified it. The gateway may send one callback twice: `callback_id` is the same then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCallback {
+    /// The gateway's id of this callback (the same on a duplicate).
+    pub callback_id: String,
+    /// The order the gateway says the charge was for.
+    pub order_id: Uuid,
+    /// The gateway's charge id, when it took one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_id: Option<String>,
+    /// Charged or declined.
+    pub outcome: GatewayOutcome,
+    /// The amount the gateway reports, in cents.
+    pub amount_cents: i64,
+    /// Whether the payment service knew the order when the callback came (an unknown order is
+    /// recorded and published, not dropped: reconciliation decides what it means).
+    pub known_order: bool,
+    /// When the payment service received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Payload of `reconcile.matched`, `reconcile.mismatch` and `reconcile.resolved`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    /// The order.
+    pub order_id: Uuid,
+    /// `matched`, `third-party-missing`, `app-missing`, `amount-mismatch`,
+    /// `status-mismatch` or `late-match`.
+    pub outcome: String,
+    /// Our side's amount, when we have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_amount_cents: Option<i64>,
+    /// The gateway's amount, when it called back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_amount_cents: Option<i64>,
+    /// When reconcile decided.
+    pub decided_at: DateTime<Utc>,
 }
 
 /// Payload of `payment.succeeded`.
@@ -179,16 +251,18 @@ pub struct RiskAlert {
 /// The saga's topology, the one table of bindings: every service declares all of it, so each
 /// work queue exists (and buffers its events) before its consumer first starts, and each
 /// service's routes are checked against its queue's bindings before it starts
-/// (`msgkit::bindings`). The order queue takes every result of inventory and payment; the notify
-/// queue takes the orders' final states and risk's alerts; the risk queue takes the
-/// transactions its own API records and the saga's payments.
+/// (`msgkit::bindings`). The order queue takes every result of inventory and payment's
+/// outcomes (not the gateway's callbacks); the notify queue takes the orders' final states and
+/// risk's alerts; the risk queue takes the transactions its own API records and the saga's
+/// payments; the reconcile queue takes our payments' outcomes and the gateway's callbacks.
 pub fn topology() -> Topology {
     use event_type::*;
     Topology::default()
         .with_queue(
             WorkQueue::new("order")
                 .bind("inventory.*")
-                .bind("payment.*"),
+                .bind(PAYMENT_SUCCEEDED)
+                .bind(PAYMENT_FAILED),
         )
         .with_queue(
             WorkQueue::new("inventory")
@@ -208,6 +282,12 @@ pub fn topology() -> Topology {
                 .bind(TRANSACTION_RECORDED)
                 .bind(PAYMENT_SUCCEEDED),
         )
+        .with_queue(
+            WorkQueue::new("reconcile")
+                .bind(PAYMENT_SUCCEEDED)
+                .bind(PAYMENT_FAILED)
+                .bind(PAYMENT_CALLBACK),
+        )
 }
 
 #[cfg(test)]
@@ -217,7 +297,14 @@ mod tests {
     #[test]
     fn every_consuming_service_has_a_queue_and_a_dlq() {
         let topology = topology();
-        for name in ["order", "inventory", "payment", "notify", "risk"] {
+        for name in [
+            "order",
+            "inventory",
+            "payment",
+            "notify",
+            "risk",
+            "reconcile",
+        ] {
             let queue = topology.queue(name).unwrap();
             assert_eq!(queue.dead_letter_queue(), format!("{name}.dlq"));
         }

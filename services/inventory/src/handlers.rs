@@ -8,7 +8,7 @@
 use contracts::event_type::{
     INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_PLACED, PAYMENT_FAILED,
 };
-use contracts::{InventoryReserved, OrderPlaced, OrderSetback};
+use contracts::{InventoryReserved, OrderPlaced, OrderSetback, PaymentFailed};
 use msgkit::consume::{Batch, Context, FailureKind, HandlerError, Routes};
 use sqlx::PgPool;
 
@@ -105,7 +105,7 @@ async fn reserve(mut ctx: Context<'_, Broken>, order: OrderPlaced) -> Result<(),
     Ok(())
 }
 
-async fn release(mut ctx: Context<'_, Broken>, failed: OrderSetback) -> Result<(), HandlerError> {
+async fn release(mut ctx: Context<'_, Broken>, failed: PaymentFailed) -> Result<(), HandlerError> {
     let lines = stock::release(ctx.tx(), failed.order_id).await?;
     if lines == 0 {
         tracing::warn!(order_id = %failed.order_id, "no reservation to release");

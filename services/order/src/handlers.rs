@@ -9,7 +9,7 @@ use contracts::event_type::{
     INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_CANCELLED, ORDER_CONFIRMED,
     ORDER_REJECTED, PAYMENT_FAILED, PAYMENT_SUCCEEDED,
 };
-use contracts::{InventoryReserved, OrderConcluded, OrderSetback, PaymentSucceeded};
+use contracts::{InventoryReserved, OrderConcluded, OrderSetback, PaymentFailed, PaymentSucceeded};
 use msgkit::consume::{Context, FailureKind, HandlerError, Routes};
 use uuid::Uuid;
 
@@ -44,7 +44,7 @@ async fn rejected(ctx: Context<'_>, event: OrderSetback) -> Result<(), HandlerEr
     .await
 }
 
-async fn payment_failed(ctx: Context<'_>, event: OrderSetback) -> Result<(), HandlerError> {
+async fn payment_failed(ctx: Context<'_>, event: PaymentFailed) -> Result<(), HandlerError> {
     conclude(
         ctx,
         event.order_id,

@@ -2,7 +2,7 @@
 //! `payment.failed`.
 
 use contracts::event_type::{INVENTORY_RESERVED, PAYMENT_FAILED, PAYMENT_SUCCEEDED};
-use contracts::{InventoryReserved, OrderSetback, PaymentSucceeded};
+use contracts::{InventoryReserved, PaymentFailed, PaymentSucceeded};
 use msgkit::consume::{Context, HandlerError, Routes};
 
 use crate::gateway::{ChargeOutcome, GatewayError, GatewaySimulator};
@@ -64,8 +64,15 @@ async fn charge(
             ctx.publish(PAYMENT_SUCCEEDED, &event).await?
         }
         ChargeOutcome::Declined { reason } => {
-            ctx.publish(PAYMENT_FAILED, &OrderSetback { order_id, reason })
-                .await?
+            ctx.publish(
+                PAYMENT_FAILED,
+                &PaymentFailed {
+                    order_id,
+                    reason,
+                    amount_cents: Some(reserved.amount_cents),
+                },
+            )
+            .await?
         }
     };
     tracing::info!(%order_id, status, "payment settled");
