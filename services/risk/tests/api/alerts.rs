@@ -15,17 +15,9 @@ async fn a_large_amount_then_another_city_within_five_minutes_raises_one_alert()
     let mut app = spawn_app().await;
     let first = transaction("t-1", "12000.00", "Shanghai", t0());
     let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(3));
-    assert_eq!(app.post_transaction(&first).await.status(), 202);
-    // The consumer handles several deliveries at once: posted back to back, the second could
-    // be handled first and make the first late.
-    app.wait_until_handled(1).await;
-    assert_eq!(app.post_transaction(&second).await.status(), 202);
+    app.post_all(&[&first, &second]).await;
 
-    let alerts = wait_until_async("an alert for u-1", DEADLINE, || async {
-        let alerts = app.alerts_of("u-1").await;
-        (!alerts.is_empty()).then_some(alerts)
-    })
-    .await;
+    let alerts = app.wait_for_alerts("u-1").await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let alert = &alerts[0];
     assert_eq!(alert["rule_id"], 1);
@@ -64,11 +56,7 @@ async fn another_city_after_the_window_raises_nothing() {
     let app = spawn_app().await;
     let first = transaction("t-1", "12000.00", "Shanghai", t0());
     let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(6));
-    assert_eq!(app.post_transaction(&first).await.status(), 202);
-    // The consumer handles several deliveries at once: posted back to back, the second could
-    // be handled first and make the first late.
-    app.wait_until_handled(1).await;
-    assert_eq!(app.post_transaction(&second).await.status(), 202);
+    app.post_all(&[&first, &second]).await;
 
     app.wait_until_handled(2).await;
     assert!(app.alerts_of("u-1").await.is_empty());

@@ -207,6 +207,24 @@ impl TestApp {
         metric_value(&exposition, name, labels)
     }
 
+    /// Posts the transactions in this order, each accepted. No need to wait between them: the
+    /// engine applies a user's transactions in the order they were recorded.
+    pub async fn post_all(&self, transactions: &[&Value]) {
+        for transaction in transactions {
+            let status = self.post_transaction(transaction).await.status();
+            assert_eq!(status, 202, "{transaction}");
+        }
+    }
+
+    /// Waits until `user` has an alert; all of theirs.
+    pub async fn wait_for_alerts(&self, user: &str) -> Vec<Value> {
+        wait_until_async(&format!("an alert for {user}"), DEADLINE, || async {
+            let alerts = self.alerts_of(user).await;
+            (!alerts.is_empty()).then_some(alerts)
+        })
+        .await
+    }
+
     /// Waits until the consumer has applied `count` transactions (its inbox rows).
     pub async fn wait_until_handled(&self, count: i64) {
         wait_until_async(

@@ -63,11 +63,7 @@ async fn a_large_payment_then_a_transaction_from_another_city_within_five_minute
     let second = transaction("t-2", "50.00", "Beijing", t0 + Duration::minutes(3));
     assert_eq!(app.post_transaction(&second).await.status(), 202);
 
-    let alerts = wait_until_async("an alert for u-1", DEADLINE, || async {
-        let alerts = app.alerts_of("u-1").await;
-        (!alerts.is_empty()).then_some(alerts)
-    })
-    .await;
+    let alerts = app.wait_for_alerts("u-1").await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["rule_id"], 1);
     assert_eq!(

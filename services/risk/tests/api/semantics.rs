@@ -2,7 +2,6 @@
 //! amount must be strictly above 10,000.00, and event time (not arrival) decides the order.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use msgkit::testing::wait_until_async;
 
 use crate::helpers::{DEADLINE, spawn_app, spawn_app_with_config, transaction};
 
@@ -15,11 +14,7 @@ async fn another_city_exactly_five_minutes_later_raises_nothing_as_the_window_is
     let app = spawn_app().await;
     let first = transaction("t-1", "12000.00", "Shanghai", t0());
     let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(5));
-    assert_eq!(app.post_transaction(&first).await.status(), 202);
-    // Handled before the second is posted: the consumer handles several deliveries at once,
-    // and the second arriving first would make the first late (and this test pass vacuously).
-    app.wait_until_handled(1).await;
-    assert_eq!(app.post_transaction(&second).await.status(), 202);
+    app.post_all(&[&first, &second]).await;
 
     app.wait_until_handled(2).await;
     assert!(app.alerts_of("u-1").await.is_empty());
@@ -31,11 +26,7 @@ async fn a_first_amount_of_exactly_ten_thousand_raises_nothing() {
     let app = spawn_app().await;
     let first = transaction("t-1", "10000.00", "Shanghai", t0());
     let second = transaction("t-2", "50.00", "Beijing", t0() + Duration::minutes(3));
-    assert_eq!(app.post_transaction(&first).await.status(), 202);
-    // Handled before the second is posted: the consumer handles several deliveries at once,
-    // and the second arriving first would make the first late (and this test pass vacuously).
-    app.wait_until_handled(1).await;
-    assert_eq!(app.post_transaction(&second).await.status(), 202);
+    app.post_all(&[&first, &second]).await;
 
     app.wait_until_handled(2).await;
     assert!(app.alerts_of("u-1").await.is_empty());
@@ -54,11 +45,7 @@ async fn two_transactions_arriving_in_reverse_order_within_the_lateness_match_by
     assert!(app.alerts_of("u-1").await.is_empty(), "half a pattern");
     assert_eq!(app.post_transaction(&first).await.status(), 202);
 
-    let alerts = wait_until_async("an alert for u-1", DEADLINE, || async {
-        let alerts = app.alerts_of("u-1").await;
-        (!alerts.is_empty()).then_some(alerts)
-    })
-    .await;
+    let alerts = app.wait_for_alerts("u-1").await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["rule_id"], 1);
     assert_eq!(
