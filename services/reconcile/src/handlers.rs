@@ -217,8 +217,8 @@ async fn decide(
         Outcome::LateMatch => RECONCILE_RESOLVED,
         _ => RECONCILE_MISMATCH,
     };
-    let message = OutboxMessage::of(event, &order_id.to_string(), &payload)
-        .map_err(HandlerError::poison)?;
+    let message =
+        OutboxMessage::of(event, order_id.to_string(), &payload).map_err(HandlerError::poison)?;
     ctx.enqueue(&message).await?;
     tracing::info!(
         outcome = outcome.as_str(),
@@ -228,7 +228,9 @@ async fn decide(
     let metrics = &ctx.state().metrics;
     metrics.outcome(outcome);
     if outcome == Outcome::Matched {
-        metrics.time_to_match_seconds.observe(since_first.as_secs_f64());
+        metrics
+            .time_to_match_seconds
+            .observe(since_first.as_secs_f64());
     }
     Ok(())
 }
