@@ -36,7 +36,7 @@ pub struct WindowEnd {
 pub struct ReconcileState {
     /// How long after the first side the other may come before it counts as missing.
     pub window: Duration,
-    /// How long an order's sides are kept after its last change, for late sides and
+    /// How long a decided order's sides are kept after its last change, for late sides and
     /// duplicates.
     pub retention: Duration,
     /// The service's metrics.
@@ -144,19 +144,31 @@ async fn arrive(
             decide(&mut ctx, order_id, &pair, outcome, previous, now).await?;
         }
     }
-    ctx.keyed_state()
-        .put_for(&key, &pair, state.retention)
-        .await
+    store(&mut ctx, &key, &pair).await
 }
 
-/// The window ended. The pair is kept (with its retention) after a mismatch: a side arriving
+/// Keep `pair`: without expiry while its window is open (its timer is durable, and fires
+/// however long the service was down: the sides must still be there then), for the retention
+/// once decided.
+async fn store(
+    ctx: &mut Context<'_, ReconcileState>,
+    key: &str,
+    pair: &Pair,
+) -> Result<(), HandlerError> {
+    let retention = ctx.state().retention;
+    match pair.outcome {
+        None => ctx.keyed_state().put(key, pair).await,
+        Some(_) => ctx.keyed_state().put_for(key, pair, retention).await,
+    }
+}
+
+/// The window ended. The pair is kept (for the retention) after a mismatch: a side arriving
 /// later must find it, or it would open a new window and raise a second, false alarm.
 #[tracing::instrument(skip_all, fields(order_id = %fired.payload().order_id))]
 async fn on_window_end(
     mut ctx: Context<'_, ReconcileState>,
     fired: Fired<WindowEnd>,
 ) -> Result<(), HandlerError> {
-    let state = ctx.state();
     let order_id = fired.payload().order_id;
     let key = order_id.to_string();
     let now = ctx.now();
@@ -172,9 +184,7 @@ async fn on_window_end(
                 tracing::warn!(lateness = ?fired.lateness(), "reconciliation window ended late");
             }
             decide(&mut ctx, order_id, &pair, outcome, previous, now).await?;
-            ctx.keyed_state()
-                .put_for(&key, &pair, state.retention)
-                .await
+            store(&mut ctx, &key, &pair).await
         }
         _ => {
             tracing::debug!("window ended after the order was decided; ignored");

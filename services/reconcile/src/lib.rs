@@ -21,8 +21,10 @@
 //! - **Duplicates** change nothing: the same message is the kit's inbox's business, and the
 //!   same side again (a callback with the same or another `callback_id`, our side twice)
 //!   leaves the first one standing.
-//! - **Retention:** an order's sides are kept in keyed state for `RECONCILE_RETENTION_MS`
-//!   (1 h) after its last change (`put_for`: the kit's sweep deletes them). A side arriving
+//! - **Retention:** an order's sides are kept in keyed state without expiry while its window
+//!   is open (its timer fires however long the service was down, and must find them), then
+//!   for `RECONCILE_RETENTION_MS` (1 h) after its last change (`put_for`: the kit's sweep
+//!   deletes them). A side arriving
 //!   for an order decided longer ago only adds an `after-retention` row to its history: a new
 //!   window would raise a second, false alarm.
 //!

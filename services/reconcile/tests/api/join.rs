@@ -219,3 +219,14 @@ async fn a_side_later_than_the_retention_changes_no_decision_and_raises_nothing(
         .unwrap();
     assert_eq!(timers, 0, "no new window");
 }
+
+#[tokio::test]
+async fn a_window_ending_later_than_the_retention_still_finds_its_side() {
+    // The service was down (here: the clock jumps) past the retention before the timer fired.
+    let app = crate::helpers::spawn_app_with(&[("RECONCILE_RETENTION_MS", "60000")]).await;
+    let order = Uuid::new_v4();
+    app.paid(order, 500).await;
+    app.at(600.0);
+    let row = app.wait_for_outcome(order, "third-party-missing").await;
+    assert_eq!(row.app_amount_cents, Some(500));
+}
