@@ -16,7 +16,8 @@
 //!   (only the gateway's). The sides are kept: firing does not clear the state, so a side
 //!   arriving later resolves the mismatch as `late-match` (published as
 //!   `reconcile.resolved`, no new mismatch) or, if it disagrees, turns it into that
-//!   disagreement. A timer firing after its order was decided (a cancel that came after the
+//!   disagreement (`amount-mismatch` or `status-mismatch`, published as a mismatch: a new
+//!   fact for the operator, still open). A timer firing after its order was decided (a cancel that came after the
 //!   timer was fired) finds the decision in the state and does nothing.
 //! - **Duplicates** change nothing: the same message is the kit's inbox's business, and the
 //!   same side again (a callback with the same or another `callback_id`, our side twice)

@@ -31,7 +31,7 @@ pub struct TestApp {
     pub t0: DateTime<Utc>,
     /// Every `reconcile.*` event published from the moment the service was built.
     pub events: Probe,
-    _broker: TestBroker,
+    broker: TestBroker,
     publisher: ConfirmedPublisher,
     _db: TestDatabase,
     shutdown: Shutdown,
@@ -74,7 +74,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         t0: clock.now(),
         clock,
         events,
-        _broker: broker,
+        broker,
         publisher,
         _db: db,
         shutdown,
@@ -160,6 +160,11 @@ pub async fn outbox_count(pool: &PgPool, message_type: &str) -> i64 {
 }
 
 impl TestApp {
+    /// Another publisher on this test's vhost, as payment publishes.
+    pub async fn publisher(&self) -> ConfirmedPublisher {
+        self.broker.publisher(&contracts::topology()).await
+    }
+
     /// Publish one side and wait until the consumer has handled it (and all before it).
     pub async fn send<P: Serialize>(&self, event: EventType<P>, order_id: Uuid, payload: &P) {
         let before = handled(&self.pool).await;

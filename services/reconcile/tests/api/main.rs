@@ -6,4 +6,5 @@
 mod helpers;
 mod http;
 mod join;
+mod many;
 mod sigkill;
