@@ -52,7 +52,7 @@ async fn orders_match_within_the_window_a_missing_callback_is_a_mismatch_and_its
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0].0, order_2.to_string());
     let due = app.secs(pending[0].1);
-    assert!((7.0..7.9).contains(&due), "due at {due} s");
+    assert!((7.0..8.0).contains(&due), "due at {due} s");
     assert_eq!(
         row_of(&app.pool, order_2).await,
         None,
