@@ -722,7 +722,7 @@ def cmd_compose():
             ctx = ROOT / build.get("context", ".")
             if not (ctx / build.get("dockerfile", "Dockerfile")).exists():
                 problems.append(f"{name}: no Dockerfile at {ctx}")
-    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084}
+    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084, "reconcile": 8085}
     targets = set(re.findall(r'"([a-z]+:\d+)"', (ROOT / "observability/prometheus-docker.yml").read_text()))
     for name, port in want_ports.items():
         svc = services.get(name)
@@ -984,7 +984,7 @@ def k8s_references(objects):
                for n, d in by.get("Secret", {}).items()}
     configmaps = {n: d.get("data") or {} for n, d in by.get("ConfigMap", {}).items()}
     defs = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
-    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084}
+    want_ports = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084, "reconcile": 8085}
 
     def check_pod(owner, pod):
         for c in (pod.get("containers") or []):
@@ -1148,9 +1148,9 @@ def cmd_dashboard():
     walk(dash)
     used = set(re.findall(r"\bmsgkit_[a-zA-Z0-9_]+", " ".join(exprs)))
     problems = [f"{m} is not a metric the kit exports (docs/observability.md)" for m in sorted(used - series)]
-    # A service's own metrics (risk_*): documented in the same file, registered in its
+    # A service's own metrics (risk_*, reconcile_*): documented in the same file, registered in its
     # src/metrics.rs under the service's prefix.
-    for service in ("risk",):
+    for service in ("risk", "reconcile"):
         own = dict(re.findall(rf"^\|\s*`({service}_[a-z0-9_]+)`\s*\|\s*(counter|gauge|histogram)\s*\|", doc, re.M))
         own_series = set()
         for name, kind in own.items():
@@ -1182,7 +1182,7 @@ def cmd_dashboard():
         for p in problems:
             fail(f"{label}: {p}")
     else:
-        ok(f"{label}: parses; {len(exprs)} expressions use {len(used)} msgkit_*/risk_* series, all exported "
+        ok(f"{label}: parses; {len(exprs)} expressions use {len(used)} msgkit_*/risk_*/reconcile_* series, all exported "
            f"(docs/observability.md, shared/src/metrics/)")
 
 

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 # The services, in start order. To add one: append its name here and give it a port below.
-SERVICES="order inventory payment notify risk"
+SERVICES="order inventory payment notify risk reconcile"
 # RUN_SERVICES="a b" runs a subset instead.
 SERVICES=${RUN_SERVICES:-$SERVICES}
 
@@ -22,6 +22,7 @@ declare -A PORT=(
     [payment]=8082
     [notify]=8083
     [risk]=8084
+    [reconcile]=8085
 )
 
 # Grace period for a service to exit after SIGTERM before it gets SIGKILL.
