@@ -252,8 +252,8 @@ pub struct RiskAlert {
 /// work queue exists (and buffers its events) before its consumer first starts, and each
 /// service's routes are checked against its queue's bindings before it starts
 /// (`msgkit::bindings`). The order queue takes every result of inventory and payment's
-/// outcomes (not the gateway's callbacks); the notify queue takes the orders' final states and
-/// risk's alerts; the risk queue takes the transactions its own API records and the saga's
+/// outcomes (not the gateway's callbacks); the notify queue takes the orders' final states,
+/// risk's alerts and reconciliation's mismatches and resolutions; the risk queue takes the transactions its own API records and the saga's
 /// payments; the reconcile queue takes our payments' outcomes and the gateway's callbacks.
 pub fn topology() -> Topology {
     use event_type::*;
@@ -275,7 +275,9 @@ pub fn topology() -> Topology {
                 .bind(ORDER_CONFIRMED)
                 .bind(ORDER_REJECTED)
                 .bind(ORDER_CANCELLED)
-                .bind(RISK_ALERT),
+                .bind(RISK_ALERT)
+                .bind(RECONCILE_MISMATCH)
+                .bind(RECONCILE_RESOLVED),
         )
         .with_queue(
             WorkQueue::new("risk")

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use contracts::event_type::{ORDER_CONFIRMED, ORDER_REJECTED, RISK_ALERT};
-use contracts::{OrderConcluded, RiskAlert};
+use contracts::event_type::{
+    ORDER_CONFIRMED, ORDER_REJECTED, RECONCILE_MISMATCH, RECONCILE_RESOLVED, RISK_ALERT,
+};
+use contracts::{OrderConcluded, Reconciliation, RiskAlert};
 use msgkit::Shutdown;
 use msgkit::message::OutgoingMessage;
 use msgkit::testing::{
@@ -225,5 +227,68 @@ async fn a_risk_alert_below_high_severity_is_acked_without_telling_anyone() {
     }
     notify.wait_until_handled(2).await;
     assert!(notify.told().await.is_empty());
+    assert_eq!(notify.broker.queue_depth("notify.dlq").await, Some(0));
+}
+
+fn reconciliation(outcome: &str) -> Reconciliation {
+    Reconciliation {
+        order_id: uuid::Uuid::nil(),
+        outcome: outcome.into(),
+        app_amount_cents: Some(1_250),
+        gateway_amount_cents: None,
+        decided_at: chrono::DateTime::UNIX_EPOCH,
+    }
+}
+
+#[tokio::test]
+async fn operators_are_told_once_of_a_mismatch_and_once_of_its_resolution() {
+    let notify = run_notify().await;
+    let order = uuid::Uuid::nil().to_string();
+    let mismatch = reconciliation("third-party-missing");
+    let message =
+        OutgoingMessage::event(RECONCILE_MISMATCH.name(), &order, "reconcile", &mismatch).unwrap();
+    notify.publish(&message).await;
+    // A replay under a new message id collides on the order, event and outcome.
+    let replay =
+        OutgoingMessage::event(RECONCILE_MISMATCH.name(), &order, "reconcile", &mismatch).unwrap();
+    notify.publish(&replay).await;
+    let resolved = reconciliation("late-match");
+    let message =
+        OutgoingMessage::event(RECONCILE_RESOLVED.name(), &order, "reconcile", &resolved).unwrap();
+    notify.publish(&message).await;
+
+    let told: Vec<(String, String, String)> = wait_until_async("both told", DEADLINE, || async {
+        let handled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM msgkit_inbox WHERE message_type LIKE 'reconcile.%'",
+        )
+        .fetch_one(&notify.pool)
+        .await
+        .unwrap();
+        if handled < 3 {
+            return None;
+        }
+        let rows = sqlx::query_as(
+            "SELECT event, outcome, message FROM reconcile_notifications ORDER BY sent_at, event",
+        )
+        .fetch_all(&notify.pool)
+        .await
+        .unwrap();
+        Some(rows)
+    })
+    .await;
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(
+        (told[0].0.as_str(), told[0].1.as_str()),
+        ("mismatch", "third-party-missing")
+    );
+    assert!(
+        told[0].2.contains("ours: 12.50, the gateway's: none"),
+        "{}",
+        told[0].2
+    );
+    assert_eq!(
+        (told[1].0.as_str(), told[1].1.as_str()),
+        ("resolved", "late-match")
+    );
     assert_eq!(notify.broker.queue_depth("notify.dlq").await, Some(0));
 }
