@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use msgkit::testing::TestDatabase;
 use payment::gateway::{ChargeOutcome, GatewayError, GatewaySettings, GatewaySimulator};
+use uuid::Uuid;
 
 async fn gateway(settings: GatewaySettings) -> (GatewaySimulator, TestDatabase) {
     let db = TestDatabase::create().await;
@@ -23,11 +24,11 @@ fn instant() -> GatewaySettings {
 #[tokio::test]
 async fn a_retried_charge_with_the_same_key_is_taken_once() {
     let (gateway, _db) = gateway(instant()).await;
-    let first = gateway.charge("order-1", 5_000).await.unwrap();
-    let again = gateway.charge("order-1", 5_000).await.unwrap();
+    let first = gateway.charge(Uuid::nil(), "order-1", 5_000).await.unwrap();
+    let again = gateway.charge(Uuid::nil(), "order-1", 5_000).await.unwrap();
     assert!(matches!(first, ChargeOutcome::Captured { .. }));
     assert_eq!(first, again, "the same charge comes back");
-    let other = gateway.charge("order-2", 5_000).await.unwrap();
+    let other = gateway.charge(Uuid::nil(), "order-2", 5_000).await.unwrap();
     assert_ne!(first, other);
 }
 
@@ -36,12 +37,13 @@ async fn concurrent_charges_with_the_same_key_all_get_the_one_charge() {
     let (gateway, _db) = gateway(instant()).await;
     for round in 0..20 {
         let key = format!("order-race-{round}");
-        let charges: Vec<ChargeOutcome> =
-            futures_util::future::join_all((0..4).map(|_| gateway.charge(&key, 5_000)))
-                .await
-                .into_iter()
-                .map(Result::unwrap)
-                .collect();
+        let charges: Vec<ChargeOutcome> = futures_util::future::join_all(
+            (0..4).map(|_| gateway.charge(Uuid::nil(), &key, 5_000)),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
         assert!(
             charges.iter().all(|charge| charge == &charges[0]),
             "{key}: {charges:?}"
@@ -52,7 +54,11 @@ async fn concurrent_charges_with_the_same_key_all_get_the_one_charge() {
 #[tokio::test]
 async fn charges_above_the_limit_are_declined_with_a_reason() {
     let (gateway, _db) = gateway(instant()).await;
-    match gateway.charge("order-big", 100_001).await.unwrap() {
+    match gateway
+        .charge(Uuid::nil(), "order-big", 100_001)
+        .await
+        .unwrap()
+    {
         ChargeOutcome::Declined { reason } => assert!(reason.contains("above the limit")),
         captured => panic!("expected a decline, got {captured:?}"),
     }
@@ -66,7 +72,7 @@ async fn an_unavailable_gateway_charges_nothing() {
     })
     .await;
     assert!(matches!(
-        gateway.charge("order-x", 100).await,
+        gateway.charge(Uuid::nil(), "order-x", 100).await,
         Err(GatewayError::Unavailable)
     ));
 }
@@ -82,7 +88,11 @@ async fn an_error_rate_below_one_half_fails_about_that_share_of_calls() {
     .await;
     let mut failures = 0;
     for n in 0..200 {
-        if gateway.charge(&format!("order-{n}"), 100).await.is_err() {
+        if gateway
+            .charge(Uuid::nil(), &format!("order-{n}"), 100)
+            .await
+            .is_err()
+        {
             failures += 1;
         }
     }
