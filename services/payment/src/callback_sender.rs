@@ -27,9 +27,12 @@ use crate::signature::{CallbackKey, SIGNATURE_HEADER};
 const BATCH: i64 = 64;
 /// How long one attempt may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// A claimed callback is not claimed again for this long: longer than a batch of requests
-/// could take, so only a dead sender's callbacks are taken over.
-const LEASE: Duration = Duration::from_secs(60);
+/// A claimed callback is not claimed again for this long, so only a dead sender's callbacks
+/// are taken over, at most this late.
+const LEASE: Duration = Duration::from_secs(30);
+/// A round starts no send after this long: with two copies at [`REQUEST_TIMEOUT`] each, the
+/// last send ends within the lease. What is left is handed back for the next round.
+const ROUND_BUDGET: Duration = Duration::from_secs(15);
 /// The longest sleep between rounds: callbacks planned by another replica, or whose lease
 /// ran out, are found by then.
 const POLL: Duration = Duration::from_secs(1);
@@ -89,7 +92,7 @@ impl CallbackSender {
     pub async fn run(self, shutdown: Shutdown) {
         tracing::info!(url = %self.url, "gateway callback sender started");
         while !shutdown.is_triggered() {
-            let pause = match self.round().await {
+            let pause = match self.round(&shutdown).await {
                 Ok(claimed) if claimed as i64 == BATCH => Duration::ZERO,
                 Ok(_) => self.until_next_due().await,
                 Err(error) => {
@@ -124,8 +127,10 @@ impl CallbackSender {
         }
     }
 
-    /// Claim the due callbacks, send them, record the results; how many were claimed.
-    async fn round(&self) -> Result<usize, sqlx::Error> {
+    /// Claim the due callbacks, send them, record the results; how many were claimed. Stops
+    /// early on `shutdown` or after [`ROUND_BUDGET`], handing the unsent back.
+    async fn round(&self, shutdown: &Shutdown) -> Result<usize, sqlx::Error> {
+        let started = std::time::Instant::now();
         let now = self.clock.now();
         let lease = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
         let mut claimed: Vec<Claimed> = sqlx::query_as(
@@ -145,7 +150,11 @@ impl CallbackSender {
         if self.newest_first {
             claimed.reverse();
         }
-        for callback in &claimed {
+        for (sent, callback) in claimed.iter().enumerate() {
+            if shutdown.is_triggered() || started.elapsed() > ROUND_BUDGET {
+                self.hand_back(&claimed[sent..]).await?;
+                break;
+            }
             match self.send(callback).await {
                 Ok(()) => {
                     sqlx::query(
@@ -177,6 +186,20 @@ impl CallbackSender {
             }
         }
         Ok(claimed.len())
+    }
+
+    /// Make claimed callbacks due again at once, their attempt not counted.
+    async fn hand_back(&self, unsent: &[Claimed]) -> Result<(), sqlx::Error> {
+        let ids: Vec<&str> = unsent.iter().map(|c| c.callback_id.as_str()).collect();
+        sqlx::query(
+            "UPDATE gateway_callbacks SET due_at = $2, attempts = attempts - 1 \
+             WHERE callback_id = ANY($1) AND sent_at IS NULL",
+        )
+        .bind(&ids)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// One attempt: every copy must be answered 2xx.

@@ -101,3 +101,42 @@ async fn an_error_rate_below_one_half_fails_about_that_share_of_calls() {
         "{failures} of 200 failed at rate 0.3"
     );
 }
+
+#[tokio::test]
+async fn each_decision_owes_one_callback_however_often_it_is_asked_for() {
+    use std::sync::Arc;
+
+    use payment::callbacks::{CallbackPlanner, CallbackSettings};
+
+    let (gateway, db) = gateway(instant()).await;
+    let planner = CallbackPlanner::new(
+        CallbackSettings::default(),
+        msgkit::clock::Clock::system(),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let gateway = gateway.with_callbacks(planner);
+    let order = Uuid::new_v4();
+    futures_util::future::join_all((0..4).map(|_| gateway.charge(order, "order-a", 5_000)))
+        .await
+        .into_iter()
+        .for_each(|charged| drop(charged.unwrap()));
+    gateway.charge(order, "order-a", 5_000).await.unwrap();
+    let declined = Uuid::new_v4();
+    gateway.charge(declined, "order-b", 100_001).await.unwrap();
+
+    let pool = db.pool().await;
+    let owed: Vec<(uuid::Uuid, String, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT order_id, outcome, amount_cents, body::jsonb FROM gateway_callbacks ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owed.len(), 2, "{owed:?}");
+    assert_eq!(
+        (owed[0].0, owed[0].1.as_str(), owed[0].2),
+        (order, "success", 5_000)
+    );
+    assert!(owed[0].3["charge_id"].as_str().unwrap().starts_with("ch_"));
+    assert_eq!((owed[1].0, owed[1].1.as_str()), (declined, "declined"));
+    assert!(owed[1].3.get("charge_id").is_none(), "nothing charged");
+}
