@@ -23,6 +23,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::callbacks::CallbackBody;
+use crate::metrics::PaymentMetrics;
 use crate::signature::{CallbackKey, SIGNATURE_HEADER, SignatureError};
 
 /// Largest callback body accepted.
@@ -39,6 +40,8 @@ pub struct ApiState {
     pub key: Option<CallbackKey>,
     /// When a callback is received, by this clock.
     pub clock: Clock,
+    /// What the endpoint counts into.
+    pub metrics: PaymentMetrics,
 }
 
 /// The payment service's own routes.
@@ -152,9 +155,11 @@ async fn callback(
     let signature = headers
         .get(SIGNATURE_HEADER)
         .map(|value| value.to_str().unwrap_or_default());
-    key.verify(signature, &body)
-        .map_err(ApiError::Unauthorized)?;
-    let body = parse(&body)?;
+    key.verify(signature, &body).map_err(|error| {
+        state.metrics.received("unauthorized");
+        ApiError::Unauthorized(error)
+    })?;
+    let body = parse(&body).inspect_err(|_| state.metrics.received("invalid"))?;
     let span = tracing::Span::current();
     span.record("callback_id", body.callback_id.as_str());
     span.record("order_id", tracing::field::display(body.order_id));
@@ -201,6 +206,7 @@ async fn callback(
                 .fetch_one(&mut *tx)
                 .await?;
         tx.rollback().await?;
+        state.metrics.received("duplicate");
         tracing::info!("duplicate gateway callback; already stored");
         return Ok(answer(&event.callback_id, known, true));
     }
@@ -208,6 +214,7 @@ async fn callback(
         .map_err(msgkit::outbox::OutboxError::from)?;
     outbox::enqueue(&mut tx, &message).await?;
     tx.commit().await?;
+    state.metrics.received("stored");
     if !known_order {
         tracing::warn!("gateway callback for an order payment does not know; recorded");
     } else {

@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::callbacks::MAX_RETRY_DELAY;
+use crate::metrics::PaymentMetrics;
 use crate::signature::{CallbackKey, SIGNATURE_HEADER};
 
 /// Callbacks claimed per round.
@@ -48,6 +49,7 @@ pub struct CallbackSender {
     wake: Arc<Notify>,
     retry: Backoff,
     newest_first: bool,
+    metrics: PaymentMetrics,
 }
 
 /// A claimed callback.
@@ -64,6 +66,7 @@ impl CallbackSender {
     /// A sender posting to `url`, signing with `key`, by `clock`, woken by `wake`; `retry` is
     /// the first wait after a failure; `newest_first` (the reorder fault) sends each round's
     /// callbacks newest charge first.
+    #[allow(clippy::too_many_arguments)] // each is a distinct setting, named at the one call
     pub fn new(
         pool: PgPool,
         url: String,
@@ -72,6 +75,7 @@ impl CallbackSender {
         wake: Arc<Notify>,
         retry: Duration,
         newest_first: bool,
+        metrics: PaymentMetrics,
     ) -> Self {
         Self {
             pool,
@@ -85,6 +89,7 @@ impl CallbackSender {
             wake,
             retry: Backoff::new(retry, MAX_RETRY_DELAY).with_jitter(0.2),
             newest_first,
+            metrics,
         }
     }
 
@@ -215,11 +220,16 @@ impl CallbackSender {
                 .body(callback.body.clone())
                 .send()
                 .await
-                .map_err(|error| format!("request failed: {error}"))?;
+                .map_err(|error| {
+                    self.metrics.attempt("failed");
+                    format!("request failed: {error}")
+                })?;
             let status = response.status();
             if !status.is_success() {
+                self.metrics.attempt("refused");
                 return Err(format!("answered {status}"));
             }
+            self.metrics.attempt("accepted");
         }
         tracing::debug!(copies = callback.copies, "gateway callback sent");
         Ok(())

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::metrics::PaymentMetrics;
 use crate::signature::CallbackKey;
 
 /// What the gateway posts: the body its signature covers. Fields it may add later are
@@ -168,21 +169,34 @@ pub struct CallbackPlanner {
     settings: CallbackSettings,
     clock: Clock,
     wake: Arc<Notify>,
+    metrics: PaymentMetrics,
 }
 
 impl CallbackPlanner {
     /// Plans with `settings` by `clock`; `wake` is notified of each planned callback.
-    pub fn new(settings: CallbackSettings, clock: Clock, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        settings: CallbackSettings,
+        clock: Clock,
+        wake: Arc<Notify>,
+        metrics: PaymentMetrics,
+    ) -> Self {
         Self {
             settings,
             clock,
             wake,
+            metrics,
         }
     }
 
-    /// Wake the sender: a callback was stored.
-    pub fn notify(&self) {
-        self.wake.notify_one();
+    /// `planned` was stored with its charge: count a loss, or wake the sender.
+    pub fn stored(&self, planned: &PlannedCallback) {
+        if planned.lost {
+            self.metrics.lost();
+            tracing::warn!(order_id = %planned.body.order_id, callback_id = %planned.body.callback_id,
+                "callback lost (GATEWAY_CALLBACK_LOSS_RATE): it will never be sent");
+        } else {
+            self.wake.notify_one();
+        }
     }
 
     /// The callback owed for a charge of `amount_cents` for `order_id`, faults drawn.

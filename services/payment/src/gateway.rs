@@ -191,11 +191,7 @@ impl GatewaySimulator {
             None => false,
         };
         if let (Some(planner), Some(planned), true) = (&self.callbacks, &callback, fresh) {
-            if planned.lost {
-                tracing::warn!(%order_id, callback_id = %planned.body.callback_id,
-                    "callback lost (GATEWAY_CALLBACK_LOSS_RATE): it will never be sent");
-            }
-            planner.notify();
+            planner.stored(planned);
         }
         let row = match decided {
             Some(row) => row,

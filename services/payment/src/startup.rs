@@ -13,6 +13,7 @@ use crate::callback_sender::CallbackSender;
 use crate::callbacks::{CallbackPlanner, CallbackSettings};
 use crate::gateway::{GatewaySettings, GatewaySimulator};
 use crate::handlers::routes;
+use crate::metrics::PaymentMetrics;
 
 /// The service's name: its queue, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "payment";
@@ -48,12 +49,14 @@ pub async fn build_with_clock(
     .connect()
     .await?;
     let mut gateway = GatewaySimulator::new(gateway_pool.clone(), gateway_settings);
+    let (metrics, registry) = PaymentMetrics::new();
     let api = ApiState {
         pool: service.pool().clone(),
         key: callback_settings.key.clone(),
         clock: clock.clone(),
+        metrics: metrics.clone(),
     };
-    let mut service = service.with_http(router(api));
+    let mut service = service.with_http(router(api)).with_metrics(registry);
     if let Some(key) = callback_settings.key.clone() {
         let wake = Arc::new(Notify::new());
         let url = match &callback_settings.url {
@@ -68,8 +71,14 @@ pub async fn build_with_clock(
             wake.clone(),
             callback_settings.retry,
             !callback_settings.faults.reorder.is_zero(),
+            metrics.clone(),
         );
-        gateway = gateway.with_callbacks(CallbackPlanner::new(callback_settings, clock, wake));
+        gateway = gateway.with_callbacks(CallbackPlanner::new(
+            callback_settings,
+            clock,
+            wake,
+            metrics,
+        ));
         service = service.with_task("gateway-callback-sender", move |shutdown| {
             sender.run(shutdown)
         });

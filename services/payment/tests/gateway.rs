@@ -113,6 +113,7 @@ async fn each_decision_owes_one_callback_however_often_it_is_asked_for() {
         CallbackSettings::default(),
         msgkit::clock::Clock::system(),
         Arc::new(tokio::sync::Notify::new()),
+        payment::metrics::PaymentMetrics::default(),
     );
     let gateway = gateway.with_callbacks(planner);
     let order = Uuid::new_v4();

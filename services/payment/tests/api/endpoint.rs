@@ -47,6 +47,13 @@ async fn a_missing_or_wrong_signature_is_refused_with_401() {
     let garbage = app.post_callback(&body, Some("sha256=nothex")).await;
     assert_eq!(garbage.status(), 401);
     nothing_stored(&app).await;
+    let refused = app
+        .metric(
+            "payment_callbacks_received_total",
+            &[("result", "unauthorized")],
+        )
+        .await;
+    assert_eq!(refused, Some(4.0));
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use payment::signature::{CallbackKey, SIGNATURE_HEADER};
 use uuid::Uuid;
 
-use crate::helpers::{TEST_SECRET, reserve, spawn_app_with};
+use msgkit::testing::wait_until_async;
+
+use crate::helpers::{DEADLINE, TEST_SECRET, reserve, spawn_app_with, spawn_app_with_clock};
 
 #[tokio::test]
 async fn a_lost_callback_is_recorded_as_lost_and_never_sent() {
@@ -30,6 +32,10 @@ async fn a_lost_callback_is_recorded_as_lost_and_never_sent() {
     );
     assert!(app.received().await.is_empty());
     assert_eq!(app.owed().await[0].attempts, 0, "never even tried");
+    let lost = app
+        .metric("payment_gateway_callbacks_lost_total", &[])
+        .await;
+    assert_eq!(lost, Some(1.0));
 }
 
 #[tokio::test]
@@ -150,4 +156,49 @@ async fn a_refused_callback_is_retried_with_backoff_until_the_endpoint_answers_2
         .await
         .unwrap();
     assert_eq!(last_error, None, "cleared once sent");
+    let attempts = "payment_gateway_callback_attempts_total";
+    assert_eq!(
+        app.metric(attempts, &[("result", "refused")]).await,
+        Some(3.0)
+    );
+    assert_eq!(
+        app.metric(attempts, &[("result", "accepted")]).await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_callback_is_sent_when_its_time_comes_and_not_before() {
+    let clock = msgkit::clock::Clock::system();
+    // Ten minutes of delay, and as long between retries: the test moves the clock instead.
+    let (url, seen) = flaky_endpoint(1).await;
+    let app = spawn_app_with_clock(
+        &[
+            ("GATEWAY_CALLBACK_DELAY_MS", "600000"),
+            ("GATEWAY_CALLBACK_RETRY_MS", "600000"),
+            ("GATEWAY_CALLBACK_URL", &url),
+        ],
+        clock.clone(),
+    )
+    .await;
+    reserve(&app.pool, Uuid::new_v4(), 5_000).await;
+    wait_until_async("the callback planned", DEADLINE, || async {
+        (app.owed().await.len() == 1).then_some(())
+    })
+    .await;
+    // An absence: a whole poll of the sender (1 s) must go by without a request.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(seen.lock().unwrap().is_empty(), "sent before its time");
+
+    clock.advance(Duration::from_secs(600));
+    wait_until_async("the first attempt, refused", DEADLINE, || async {
+        (app.owed().await[0].attempts == 1 && seen.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    assert!(!app.owed().await[0].sent);
+    // The retry waits ten minutes (± jitter) of the clock.
+    clock.advance(Duration::from_secs(900));
+    let owed = app.wait_for_sent(1).await;
+    assert_eq!(owed[0].attempts, 2);
+    assert_eq!(seen.lock().unwrap().len(), 2);
 }

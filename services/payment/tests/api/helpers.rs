@@ -3,10 +3,13 @@ use std::time::Duration;
 use contracts::InventoryReserved;
 use contracts::event_type::INVENTORY_RESERVED;
 use msgkit::Shutdown;
+use msgkit::clock::Clock;
 use msgkit::outbox::{self, OutboxMessage};
-use msgkit::testing::{Probe, TestBroker, TestDatabase, service_settings, wait_until_async};
+use msgkit::testing::{
+    Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, wait_until_async,
+};
 use payment::signature::{CallbackKey, SIGNATURE_HEADER};
-use payment::startup::{NAME, build};
+use payment::startup::{NAME, build_with_clock};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -49,13 +52,20 @@ pub async fn spawn_app() -> TestApp {
 
 /// The service with [`FAST`] and then `extra` (which wins).
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_clock(extra, Clock::system()).await
+}
+
+/// [`spawn_app_with`], planning and sending callbacks by `clock` (which the test moves).
+pub async fn spawn_app_with_clock(extra: &[(&str, &str)], clock: Clock) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
     for (name, value) in FAST.iter().chain(extra) {
         settings.source.set(*name, *value);
     }
-    let service = build(settings).await.expect("build the payment service");
+    let service = build_with_clock(settings, clock)
+        .await
+        .expect("build the payment service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
     let pool = service.pool().clone();
     let published = broker.probe("events", "payment.callback").await;
@@ -183,6 +193,12 @@ impl TestApp {
             None => request,
         };
         request.send().await.expect("POST /payments/callback")
+    }
+
+    /// A sample of the service's `/metrics`, by name and labels.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let exposition = scrape(&self.client, &self.address).await;
+        metric_value(&exposition, name, labels)
     }
 
     /// The next `payment.callback` published, decoded.
