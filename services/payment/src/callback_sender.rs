@@ -9,6 +9,15 @@
 //! The price is at-least-once delivery: a process killed between the request and the mark
 //! sends the callback again once the lease runs out, which is what real gateways do too; the
 //! receiver stores each `callback_id` once.
+//!
+//! **Why not the kit's timers.** A timer set by the payment handler would live in the
+//! handler's transaction, fire into the payment queue, and make its request inside a consumer
+//! transaction: the call would hold a pooled connection and a consumer slot that charges need,
+//! and after the retry policy's last attempt the callback would be dead-lettered, where a
+//! gateway keeps trying for days. And the owed callback belongs to the gateway, an external
+//! system: it exists as soon as the gateway decided, even if the handler that asked then
+//! crashes before its commit (the very case reconciliation is for). So the gateway keeps its
+//! own table, written with its decision, and its own sender.
 
 use std::sync::Arc;
 use std::time::Duration;

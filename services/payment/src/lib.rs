@@ -12,13 +12,13 @@
 //! - [`api`]: `POST /payments/callback` verifies the signature, stores each `callback_id`
 //!   once (`payment_callbacks`, with `known_order`) and publishes `payment.callback` through
 //!   the outbox in the same transaction.
-//!
 //! - [`metrics`] counts `payment_gateway_callback_attempts_total{result}`,
 //!   `payment_gateway_callbacks_lost_total`, `payment_callbacks_received_total{result}`.
 //!
 //! Ground truth for tests and chaos runs: `gateway_callbacks` (what the gateway owed, `lost`
 //! for those the loss fault dropped, `sent_at` once answered) against `payment_callbacks`
 //! (what was received).
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod callback_sender;
