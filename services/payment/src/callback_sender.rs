@@ -142,7 +142,8 @@ impl CallbackSender {
     }
 
     /// Claim the due callbacks, send them, record the results; how many were claimed. Stops
-    /// early on `shutdown` or after [`ROUND_BUDGET`], handing the unsent back.
+    /// early on `shutdown` (abandoning a request in flight) or after [`ROUND_BUDGET`], handing
+    /// the unsent back.
     async fn round(&self, shutdown: &Shutdown) -> Result<usize, sqlx::Error> {
         let started = std::time::Instant::now();
         let now = self.clock.now();
@@ -169,7 +170,16 @@ impl CallbackSender {
                 self.hand_back(&claimed[sent..]).await?;
                 break;
             }
-            match self.send(callback).await {
+            let sent_now = tokio::select! {
+                result = self.send(callback) => result,
+                // A request in flight is abandoned: the endpoint may have taken it, and gets
+                // it again after the restart (at least once).
+                () = shutdown.triggered() => {
+                    self.hand_back(&claimed[sent..]).await?;
+                    break;
+                }
+            };
+            match sent_now {
                 Ok(()) => {
                     sqlx::query(
                         "UPDATE gateway_callbacks SET sent_at = $2, last_error = NULL \

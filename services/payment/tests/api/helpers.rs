@@ -5,6 +5,7 @@ use contracts::event_type::INVENTORY_RESERVED;
 use msgkit::Shutdown;
 use msgkit::clock::Clock;
 use msgkit::outbox::{self, OutboxMessage};
+use msgkit::service::ServiceError;
 use msgkit::testing::{
     Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, wait_until_async,
 };
@@ -36,8 +37,9 @@ pub struct TestApp {
     /// Every `payment.callback` published from the moment the service was built.
     pub published: Probe,
     pub broker: TestBroker,
-    _db: TestDatabase,
+    pub db: TestDatabase,
     shutdown: Shutdown,
+    running: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
 }
 
 impl Drop for TestApp {
@@ -70,15 +72,16 @@ pub async fn spawn_app_with_clock(extra: &[(&str, &str)], clock: Clock) -> TestA
     let pool = service.pool().clone();
     let published = broker.probe("events", "payment.callback").await;
     let shutdown = Shutdown::new();
-    tokio::spawn(service.run_until_stopped(shutdown.clone()));
+    let running = tokio::spawn(service.run_until_stopped(shutdown.clone()));
     TestApp {
         address,
         client: reqwest::Client::new(),
         pool,
         published,
         broker,
-        _db: db,
+        db,
         shutdown,
+        running: Some(running),
     }
 }
 
@@ -126,6 +129,18 @@ pub struct Owed {
 }
 
 impl TestApp {
+    /// Trigger the service's shutdown (as SIGTERM does) and wait until it has stopped, for
+    /// at most `deadline`.
+    pub async fn stop(&mut self, deadline: Duration) {
+        self.shutdown.trigger();
+        let running = self.running.take().expect("the service runs");
+        tokio::time::timeout(deadline, running)
+            .await
+            .expect("the service stops within its deadline")
+            .expect("the service task did not panic")
+            .expect("the service stopped cleanly");
+    }
+
     pub async fn received(&self) -> Vec<Received> {
         sqlx::query_as(
             "SELECT callback_id, order_id, charge_id, outcome, amount_cents, known_order \

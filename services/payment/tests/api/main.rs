@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod callbacks;
+mod delivery;
 mod endpoint;
 mod faults;
 mod helpers;
