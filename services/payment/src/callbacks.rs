@@ -13,6 +13,7 @@
 //! | `GATEWAY_CALLBACK_LOSS_RATE` | 0 | fault: fraction of callbacks never sent (stored with `lost = true`) |
 //! | `GATEWAY_CALLBACK_DUPLICATE_RATE` | 0 | fault: fraction of callbacks sent twice (same id and body) |
 //! | `GATEWAY_CALLBACK_REORDER_MS` | 0 | fault: hold callbacks until the next multiple of this many ms and send each held batch newest charge first |
+//! | `GATEWAY_CALLBACK_REORDER` | false | fault: `true` is `GATEWAY_CALLBACK_REORDER_MS` of twice the longest delay (at least 1000) |
 //! | `GATEWAY_CALLBACK_WRONG_AMOUNT_RATE` | 0 | fault: fraction of callbacks reporting 1 to 100 cents more than was charged |
 
 use std::sync::Arc;
@@ -103,6 +104,35 @@ impl Default for CallbackSettings {
     }
 }
 
+/// The reorder fault's window: `GATEWAY_CALLBACK_REORDER_MS`, else, when
+/// `GATEWAY_CALLBACK_REORDER` is `true` or `1`, twice the longest delay (at least 1 s), so
+/// that callbacks of charges within it come due together.
+fn reorder_window(
+    config: &impl Lookup,
+    delay: Duration,
+    jitter: Duration,
+) -> Result<Duration, ConfigError> {
+    if let Some(window) = config.millis_opt("GATEWAY_CALLBACK_REORDER_MS")? {
+        return Ok(window);
+    }
+    let on = match config.get("GATEWAY_CALLBACK_REORDER").map(str::trim) {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ConfigError {
+                name: "GATEWAY_CALLBACK_REORDER".to_owned(),
+                value: other.to_owned(),
+                reason: "must be true, false, 1 or 0".to_owned(),
+            });
+        }
+    };
+    Ok(if on {
+        ((delay + jitter) * 2).max(Duration::from_secs(1))
+    } else {
+        Duration::ZERO
+    })
+}
+
 /// A rate setting: a fraction from 0 to 1.
 fn rate(config: &impl Lookup, name: &str) -> Result<f64, ConfigError> {
     Ok(config.parse(name, 0.0_f64)?.clamp(0.0, 1.0))
@@ -122,16 +152,18 @@ impl CallbackSettings {
                 })
             })
             .transpose()?;
+        let delay = config.millis("GATEWAY_CALLBACK_DELAY_MS", d.delay)?;
+        let jitter = config.millis("GATEWAY_CALLBACK_JITTER_MS", d.jitter)?;
         let settings = Self {
             key,
             url: config.get("GATEWAY_CALLBACK_URL").map(str::to_owned),
-            delay: config.millis("GATEWAY_CALLBACK_DELAY_MS", d.delay)?,
-            jitter: config.millis("GATEWAY_CALLBACK_JITTER_MS", d.jitter)?,
+            delay,
+            jitter,
             retry: config.millis("GATEWAY_CALLBACK_RETRY_MS", d.retry)?,
             faults: CallbackFaults {
                 loss_rate: rate(config, "GATEWAY_CALLBACK_LOSS_RATE")?,
                 duplicate_rate: rate(config, "GATEWAY_CALLBACK_DUPLICATE_RATE")?,
-                reorder: config.millis("GATEWAY_CALLBACK_REORDER_MS", Duration::ZERO)?,
+                reorder: reorder_window(config, delay, jitter)?,
                 wrong_amount_rate: rate(config, "GATEWAY_CALLBACK_WRONG_AMOUNT_RATE")?,
             },
         };
@@ -295,5 +327,29 @@ mod tests {
         let short = msgkit::config::ConfigSource::from_pairs([("GATEWAY_CALLBACK_SECRET", "x")]);
         let error = CallbackSettings::from_config(&short).unwrap_err();
         assert!(!error.to_string().contains("\"x\""), "{error}");
+    }
+
+    #[test]
+    fn reorder_on_holds_for_twice_the_longest_delay_unless_a_window_is_given() {
+        use msgkit::config::ConfigSource;
+        let window = |pairs: &[(&str, &str)]| {
+            let source = ConfigSource::from_pairs(pairs.iter().copied());
+            CallbackSettings::from_config(&source)
+                .unwrap()
+                .faults
+                .reorder
+        };
+        assert_eq!(
+            window(&[("GATEWAY_CALLBACK_REORDER", "true")]),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(window(&[("GATEWAY_CALLBACK_REORDER", "0")]), Duration::ZERO);
+        let both = [
+            ("GATEWAY_CALLBACK_REORDER", "1"),
+            ("GATEWAY_CALLBACK_REORDER_MS", "300"),
+        ];
+        assert_eq!(window(&both), Duration::from_millis(300));
+        let bad = ConfigSource::from_pairs([("GATEWAY_CALLBACK_REORDER", "often")]);
+        assert!(CallbackSettings::from_config(&bad).is_err());
     }
 }
