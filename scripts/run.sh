@@ -61,7 +61,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # `msgkit token` in another shell (with the same default) issues tokens the service accepts.
 # Never use it beyond a developer's machine.
 : "${RISK_TOKEN_SECRET:=msgkit-local-development-token-secret}"
-export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET
+# The payment-gateway simulator's callback secret (it signs, payment verifies): without one
+# the simulator sends no callbacks. A local development value, like the one above.
+: "${GATEWAY_CALLBACK_SECRET:=msgkit-local-development-gateway-callback-secret}"
+export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET GATEWAY_CALLBACK_SECRET
 
 if [[ -n "$build" ]]; then
     say "building (cargo build --workspace --bins) ..."

@@ -8,12 +8,18 @@
 //! | `GATEWAY_DECLINE_ABOVE_CENTS` | 100000 | charges above this amount are declined |
 //!
 //! The first call with an idempotency key decides; every later call with the same key returns
-//! that decision, so a retried charge is never taken twice.
+//! that decision, so a retried charge is never taken twice. A decision, when callbacks are on
+//! ([`GatewaySimulator::with_callbacks`]), is stored with the callback it owes the merchant
+//! ([`crate::callbacks`]) in one statement: a charge taken always has its callback, once.
 
 use std::time::Duration;
 
+use contracts::GatewayOutcome;
 use msgkit::config::{ConfigError, Lookup};
 use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::callbacks::CallbackPlanner;
 
 /// How the simulated gateway behaves.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +81,9 @@ pub enum GatewayError {
     /// The simulator's own storage failed.
     #[error("payment gateway storage failed: {0}")]
     Storage(#[from] sqlx::Error),
+    /// A callback could not be serialised (a bug).
+    #[error("payment gateway callback is not serialisable: {0}")]
+    Callback(#[from] serde_json::Error),
 }
 
 /// The simulator. Its ledger is the `gateway_charges` table, written in its own transactions,
@@ -83,18 +92,31 @@ pub enum GatewayError {
 pub struct GatewaySimulator {
     pool: PgPool,
     settings: GatewaySettings,
+    callbacks: Option<CallbackPlanner>,
 }
 
 impl GatewaySimulator {
-    /// A simulator keeping its ledger in `pool`.
+    /// A simulator keeping its ledger in `pool`, calling nobody back.
     pub fn new(pool: PgPool, settings: GatewaySettings) -> Self {
-        Self { pool, settings }
+        Self {
+            pool,
+            settings,
+            callbacks: None,
+        }
     }
 
-    /// Charge `amount_cents` under `idempotency_key`.
+    /// Plan a callback with each new decision (see [`crate::callbacks`]).
+    pub fn with_callbacks(mut self, planner: CallbackPlanner) -> Self {
+        self.callbacks = Some(planner);
+        self
+    }
+
+    /// Charge `amount_cents` for the merchant's `order_id` (its reference, sent back in the
+    /// callback) under `idempotency_key`.
     #[tracing::instrument(skip(self))]
     pub async fn charge(
         &self,
+        order_id: Uuid,
         idempotency_key: &str,
         amount_cents: i64,
     ) -> Result<ChargeOutcome, GatewayError> {
@@ -115,35 +137,75 @@ impl GatewaySimulator {
         } else {
             ("captured", None)
         };
+        let charge_id = format!("ch_{}", Uuid::new_v4().simple());
+        let callback = match &self.callbacks {
+            Some(planner) => Some(if reason.is_none() {
+                planner.plan(
+                    order_id,
+                    Some(charge_id.clone()),
+                    GatewayOutcome::Success,
+                    amount_cents,
+                )?
+            } else {
+                planner.plan(order_id, None, GatewayOutcome::Declined, amount_cents)?
+            }),
+            None => None,
+        };
         // The first decision under this key stands, whoever made it: ours if the insert
-        // happened, else the stored one, in one round trip.
+        // happened (with its callback, if any), else the stored one, in one round trip.
         let decided = sqlx::query(
             "WITH inserted AS ( \
                  INSERT INTO gateway_charges (idempotency_key, charge_id, amount_cents, outcome, reason) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING \
-                 RETURNING charge_id, outcome, reason) \
-             SELECT charge_id, outcome, reason FROM inserted \
+                 RETURNING charge_id, outcome, reason), \
+             callback AS ( \
+                 INSERT INTO gateway_callbacks (callback_id, idempotency_key, order_id, outcome, \
+                     charged_amount_cents, amount_cents, body, copies, lost, due_at) \
+                 SELECT $6, $1, $7, $8, $3, $9, $10, $11, $12, $13 FROM inserted \
+                 WHERE $6::text IS NOT NULL) \
+             SELECT charge_id, outcome, reason, true AS fresh FROM inserted \
              UNION ALL \
-             SELECT charge_id, outcome, reason FROM gateway_charges WHERE idempotency_key = $1 \
+             SELECT charge_id, outcome, reason, false FROM gateway_charges WHERE idempotency_key = $1 \
              LIMIT 1",
         )
         .bind(idempotency_key)
-        .bind(format!("ch_{}", uuid::Uuid::new_v4().simple()))
+        .bind(&charge_id)
         .bind(amount_cents)
         .bind(outcome)
         .bind(&reason)
+        .bind(callback.as_ref().map(|c| &c.body.callback_id))
+        .bind(order_id)
+        .bind(callback.as_ref().map(|c| match c.body.outcome {
+            GatewayOutcome::Success => "success",
+            GatewayOutcome::Declined => "declined",
+        }))
+        .bind(callback.as_ref().map(|c| c.body.amount_cents))
+        .bind(callback.as_ref().map(|c| &c.json))
+        .bind(callback.as_ref().map(|c| c.copies))
+        .bind(callback.as_ref().map(|c| c.lost))
+        .bind(callback.as_ref().map(|c| c.due_at))
         .fetch_optional(&self.pool)
         .await?;
+        let fresh = match &decided {
+            Some(row) => row.try_get::<bool, _>("fresh")?,
+            None => false,
+        };
+        if let (Some(planner), Some(planned), true) = (&self.callbacks, &callback, fresh) {
+            planner.stored(planned);
+        }
         let row = match decided {
             Some(row) => row,
             // A concurrent charge under the same key committed while ours waited on it: the
             // statement's snapshot predates that row, a new statement sees it.
-            None => sqlx::query(
-                "SELECT charge_id, outcome, reason FROM gateway_charges WHERE idempotency_key = $1",
-            )
-            .bind(idempotency_key)
-            .fetch_one(&self.pool)
-            .await?,
+            None => {
+                sqlx::query(
+                    "SELECT charge_id, outcome, reason, false AS fresh FROM gateway_charges \
+                 WHERE idempotency_key = $1",
+                )
+                .bind(idempotency_key)
+                .fetch_one(&self.pool)
+                .await?
+            }
         };
         let outcome: String = row.try_get("outcome")?;
         Ok(if outcome == "captured" {

@@ -31,10 +31,11 @@ async fn charge(
     let key = format!("order-{order_id}");
     let outcome = ctx
         .state()
-        .charge(&key, reserved.amount_cents)
+        .charge(order_id, &key, reserved.amount_cents)
         .await
         .map_err(|error| match error {
             GatewayError::Unavailable | GatewayError::Storage(_) => HandlerError::transient(error),
+            GatewayError::Callback(_) => HandlerError::poison(error),
         })?;
     let (status, charge_id, reason) = match &outcome {
         ChargeOutcome::Captured { charge_id } => ("succeeded", Some(charge_id.as_str()), None),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use msgkit::testing::TestDatabase;
 use payment::gateway::{ChargeOutcome, GatewayError, GatewaySettings, GatewaySimulator};
+use uuid::Uuid;
 
 async fn gateway(settings: GatewaySettings) -> (GatewaySimulator, TestDatabase) {
     let db = TestDatabase::create().await;
@@ -23,11 +24,11 @@ fn instant() -> GatewaySettings {
 #[tokio::test]
 async fn a_retried_charge_with_the_same_key_is_taken_once() {
     let (gateway, _db) = gateway(instant()).await;
-    let first = gateway.charge("order-1", 5_000).await.unwrap();
-    let again = gateway.charge("order-1", 5_000).await.unwrap();
+    let first = gateway.charge(Uuid::nil(), "order-1", 5_000).await.unwrap();
+    let again = gateway.charge(Uuid::nil(), "order-1", 5_000).await.unwrap();
     assert!(matches!(first, ChargeOutcome::Captured { .. }));
     assert_eq!(first, again, "the same charge comes back");
-    let other = gateway.charge("order-2", 5_000).await.unwrap();
+    let other = gateway.charge(Uuid::nil(), "order-2", 5_000).await.unwrap();
     assert_ne!(first, other);
 }
 
@@ -36,12 +37,13 @@ async fn concurrent_charges_with_the_same_key_all_get_the_one_charge() {
     let (gateway, _db) = gateway(instant()).await;
     for round in 0..20 {
         let key = format!("order-race-{round}");
-        let charges: Vec<ChargeOutcome> =
-            futures_util::future::join_all((0..4).map(|_| gateway.charge(&key, 5_000)))
-                .await
-                .into_iter()
-                .map(Result::unwrap)
-                .collect();
+        let charges: Vec<ChargeOutcome> = futures_util::future::join_all(
+            (0..4).map(|_| gateway.charge(Uuid::nil(), &key, 5_000)),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
         assert!(
             charges.iter().all(|charge| charge == &charges[0]),
             "{key}: {charges:?}"
@@ -52,7 +54,11 @@ async fn concurrent_charges_with_the_same_key_all_get_the_one_charge() {
 #[tokio::test]
 async fn charges_above_the_limit_are_declined_with_a_reason() {
     let (gateway, _db) = gateway(instant()).await;
-    match gateway.charge("order-big", 100_001).await.unwrap() {
+    match gateway
+        .charge(Uuid::nil(), "order-big", 100_001)
+        .await
+        .unwrap()
+    {
         ChargeOutcome::Declined { reason } => assert!(reason.contains("above the limit")),
         captured => panic!("expected a decline, got {captured:?}"),
     }
@@ -66,7 +72,7 @@ async fn an_unavailable_gateway_charges_nothing() {
     })
     .await;
     assert!(matches!(
-        gateway.charge("order-x", 100).await,
+        gateway.charge(Uuid::nil(), "order-x", 100).await,
         Err(GatewayError::Unavailable)
     ));
 }
@@ -82,7 +88,11 @@ async fn an_error_rate_below_one_half_fails_about_that_share_of_calls() {
     .await;
     let mut failures = 0;
     for n in 0..200 {
-        if gateway.charge(&format!("order-{n}"), 100).await.is_err() {
+        if gateway
+            .charge(Uuid::nil(), &format!("order-{n}"), 100)
+            .await
+            .is_err()
+        {
             failures += 1;
         }
     }
@@ -90,4 +100,44 @@ async fn an_error_rate_below_one_half_fails_about_that_share_of_calls() {
         (30..=90).contains(&failures),
         "{failures} of 200 failed at rate 0.3"
     );
+}
+
+#[tokio::test]
+async fn each_decision_owes_one_callback_however_often_it_is_asked_for() {
+    use std::sync::Arc;
+
+    use payment::callbacks::{CallbackPlanner, CallbackSettings};
+
+    let (gateway, db) = gateway(instant()).await;
+    let planner = CallbackPlanner::new(
+        CallbackSettings::default(),
+        msgkit::clock::Clock::system(),
+        Arc::new(tokio::sync::Notify::new()),
+        payment::metrics::PaymentMetrics::default(),
+    );
+    let gateway = gateway.with_callbacks(planner);
+    let order = Uuid::new_v4();
+    futures_util::future::join_all((0..4).map(|_| gateway.charge(order, "order-a", 5_000)))
+        .await
+        .into_iter()
+        .for_each(|charged| drop(charged.unwrap()));
+    gateway.charge(order, "order-a", 5_000).await.unwrap();
+    let declined = Uuid::new_v4();
+    gateway.charge(declined, "order-b", 100_001).await.unwrap();
+
+    let pool = db.pool().await;
+    let owed: Vec<(uuid::Uuid, String, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT order_id, outcome, amount_cents, body::jsonb FROM gateway_callbacks ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owed.len(), 2, "{owed:?}");
+    assert_eq!(
+        (owed[0].0, owed[0].1.as_str(), owed[0].2),
+        (order, "success", 5_000)
+    );
+    assert!(owed[0].3["charge_id"].as_str().unwrap().starts_with("ch_"));
+    assert_eq!((owed[1].0, owed[1].1.as_str()), (declined, "declined"));
+    assert!(owed[1].3.get("charge_id").is_none(), "nothing charged");
 }
