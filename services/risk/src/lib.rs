@@ -71,7 +71,11 @@
 //! or `POST /rules/{id}/disable`) and enables rules; each write compiles the rule first.
 //! `GET /rules` gives each version with the alerts raised under it. `GET /` is the operator's
 //! page ([`http::PAGE`]): the live alert feed over `GET /alerts/stream`, the rules with their
-//! counts, and an editor that shows a refused rule's error under its field.
+//! counts, an editor that shows a refused rule's error under its field, and the reconcile
+//! service's results (open mismatches, resolved ones, the summary), polled every 2 s through
+//! `GET /reconciliation` and `GET /reconciliation/summary`, which risk proxies to reconcile
+//! (`RISK_RECONCILE_URL`, default `http://127.0.0.1:8085`) so that the page stays same-origin
+//! (503 `reconcile_unavailable` when reconcile cannot be reached).
 //!
 //! # The live stream
 //! `GET /alerts/stream` pushes alerts as Server-Sent Events (`id: <seq>`, `event: alert`,

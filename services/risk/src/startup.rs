@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::feed::{self, Feed};
 use crate::handlers;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, ReconcileClient};
 use crate::metrics::RiskMetrics;
 
 /// The service's name: its queue, its schema, its inbox consumer, its settings' prefix.
@@ -47,6 +47,7 @@ pub fn token_key(settings: &ServiceSettings) -> Result<Option<TokenKey>, ConfigE
 /// it), the rule engine's consumer, and the alert feed's listener.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     let tokens = token_key(&settings)?;
+    let reconcile = ReconcileClient::from_settings(&settings, NAME)?;
     let buffer = settings
         .source
         .scoped(NAME)
@@ -71,6 +72,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         feed: feed.clone(),
         metrics: metrics.clone(),
         shutdown: service.shutdown_signal(),
+        reconcile,
     });
     let listener = {
         let (pool, metrics) = (service.pool().clone(), metrics.clone());

@@ -59,6 +59,24 @@ pub enum ApiError {
     /// The service has no token secret, so it cannot verify tokens (503).
     #[error("no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET)")]
     NoTokenSecret,
+    /// The reconcile service did not answer in time (503): down, starting, or elsewhere.
+    #[error("the reconcile service ({url}) cannot be reached; retry later")]
+    ReconcileUnavailable {
+        /// Where risk looks for it (`RISK_RECONCILE_URL`).
+        url: String,
+        /// Why the request failed (refused, timed out, ...).
+        #[source]
+        error: reqwest::Error,
+    },
+    /// The reconcile service answered, but its answer could not be read (502).
+    #[error("the reconcile service ({url}) gave an answer that cannot be read")]
+    ReconcileBadAnswer {
+        /// Where risk looks for it.
+        url: String,
+        /// Why reading it failed.
+        #[source]
+        error: reqwest::Error,
+    },
     /// Something on our side failed; details are logged, not returned (500).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -101,6 +119,14 @@ impl IntoResponse for ApiError {
                 tracing::warn!(%error, "database unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Self::ReconcileUnavailable { error, .. } => {
+                tracing::warn!(%error, "reconcile unreachable");
+                (StatusCode::SERVICE_UNAVAILABLE, "reconcile_unavailable")
+            }
+            Self::ReconcileBadAnswer { error, .. } => {
+                tracing::warn!(%error, "reconcile's answer unreadable");
+                (StatusCode::BAD_GATEWAY, "reconcile_bad_answer")
+            }
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -134,7 +160,10 @@ impl IntoResponse for ApiError {
             );
         }
         // Retrying helps a database restart, not a missing setting.
-        if matches!(self, Self::Unavailable(_) | Self::FeedStarting) {
+        if matches!(
+            self,
+            Self::Unavailable(_) | Self::FeedStarting | Self::ReconcileUnavailable { .. }
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -1,9 +1,10 @@
 //! The risk API and, at `/`, its page. (`/healthz`, `/readyz` and `/metrics` come from the
-//! kit.)
+//! kit.) `/reconciliation*` is reconcile's API, proxied for the page.
 
 mod error;
 mod page;
 mod queries;
+mod reconciliation;
 mod rules;
 mod stream;
 mod transactions;
@@ -20,6 +21,7 @@ use crate::metrics::RiskMetrics;
 
 pub use error::{ApiError, InvalidField};
 pub use page::{PAGE, content_security_policy};
+pub use reconciliation::{DEFAULT_RECONCILE_TIMEOUT, DEFAULT_RECONCILE_URL, ReconcileClient};
 pub use stream::KEEP_ALIVE;
 pub use transactions::NewTransaction;
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub metrics: RiskMetrics,
     /// Triggered when the service stops: open streams end on it.
     pub shutdown: Shutdown,
+    /// The reconcile service, for the page's reconciliation section.
+    pub reconcile: ReconcileClient,
 }
 
 /// The API's routes.
@@ -49,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/transactions", post(transactions::record))
         .route("/alerts", get(queries::alerts))
         .route("/alerts/stream", get(stream::stream))
+        .route("/reconciliation", get(reconciliation::list))
+        .route("/reconciliation/summary", get(reconciliation::summary))
         .route("/rules", get(rules::list).post(rules::create))
         .route("/rules/{id}", put(rules::update).delete(rules::disable))
         .route("/rules/{id}/enable", post(rules::enable))

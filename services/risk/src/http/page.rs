@@ -1,4 +1,5 @@
-//! `GET /`: the operator's page (the live alert feed, the rules and their editor), one HTML file
+//! `GET /`: the operator's page (the live alert feed, the rules and their editor, and the
+//! reconciliation section, read through risk's `/reconciliation*` proxy), one HTML file
 //! compiled into the binary. Its Content-Security-Policy allows the page's own inline `<style>`
 //! and `<script>` by their SHA-256 and nothing else from anywhere: no other script, no inline
 //! attribute handler, no request to another origin (the stream and the API are same-origin).

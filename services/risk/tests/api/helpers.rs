@@ -46,12 +46,27 @@ pub async fn spawn_app_with_config(extra: &[(&str, &str)]) -> TestApp {
     .await
 }
 
+/// Where tests point risk's reconciliation proxy unless they start a reconcile service: a
+/// port nothing listens on, so that no test reaches a reconcile run by someone else.
+pub const NO_RECONCILE: &str = "http://127.0.0.1:9";
+
 /// [`spawn_app`] with the settings changed first (the token secret is set before `change`).
 pub async fn spawn_app_with(change: impl FnOnce(&mut ServiceSettings)) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
+    spawn_app_on(db, broker, change).await
+}
+
+/// [`spawn_app_with`] in this database and vhost (another service of the test may use them
+/// too, in its own schema).
+pub async fn spawn_app_on(
+    db: TestDatabase,
+    broker: TestBroker,
+    change: impl FnOnce(&mut ServiceSettings),
+) -> TestApp {
     let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
     settings.source.set("RISK_TOKEN_SECRET", TEST_SECRET);
+    settings.source.set("RISK_RECONCILE_URL", NO_RECONCILE);
     change(&mut settings);
     let service = build(settings).await.expect("build the risk service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
@@ -122,6 +137,7 @@ impl TestApp {
     pub async fn replica(&self) -> Replica {
         let mut settings = service_settings(NAME, NAME, &self.db, self.broker.settings(NAME));
         settings.source.set("RISK_TOKEN_SECRET", TEST_SECRET);
+        settings.source.set("RISK_RECONCILE_URL", NO_RECONCILE);
         let service = build(settings).await.expect("build a second risk service");
         let address = format!("http://{}", service.local_addr().expect("addr"));
         let shutdown = Shutdown::new();

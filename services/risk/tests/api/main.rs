@@ -7,6 +7,7 @@ mod duplicates;
 mod helpers;
 mod page;
 mod payments;
+mod reconciliation;
 mod rules;
 mod semantics;
 mod settings;
