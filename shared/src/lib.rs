@@ -103,6 +103,7 @@ pub mod consume;
 pub mod database;
 pub mod event;
 pub mod event_time;
+pub mod http;
 pub(crate) mod inbox;
 pub mod key_order;
 pub mod message;

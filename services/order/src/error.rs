@@ -1,9 +1,8 @@
 //! API errors: each maps to a status and a JSON body `{"error": code, "message": ..., "field": ...}`.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use msgkit::http::Problem;
 
 use crate::domain::InvalidField;
 
@@ -65,48 +64,35 @@ impl From<msgkit::outbox::OutboxError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Self::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        let message = self.to_string();
+        let problem = match &self {
+            Self::Invalid(invalid) => Problem::invalid(&invalid.field, &invalid.reason),
+            Self::MalformedJson(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "malformed_json", message)
             }
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
-            Self::IdempotencyKeyReused => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            Self::UnsupportedMediaType => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            ),
+            Self::PayloadTooLarge { .. } => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
             }
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Unavailable(error) => {
-                tracing::warn!(%error, "database unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            Self::InvalidIdempotencyKey(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", message)
+                    .field("Idempotency-Key")
             }
-            Self::Internal(error) => {
-                tracing::error!(error = format!("{error:#}"), "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Self::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                message,
+            )
+            .field("Idempotency-Key"),
+            Self::NotFound => Problem::new(StatusCode::NOT_FOUND, "not_found", message),
+            Self::Unavailable(error) => Problem::database(error),
+            Self::Internal(error) => Problem::internal(error.as_ref()),
         };
-        let body = match &self {
-            Self::Invalid(invalid) => json!({
-                "error": code,
-                "field": invalid.field,
-                "message": invalid.reason,
-            }),
-            Self::InvalidIdempotencyKey(_) | Self::IdempotencyKeyReused => json!({
-                "error": code,
-                "field": "Idempotency-Key",
-                "message": self.to_string(),
-            }),
-            _ => json!({"error": code, "message": self.to_string()}),
-        };
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
-        response
+        problem.into_response()
     }
 }
 

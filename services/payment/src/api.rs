@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use contracts::event_type::PAYMENT_CALLBACK;
 use contracts::{GatewayOutcome, PaymentCallback};
 use msgkit::clock::Clock;
+use msgkit::http::Problem;
 use msgkit::outbox::{self, OutboxMessage};
 use serde_json::json;
 use sqlx::PgPool;
@@ -79,26 +80,20 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            Self::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Database(error) if msgkit::database::is_unavailable(error) => {
-                tracing::warn!(%error, "database unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        let message = self.to_string();
+        let problem = match &self {
+            Self::Unauthorized(_) => Problem::unauthorized("HMAC-SHA256", &message),
+            Self::Invalid { field, reason } => Problem::invalid(field, reason),
+            // A missing setting: retrying does not help until it is configured.
+            Self::NotConfigured => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &message)
+                    .not_retryable()
             }
-            Self::Database(_) | Self::Outbox(_) => {
-                tracing::error!(error = %self, cause = ?self, "callback failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Self::Database(error) => Problem::database(error),
+            Self::Outbox(msgkit::outbox::OutboxError::Database(error)) => Problem::database(error),
+            Self::Outbox(error) => Problem::internal(error),
         };
-        let body = match &self {
-            Self::Invalid { field, reason } => {
-                json!({"error": code, "field": field, "message": reason})
-            }
-            _ => json!({"error": code, "message": self.to_string()}),
-        };
-        (status, Json(body)).into_response()
+        problem.into_response()
     }
 }
 

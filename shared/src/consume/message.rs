@@ -36,6 +36,7 @@ pub struct UndecodableBody {
 
 impl IncomingMessage {
     /// A message as received (tests build one with `msgkit::testing::TestMessage`).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn new(
         exchange: &str,
         routing_key: &str,

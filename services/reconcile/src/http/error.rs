@@ -1,9 +1,7 @@
-//! API errors, in the order API's shape: a status and `{"error": code, "message", "field"}`.
+//! API errors, answered as every msgkit service does (`msgkit::http::Problem`).
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use msgkit::http::Problem;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,29 +34,10 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            Self::Unavailable(error) => {
-                tracing::warn!(%error, "database unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-            Self::Internal(error) => {
-                tracing::error!(%error, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+        let problem = match &self {
+            Self::Invalid { field, reason } => Problem::invalid(*field, reason),
+            Self::Unavailable(error) | Self::Internal(error) => Problem::database(error),
         };
-        let body = match &self {
-            Self::Invalid { field, reason } => {
-                json!({"error": code, "field": field, "message": reason})
-            }
-            _ => json!({"error": code, "message": self.to_string()}),
-        };
-        let mut response = (status, Json(body)).into_response();
-        if matches!(self, Self::Unavailable(_)) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        problem.into_response()
     }
 }

@@ -1,9 +1,8 @@
 //! API errors, in the order API's shape: a status and `{"error": code, "message", "field"}`.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use msgkit::http::Problem;
 
 /// A request field that is missing or invalid: `field` is its name in the request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,70 +104,41 @@ impl From<msgkit::outbox::OutboxError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Self::InvalidRule(_) => (StatusCode::BAD_REQUEST, "invalid_rule"),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::NoTokenSecret => (StatusCode::SERVICE_UNAVAILABLE, "no_token_secret"),
-            Self::FeedStarting => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Unavailable(error) => {
-                tracing::warn!(%error, "database unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        let message = self.to_string();
+        let unavailable = |code| Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, &message);
+        let problem = match &self {
+            Self::Invalid(invalid) => Problem::invalid(&invalid.field, &invalid.reason),
+            Self::MalformedJson(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "malformed_json", &message)
             }
+            Self::Conflict(_) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", &message).field("transaction_id")
+            }
+            Self::InvalidRule(error) => {
+                let position = error.position();
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_rule", &message)
+                    .field(rule_field(error))
+                    .with("line", position.map(|p| p.line))
+                    .with("column", position.map(|p| p.column))
+            }
+            Self::NotFound => Problem::new(StatusCode::NOT_FOUND, "not_found", &message),
+            Self::Unauthorized(_) => Problem::unauthorized("Bearer realm=\"risk\"", &message),
+            Self::Forbidden => Problem::new(StatusCode::FORBIDDEN, "forbidden", &message),
+            // Retrying helps a database restart, not a missing setting.
+            Self::NoTokenSecret => unavailable("no_token_secret").not_retryable(),
+            Self::FeedStarting => unavailable("unavailable"),
+            Self::Unavailable(error) => Problem::database(error),
             Self::ReconcileUnavailable { error, .. } => {
                 tracing::warn!(%error, "reconcile unreachable");
-                (StatusCode::SERVICE_UNAVAILABLE, "reconcile_unavailable")
+                unavailable("reconcile_unavailable")
             }
             Self::ReconcileBadAnswer { error, .. } => {
                 tracing::warn!(%error, "reconcile's answer unreadable");
-                (StatusCode::BAD_GATEWAY, "reconcile_bad_answer")
+                Problem::new(StatusCode::BAD_GATEWAY, "reconcile_bad_answer", &message)
             }
-            Self::Internal(error) => {
-                tracing::error!(error = format!("{error:#}"), "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Self::Internal(error) => Problem::internal(error.as_ref()),
         };
-        let body = match &self {
-            Self::Invalid(invalid) => json!({
-                "error": code,
-                "field": invalid.field,
-                "message": invalid.reason,
-            }),
-            Self::InvalidRule(error) => json!({
-                "error": code,
-                "field": rule_field(error),
-                "message": error.to_string(),
-                "line": error.position().map(|p| p.line),
-                "column": error.position().map(|p| p.column),
-            }),
-            Self::Conflict(_) => json!({
-                "error": code,
-                "field": "transaction_id",
-                "message": self.to_string(),
-            }),
-            _ => json!({"error": code, "message": self.to_string()}),
-        };
-        let mut response = (status, Json(body)).into_response();
-        if let Self::Unauthorized(_) = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"risk\""),
-            );
-        }
-        // Retrying helps a database restart, not a missing setting.
-        if matches!(
-            self,
-            Self::Unavailable(_) | Self::FeedStarting | Self::ReconcileUnavailable { .. }
-        ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        problem.into_response()
     }
 }
 

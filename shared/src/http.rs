@@ -1,0 +1,182 @@
+//! How a service's HTTP API answers an error, the same way in every service: a status, a JSON
+//! body `{"error": code, "message": ..., "field": ...}` (plus what a service adds, e.g. a
+//! line and column), `Retry-After` when retrying can help, and a log line for what the caller
+//! is not told. A service keeps its own error enum (its variants are its API's vocabulary) and
+//! turns each variant into a [`Problem`].
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+/// One error answer.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    status: StatusCode,
+    body: Map<String, Value>,
+    retry_after: bool,
+    authenticate: Option<&'static str>,
+}
+
+impl Problem {
+    /// `status` with the machine-readable `code` and a `message` for people. A 503 says
+    /// `Retry-After: 1` unless [`Problem::not_retryable`] says otherwise.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        let mut body = Map::new();
+        body.insert("error".to_owned(), code.into());
+        body.insert("message".to_owned(), message.into().into());
+        Self {
+            status,
+            body,
+            retry_after: status == StatusCode::SERVICE_UNAVAILABLE,
+            authenticate: None,
+        }
+    }
+
+    /// 422 `validation_failed`, naming the request's `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            reason,
+        )
+        .field(field)
+    }
+
+    /// 401 `unauthorized`, with `WWW-Authenticate: <challenge>` (e.g. `Bearer realm="risk"`).
+    pub fn unauthorized(challenge: &'static str, message: impl Into<String>) -> Self {
+        let mut problem = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        problem.authenticate = Some(challenge);
+        problem
+    }
+
+    /// 500 `internal`: `error` is logged with its causes and not returned.
+    pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %Chain(error), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    /// A failed statement: 503 `unavailable` (with `Retry-After`) when the database cannot be
+    /// reached right now (a restart, a lost connection, an exhausted pool: nothing was stored,
+    /// the same request may work in a moment), else [`Problem::internal`].
+    pub fn database(error: &sqlx::Error) -> Self {
+        if crate::database::is_unavailable(error) {
+            tracing::warn!(%error, "database unavailable");
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the service is temporarily unavailable; retry later",
+            )
+        } else {
+            Self::internal(error)
+        }
+    }
+
+    /// The request's field the error is about.
+    pub fn field(self, field: impl Into<String>) -> Self {
+        self.with("field", field.into())
+    }
+
+    /// Another member of the body (e.g. `line`, `column`).
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.body.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// No `Retry-After` on this 503: retrying does not help (a setting is missing).
+    pub fn not_retryable(mut self) -> Self {
+        self.retry_after = false;
+        self
+    }
+
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(Value::Object(self.body))).into_response();
+        let headers = response.headers_mut();
+        if self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(challenge) = self.authenticate {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+/// An error with its causes, `: `-separated, for the log line.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_invalid_field_is_422_naming_it() {
+        let response = Problem::invalid("amount", "must have two decimal places").into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(
+            body(response).await,
+            serde_json::json!({"error": "validation_failed", "field": "amount", "message": "must have two decimal places"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_database_is_503_with_retry_after_and_other_failures_500_without_details() {
+        let response = Problem::database(&sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = Problem::database(&sqlx::Error::RowNotFound).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body(response).await,
+            serde_json::json!({"error": "internal", "message": "internal error"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_setting_is_503_without_retry_after_and_401_challenges() {
+        let response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no_secret", "no secret")
+            .not_retryable()
+            .into_response();
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+        let response = Problem::unauthorized("Bearer realm=\"risk\"", "expired").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"risk\""
+        );
+    }
+}
