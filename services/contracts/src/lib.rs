@@ -253,7 +253,8 @@ pub struct RiskAlert {
 /// service's routes are checked against its queue's bindings before it starts
 /// (`msgkit::bindings`). The order queue takes every result of inventory and payment's
 /// outcomes (not the gateway's callbacks); the notify queue takes the orders' final states,
-/// risk's alerts and reconciliation's mismatches and resolutions; the risk queue takes the transactions its own API records and the saga's
+/// risk's alerts and reconciliation's decisions (matches are acked: the relay refuses an
+/// event no queue takes, so every event type needs a queue); the risk queue takes the transactions its own API records and the saga's
 /// payments; the reconcile queue takes our payments' outcomes and the gateway's callbacks.
 pub fn topology() -> Topology {
     use event_type::*;
@@ -276,6 +277,7 @@ pub fn topology() -> Topology {
                 .bind(ORDER_REJECTED)
                 .bind(ORDER_CANCELLED)
                 .bind(RISK_ALERT)
+                .bind(RECONCILE_MATCHED)
                 .bind(RECONCILE_MISMATCH)
                 .bind(RECONCILE_RESOLVED),
         )
@@ -317,6 +319,46 @@ mod tests {
                 .bindings()
                 .contains(&event_type::ORDER_PLACED.name().to_owned())
         );
+    }
+
+    /// The relay publishes with the mandatory flag and keeps a row no queue takes: an event
+    /// type without a binding could never leave its outbox (as `reconcile.matched` once).
+    #[test]
+    fn every_event_type_reaches_a_queue() {
+        use event_type::*;
+        let topology = topology();
+        let routed = |name: &str| {
+            topology.queues().iter().any(|queue| {
+                queue
+                    .bindings()
+                    .iter()
+                    .any(|binding| match binding.strip_suffix(".*") {
+                        Some(prefix) => name
+                            .strip_prefix(prefix)
+                            .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.')),
+                        None => binding == name,
+                    })
+            })
+        };
+        for name in [
+            ORDER_PLACED.name(),
+            INVENTORY_RESERVED.name(),
+            INVENTORY_REJECTED.name(),
+            INVENTORY_RELEASED.name(),
+            PAYMENT_SUCCEEDED.name(),
+            PAYMENT_FAILED.name(),
+            PAYMENT_CALLBACK.name(),
+            ORDER_CONFIRMED.name(),
+            ORDER_REJECTED.name(),
+            ORDER_CANCELLED.name(),
+            TRANSACTION_RECORDED.name(),
+            RISK_ALERT.name(),
+            RECONCILE_MATCHED.name(),
+            RECONCILE_MISMATCH.name(),
+            RECONCILE_RESOLVED.name(),
+        ] {
+            assert!(routed(name), "no queue takes {name}");
+        }
     }
 
     #[test]

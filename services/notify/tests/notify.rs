@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use contracts::event_type::{
-    ORDER_CONFIRMED, ORDER_REJECTED, RECONCILE_MISMATCH, RECONCILE_RESOLVED, RISK_ALERT,
+    ORDER_CONFIRMED, ORDER_REJECTED, RECONCILE_MATCHED, RECONCILE_MISMATCH, RECONCILE_RESOLVED,
+    RISK_ALERT,
 };
 use contracts::{OrderConcluded, Reconciliation, RiskAlert};
 use msgkit::Shutdown;
@@ -252,6 +253,15 @@ async fn operators_are_told_once_of_a_mismatch_and_once_of_its_resolution() {
     let replay =
         OutgoingMessage::event(RECONCILE_MISMATCH.name(), &order, "reconcile", &mismatch).unwrap();
     notify.publish(&replay).await;
+    // A match: acked, nobody told.
+    let matched = OutgoingMessage::event(
+        RECONCILE_MATCHED.name(),
+        &order,
+        "reconcile",
+        &reconciliation("matched"),
+    )
+    .unwrap();
+    notify.publish(&matched).await;
     let resolved = reconciliation("late-match");
     let message =
         OutgoingMessage::event(RECONCILE_RESOLVED.name(), &order, "reconcile", &resolved).unwrap();
@@ -264,7 +274,7 @@ async fn operators_are_told_once_of_a_mismatch_and_once_of_its_resolution() {
         .fetch_one(&notify.pool)
         .await
         .unwrap();
-        if handled < 3 {
+        if handled < 4 {
             return None;
         }
         let rows = sqlx::query_as(
