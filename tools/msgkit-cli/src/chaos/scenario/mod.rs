@@ -424,6 +424,8 @@ impl Scenario {
 }
 
 #[cfg(test)]
+mod reconcile_tests;
+#[cfg(test)]
 mod risk_tests;
 #[cfg(test)]
 mod tests;
