@@ -4,7 +4,9 @@
 mod e2e;
 mod plot;
 mod raw;
+mod reconcile;
 mod risk;
+mod stats;
 mod timers;
 
 use std::collections::BTreeMap;
@@ -34,13 +36,15 @@ pub struct BenchArgs {
     /// report gives medians, the spread, and the median of the paired ratios.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Seconds of closed-loop end-to-end load (open-loop steps are as long).
+    /// Seconds of closed-loop end-to-end load (open-loop steps are as long); also the length
+    /// of the risk and reconcile stages' two loops.
     #[arg(long, default_value_t = 20)]
     e2e_secs: u64,
-    /// Skip the stages that need the service binaries (e2e, risk).
+    /// Skip the stages that need the service binaries (e2e, risk, reconcile).
     #[arg(long)]
     skip_e2e: bool,
-    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers, risk);
+    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers, risk,
+    /// reconcile);
     /// ratios need `raw`.
     /// All by default.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -65,6 +69,9 @@ pub enum StageKind {
     Timers,
     /// Transactions through the risk engine with 20 rules; decision and push latency.
     Risk,
+    /// Payments reconciled with the gateway's callbacks per second; time to match at half
+    /// that rate.
+    Reconcile,
 }
 
 /// One measured stage.
@@ -120,7 +127,10 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     let repeat = args.repeat.max(1);
     let wanted = |kind: StageKind| {
         (args.stages.is_empty() || args.stages.contains(&kind))
-            && !(matches!(kind, StageKind::E2e | StageKind::Risk) && args.skip_e2e)
+            && !(matches!(
+                kind,
+                StageKind::E2e | StageKind::Risk | StageKind::Reconcile
+            ) && args.skip_e2e)
     };
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
@@ -187,6 +197,11 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     } else {
         None
     };
+    let reconcile = if wanted(StageKind::Reconcile) {
+        Some(reconcile::run(Duration::from_secs(args.e2e_secs)).await?)
+    } else {
+        None
+    };
 
     // (stage, its ceiling, target ratio)
     let layout: [(&str, Option<&str>, Option<f64>); 9] = [
@@ -218,6 +233,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         "end_to_end": e2e,
         "timers": timers,
         "risk": risk,
+        "reconcile": reconcile,
     });
     let mut markdown = markdown(&stages, e2e.as_ref());
     if let Some(timers) = &timers {
@@ -225,6 +241,9 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     }
     if let Some(risk) = &risk {
         markdown.push_str(&risk.markdown());
+    }
+    if let Some(reconcile) = &reconcile {
+        markdown.push_str(&reconcile.markdown());
     }
     std::fs::write(
         args.out.join("report.json"),
