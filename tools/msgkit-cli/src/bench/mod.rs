@@ -54,6 +54,19 @@ pub struct BenchArgs {
     out: PathBuf,
 }
 
+impl BenchArgs {
+    /// Whether to run `kind`: every stage when none is named, and never the stages that
+    /// start service binaries under `--skip-e2e`.
+    fn wants(&self, kind: StageKind) -> bool {
+        let needs_services = matches!(
+            kind,
+            StageKind::E2e | StageKind::Risk | StageKind::Reconcile
+        );
+        (self.stages.is_empty() || self.stages.contains(&kind))
+            && !(needs_services && self.skip_e2e)
+    }
+}
+
 /// A group of stages to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StageKind {
@@ -125,13 +138,7 @@ fn topology() -> Topology {
 pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     let n = args.messages;
     let repeat = args.repeat.max(1);
-    let wanted = |kind: StageKind| {
-        (args.stages.is_empty() || args.stages.contains(&kind))
-            && !(matches!(
-                kind,
-                StageKind::E2e | StageKind::Risk | StageKind::Reconcile
-            ) && args.skip_e2e)
-    };
+    let wanted = |kind: StageKind| args.wants(kind);
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let connection = broker.connect().await;
@@ -559,4 +566,38 @@ fn markdown(stages: &[Stage], e2e: Option<&e2e::EndToEnd>) -> String {
     }
     let _ = table::render;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(words: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(words.iter().copied())).bench
+    }
+
+    #[test]
+    fn plain_bench_runs_the_reconcile_stage_and_skip_e2e_skips_it() {
+        assert!(args(&[]).wants(StageKind::Reconcile));
+        assert!(!args(&["--skip-e2e"]).wants(StageKind::Reconcile));
+        assert!(!args(&["--skip-e2e"]).wants(StageKind::Risk));
+        assert!(args(&["--skip-e2e"]).wants(StageKind::Timers));
+    }
+
+    #[test]
+    fn stages_named_alone_run_alone() {
+        let only = args(&["--stages", "reconcile"]);
+        assert!(only.wants(StageKind::Reconcile));
+        assert!(!only.wants(StageKind::Risk) && !only.wants(StageKind::Raw));
+        let two = args(&["--stages", "risk,reconcile"]);
+        assert!(two.wants(StageKind::Risk) && two.wants(StageKind::Reconcile));
+    }
 }
