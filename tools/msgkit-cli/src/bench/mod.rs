@@ -4,7 +4,9 @@
 mod e2e;
 mod plot;
 mod raw;
+mod reconcile;
 mod risk;
+mod stats;
 mod timers;
 
 use std::collections::BTreeMap;
@@ -34,13 +36,15 @@ pub struct BenchArgs {
     /// report gives medians, the spread, and the median of the paired ratios.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Seconds of closed-loop end-to-end load (open-loop steps are as long).
+    /// Seconds of closed-loop end-to-end load (open-loop steps are as long); also the length
+    /// of the risk and reconcile stages' two loops.
     #[arg(long, default_value_t = 20)]
     e2e_secs: u64,
-    /// Skip the stages that need the service binaries (e2e, risk).
+    /// Skip the stages that need the service binaries (e2e, risk, reconcile).
     #[arg(long)]
     skip_e2e: bool,
-    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers, risk);
+    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers, risk,
+    /// reconcile);
     /// ratios need `raw`.
     /// All by default.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -48,6 +52,19 @@ pub struct BenchArgs {
     /// Write report.md, report.json, throughput.svg and latency.svg here.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+impl BenchArgs {
+    /// Whether to run `kind`: every stage when none is named, and never the stages that
+    /// start service binaries under `--skip-e2e`.
+    fn wants(&self, kind: StageKind) -> bool {
+        let needs_services = matches!(
+            kind,
+            StageKind::E2e | StageKind::Risk | StageKind::Reconcile
+        );
+        (self.stages.is_empty() || self.stages.contains(&kind))
+            && !(needs_services && self.skip_e2e)
+    }
 }
 
 /// A group of stages to run.
@@ -65,6 +82,9 @@ pub enum StageKind {
     Timers,
     /// Transactions through the risk engine with 20 rules; decision and push latency.
     Risk,
+    /// Payments reconciled with the gateway's callbacks per second; time to match at half
+    /// that rate.
+    Reconcile,
 }
 
 /// One measured stage.
@@ -118,10 +138,7 @@ fn topology() -> Topology {
 pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     let n = args.messages;
     let repeat = args.repeat.max(1);
-    let wanted = |kind: StageKind| {
-        (args.stages.is_empty() || args.stages.contains(&kind))
-            && !(matches!(kind, StageKind::E2e | StageKind::Risk) && args.skip_e2e)
-    };
+    let wanted = |kind: StageKind| args.wants(kind);
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let connection = broker.connect().await;
@@ -187,6 +204,11 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     } else {
         None
     };
+    let reconcile = if wanted(StageKind::Reconcile) {
+        Some(reconcile::run(Duration::from_secs(args.e2e_secs)).await?)
+    } else {
+        None
+    };
 
     // (stage, its ceiling, target ratio)
     let layout: [(&str, Option<&str>, Option<f64>); 9] = [
@@ -218,6 +240,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         "end_to_end": e2e,
         "timers": timers,
         "risk": risk,
+        "reconcile": reconcile,
     });
     let mut markdown = markdown(&stages, e2e.as_ref());
     if let Some(timers) = &timers {
@@ -225,6 +248,9 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     }
     if let Some(risk) = &risk {
         markdown.push_str(&risk.markdown());
+    }
+    if let Some(reconcile) = &reconcile {
+        markdown.push_str(&reconcile.markdown());
     }
     std::fs::write(
         args.out.join("report.json"),
@@ -540,4 +566,38 @@ fn markdown(stages: &[Stage], e2e: Option<&e2e::EndToEnd>) -> String {
     }
     let _ = table::render;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(words: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(words.iter().copied())).bench
+    }
+
+    #[test]
+    fn plain_bench_runs_the_reconcile_stage_and_skip_e2e_skips_it() {
+        assert!(args(&[]).wants(StageKind::Reconcile));
+        assert!(!args(&["--skip-e2e"]).wants(StageKind::Reconcile));
+        assert!(!args(&["--skip-e2e"]).wants(StageKind::Risk));
+        assert!(args(&["--skip-e2e"]).wants(StageKind::Timers));
+    }
+
+    #[test]
+    fn stages_named_alone_run_alone() {
+        let only = args(&["--stages", "reconcile"]);
+        assert!(only.wants(StageKind::Reconcile));
+        assert!(!only.wants(StageKind::Risk) && !only.wants(StageKind::Raw));
+        let two = args(&["--stages", "risk,reconcile"]);
+        assert!(two.wants(StageKind::Risk) && two.wants(StageKind::Reconcile));
+    }
 }

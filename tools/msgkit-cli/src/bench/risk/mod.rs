@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use self::open_loop::{OpenLoop, open_loop};
 use self::traffic::Variety;
+use super::stats::{Latency, load_average};
 use crate::CliError;
 use crate::chaos::services::{self, ServiceProcess};
 use crate::saga_services::{fast_env, run_directory, sibling_binary};
@@ -46,45 +47,6 @@ pub struct RiskStage {
     /// The machine's 1-minute load average before and after the stage (/proc/loadavg): how
     /// much else was running on the same cores.
     pub load_average: (Option<f64>, Option<f64>),
-}
-
-/// Percentiles of one latency, in milliseconds, over `count` planted alerts.
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub count: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Latency {
-    fn of(sorted_ms: &[f64]) -> Self {
-        Self {
-            count: sorted_ms.len(),
-            p50_ms: percentile(sorted_ms, 0.5),
-            p99_ms: percentile(sorted_ms, 0.99),
-            max_ms: sorted_ms.last().copied().unwrap_or(f64::NAN),
-        }
-    }
-}
-
-/// The 1-minute load average.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Nearest-rank percentile of sorted values (NaN when there are none).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (sorted.len() as f64 * p).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 impl RiskStage {
@@ -298,19 +260,5 @@ async fn wait_handled(
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&values, 0.5), 50.0);
-        assert_eq!(percentile(&values, 0.99), 99.0);
-        assert_eq!(percentile(&values[..1], 0.99), 1.0);
-        assert!(percentile(&[], 0.5).is_nan());
     }
 }
