@@ -15,8 +15,9 @@ pub mod event_type {
     use msgkit::EventType;
 
     use super::{
-        InventoryReserved, OrderConcluded, OrderPlaced, OrderSetback, PaymentCallback,
-        PaymentFailed, PaymentSucceeded, Reconciliation, RiskAlert, TransactionRecorded,
+        InventoryReserved, OrderCancelRequested, OrderConcluded, OrderPlaced, OrderSetback,
+        PaymentCallback, PaymentFailed, PaymentRefunded, PaymentSucceeded, Reconciliation,
+        RiskAlert, TransactionRecorded,
     };
 
     /// An order was accepted over HTTP (order -> inventory).
@@ -47,8 +48,17 @@ pub mod event_type {
     pub const ORDER_CONFIRMED: EventType<OrderConcluded> = EventType::new("order.confirmed");
     /// The order is rejected: out of stock (order -> notify).
     pub const ORDER_REJECTED: EventType<OrderConcluded> = EventType::new("order.rejected");
-    /// The order is cancelled: payment declined (order -> notify).
+    /// The order is cancelled: payment declined, or refunded after the customer cancelled it
+    /// (order -> notify).
     pub const ORDER_CANCELLED: EventType<OrderConcluded> = EventType::new("order.cancelled");
+    /// The customer cancelled a confirmed order (`POST /orders/{id}/cancel`; order -> payment,
+    /// which refunds the charge).
+    pub const ORDER_CANCEL_REQUESTED: EventType<OrderCancelRequested> =
+        EventType::new("order.cancel_requested");
+    /// The charge of a cancelled order was refunded through the gateway (payment -> order,
+    /// which cancels it, and inventory, which puts the stock back; rebate reads it from the
+    /// archive and reverses the order's rebate).
+    pub const PAYMENT_REFUNDED: EventType<PaymentRefunded> = EventType::new("payment.refunded");
     /// A user's transaction was recorded (risk's HTTP API -> risk's rule engine). Its event
     /// time is when the transaction happened: the engine's windows are measured on it. Numbered
     /// per user (the aggregate) so that the engine sees a user's transactions in the order
@@ -210,6 +220,37 @@ pub struct OrderConcluded {
     /// Why, when it did not go through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Payload of `order.cancel_requested`: a customer cancelled a confirmed order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelRequested {
+    /// The order.
+    pub order_id: Uuid,
+    /// Whose order.
+    pub customer_id: String,
+    /// Why, if the customer said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the cancellation was accepted.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Payload of `payment.refunded`: the gateway refunded an order's charge in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    /// The order.
+    pub order_id: Uuid,
+    /// Whose money it was.
+    pub customer_id: String,
+    /// The charge refunded (`payment.succeeded`'s `charge_id`).
+    pub charge_id: String,
+    /// The gateway's id of the refund.
+    pub refund_id: String,
+    /// What was refunded, in cents (the whole charge).
+    pub amount_cents: i64,
+    /// When the gateway refunded it.
+    pub occurred_at: DateTime<Utc>,
 }
 
 /// Payload of `transaction.recorded`: one transaction of a user, as an app records it.
