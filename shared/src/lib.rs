@@ -110,6 +110,7 @@ pub mod message;
 pub mod metrics;
 pub(crate) mod ops;
 pub mod outbox;
+pub mod projection;
 pub mod publish;
 pub mod replay;
 pub mod schema;

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use crate::consume::ConsumerStats;
 use crate::metrics::Metrics;
 use crate::outbox::RelayStats;
+use crate::projection::ProjectionStats;
 
 /// What the endpoints look at.
 #[derive(Clone, Debug)]
@@ -32,6 +33,7 @@ pub struct OpsState {
     consumer_names: Vec<String>,
     /// The service's own metrics, served after the kit's.
     own: Vec<Arc<Registry>>,
+    projections: Vec<Arc<ProjectionStats>>,
 }
 
 impl OpsState {
@@ -45,7 +47,14 @@ impl OpsState {
             consumers: Vec::new(),
             consumer_names: Vec::new(),
             own: Vec::new(),
+            projections: Vec::new(),
         }
+    }
+
+    /// Include a projection (ready unless it leads and is catching up, or is failing).
+    pub(crate) fn with_projection(mut self, stats: Arc<ProjectionStats>) -> Self {
+        self.projections.push(stats);
+        self
     }
 
     /// Serve the service's own `registry` too.
@@ -109,6 +118,12 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
             reasons.push(format!("broker: the consumer of {queue} is not subscribed"));
         }
     }
+    reasons.extend(
+        state
+            .projections
+            .iter()
+            .filter_map(|projection| projection.not_ready_reason()),
+    );
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {

@@ -38,6 +38,14 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+    /// The broker answered something the kit cannot use (a queue of the wrong type).
+    #[error("RabbitMQ {operation}: {reason}")]
+    Protocol {
+        /// What was being done.
+        operation: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// Gave up because shutdown was requested.
     #[error("shutdown requested")]
     ShuttingDown,

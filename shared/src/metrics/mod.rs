@@ -23,9 +23,11 @@ use std::sync::atomic::AtomicU64;
 
 mod handles;
 mod kept;
+mod projection;
 mod timers;
 
 pub(crate) use handles::{ComponentMetrics, Outcome, QueueMetrics, RelayMetrics};
+pub(crate) use projection::ProjectionMetrics;
 pub(crate) use timers::TimerMetrics;
 
 type One = [(&'static str, String); 1];
@@ -65,6 +67,7 @@ struct Families {
     outbox_failing: Family<One, Gauge>,
     outbox_oldest_age: Family<One, Gauge<f64, AtomicU64>>,
     timers: timers::TimerFamilies,
+    projections: projection::ProjectionFamilies,
     kept: kept::KeptFamilies,
 }
 
@@ -96,12 +99,14 @@ impl Metrics {
             outbox_failing: Family::default(),
             outbox_oldest_age: Family::default(),
             timers: timers::TimerFamilies::new(),
+            projections: projection::ProjectionFamilies::new(),
             kept: kept::KeptFamilies::new(),
             registry: Registry::default(),
         };
         metrics.register_consumer_metrics(&mut registry);
         metrics.register_publisher_metrics(&mut registry);
         metrics.timers.register(&mut registry);
+        metrics.projections.register(&mut registry);
         metrics.kept.register(&mut registry);
         Self(Arc::new(Families {
             registry,
@@ -248,6 +253,11 @@ impl Metrics {
             connection: self.component(component),
             registry: self.clone(),
         }
+    }
+
+    /// The metrics of `projection`.
+    pub(crate) fn for_projection(&self, projection: &str) -> ProjectionMetrics {
+        self.0.projections.for_projection(projection)
     }
 
     /// The timer metrics of `queue`'s consumer.

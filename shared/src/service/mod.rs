@@ -32,6 +32,7 @@ use crate::database::DatabaseError;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::outbox::OutboxRelay;
+use crate::projection::{Projection, ProjectionConfig, ProjectionRunner};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
@@ -116,6 +117,18 @@ pub enum ServiceError {
         /// The consumer's queue.
         queue: String,
     },
+    /// A projection reads the event archive, which the settings do not turn on.
+    #[error(
+        "projection {name:?} reads the event archive, which is off: set ARCHIVE_ENABLED=true \
+         (in every service of the system, so that each one's events are archived)"
+    )]
+    ProjectionWithoutArchive {
+        /// The projection.
+        name: String,
+    },
+    /// A projection's name cannot name its checkpoint and schemas.
+    #[error("projection name {0:?} must be lowercase letters, digits and '_', at most 40 bytes")]
+    ProjectionName(String),
     /// A consumer applies keys in order, which releases parked messages through the outbox
     /// and recognises a released message's redelivered original by its inbox row.
     #[error(
@@ -155,6 +168,8 @@ pub struct Service {
 impl Service {
     /// Connect to the database (creating the schema), install the kit's tables and run the
     /// service's own `migrations` (tracked in `_<name>_migrations`), bind the HTTP address.
+    /// With the archive on in the settings, `topology` gets it (see
+    /// [`crate::topology::Archive`]).
     /// The broker is not needed yet: relays and consumers connect in the background and keep
     /// retrying.
     pub async fn start(
@@ -184,6 +199,10 @@ impl Service {
                 source,
             })?;
         let metrics = Metrics::new();
+        let topology = match (&settings.archive, topology.archive()) {
+            (Some(archive), None) => topology.with_archive(archive.clone()),
+            _ => topology,
+        };
         Ok(Self {
             ops: OpsState::new(pool.clone(), metrics.clone()),
             metrics,
@@ -316,6 +335,42 @@ impl Service {
     /// The consumers' settings as they will run (defaults, then settings, then the pool cap).
     pub fn consumers(&self) -> &[ConsumerConfig] {
         &self.consumers
+    }
+
+    /// Run `projection` of the event archive (see [`crate::projection`]): its tables'
+    /// migrations now, then, with the service, one replica applying it at a time, with the
+    /// settings' `PROJECTION_*` over the defaults. Refuses when the archive is off.
+    pub async fn project(mut self, projection: Projection) -> Result<Self, ServiceError> {
+        let name = projection.name().to_owned();
+        if !crate::projection::valid_name(&name) {
+            return Err(ServiceError::ProjectionName(name));
+        }
+        let Some(archive) = self.topology.archive().cloned() else {
+            return Err(ServiceError::ProjectionWithoutArchive { name });
+        };
+        projection
+            .migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|source| ServiceError::Migrate {
+                what: format!("the tables of projection {name}"),
+                source,
+            })?;
+        let config = ProjectionConfig::from_config(&self.settings.source)?;
+        let runner = ProjectionRunner::new(
+            projection,
+            self.pool.clone(),
+            self.settings
+                .broker
+                .for_role(format!("{}/projection-{name}", self.settings.name)),
+            archive,
+            config,
+            self.metrics.for_projection(&name),
+        );
+        self.ops = self.ops.with_projection(runner.stats());
+        self.tasks
+            .push(Box::new(move |shutdown| Box::pin(runner.run(shutdown))));
+        Ok(self)
     }
 
     /// Serve the service's own metrics on `/metrics`, after the kit's. Register them under the

@@ -7,6 +7,7 @@ use crate::config::{ConfigError, ConfigSource, Lookup, env_prefix};
 use crate::consume::ConsumerConfig;
 use crate::database::DatabaseSettings;
 use crate::outbox::RelayConfig;
+use crate::topology::Archive;
 
 /// Everything a service needs to start, derived from one [`ConfigSource`] read once. Every
 /// name comes from the service's name: `<NAME>_HTTP_ADDR`, `<NAME>_DB_SCHEMA`, the connection
@@ -25,6 +26,9 @@ pub struct ServiceSettings {
     pub broker: BrokerSettings,
     /// Its outbox relay (`OUTBOX_*`), when it publishes.
     pub relay: RelayConfig,
+    /// The event archive (`ARCHIVE_*`), when the system keeps one: the relay then writes
+    /// every event to it too, and projections read it.
+    pub archive: Option<Archive>,
     /// What was read, for the settings derived later: each consumer's, and the service's own
     /// (e.g. the payment gateway's `GATEWAY_*`).
     pub source: ConfigSource,
@@ -60,6 +64,7 @@ impl ServiceSettings {
             database: DatabaseSettings::from_config(&source, &prefix, default_schema)?,
             broker: BrokerSettings::from_config(&source, name)?,
             relay: RelayConfig::from_config(&source, name)?,
+            archive: Archive::from_config(&source)?,
             source,
         })
     }

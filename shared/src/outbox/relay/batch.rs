@@ -13,7 +13,8 @@ use crate::backoff;
 use crate::key_order;
 use crate::message::{CREATED_AT_HEADER, OutgoingMessage};
 use crate::outbox::store::{self, FailedRow, PendingRow};
-use crate::publish::{ConfirmedPublisher, PendingConfirms, PublishOutcome};
+use super::archive::{self, RowOutcome};
+use crate::publish::{ConfirmedPublisher, PendingConfirms};
 use crate::telemetry::spans;
 
 /// A claimed batch whose messages are published and whose confirms are outstanding.
@@ -23,6 +24,8 @@ pub(super) struct SentBatch {
     rows: Vec<PendingRow>,
     spans: Vec<tracing::Span>,
     confirms: PendingConfirms,
+    /// For each row, whether an archive copy was sent before it.
+    copied: Vec<bool>,
     started: Instant,
 }
 
@@ -103,15 +106,18 @@ impl OutboxRelay {
         let mut messages: Vec<OutgoingMessage> =
             rows.iter().map(|row| self.outgoing(row)).collect();
         let spans: Vec<tracing::Span> = messages.iter_mut().map(spans::publish).collect();
+        let (wire, copied) =
+            archive::with_copies(self.topology.archive(), self.topology.exchange(), messages);
         let started = Instant::now();
         // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
         // and unlocked, and are claimed again after reconnecting.
-        let confirms = publisher.send_batch(&messages).await?;
+        let confirms = publisher.send_batch(&wire).await?;
         Ok(Some(SentBatch {
             tx,
             rows,
             spans,
             confirms,
+            copied,
             started,
         }))
     }
@@ -124,17 +130,18 @@ impl OutboxRelay {
             rows,
             spans,
             confirms,
+            copied,
             started,
         } = batch;
-        let outcomes = confirms.confirmed().await?;
+        let outcomes = archive::per_message(confirms.confirmed().await?, &copied);
         self.metrics.registry.confirm("relay", started.elapsed());
         for (span, outcome) in spans.iter().zip(&outcomes) {
-            if let Some(reason) = outcome.failure_reason() {
+            if let Some(reason) = &outcome.failure {
                 span.record("otel.status_code", "error");
                 span.record("otel.status_description", reason.as_str());
             }
         }
-        let verdicts = self.verdicts(&rows, &outcomes);
+        let verdicts = self.verdicts(&rows, outcomes);
         if let Err(error) = store::mark_batch(tx, &verdicts.published, &verdicts.failed).await {
             // The broker has these messages; an unmarked row would be published again. The
             // claim's connection is gone (a database restart, typically), so mark them on a
@@ -159,16 +166,16 @@ impl OutboxRelay {
 
     /// Sort `rows` by their publish outcomes; a refused row is logged and given its next
     /// attempt's delay.
-    fn verdicts(&self, rows: &[PendingRow], outcomes: &[PublishOutcome]) -> Verdicts {
+    fn verdicts(&self, rows: &[PendingRow], outcomes: Vec<RowOutcome>) -> Verdicts {
         let mut verdicts = Verdicts {
             published: Vec::with_capacity(rows.len()),
             ..Verdicts::default()
         };
         for (row, outcome) in rows.iter().zip(outcomes) {
-            if matches!(outcome, PublishOutcome::Nacked) {
+            if outcome.nacked {
                 verdicts.nacked += 1;
             }
-            match outcome.failure_reason() {
+            match outcome.failure {
                 None => verdicts.published.push(row.id),
                 Some(error) => {
                     tracing::error!(

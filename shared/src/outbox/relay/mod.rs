@@ -8,6 +8,7 @@
 //! This file is the loop; [`batch`] relays one batch after another, [`wakeup`] decides when
 //! the loop looks again, and the SQL is in [`super::store`].
 
+mod archive;
 mod batch;
 mod config;
 mod stats;
