@@ -1,0 +1,45 @@
+//! The rebate API: `GET /rebates/{customer}` and its stream. (`/healthz`, `/readyz` and
+//! `/metrics` come from the kit.)
+
+mod customer;
+mod error;
+mod rebates;
+mod stream;
+
+use axum::Router;
+use axum::routing::get;
+use msgkit::Shutdown;
+use msgkit::auth::TokenKey;
+use sqlx::PgPool;
+
+use crate::feed::Feed;
+use crate::metrics::RebateMetrics;
+
+pub use customer::{CustomerId, MAX_CUSTOMER_CHARS};
+pub use error::ApiError;
+pub use rebates::Rebates;
+pub use stream::KEEP_ALIVE;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The service's database (its schema on the search path).
+    pub pool: PgPool,
+    /// Verifies the stream's tokens; `None` when no secret is configured (the stream then
+    /// answers 503, the rest of the API works).
+    pub tokens: Option<TokenKey>,
+    /// This replica's balance feed.
+    pub feed: Feed,
+    /// The service's metrics.
+    pub metrics: RebateMetrics,
+    /// Triggered when the service stops: open streams end on it.
+    pub shutdown: Shutdown,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/rebates/{customer}", get(rebates::rebates))
+        .route("/rebates/{customer}/stream", get(stream::stream))
+        .with_state(state)
+}
