@@ -11,7 +11,7 @@
 set -euo pipefail
 
 # The services, in start order. To add one: append its name here and give it a port below.
-SERVICES="order inventory payment notify risk reconcile"
+SERVICES="order inventory payment notify risk reconcile rebate"
 # RUN_SERVICES="a b" runs a subset instead.
 SERVICES=${RUN_SERVICES:-$SERVICES}
 
@@ -23,6 +23,7 @@ declare -A PORT=(
     [notify]=8083
     [risk]=8084
     [reconcile]=8085
+    [rebate]=8086
 )
 
 # Grace period for a service to exit after SIGTERM before it gets SIGKILL.
@@ -64,7 +65,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The payment-gateway simulator's callback secret (it signs, payment verifies): without one
 # the simulator sends no callbacks. A local development value, like the one above.
 : "${GATEWAY_CALLBACK_SECRET:=msgkit-local-development-gateway-callback-secret}"
-export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET GATEWAY_CALLBACK_SECRET
+# The rebate balance stream takes the same tokens as risk's alert stream.
+: "${REBATE_TOKEN_SECRET:=$RISK_TOKEN_SECRET}"
+# The event archive, on in every service and not overridable here: rebate projects it, and a
+# service started without it would leave its events out of the history for good.
+ARCHIVE_ENABLED=true
+export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET GATEWAY_CALLBACK_SECRET REBATE_TOKEN_SECRET ARCHIVE_ENABLED
 
 if [[ -n "$build" ]]; then
     say "building (cargo build --workspace --bins) ..."
