@@ -179,7 +179,9 @@ impl Archive {
         let defaults = Self::default();
         let max_age = config.string("ARCHIVE_MAX_AGE", &defaults.max_age);
         let valid_age = max_age.len() > 1
-            && max_age[..max_age.len() - 1].bytes().all(|b| b.is_ascii_digit())
+            && max_age[..max_age.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_digit())
             && max_age.ends_with(['Y', 'M', 'D', 'h', 'm', 's']);
         if !valid_age {
             return Err(ConfigError {

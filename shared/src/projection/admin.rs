@@ -74,9 +74,10 @@ pub struct ArchiveBounds {
 
 /// Every projection of the pool's schema.
 pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
-    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM msgkit_projections ORDER BY name")
-        .fetch_all(pool)
-        .await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM msgkit_projections ORDER BY name")
+            .fetch_all(pool)
+            .await?;
     let mut all = Vec::with_capacity(names.len());
     for name in names {
         if let Some(status) = status_of(pool, &name).await? {
@@ -125,7 +126,10 @@ pub async fn status_of(pool: &PgPool, name: &str) -> Result<Option<ProjectionSta
 }
 
 /// The last rebuild of `name`, if one was ever asked for.
-pub async fn rebuild_status(pool: &PgPool, name: &str) -> Result<Option<RebuildStatus>, sqlx::Error> {
+pub async fn rebuild_status(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<RebuildStatus>, sqlx::Error> {
     type Row = (
         String,
         Option<String>,
@@ -248,4 +252,3 @@ pub async fn archive_bounds(
 pub fn show_time(time: Option<DateTime<Utc>>) -> String {
     time.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
 }
-

@@ -219,9 +219,7 @@ impl Projection {
 
 /// Whether `name` can name a projection (and so a schema and an advisory lock key).
 pub(crate) fn valid_name(name: &str) -> bool {
-    name.bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase())
+    name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name.len() <= 40
         && name
             .bytes()

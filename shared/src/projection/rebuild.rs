@@ -178,7 +178,9 @@ async fn prepare(runner: &ProjectionRunner, schemas: &Schemas) -> Result<PgPool,
         .migrator()
         .run(&work)
         .await
-        .map_err(|error| RebuildError::Refused(format!("migrating the rebuild's tables: {error}")))?;
+        .map_err(|error| {
+            RebuildError::Refused(format!("migrating the rebuild's tables: {error}"))
+        })?;
     Ok(work)
 }
 

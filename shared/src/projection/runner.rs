@@ -157,7 +157,8 @@ impl ProjectionRunner {
                     tracing::warn!(projection = %self.name(), %reason, "lost the lead of the projection");
                     // A new session, so that the lock (if still held) is released.
                     if let Some(connection) = lock.take() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
                     }
                 }
                 LeadEnd::Failed(error) => {
@@ -243,7 +244,9 @@ impl ProjectionRunner {
             .catching_up
             .store(follow.behind_tail(), Ordering::Relaxed);
         let rebuild = Rebuild::new(self.clone(), shutdown);
-        let end = self.follow(lock, &mut reader, &mut follow, &rebuild, shutdown).await;
+        let end = self
+            .follow(lock, &mut reader, &mut follow, &rebuild, shutdown)
+            .await;
         rebuild.stop().await;
         reader.close().await;
         end
@@ -329,7 +332,11 @@ impl ProjectionRunner {
         // holds the requested offset.
         events.retain(|event| follow.position.is_none_or(|p| offset_i64(event.offset) > p));
         if events.is_empty() {
-            return reader.ack_read().await.err().map(|e| LeadEnd::Failed(e.to_string()));
+            return reader
+                .ack_read()
+                .await
+                .err()
+                .map(|e| LeadEnd::Failed(e.to_string()));
         }
         // A full batch means the broker had more waiting: still behind.
         let full = events.len() >= self.config.batch_size;

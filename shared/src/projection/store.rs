@@ -26,7 +26,10 @@ const LOCK_KEY: &str = "hashtextextended('msgkit.projection:' || current_schema(
 
 /// Take the lead of `name` if nobody holds it, on `connection` (a session lock: it is held
 /// until released or the connection ends, which is what a dead replica's does).
-pub(super) async fn try_lead(connection: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+pub(super) async fn try_lead(
+    connection: &mut PgConnection,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT pg_try_advisory_lock({LOCK_KEY})"
     )))

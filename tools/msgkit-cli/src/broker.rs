@@ -48,6 +48,11 @@ impl BrokerConfig {
         })
     }
 
+    /// The AMQP URL (the first node's), for the kit's own connections.
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
     /// The vhost the commands work on.
     pub fn vhost(&self) -> &str {
         &self.vhost

@@ -1,8 +1,9 @@
 //! `msgkit`: the operator CLI of the messaging kit.
 //!
-//! Configured like the services: `AMQP_URL` (broker and vhost), `DATABASE_URL` (timers), and
-//! for the management API `RABBITMQ_MANAGEMENT_URL` (default `http://127.0.0.1:15672`) with the
-//! AMQP credentials unless `RABBITMQ_MANAGEMENT_USER` / `RABBITMQ_MANAGEMENT_PASSWORD` are set.
+//! Configured like the services: `AMQP_URL` (broker and vhost), `DATABASE_URL` (timers,
+//! projections), and for the management API `RABBITMQ_MANAGEMENT_URL` (default
+//! `http://127.0.0.1:15672`) with the AMQP credentials unless `RABBITMQ_MANAGEMENT_USER` /
+//! `RABBITMQ_MANAGEMENT_PASSWORD` are set.
 //!
 //! Exit codes: 0 done, 1 a chaos run found violations, and (sysexits) 64 bad usage or filter,
 //! 66 no such queue, message or scenario, 69 broker unreachable, 70 anything else.
@@ -12,6 +13,7 @@ mod broker;
 mod chaos;
 mod cluster;
 mod dlq;
+mod projection;
 mod saga_services;
 mod table;
 mod timers;
@@ -60,6 +62,8 @@ enum Command {
     ClusterTest(cluster::ClusterTestArgs),
     /// List, show and cancel a service's pending durable timers.
     Timers(timers::TimersArgs),
+    /// A service's projections of the event archive: status, and rebuilding one.
+    Projection(projection::ProjectionArgs),
     /// Print a short-lived token for the risk alert stream (`--user U` or `--operator NAME`),
     /// signed with RISK_TOKEN_SECRET (else TOKEN_SECRET) from the environment.
     Token(token::TokenArgs),
@@ -125,6 +129,7 @@ async fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args, cli.json).await,
             Command::ClusterTest(args) => cluster::run(args, cli.json).await,
             Command::Timers(args) => timers::run(args, cli.json).await,
+            Command::Projection(args) => projection::run(args, &broker, cli.json).await,
             Command::Token(args) => token::run(args),
         },
         Err(error) => Err(error),

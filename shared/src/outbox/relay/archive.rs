@@ -131,7 +131,13 @@ mod tests {
         ];
         let rows = per_message(outcomes, &[true, true, true, false]);
         assert_eq!(rows[0].failure, None);
-        assert!(rows[1].failure.as_deref().unwrap().starts_with("unroutable"));
+        assert!(
+            rows[1]
+                .failure
+                .as_deref()
+                .unwrap()
+                .starts_with("unroutable")
+        );
         assert_eq!(
             rows[2].failure.as_deref(),
             Some("archive copy: nacked by the broker")

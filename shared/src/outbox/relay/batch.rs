@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use chrono::{TimeZone, Utc};
 
+use super::archive::{self, RowOutcome};
 use super::{BatchReport, MARK_PATIENCE, OutboxRelay, RelayError};
 use crate::backoff;
 use crate::key_order;
 use crate::message::{CREATED_AT_HEADER, OutgoingMessage};
 use crate::outbox::store::{self, FailedRow, PendingRow};
-use super::archive::{self, RowOutcome};
 use crate::publish::{ConfirmedPublisher, PendingConfirms};
 use crate::telemetry::spans;
 
