@@ -98,15 +98,9 @@ pub struct TestApp {
     pub pool: PgPool,
     pub events: Events,
     pub broker: TestBroker,
-    _db: TestDatabase,
-    shutdown: Shutdown,
-    _running: tokio::task::JoinHandle<Result<(), ServiceError>>,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
+    /// The first replica (the one `address` is).
+    pub service: Running,
+    pub db: TestDatabase,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -116,28 +110,98 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_on(db, broker, events).await
 }
 
-/// The service in this database and vhost (events may already be in the archive).
-pub async fn spawn_app_on(db: TestDatabase, broker: TestBroker, events: Events) -> TestApp {
-    let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+/// The service's settings for this test's database and vhost.
+fn settings(db: &TestDatabase, broker: &TestBroker) -> msgkit::service::ServiceSettings {
+    let mut settings = service_settings(NAME, NAME, db, broker.settings(NAME));
     settings.archive = Some(Archive::default());
     settings.source.set("REBATE_TOKEN_SECRET", TEST_SECRET);
-    // A standby would take over within this; the active one reports and polls for rebuilds.
+    // A standby tries to take over this often; the active one reports and polls for rebuilds.
     settings.source.set("PROJECTION_TAKEOVER_POLL_MS", "200");
     settings.source.set("PROJECTION_HEARTBEAT_MS", "200");
-    let service = build(settings).await.expect("build the rebate service");
-    let address = format!("http://{}", service.local_addr().expect("addr"));
-    let pool = service.pool().clone();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(service.run_until_stopped(shutdown.clone()));
+    settings
+}
+
+/// A running rebate service: its address, stopped when dropped.
+pub struct Running {
+    pub address: String,
+    shutdown: Shutdown,
+    running: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
+}
+
+impl Running {
+    async fn start(db: &TestDatabase, broker: &TestBroker) -> (Self, PgPool) {
+        let service = build(settings(db, broker))
+            .await
+            .expect("build the rebate service");
+        let address = format!("http://{}", service.local_addr().expect("addr"));
+        let pool = service.pool().clone();
+        let shutdown = Shutdown::new();
+        let running = Some(tokio::spawn(service.run_until_stopped(shutdown.clone())));
+        let running = Self {
+            address,
+            shutdown,
+            running,
+        };
+        (running, pool)
+    }
+
+    /// Stop it as SIGTERM does and wait until it has stopped.
+    pub async fn stop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(DEADLINE, running)
+                .await
+                .expect("the service stops within the deadline")
+                .expect("the service task did not panic")
+                .expect("the service stopped cleanly");
+        }
+    }
+
+    /// Its `msgkit_projection_active` (1: it applies the projection).
+    pub async fn active(&self, client: &reqwest::Client) -> Option<f64> {
+        let exposition = msgkit::testing::scrape(client, &self.address).await;
+        msgkit::testing::metric_value(
+            &exposition,
+            "msgkit_projection_active",
+            &[("projection", "rebate")],
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// The service started before anything declared the archive, which the test's events then do.
+pub async fn spawn_app_before_the_archive() -> TestApp {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let (service, pool) = Running::start(&db, &broker).await;
+    let events = Events::open(&broker).await;
     TestApp {
-        address,
+        address: service.address.clone(),
         client: reqwest::Client::new(),
         pool,
         events,
         broker,
-        _db: db,
-        shutdown,
-        _running: running,
+        service,
+        db,
+    }
+}
+
+/// The service in this database and vhost (events may already be in the archive).
+pub async fn spawn_app_on(db: TestDatabase, broker: TestBroker, events: Events) -> TestApp {
+    let (service, pool) = Running::start(&db, &broker).await;
+    TestApp {
+        address: service.address.clone(),
+        client: reqwest::Client::new(),
+        pool,
+        events,
+        broker,
+        service,
+        db,
     }
 }
 
@@ -153,11 +217,21 @@ pub fn token(sub: &str, role: Role) -> String {
 }
 
 impl TestApp {
+    /// Another replica on the same database and vhost.
+    pub async fn replica(&self) -> Running {
+        Running::start(&self.db, &self.broker).await.0
+    }
+
     /// `GET /rebates/{customer}`: status and body.
     pub async fn get_rebates(&self, customer: &str) -> (u16, Value) {
+        self.get_rebates_from(&self.address, customer).await
+    }
+
+    /// `GET /rebates/{customer}` from the replica at `address`.
+    pub async fn get_rebates_from(&self, address: &str, customer: &str) -> (u16, Value) {
         let response = self
             .client
-            .get(format!("{}/rebates/{customer}", self.address))
+            .get(format!("{address}/rebates/{customer}"))
             .send()
             .await
             .expect("GET /rebates");

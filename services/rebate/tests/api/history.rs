@@ -103,3 +103,52 @@ async fn a_rebuild_equals_the_live_tables_row_for_row_and_the_stream_follows_the
         .expect("a change after the switch");
     assert_eq!(frame.seq(), 25);
 }
+
+#[tokio::test]
+async fn payments_published_through_an_outbox_relay_with_the_archive_on_reach_the_balance() {
+    let app = spawn_app().await;
+    // A payer service of the kit in the same database (its own schema) and vhost, relaying
+    // its outbox with the archive on, as payment does.
+    let mut settings =
+        msgkit::testing::service_settings("payer", "payer", &app.db, app.broker.settings("payer"));
+    settings.archive = Some(msgkit::topology::Archive::default());
+    let payer = msgkit::service::Service::start(
+        settings,
+        contracts::topology(),
+        sqlx::migrate::Migrator::DEFAULT,
+    )
+    .await
+    .unwrap()
+    .with_relay();
+    let payer_pool = payer.pool().clone();
+    let stop = msgkit::Shutdown::new();
+    let running = tokio::spawn(payer.run_until_stopped(stop.clone()));
+    let first = payment("c-relayed", 40_000, Utc::now());
+    let second = payment("c-relayed", 70_000, Utc::now());
+    let mut tx = payer_pool.begin().await.unwrap();
+    for payment in [&first, &second] {
+        let message = msgkit::outbox::OutboxMessage::of(
+            contracts::event_type::PAYMENT_SUCCEEDED,
+            payment.order_id.to_string(),
+            payment,
+        )
+        .unwrap();
+        msgkit::outbox::enqueue(&mut tx, &message).await.unwrap();
+    }
+    let refund = msgkit::outbox::OutboxMessage::of(
+        contracts::event_type::PAYMENT_REFUNDED,
+        first.order_id.to_string(),
+        &refund_of(&first, Utc::now()),
+    )
+    .unwrap();
+    // payment.refunded may have no work queue bound yet: its archive copy is written all
+    // the same, and the row stays in the outbox until a queue takes it.
+    msgkit::outbox::enqueue(&mut tx, &refund).await.unwrap();
+    tx.commit().await.unwrap();
+    let body = app.rebates_at("c-relayed", 2).await;
+    assert_eq!(body["balance_cents"], 400 + 700, "{body}");
+    let body = app.rebates_at("c-relayed", 3).await;
+    assert_eq!(body["balance_cents"], 700, "{body}");
+    stop.trigger();
+    running.await.unwrap().unwrap();
+}

@@ -6,6 +6,7 @@
 mod balances;
 mod helpers;
 mod history;
+mod replicas;
 mod sse;
 mod stream;
 mod tiers;
