@@ -68,6 +68,8 @@ struct Line<'a> {
     month: NaiveDate,
     message_id: &'a str,
     archive_offset: i64,
+    /// Whether the line's amount changes its month's spend.
+    counts_as_spend: bool,
 }
 
 /// A payment credits its rebate at the rate in force at its time for the customer's spend
@@ -87,16 +89,15 @@ async fn on_paid(
     let message_id = ctx.message_id().to_owned();
     let archive_offset = i64::try_from(ctx.offset()).unwrap_or(i64::MAX);
     let tx = ctx.tx();
+    let before = before_payment(tx, paid.order_id, &paid.customer_id, month, at).await?;
     // An order whose refund came first (it cannot, since the archive holds a payment before
     // anything that reacts to it, but the rule must be deterministic anyway) earns nothing
     // and adds no spend: its refund line already stands, with nothing to reverse.
-    let refunded_first = line_exists(tx, paid.order_id, REFUND).await?;
-    let (rate_bp, counts) = if refunded_first {
-        (0, false)
+    let counts = !before.refunded;
+    let rate_bp = if counts {
+        rates::rate_for(&before.tiers, before.spend_cents)
     } else {
-        let spend_before = monthly_spend(tx, &paid.customer_id, month).await?;
-        let tiers = tiers_in_force(tx, at).await?;
-        (rates::rate_for(&tiers, spend_before), true)
+        0
     };
     let line = Line {
         order_id: paid.order_id,
@@ -113,16 +114,13 @@ async fn on_paid(
         month,
         message_id: &message_id,
         archive_offset,
+        counts_as_spend: counts,
     };
-    if !insert_line(tx, &line).await? {
-        // A duplicate of this event, or another payment of the same order: already counted.
-        return Ok(());
+    // `false`: a duplicate of this event, or another payment of the same order, already
+    // counted.
+    if write_line(tx, &line).await? {
+        metrics.line(PAYMENT);
     }
-    if counts {
-        add_spend(tx, line.customer_id, month, line.amount_cents).await?;
-    }
-    credit(tx, line.customer_id, line.rebate_cents, at).await?;
-    metrics.line(PAYMENT);
     Ok(())
 }
 
@@ -164,6 +162,7 @@ async fn on_refunded(
                 month: *month,
                 message_id: &message_id,
                 archive_offset,
+                counts_as_spend: true,
             }
         }
         None if refunded.customer_id.is_empty() => return Ok(()),
@@ -180,40 +179,88 @@ async fn on_refunded(
             month: rates::month_of(refunded.occurred_at),
             message_id: &message_id,
             archive_offset,
+            counts_as_spend: false,
         },
     };
-    if !insert_line(tx, &line).await? {
-        return Ok(());
+    if write_line(tx, &line).await? {
+        metrics.line(REFUND);
     }
-    if payment.is_some() {
-        add_spend(tx, line.customer_id, line.month, line.amount_cents).await?;
-    }
-    credit(tx, line.customer_id, line.rebate_cents, line.at).await?;
-    metrics.line(REFUND);
     Ok(())
 }
 
-async fn line_exists(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    kind: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM rebate_lines WHERE order_id = $1 AND kind = $2)",
-    )
-    .bind(order_id)
-    .bind(kind)
-    .fetch_one(tx)
-    .await
+/// What a payment's rate depends on, read in one round trip.
+struct BeforePayment {
+    /// The order already has a refund line.
+    refunded: bool,
+    /// The customer's spend in the payment's month so far.
+    spend_cents: i64,
+    /// The tiers in force at the payment's time (the latest version started at or before it).
+    tiers: Vec<Tier>,
 }
 
-/// Whether the line was inserted (`false`: its order already has a line of its kind).
-async fn insert_line(tx: &mut PgConnection, line: &Line<'_>) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO rebate_lines (order_id, kind, customer_id, amount_cents, rebate_cents,
-                                   rate_bp, at, month, message_id, archive_offset)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (order_id, kind) DO NOTHING",
+async fn before_payment(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    customer_id: &str,
+    month: NaiveDate,
+    at: DateTime<Utc>,
+) -> Result<BeforePayment, sqlx::Error> {
+    let (refunded, spend_cents, mins, rates): (bool, i64, Vec<i64>, Vec<i32>) = sqlx::query_as(
+        "WITH version AS (SELECT max(effective_from) AS starts FROM rebate_tiers
+                           WHERE effective_from <= $4),
+              tiers AS (SELECT min_monthly_spend_cents, rate_bp FROM rebate_tiers, version
+                         WHERE effective_from = version.starts)
+         SELECT EXISTS (SELECT 1 FROM rebate_lines WHERE order_id = $1 AND kind = 'refund'),
+                COALESCE((SELECT spend_cents FROM rebate_monthly_spend
+                           WHERE customer_id = $2 AND month = $3), 0),
+                ARRAY(SELECT min_monthly_spend_cents FROM tiers ORDER BY 1),
+                ARRAY(SELECT rate_bp FROM tiers ORDER BY min_monthly_spend_cents)",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(month)
+    .bind(at)
+    .fetch_one(tx)
+    .await?;
+    let tiers = mins
+        .into_iter()
+        .zip(rates)
+        .map(|(min_monthly_spend_cents, rate_bp)| Tier {
+            min_monthly_spend_cents,
+            rate_bp,
+        })
+        .collect();
+    Ok(BeforePayment {
+        refunded,
+        spend_cents,
+        tiers,
+    })
+}
+
+/// Insert `line` and, only if it was inserted (its order had no line of its kind), add it to
+/// the month's spend (when it counts) and to the balance, whose version moves on even for 0
+/// cents. One statement: whether the line went in decides the rest within it.
+async fn write_line(tx: &mut PgConnection, line: &Line<'_>) -> Result<bool, sqlx::Error> {
+    let inserted: i64 = sqlx::query_scalar(
+        "WITH line AS (
+             INSERT INTO rebate_lines (order_id, kind, customer_id, amount_cents, rebate_cents,
+                                       rate_bp, at, month, message_id, archive_offset)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (order_id, kind) DO NOTHING
+             RETURNING customer_id, month, amount_cents, rebate_cents, at),
+         spend AS (
+             INSERT INTO rebate_monthly_spend (customer_id, month, spend_cents)
+             SELECT customer_id, month, amount_cents FROM line WHERE $11
+             ON CONFLICT (customer_id, month)
+             DO UPDATE SET spend_cents = rebate_monthly_spend.spend_cents + EXCLUDED.spend_cents),
+         balance AS (
+             INSERT INTO rebate_balances (customer_id, balance_cents, version, updated_at)
+             SELECT customer_id, rebate_cents, 1, at FROM line
+             ON CONFLICT (customer_id) DO UPDATE
+                SET balance_cents = rebate_balances.balance_cents + EXCLUDED.balance_cents,
+                    version = rebate_balances.version + 1,
+                    updated_at = EXCLUDED.updated_at)
+         SELECT count(*) FROM line",
     )
     .bind(line.order_id)
     .bind(line.kind)
@@ -225,86 +272,8 @@ async fn insert_line(tx: &mut PgConnection, line: &Line<'_>) -> Result<bool, sql
     .bind(line.month)
     .bind(line.message_id)
     .bind(line.archive_offset)
-    .execute(tx)
+    .bind(line.counts_as_spend)
+    .fetch_one(tx)
     .await?;
-    Ok(inserted.rows_affected() == 1)
-}
-
-async fn monthly_spend(
-    tx: &mut PgConnection,
-    customer_id: &str,
-    month: NaiveDate,
-) -> Result<i64, sqlx::Error> {
-    let spend: Option<i64> = sqlx::query_scalar(
-        "SELECT spend_cents FROM rebate_monthly_spend WHERE customer_id = $1 AND month = $2",
-    )
-    .bind(customer_id)
-    .bind(month)
-    .fetch_optional(tx)
-    .await?;
-    Ok(spend.unwrap_or(0))
-}
-
-async fn add_spend(
-    tx: &mut PgConnection,
-    customer_id: &str,
-    month: NaiveDate,
-    cents: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rebate_monthly_spend (customer_id, month, spend_cents) VALUES ($1, $2, $3)
-         ON CONFLICT (customer_id, month)
-         DO UPDATE SET spend_cents = rebate_monthly_spend.spend_cents + EXCLUDED.spend_cents",
-    )
-    .bind(customer_id)
-    .bind(month)
-    .bind(cents)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// The tiers of the version in force at `at` (the latest one that started at or before it).
-async fn tiers_in_force(
-    tx: &mut PgConnection,
-    at: DateTime<Utc>,
-) -> Result<Vec<Tier>, sqlx::Error> {
-    let rows: Vec<(i64, i32)> = sqlx::query_as(
-        "SELECT min_monthly_spend_cents, rate_bp FROM rebate_tiers
-          WHERE effective_from = (SELECT max(effective_from) FROM rebate_tiers
-                                   WHERE effective_from <= $1)",
-    )
-    .bind(at)
-    .fetch_all(tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(min_monthly_spend_cents, rate_bp)| Tier {
-            min_monthly_spend_cents,
-            rate_bp,
-        })
-        .collect())
-}
-
-/// Add `cents` to the customer's balance (a new line: the version moves on even for 0).
-async fn credit(
-    tx: &mut PgConnection,
-    customer_id: &str,
-    cents: i64,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rebate_balances (customer_id, balance_cents, version, updated_at)
-         VALUES ($1, $2, 1, $3)
-         ON CONFLICT (customer_id) DO UPDATE
-            SET balance_cents = rebate_balances.balance_cents + EXCLUDED.balance_cents,
-                version = rebate_balances.version + 1,
-                updated_at = EXCLUDED.updated_at",
-    )
-    .bind(customer_id)
-    .bind(cents)
-    .bind(at)
-    .execute(tx)
-    .await?;
-    Ok(())
+    Ok(inserted == 1)
 }

@@ -152,3 +152,45 @@ async fn payments_published_through_an_outbox_relay_with_the_archive_on_reach_th
     stop.trigger();
     running.await.unwrap().unwrap();
 }
+
+/// Not a check: how fast the projection catches up with a history of payments
+/// (`cargo test -p rebate --test api -- --ignored --nocapture catch_up`).
+#[tokio::test]
+#[ignore = "a measurement"]
+async fn catch_up_rate() {
+    const EVENTS: i64 = 20_000;
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let events = Events::open(&broker).await;
+    let at = Utc.with_ymd_and_hms(2026, 9, 1, 8, 0, 0).unwrap();
+    let payments: Vec<_> = (0..EVENTS)
+        .map(|i| {
+            payment(
+                &format!("c-{}", i % 500),
+                1_000 + i,
+                at + Duration::seconds(i),
+            )
+        })
+        .collect();
+    events.paid_all(&payments).await;
+    let started = std::time::Instant::now();
+    let app = spawn_app_on(db, broker, events).await;
+    wait_until_async(
+        "caught up",
+        Duration::seconds(600).to_std().unwrap(),
+        || async {
+            let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM rebate_lines")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            (lines == EVENTS).then_some(())
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    println!(
+        "rebate caught up with {EVENTS} payments in {:.2} s: {:.0} events/s",
+        elapsed.as_secs_f64(),
+        EVENTS as f64 / elapsed.as_secs_f64()
+    );
+}
