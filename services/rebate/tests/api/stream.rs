@@ -132,3 +132,21 @@ async fn a_stream_resumed_with_last_event_id_sends_the_balance_only_if_newer() {
     let frame = behind.next(PUSH_DEADLINE).await.expect("the change");
     assert_balance(&frame, "c-resume", 3, 600);
 }
+
+#[tokio::test]
+async fn an_open_stream_ends_when_the_service_stops_without_holding_it_up() {
+    let mut app = spawn_app().await;
+    let mut stream = stream_of(&app, "c-stop", None).await;
+    assert_balance(&stream.next(PUSH_DEADLINE).await.unwrap(), "c-stop", 0, 0);
+    let started = std::time::Instant::now();
+    app.service.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stream.next(PUSH_DEADLINE).await.is_none(),
+        "the stream ended"
+    );
+}
