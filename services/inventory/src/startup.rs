@@ -4,6 +4,9 @@ use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
 use crate::handlers::{Broken, routes_with};
+use crate::http::{self, AppState};
+use crate::metrics::InventoryMetrics;
+use crate::stock_feed::{self, Feed};
 
 /// The service's name: its queue, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "inventory";
@@ -14,7 +17,8 @@ pub const NAME: &str = "inventory";
 /// concurrent batches cannot deadlock over them.
 const CONSUMER_BATCH: usize = 16;
 
-/// The inventory service, ready to run: its outbox relay and the consumer of its queue.
+/// The inventory service, ready to run: its outbox relay, the consumer of its queue, and the
+/// stock API with its live feed's listener.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     let service = Service::start(
         settings,
@@ -23,6 +27,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     )
     .await?
     .with_relay();
+    let service = with_stock_api(service);
     let broken = if std::env::var("INVENTORY_BROKEN_STOCK_OUTSIDE_TRANSACTION").as_deref()
         == Ok("1")
     {
@@ -35,4 +40,25 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         ConsumerConfig::new(NAME, NAME).batch(CONSUMER_BATCH),
         routes_with(broken),
     )
+}
+
+/// The stock API (`GET /stock/{sku}`, `GET /stock/stream`), its metrics, and the feed's
+/// listener that its streams follow.
+fn with_stock_api(service: Service) -> Service {
+    let (metrics, registry) = InventoryMetrics::new();
+    let feed = Feed::default();
+    let api = http::router(AppState {
+        pool: service.pool().clone(),
+        feed: feed.clone(),
+        metrics,
+        shutdown: service.shutdown_signal(),
+    });
+    let listener = {
+        let pool = service.pool().clone();
+        move |shutdown| stock_feed::listen(pool, feed, shutdown)
+    };
+    service
+        .with_http(api)
+        .with_metrics(registry)
+        .with_task("inventory stock feed listener", listener)
 }
