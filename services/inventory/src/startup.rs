@@ -1,5 +1,6 @@
 //! Building the service from its settings (shared by `main` and the tests).
 
+use msgkit::config::Lookup;
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
@@ -11,6 +12,10 @@ use crate::stock_feed::{self, Feed};
 /// The service's name: its queue, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "inventory";
 
+/// The setting for how many stock changes a stream may fall behind the broadcast before it
+/// reads the table instead (`INVENTORY_STREAM_BUFFER`, else `STREAM_BUFFER`).
+pub const STREAM_BUFFER: &str = "STREAM_BUFFER";
+
 /// Deliveries handled per transaction by default (`INVENTORY_CONSUMER_BATCH` or
 /// `CONSUMER_BATCH` override it). Orders lock stock rows shared by all orders; the routes'
 /// `before_batch` takes a batch's stock locks in SKU order before its first message, so
@@ -20,6 +25,10 @@ const CONSUMER_BATCH: usize = 16;
 /// The inventory service, ready to run: its outbox relay, the consumer of its queue, and the
 /// stock API with its live feed's listener.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
+    let buffer = settings
+        .source
+        .scoped(NAME)
+        .parse(STREAM_BUFFER, stock_feed::BROADCAST_CAPACITY)?;
     let service = Service::start(
         settings,
         contracts::topology(),
@@ -27,7 +36,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     )
     .await?
     .with_relay();
-    let service = with_stock_api(service);
+    let service = with_stock_api(service, buffer);
     let broken = if std::env::var("INVENTORY_BROKEN_STOCK_OUTSIDE_TRANSACTION").as_deref()
         == Ok("1")
     {
@@ -44,9 +53,9 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
 
 /// The stock API (`GET /stock/{sku}`, `GET /stock/stream`), its metrics, and the feed's
 /// listener that its streams follow.
-fn with_stock_api(service: Service) -> Service {
+fn with_stock_api(service: Service, buffer: usize) -> Service {
     let (metrics, registry) = InventoryMetrics::new();
-    let feed = Feed::default();
+    let feed = Feed::with_capacity(buffer);
     let api = http::router(AppState {
         pool: service.pool().clone(),
         feed: feed.clone(),

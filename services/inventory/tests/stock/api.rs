@@ -5,7 +5,7 @@ use std::time::Duration;
 use msgkit::testing::{metric_value, scrape, wait_until_async};
 use serde_json::Value;
 
-use crate::helpers::{DEADLINE, spawn_app};
+use crate::helpers::{DEADLINE, spawn_app, spawn_app_with};
 use crate::sse::{Frame, SseClient};
 
 /// A frame's stock value, checked for shape.
@@ -178,6 +178,39 @@ async fn a_change_committed_later_gets_a_later_id_even_when_it_started_first() {
     );
     let (id, value) = next_value(&mut resumed).await;
     assert_eq!((id, value["sku"].as_str()), (first_id, Some("SKU-1")));
+}
+
+#[tokio::test]
+async fn a_stream_that_falls_behind_reads_the_table_and_still_loses_nothing() {
+    // A buffer of one change, and one transaction changing three SKUs: the listener
+    // broadcasts three values at once and the stream lags.
+    let app = spawn_app_with(&[("INVENTORY_STREAM_BUFFER", "1")]).await;
+    let query = "?sku=SKU-1&sku=SKU-2&sku=SKU-3";
+    let mut stream = app.stream(query).await;
+    let mut last = 0;
+    for _ in 0..3 {
+        last = last.max(next_value(&mut stream).await.0);
+    }
+    sqlx::query(
+        "UPDATE stock SET available = available - 1 WHERE sku IN ('SKU-1', 'SKU-2', 'SKU-3')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mut skus = Vec::new();
+    for _ in 0..3 {
+        let (id, value) = next_value(&mut stream).await;
+        assert!(id > last, "in feed order, none repeated: {last} then {id}");
+        assert_eq!(value["version"], 2, "{value}");
+        last = id;
+        skus.push(value["sku"].as_str().unwrap().to_owned());
+    }
+    skus.sort();
+    assert_eq!(skus, ["SKU-1", "SKU-2", "SKU-3"]);
+    assert!(
+        stream.nothing_within(Duration::from_millis(300)).await,
+        "nothing repeated"
+    );
 }
 
 #[tokio::test]

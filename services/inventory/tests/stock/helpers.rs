@@ -36,9 +36,17 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// The service with these settings over the test defaults (e.g. `INVENTORY_STREAM_BUFFER`).
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+    let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
+    for (name, value) in extra {
+        settings.source.set(*name, *value);
+    }
     let service = build(settings).await.expect("build the inventory service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
     let pool = service.pool().clone();
