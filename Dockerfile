@@ -1,4 +1,4 @@
-# One image for the msgkit services (order, inventory, payment, notify, risk, reconcile).
+# One image for the msgkit services (order, inventory, payment, notify, risk, reconcile, rebate).
 #
 #   docker build --build-arg SERVICE=order -t msgkit/order:dev .
 #
@@ -45,7 +45,7 @@ RUN set -eux; \
     find . -name '*.rs' -not -path './target/*' -exec touch '{}' +; \
     cargo build --release --locked --bins; \
     mkdir -p /out; \
-    for svc in order inventory payment notify risk reconcile; do \
+    for svc in order inventory payment notify risk reconcile rebate; do \
         cp "target/release/$svc" /out/; \
     done
 
@@ -62,7 +62,8 @@ RUN set -eux; \
     useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin msgkit
 
-COPY --from=builder /out/order /out/inventory /out/payment /out/notify /out/risk /out/reconcile /usr/local/bin/
+COPY --from=builder /out/order /out/inventory /out/payment /out/notify /out/risk /out/reconcile /out/rebate \
+    /usr/local/bin/
 
 # Which binary runs. Declared late so the layers above are shared by the services' builds.
 ARG SERVICE=order

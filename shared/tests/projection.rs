@@ -37,6 +37,18 @@ struct Added {
 const ADDED: EventType<Added> = EventType::new("sum.added");
 
 async fn on_added(mut ctx: Context<'_>, added: Added) -> Result<(), ProjectionError> {
+    // The failure test's poison: refused until its test opens the gate (a fixed deployment).
+    if added.key == "poison" {
+        let open: Option<bool> = sqlx::query_scalar("SELECT open FROM gate")
+            .fetch_optional(ctx.tx())
+            .await?;
+        if open != Some(true) {
+            return Err(ProjectionError::Refused(format!(
+                "event {} is poison",
+                ctx.message_id()
+            )));
+        }
+    }
     sqlx::query(
         "INSERT INTO totals (key, sum, events) VALUES ($1, $2, 1)
          ON CONFLICT (key) DO UPDATE SET sum = totals.sum + $2, events = totals.events + 1",
@@ -88,6 +100,23 @@ async fn start(
     let addr = service.local_addr().unwrap();
     shutdown.spawn(service.run_until_stopped(shutdown.child()));
     addr
+}
+
+/// One event of `key` into the archive.
+async fn publish_one(publisher: &ConfirmedPublisher, archive: &Archive, key: &str, amount: i64) {
+    let mut message = OutgoingMessage::event(
+        ADDED.name(),
+        key,
+        "test",
+        &Added {
+            key: key.to_owned(),
+            amount,
+        },
+    )
+    .unwrap();
+    message.exchange = String::new();
+    message.routing_key = archive.name.clone();
+    assert!(publisher.publish(&message).await.unwrap().is_confirmed());
 }
 
 /// `count` events into the archive, directly (as relays would), keys `k0`..`k9`, amount `n`.
@@ -486,4 +515,125 @@ async fn a_rebuild_is_refused_when_retention_removed_part_of_the_history() {
     shutdown.trigger();
     shutdown.wait_for_tasks().await;
     publisher.close().await;
+}
+
+async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_failing_event_halts_the_projection_visibly_and_a_fix_resumes_it_without_a_skip() {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let archive = small_archive();
+    let publisher = broker
+        .publisher(&Topology::default().with_archive(archive.clone()))
+        .await;
+    let pool = schema_pool(&db).await;
+    sqlx::query("CREATE TABLE gate (open boolean NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO gate VALUES (false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut expected = publish(&publisher, &archive, 0, 20).await;
+    publish_one(&publisher, &archive, "poison", 1000).await;
+    merge(&mut expected, publish(&publisher, &archive, 20, 20).await);
+    let shutdown = Shutdown::new();
+    let addr = start(
+        db.settings(SCHEMA),
+        &broker.amqp_url(),
+        &archive,
+        &[("PROJECTION_HEARTBEAT_MS", "100")],
+        &shutdown,
+    )
+    .await;
+
+    // Halted at the poison, visibly: /readyz says why, the failures count, nothing after it
+    // is applied (a skip would make the tables silently wrong).
+    let reason = wait_until_async("readyz to report the failure", DEADLINE, || async {
+        let (status, body) = readyz(addr).await;
+        (status == 503 && body.contains("is poison")).then_some(body)
+    })
+    .await;
+    assert!(reason.contains("projection totals: failing"), "{reason}");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("msgkit_projection_failures_total{projection=\"totals\"} 0"),
+        "{metrics}"
+    );
+    let applied: i64 = totals(&pool).await.values().map(|(_, events)| events).sum();
+    assert!(
+        applied <= 20,
+        "nothing past the poison is applied ({applied})"
+    );
+
+    // The fix is deployed: the projection resumes at the poison and applies everything once.
+    sqlx::query("UPDATE gate SET open = true")
+        .execute(&pool)
+        .await
+        .unwrap();
+    expected.insert("poison".into(), (1000, 1));
+    wait_for_totals(&pool, &expected, "everything after the fix").await;
+    wait_until_async("readyz to recover", DEADLINE, || async {
+        (readyz(addr).await.0 == 200).then_some(())
+    })
+    .await;
+    shutdown.trigger();
+    shutdown.wait_for_tasks().await;
+    publisher.close().await;
+}
+
+#[tokio::test]
+async fn a_lost_broker_connection_is_resumed_from_the_checkpoint() {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let proxy = msgkit::testing::TcpProxy::start(broker.amqp_addr())
+        .await
+        .unwrap();
+    let archive = small_archive();
+    let publisher = broker
+        .publisher(&Topology::default().with_archive(archive.clone()))
+        .await;
+    let mut expected = publish(&publisher, &archive, 0, 500).await;
+    let shutdown = Shutdown::new();
+    let addr = start(
+        db.settings(SCHEMA),
+        &broker.amqp_url_via(&proxy.addr()),
+        &archive,
+        &[
+            ("PROJECTION_HEARTBEAT_MS", "100"),
+            ("AMQP_RECONNECT_MAX_MS", "200"),
+        ],
+        &shutdown,
+    )
+    .await;
+    let pool = schema_pool(&db).await;
+    wait_for_totals(&pool, &expected, "before the cut").await;
+
+    proxy.cut();
+    merge(&mut expected, publish(&publisher, &archive, 500, 500).await);
+    wait_until_async("readyz to report the lost broker", DEADLINE, || async {
+        let (status, body) = readyz(addr).await;
+        (status == 503 && body.contains("projection totals")).then_some(())
+    })
+    .await;
+    proxy.restore();
+    wait_for_totals(&pool, &expected, "after the broker came back").await;
+    wait_until_async("readyz to recover", DEADLINE, || async {
+        (readyz(addr).await.0 == 200).then_some(())
+    })
+    .await;
+    shutdown.trigger();
+    shutdown.wait_for_tasks().await;
+    publisher.close().await;
+    proxy.shutdown().await;
 }

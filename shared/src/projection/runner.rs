@@ -72,9 +72,11 @@ impl ProjectionStats {
 enum LeadEnd {
     /// Shutdown.
     Stopped,
-    /// The lock's connection died, or the checkpoint moved under it: take the lead again (or
-    /// let another replica have it).
+    /// The lock's connection died: take the lead again (or let another replica have it).
     LostLead(String),
+    /// The checkpoint moved under this replica (a rebuild switched the tables): lead again
+    /// from the new checkpoint.
+    Fenced,
     /// The broker or the database failed: back off, then lead again from the checkpoint.
     Failed(String),
 }
@@ -153,6 +155,9 @@ impl ProjectionRunner {
             self.stats.active.store(false, Ordering::Relaxed);
             match end {
                 LeadEnd::Stopped => break,
+                LeadEnd::Fenced => {
+                    tracing::info!(projection = %self.name(), "the checkpoint moved (a rebuild switched the tables); following from there");
+                }
                 LeadEnd::LostLead(reason) => {
                     tracing::warn!(projection = %self.name(), %reason, "lost the lead of the projection");
                     // A new session, so that the lock (if still held) is released.
@@ -262,12 +267,20 @@ impl ProjectionRunner {
     ) -> LeadEnd {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u32;
         loop {
             tokio::select! {
                 () = shutdown.triggered() => return LeadEnd::Stopped,
                 _ = heartbeat.tick() => {
                     if let Some(end) = self.on_heartbeat(lock, reader, follow, rebuild).await {
                         return end;
+                    }
+                    // A whole heartbeat without a failure (the first tick is immediate): a
+                    // failure reported before (a broker restart, say) is over, even when no
+                    // event has come since to prove it.
+                    beats = beats.saturating_add(1);
+                    if beats >= 2 {
+                        self.stats.set_failing(None);
                     }
                 }
                 next = reader.next() => {
@@ -345,11 +358,10 @@ impl ProjectionRunner {
         drop(guard);
         match outcome {
             Ok(true) => {}
-            Ok(false) => {
-                return Some(LeadEnd::LostLead(
-                    "the checkpoint moved (another replica, or a rebuild's switch)".to_owned(),
-                ));
-            }
+            // Only this replica writes the checkpoint while it holds the lock, except a
+            // rebuild's switch; a replica that lost its lock unknowingly finds out on its next
+            // heartbeat, or here again.
+            Ok(false) => return Some(LeadEnd::Fenced),
             Err(error) => return Some(LeadEnd::Failed(error.to_string())),
         }
         self.stats.set_failing(None);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::scenario::LoadSpec;
+use super::scenario::{FollowUp, LoadSpec};
 
 /// What one load did.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +19,8 @@ pub struct LoadResult {
     pub statuses: BTreeMap<u16, u64>,
     /// Captured values of accepted requests, by variant tag ("" for the main body).
     pub captured: BTreeMap<String, Vec<String>>,
+    /// Follow-up requests' final statuses (0: no answer).
+    pub follow_ups: BTreeMap<u16, u64>,
 }
 
 impl LoadResult {
@@ -32,11 +34,56 @@ impl LoadResult {
 }
 
 fn accepts(spec: &LoadSpec, status: u16) -> bool {
-    if spec.accept.is_empty() {
+    accepted(&spec.accept, status)
+}
+
+fn accepted(accept: &[u16], status: u16) -> bool {
+    if accept.is_empty() {
         (200..=202).contains(&status)
     } else {
-        spec.accept.contains(&status)
+        accept.contains(&status)
     }
+}
+
+/// Send `follow_up` about `captured` (request `n`'s), `after_secs` after the first answer and
+/// again after each retryable status; returns the last status (0: no answer).
+async fn follow(
+    client: &reqwest::Client,
+    base: &str,
+    follow_up: &FollowUp,
+    n: u64,
+    captured: &str,
+) -> u16 {
+    let mut mix = Mix(SEED ^ n);
+    let path = render(
+        &follow_up.path.replace("${captured}", captured),
+        n,
+        &mut mix,
+    );
+    let body = render(
+        &follow_up.body.replace("${captured}", captured),
+        n,
+        &mut mix,
+    );
+    let method =
+        reqwest::Method::from_bytes(follow_up.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut status = 0;
+    for _ in 0..follow_up.attempts.max(1) {
+        // The load's shape (a customer changing their mind a while later), not a wait for a
+        // condition.
+        tokio::time::sleep(Duration::from_secs_f64(follow_up.after_secs.max(0.0))).await;
+        status = client
+            .request(method.clone(), format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .map_or(0, |response| response.status().as_u16());
+        if accepted(&follow_up.accept, status) || !follow_up.retry.contains(&status) {
+            break;
+        }
+    }
+    status
 }
 
 /// A small deterministic generator: the same scenario sends the same mix.
@@ -206,6 +253,8 @@ pub async fn run(spec: LoadSpec, base: String, duration: Duration) -> LoadResult
             .header("content-type", "application/json")
             .body(body);
         let (spec, result) = (Arc::clone(&spec), Arc::clone(&result));
+        let (client, base) = (client.clone(), base.clone());
+        let request_number = n - 1;
         requests.spawn(async move {
             let (status, captured) = match request.send().await {
                 Ok(response) => {
@@ -226,11 +275,21 @@ pub async fn run(spec: LoadSpec, base: String, duration: Duration) -> LoadResult
                 }
                 Err(_) => (0, None),
             };
+            let follow_up = spec.follow_up.as_ref().filter(|f| {
+                f.every > 0 && request_number % f.every == f.every - 1 && captured.is_some()
+            });
+            let first_of = captured.clone();
             if let Ok(mut result) = result.lock() {
                 result.sent += 1;
                 *result.statuses.entry(status).or_default() += 1;
                 if let Some(value) = captured {
                     result.captured.entry(tag).or_default().push(value);
+                }
+            }
+            if let (Some(follow_up), Some(captured)) = (follow_up, first_of) {
+                let status = follow(&client, &base, follow_up, request_number, &captured).await;
+                if let Ok(mut result) = result.lock() {
+                    *result.follow_ups.entry(status).or_default() += 1;
                 }
             }
         });
@@ -296,6 +355,7 @@ mod tests {
             variants: Vec::new(),
             accept: Vec::new(),
             capture: None,
+            follow_up: None,
             command: vec!["sh".into(), "-c".into(), command.into()],
         }
     }
@@ -318,5 +378,78 @@ mod tests {
         )
         .await;
         assert_eq!(stopped.statuses, BTreeMap::from([(0, 1)]));
+    }
+
+    /// A server that answers `POST /things` with a new id and `POST /things/<id>/undo` with
+    /// 409 the first time and 202 after, recording the undo paths.
+    async fn things_server() -> (String, Arc<Mutex<Vec<String>>>) {
+        use axum::extract::Path;
+        use axum::http::StatusCode;
+        let undone = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&undone);
+        let app = axum::Router::new()
+            .route(
+                "/things",
+                axum::routing::post(|| async {
+                    axum::Json(serde_json::json!({"id": uuid::Uuid::new_v4().to_string()}))
+                }),
+            )
+            .route(
+                "/things/{id}/undo",
+                axum::routing::post(move |Path(id): Path<String>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let mut seen = seen.lock().unwrap();
+                        let first = !seen.contains(&id);
+                        seen.push(id);
+                        if first {
+                            StatusCode::CONFLICT
+                        } else {
+                            StatusCode::ACCEPTED
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), undone)
+    }
+
+    #[tokio::test]
+    async fn every_nth_accepted_request_gets_its_follow_up_retried_until_done() {
+        let (base, undone) = things_server().await;
+        let spec: LoadSpec = toml::from_str(
+            r#"
+            name = "things"
+            service = "things"
+            rate_per_sec = 50
+            path = "/things"
+            capture = "id"
+            [follow_up]
+            every = 3
+            after_secs = 0.01
+            path = "/things/${captured}/undo"
+            retry = [409]
+            attempts = 3
+            "#,
+        )
+        .unwrap();
+        let result = run(spec, base, Duration::from_millis(300)).await;
+        let sent = result.sent;
+        let followed = sent / 3;
+        assert!(followed >= 3, "{sent} sent");
+        assert_eq!(
+            result.follow_ups,
+            BTreeMap::from([(202, followed)]),
+            "each retried once after its 409"
+        );
+        let undone = undone.lock().unwrap();
+        assert_eq!(undone.len() as u64, followed * 2);
+        let captured = result.values(None);
+        assert!(
+            undone.iter().all(|id| captured.contains(id)),
+            "about the captured ids"
+        );
     }
 }

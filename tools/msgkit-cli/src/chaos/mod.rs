@@ -235,6 +235,7 @@ pub(crate) fn load_summary(captured: &Captured) -> BTreeMap<String, serde_json::
                 serde_json::json!({
                     "sent": result.sent,
                     "statuses": result.statuses,
+                    "follow_ups": result.follow_ups,
                     "captured": result.captured.iter().map(|(tag, v)| (tag.clone(), v.len())).collect::<BTreeMap<_, _>>(),
                 }),
             )

@@ -202,6 +202,15 @@ pub fn print(report: &Value) {
                 load["sent"], load["statuses"], load["captured"]
             ),
         ]);
+        if load["follow_ups"]
+            .as_object()
+            .is_some_and(|f| !f.is_empty())
+        {
+            rows.push(vec![
+                format!("load {name}: follow-ups by final status"),
+                load["follow_ups"].to_string(),
+            ]);
+        }
     }
     for (name, value) in report["figures"].as_object().into_iter().flatten() {
         rows.push(vec![name.clone(), text(value)]);

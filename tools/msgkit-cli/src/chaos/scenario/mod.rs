@@ -126,6 +126,35 @@ pub struct LoadSpec {
     /// A field of the accepted response's JSON body to collect (e.g. the order id).
     #[serde(default)]
     pub capture: Option<String>,
+    /// A second request some accepted requests lead to, later (a customer cancelling an order
+    /// they placed): needs `capture`, whose value it gets as `${captured}`.
+    #[serde(default)]
+    pub follow_up: Option<FollowUp>,
+}
+
+/// A request sent a while after an accepted one, about what it captured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUp {
+    /// For every `every`-th request (by number, whatever its variant), when it was accepted.
+    pub every: u64,
+    /// How long after the first request's answer.
+    pub after_secs: f64,
+    #[serde(default = "post")]
+    pub method: String,
+    /// Path template: `${captured}` and the load's generated fields.
+    pub path: String,
+    #[serde(default)]
+    pub body: String,
+    /// Statuses that mean done (default 200, 201, 202).
+    #[serde(default)]
+    pub accept: Vec<u16>,
+    /// Statuses sent again after `after_secs` (e.g. 409 while an order is still pending, 503
+    /// while a fault lasts; 0 is no answer), up to `attempts` in all.
+    #[serde(default)]
+    pub retry: Vec<u16>,
+    #[serde(default = "one")]
+    pub attempts: u32,
 }
 
 fn post() -> String {
