@@ -56,29 +56,6 @@ impl Events {
         assert!(outcome.is_confirmed(), "archived: {outcome:?}");
     }
 
-    /// Archive every payment, pipelined (for volume).
-    pub async fn paid_all(&self, payments: &[PaymentSucceeded]) {
-        let messages: Vec<OutgoingMessage> = payments
-            .iter()
-            .map(|payment| {
-                let mut message = OutgoingMessage::event(
-                    PAYMENT_SUCCEEDED.name(),
-                    &payment.order_id.to_string(),
-                    "payment",
-                    payment,
-                )
-                .expect("a payload is JSON");
-                message.exchange = String::new();
-                message.routing_key = ARCHIVE_STREAM.to_owned();
-                message
-            })
-            .collect();
-        for chunk in messages.chunks(500) {
-            let outcomes = self.publisher.publish_batch(chunk).await.expect("publish");
-            assert!(outcomes.iter().all(|o| o.is_confirmed()), "archived");
-        }
-    }
-
     pub async fn paid(&self, payment: &PaymentSucceeded) -> OutgoingMessage {
         self.publish(PAYMENT_SUCCEEDED, payment.order_id, payment)
             .await
