@@ -101,16 +101,76 @@ async fn the_relay_archives_every_event_and_an_event_no_queue_takes_stays_in_the
     assert!(refused.contains("unroutable"), "{refused}");
     assert!(!refused.contains("archive copy"), "{refused}");
 
-    // The archive has both events' copies (the refused one possibly several times: the
-    // archive is at-least-once, projections apply idempotently).
+    // Retried while refused, and archived once: its copy is not written again on each retry.
+    wait_until_async("three attempts of the refused row", DEADLINE, || async {
+        let attempts: i32 = sqlx::query_scalar(
+            "SELECT attempts FROM msgkit_outbox WHERE message_type = 'order.cancelled'",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (attempts >= 3).then_some(())
+    })
+    .await;
     let bounds = admin::archive_bounds(&broker.settings("bounds"), "events.archive")
         .await
         .unwrap();
     assert_eq!(bounds.first.map(|(offset, _)| offset), Some(0));
+    let archived = archived_types(&broker).await;
+    assert_eq!(
+        archived,
+        ["order.placed", "order.cancelled"],
+        "each event archived once"
+    );
 
     shutdown.trigger();
     shutdown.wait_for_tasks().await;
     connection.close(200, "done".into()).await.ok();
+}
+
+/// The types of every event in the archive, in order (a consumer from `first` until the
+/// stream has nothing more for half a second).
+async fn archived_types(broker: &TestBroker) -> Vec<String> {
+    use futures_util::StreamExt;
+    let connection = broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(100, lapin::options::BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            "events.archive".into(),
+            "archived-types".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let mut types = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+    {
+        types.push(
+            delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
+        );
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    connection.close(200, "done".into()).await.ok();
+    types
 }
 
 #[tokio::test]

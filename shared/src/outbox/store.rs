@@ -21,6 +21,8 @@ pub(crate) struct PendingRow {
     pub headers: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub attempts: i32,
+    /// Whether the archive already took this row's copy (an earlier attempt).
+    pub archived: bool,
 }
 
 /// A row that could not be published and when to try it again.
@@ -29,6 +31,8 @@ pub(crate) struct FailedRow {
     pub id: Uuid,
     pub error: String,
     pub retry_in: Duration,
+    /// Whether the archive took its copy this time (it is not sent again).
+    pub archived: bool,
 }
 
 pub(crate) async fn insert(
@@ -88,7 +92,7 @@ pub(crate) async fn begin_claim(
 
 /// See [`claim`]; `$1` is the limit.
 const CLAIM_SQL: &str = "SELECT o.id, o.aggregate_id, o.exchange, o.routing_key, o.message_type, o.payload, \
-            o.headers, o.created_at, o.attempts \
+            o.headers, o.created_at, o.attempts, o.archived_at IS NOT NULL AS archived \
      FROM msgkit_outbox o \
      WHERE o.published_at IS NULL \
        AND o.next_attempt_at <= now() \
@@ -122,6 +126,7 @@ pub(crate) async fn claim(
                 headers: row.try_get("headers")?,
                 created_at: row.try_get("created_at")?,
                 attempts: row.try_get("attempts")?,
+                archived: row.try_get("archived")?,
             })
         })
         .collect()
@@ -157,16 +162,19 @@ pub(crate) async fn mark_failed(
         .iter()
         .map(|f| i64::try_from(f.retry_in.as_millis()).unwrap_or(i64::MAX))
         .collect();
+    let archived: Vec<bool> = failed.iter().map(|f| f.archived).collect();
     sqlx::query(
         "UPDATE msgkit_outbox o \
          SET attempts = o.attempts + 1, last_error = f.error, \
-             next_attempt_at = now() + f.delay_ms * interval '1 millisecond' \
-         FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS f(id, error, delay_ms) \
+             next_attempt_at = now() + f.delay_ms * interval '1 millisecond', \
+             archived_at = CASE WHEN f.archived THEN coalesce(o.archived_at, now()) ELSE o.archived_at END \
+         FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[]) AS f(id, error, delay_ms, archived) \
          WHERE o.id = f.id",
     )
     .bind(ids)
     .bind(errors)
     .bind(delays)
+    .bind(archived)
     .execute(conn)
     .await?;
     Ok(())

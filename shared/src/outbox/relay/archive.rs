@@ -1,5 +1,7 @@
 //! The archive copy of each event: the relay publishes it on the same confirmed channel, just
-//! before the event itself, and a row counts as published only when both are confirmed.
+//! before the event itself, and a row counts as published only when both are confirmed. A row
+//! whose copy was confirmed and whose event was refused is not copied again on its retries
+//! (`archived_at`), so an event type no queue takes for a day does not fill the archive.
 //!
 //! The copy goes first so that the archive holds an event before any consumer can react to
 //! it: a projection reading the archive then sees causes before their effects, whichever
@@ -13,11 +15,13 @@ use crate::publish::PublishOutcome;
 use crate::topology::Archive;
 
 /// What goes on the wire for a batch: `messages` with an archive copy before each one
-/// addressed to `events_exchange`, and for each message whether it has one.
+/// addressed to `events_exchange` and not `already` archived, and for each message whether it
+/// has one.
 pub(super) fn with_copies(
     archive: Option<&Archive>,
     events_exchange: &str,
     messages: Vec<OutgoingMessage>,
+    already: &[bool],
 ) -> (Vec<OutgoingMessage>, Vec<bool>) {
     let Some(archive) = archive else {
         let copied = vec![false; messages.len()];
@@ -25,10 +29,11 @@ pub(super) fn with_copies(
     };
     let mut wire = Vec::with_capacity(messages.len() * 2);
     let mut copied = Vec::with_capacity(messages.len());
-    for message in messages {
+    for (index, message) in messages.into_iter().enumerate() {
         // Only events: a parked message released to one queue (key order) was archived when
         // it was first published.
-        let archived = message.exchange == events_exchange;
+        let archived =
+            message.exchange == events_exchange && !already.get(index).copied().unwrap_or(false);
         if archived {
             wire.push(OutgoingMessage {
                 exchange: String::new(),
@@ -57,10 +62,12 @@ pub(super) fn per_message(outcomes: Vec<PublishOutcome>, copied: &[bool]) -> Vec
                         .failure_reason()
                         .map(|reason| format!("archive copy: {reason}")),
                     nacked: matches!(copy, PublishOutcome::Nacked),
+                    archived: false,
                 },
-                _ => RowOutcome {
+                copy => RowOutcome {
                     failure: event.failure_reason(),
                     nacked: matches!(event, PublishOutcome::Nacked),
+                    archived: copy.is_some(),
                 },
             }
         })
@@ -74,6 +81,8 @@ pub(super) struct RowOutcome {
     pub(super) failure: Option<String>,
     /// Whether a copy was nacked (the relay then opens a new channel).
     pub(super) nacked: bool,
+    /// Whether the archive confirmed its copy now.
+    pub(super) archived: bool,
 }
 
 #[cfg(test)]
@@ -92,9 +101,14 @@ mod tests {
         let (wire, copied) = with_copies(
             Some(&archive),
             "events",
-            vec![event("events"), event(""), event("events")],
+            vec![event("events"), event(""), event("events"), event("events")],
+            &[false, false, false, true],
         );
-        assert_eq!(copied, vec![true, false, true]);
+        assert_eq!(
+            copied,
+            vec![true, false, true, false],
+            "the last one was archived before"
+        );
         let routes: Vec<(&str, &str)> = wire
             .iter()
             .map(|m| (m.exchange.as_str(), m.routing_key.as_str()))
@@ -107,10 +121,11 @@ mod tests {
                 ("", "t.happened"),
                 ("", "events.archive"),
                 ("events", "t.happened"),
+                ("events", "t.happened"),
             ]
         );
         assert_eq!(wire[0].message_id, wire[1].message_id);
-        let (plain, copied) = with_copies(None, "events", vec![event("events")]);
+        let (plain, copied) = with_copies(None, "events", vec![event("events")], &[false]);
         assert_eq!((plain.len(), copied), (1, vec![false]));
     }
 
@@ -143,6 +158,7 @@ mod tests {
             Some("archive copy: nacked by the broker")
         );
         assert!(rows[2].nacked);
+        assert!(!rows[2].archived);
         assert_eq!(rows[3].failure, None);
     }
 }

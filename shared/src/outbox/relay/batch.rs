@@ -106,8 +106,13 @@ impl OutboxRelay {
         let mut messages: Vec<OutgoingMessage> =
             rows.iter().map(|row| self.outgoing(row)).collect();
         let spans: Vec<tracing::Span> = messages.iter_mut().map(spans::publish).collect();
-        let (wire, copied) =
-            archive::with_copies(self.topology.archive(), self.topology.exchange(), messages);
+        let already: Vec<bool> = rows.iter().map(|row| row.archived).collect();
+        let (wire, copied) = archive::with_copies(
+            self.topology.archive(),
+            self.topology.exchange(),
+            messages,
+            &already,
+        );
         let started = Instant::now();
         // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
         // and unlocked, and are claimed again after reconnecting.
@@ -190,6 +195,7 @@ impl OutboxRelay {
                         id: row.id,
                         error,
                         retry_in: self.config.retry_delay(row.attempts),
+                        archived: outcome.archived,
                     });
                 }
             }
