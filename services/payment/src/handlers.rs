@@ -12,6 +12,15 @@ pub fn routes(gateway: GatewaySimulator) -> Routes<GatewaySimulator> {
     Routes::with_state(gateway).route(INVENTORY_RESERVED, charge)
 }
 
+/// A gateway failure as the consumer treats it: an outage is retried, the rest dead-lettered.
+fn gateway_failure(error: GatewayError) -> HandlerError {
+    if error.is_transient() {
+        HandlerError::transient(error)
+    } else {
+        HandlerError::poison(error)
+    }
+}
+
 async fn charge(
     mut ctx: Context<'_, GatewaySimulator>,
     reserved: InventoryReserved,
@@ -33,10 +42,7 @@ async fn charge(
         .state()
         .charge(order_id, &key, reserved.amount_cents)
         .await
-        .map_err(|error| match error {
-            GatewayError::Unavailable | GatewayError::Storage(_) => HandlerError::transient(error),
-            GatewayError::Callback(_) => HandlerError::poison(error),
-        })?;
+        .map_err(gateway_failure)?;
     let (status, charge_id, reason) = match &outcome {
         ChargeOutcome::Captured { charge_id } => ("succeeded", Some(charge_id.as_str()), None),
         ChargeOutcome::Declined { reason } => ("failed", None, Some(reason.as_str())),
