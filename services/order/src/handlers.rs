@@ -87,20 +87,17 @@ async fn refunded(mut ctx: Context<'_>, event: PaymentRefunded) -> Result<(), Ha
         .await?;
         return Ok(());
     }
-    let requested = storage::cancellation_request(ctx.tx(), order_id).await?;
-    if requested.is_none() {
-        // Not through this API; the money is back with the customer all the same.
+    let refunded = format!("refunded {}", money(event.amount_cents));
+    let reason = if storage::cancellation_request(ctx.tx(), order_id)
+        .await?
+        .is_some()
+    {
+        format!("cancelled by the customer; {refunded}")
+    } else {
+        // Not asked for through this API; the money is back with the customer all the same.
         tracing::warn!(%order_id, "refund of an order whose cancellation was never requested");
-    }
-    let reason = format!(
-        "{}refunded {}",
-        if requested.is_some() {
-            "cancelled by the customer; "
-        } else {
-            ""
-        },
-        money(event.amount_cents)
-    );
+        refunded
+    };
     let status = OrderStatus::Cancelled;
     storage::move_to(
         ctx.tx(),
