@@ -1,5 +1,5 @@
 //! The inventory service: reserves all lines of an order or none, and releases a reservation
-//! when its payment fails or its charge is refunded (the customer cancelled it).
+//! when its payment fails.
 
 pub mod handlers;
 pub mod startup;
