@@ -293,7 +293,9 @@ pub struct RiskAlert {
 /// work queue exists (and buffers its events) before its consumer first starts, and each
 /// service's routes are checked against its queue's bindings before it starts
 /// (`msgkit::bindings`). The order queue takes every result of inventory and payment's
-/// outcomes (not the gateway's callbacks); the notify queue takes the orders' final states,
+/// outcomes, refunds included (not the gateway's callbacks); the inventory queue takes new
+/// orders and what puts stock back (a declined payment, a refund); the payment queue takes
+/// reservations to charge and cancellations to refund; the notify queue takes the orders' final states,
 /// risk's alerts and reconciliation's decisions (matches are acked: the relay refuses an
 /// event no queue takes, so every event type needs a queue); the risk queue takes the transactions its own API records and the saga's
 /// payments; the reconcile queue takes our payments' outcomes and the gateway's callbacks.
@@ -304,14 +306,20 @@ pub fn topology() -> Topology {
             WorkQueue::new("order")
                 .bind("inventory.*")
                 .bind(PAYMENT_SUCCEEDED)
-                .bind(PAYMENT_FAILED),
+                .bind(PAYMENT_FAILED)
+                .bind(PAYMENT_REFUNDED),
         )
         .with_queue(
             WorkQueue::new("inventory")
                 .bind(ORDER_PLACED)
-                .bind(PAYMENT_FAILED),
+                .bind(PAYMENT_FAILED)
+                .bind(PAYMENT_REFUNDED),
         )
-        .with_queue(WorkQueue::new("payment").bind(INVENTORY_RESERVED))
+        .with_queue(
+            WorkQueue::new("payment")
+                .bind(INVENTORY_RESERVED)
+                .bind(ORDER_CANCEL_REQUESTED),
+        )
         .with_queue(
             WorkQueue::new("notify")
                 .bind(ORDER_CONFIRMED)
@@ -392,6 +400,8 @@ mod tests {
             ORDER_CONFIRMED.name(),
             ORDER_REJECTED.name(),
             ORDER_CANCELLED.name(),
+            ORDER_CANCEL_REQUESTED.name(),
+            PAYMENT_REFUNDED.name(),
             TRANSACTION_RECORDED.name(),
             RISK_ALERT.name(),
             RECONCILE_MATCHED.name(),

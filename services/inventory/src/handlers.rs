@@ -2,13 +2,17 @@
 //!
 //! `order.placed`: reserve every line or none, answer `inventory.reserved` (with the amount to
 //! charge) or `inventory.rejected` (with the reason). `payment.failed`: put the reserved units
-//! back and answer `inventory.released`. Both run in the kit's transaction, so a redelivery
-//! never reserves or releases twice.
+//! back and answer `inventory.released`. `payment.refunded` (a customer cancelled a confirmed
+//! order): put its reserved units back, answering nothing (order cancels the order on the
+//! same event). All run in the kit's transaction, so a redelivery never reserves or releases
+//! twice, and a release touches only lines still reserved, so a replayed copy (another
+//! message id) puts nothing back twice either.
 
 use contracts::event_type::{
     INVENTORY_REJECTED, INVENTORY_RELEASED, INVENTORY_RESERVED, ORDER_PLACED, PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
 };
-use contracts::{InventoryReserved, OrderPlaced, OrderSetback, PaymentFailed};
+use contracts::{InventoryReserved, OrderPlaced, OrderSetback, PaymentFailed, PaymentRefunded};
 use msgkit::consume::{Batch, Context, FailureKind, HandlerError, Routes};
 use sqlx::PgPool;
 
@@ -32,6 +36,7 @@ pub fn routes_with(broken: Broken) -> Routes<Broken> {
     Routes::with_state(broken)
         .route(ORDER_PLACED, reserve)
         .route(PAYMENT_FAILED, release)
+        .route(PAYMENT_REFUNDED, restock)
         .before_batch(lock_batch_stock)
 }
 
@@ -47,6 +52,11 @@ async fn lock_batch_stock(mut batch: Batch<'_, Broken>) -> Result<(), HandlerErr
     let releases: Vec<_> = batch
         .payloads(PAYMENT_FAILED)
         .map(|failed| failed.order_id)
+        .chain(
+            batch
+                .payloads(PAYMENT_REFUNDED)
+                .map(|refunded| refunded.order_id),
+        )
         .collect();
     stock::lock_for_batch(batch.tx(), &skus, &releases).await?;
     Ok(())
@@ -117,6 +127,19 @@ async fn release(mut ctx: Context<'_, Broken>, failed: PaymentFailed) -> Result<
     };
     ctx.publish(INVENTORY_RELEASED, &event).await?;
     tracing::info!(order_id = %failed.order_id, lines, "reservation released");
+    Ok(())
+}
+
+async fn restock(
+    mut ctx: Context<'_, Broken>,
+    refunded: PaymentRefunded,
+) -> Result<(), HandlerError> {
+    let lines = stock::release(ctx.tx(), refunded.order_id).await?;
+    if lines == 0 {
+        tracing::warn!(order_id = %refunded.order_id, "refunded order has no reservation to put back");
+    } else {
+        tracing::info!(order_id = %refunded.order_id, lines, "stock of a refunded order put back");
+    }
     Ok(())
 }
 

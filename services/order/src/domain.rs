@@ -229,8 +229,79 @@ impl TryFrom<&PlaceOrderRequest> for NewOrder {
     }
 }
 
+/// Longest accepted reason for a cancellation: a sentence or two, not a letter.
+pub const MAX_CANCEL_REASON_LEN: usize = 500;
+
+/// The body of `POST /orders/{id}/cancel`, as sent (the body itself is optional).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrderRequest {
+    /// Why the customer cancels, if they say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a customer cancels: 1 to [`MAX_CANCEL_REASON_LEN`] printable characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelReason(String);
+
+impl CancelReason {
+    /// Validate `value`, reporting problems against `field`.
+    pub fn parse(value: &str, field: &str) -> Result<Self, InvalidField> {
+        printable_text(value, field, MAX_CANCEL_REASON_LEN).map(Self)
+    }
+
+    /// The reason.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why an order cannot be cancelled now: only a confirmed order whose cancellation was not
+/// requested yet can be. Each is a 409 with its own code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelRefusal {
+    /// Still waiting for stock and payment: nothing to refund yet.
+    #[error("the order is still pending; only a confirmed order can be cancelled")]
+    Pending,
+    /// Never went through: nothing was charged.
+    #[error("the order was rejected; there is nothing to cancel")]
+    Rejected,
+    /// A cancellation is already under way (its refund may still be running).
+    #[error("cancellation of the order was already requested at {0}")]
+    AlreadyRequested(chrono::DateTime<chrono::Utc>),
+    /// Cancelled already: by the customer (refunded), or when its payment was declined.
+    #[error("the order is already cancelled")]
+    AlreadyCancelled,
+}
+
+impl CancelRefusal {
+    /// Why an order in `status` (as stored), whose cancellation was requested at
+    /// `requested_at` if ever, cannot be cancelled; `None` when it can (confirmed, no request).
+    pub fn of(status: &str, requested_at: Option<chrono::DateTime<chrono::Utc>>) -> Option<Self> {
+        match (status, requested_at) {
+            ("cancelled", _) => Some(Self::AlreadyCancelled),
+            (_, Some(at)) => Some(Self::AlreadyRequested(at)),
+            ("pending", None) => Some(Self::Pending),
+            ("rejected", None) => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+
+    /// The machine-readable code of the 409.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Pending => "order_not_confirmed",
+            Self::Rejected => "order_rejected",
+            Self::AlreadyRequested(_) => "cancellation_already_requested",
+            Self::AlreadyCancelled => "order_already_cancelled",
+        }
+    }
+}
+
 /// Where an order is in its life. Only `pending` is set by this service's API; the others come
-/// from the saga's events.
+/// from the saga's events (a customer's cancellation too: the order stays `confirmed` until
+/// payment has refunded it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
@@ -240,7 +311,8 @@ pub enum OrderStatus {
     Confirmed,
     /// Could not be fulfilled (out of stock).
     Rejected,
-    /// Payment declined; reservation released.
+    /// Payment declined (reservation released), or cancelled by the customer after it was
+    /// confirmed (charge refunded, stock put back).
     Cancelled,
 }
 
@@ -284,6 +356,33 @@ mod tests {
         assert_eq!(order.customer_id.as_str(), "c-1");
         assert_eq!(order.lines.len(), 2);
         assert_eq!(order.lines[0].quantity.get(), 2);
+    }
+
+    #[test]
+    fn only_a_confirmed_order_without_a_request_can_be_cancelled() {
+        let at = chrono::DateTime::UNIX_EPOCH;
+        assert_eq!(CancelRefusal::of("confirmed", None), None);
+        assert_eq!(
+            CancelRefusal::of("confirmed", Some(at)),
+            Some(CancelRefusal::AlreadyRequested(at))
+        );
+        assert_eq!(
+            CancelRefusal::of("cancelled", Some(at)),
+            Some(CancelRefusal::AlreadyCancelled)
+        );
+        assert_eq!(
+            CancelRefusal::of("cancelled", None),
+            Some(CancelRefusal::AlreadyCancelled),
+            "cancelled when its payment was declined"
+        );
+        assert_eq!(
+            CancelRefusal::of("pending", None),
+            Some(CancelRefusal::Pending)
+        );
+        assert_eq!(
+            CancelRefusal::of("rejected", None),
+            Some(CancelRefusal::Rejected)
+        );
     }
 
     #[test]

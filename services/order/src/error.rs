@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use msgkit::http::Problem;
 
-use crate::domain::InvalidField;
+use crate::domain::{CancelRefusal, InvalidField};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,9 @@ pub enum ApiError {
     /// No such order (or not an order id).
     #[error("order not found")]
     NotFound,
+    /// The order cannot be cancelled in its state (409, the code and message say why).
+    #[error("{0}")]
+    NotCancellable(CancelRefusal),
     /// The database cannot be reached right now; the request stored nothing and may be
     /// retried (with the same Idempotency-Key).
     #[error("the service is temporarily unavailable; retry later")]
@@ -89,6 +92,9 @@ impl IntoResponse for ApiError {
             )
             .field("Idempotency-Key"),
             Self::NotFound => Problem::new(StatusCode::NOT_FOUND, "not_found", message),
+            Self::NotCancellable(refusal) => {
+                Problem::new(StatusCode::CONFLICT, refusal.code(), message)
+            }
             Self::Unavailable(error) => Problem::database(error),
             Self::Internal(error) => Problem::internal(error.as_ref()),
         };

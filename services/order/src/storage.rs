@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, OrderStatus};
+use crate::domain::{CancelRefusal, NewOrder, OrderStatus};
 
 /// An order as `GET /orders/{id}` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +25,10 @@ pub struct OrderView {
     pub created_at: DateTime<Utc>,
     /// When its state last changed.
     pub updated_at: DateTime<Utc>,
+    /// When the customer asked to cancel it, if they did (it stays `confirmed` until the
+    /// refund, then becomes `cancelled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     /// Every state it went through, oldest first.
     pub history: Vec<HistoryEntry>,
 }
@@ -97,7 +101,8 @@ pub async fn insert_order(
 /// The order with its lines and history, if it exists.
 pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
     let Some(order) = sqlx::query(
-        "SELECT customer_id, location, status, created_at, updated_at FROM orders WHERE id = $1",
+        "SELECT customer_id, location, status, created_at, updated_at, cancel_requested_at \
+         FROM orders WHERE id = $1",
     )
     .bind(order_id)
     .fetch_optional(pool)
@@ -142,8 +147,70 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderVie
         items,
         created_at: order.try_get("created_at")?,
         updated_at: order.try_get("updated_at")?,
+        cancel_requested_at: order.try_get("cancel_requested_at")?,
         history,
     }))
+}
+
+/// What became of a request to cancel an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelAttempt {
+    /// This request is the one: the order records it (the caller adds the history entry and
+    /// the event in the same transaction).
+    Recorded {
+        /// Whose order.
+        customer_id: String,
+    },
+    /// The order cannot be cancelled now.
+    Refused(CancelRefusal),
+    /// No such order.
+    NotFound,
+}
+
+/// Record a customer's request to cancel a confirmed order at `requested_at`, if nothing
+/// forbids it. The order's row is locked first, so of concurrent requests exactly one wins:
+/// the others wait for its lock and then read the committed row, with the request made.
+pub async fn request_cancellation(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    reason: Option<&str>,
+    requested_at: DateTime<Utc>,
+) -> Result<CancelAttempt, sqlx::Error> {
+    let current: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT status, customer_id, cancel_requested_at FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((status, customer_id, already_requested)) = current else {
+        return Ok(CancelAttempt::NotFound);
+    };
+    if let Some(refusal) = CancelRefusal::of(&status, already_requested) {
+        return Ok(CancelAttempt::Refused(refusal));
+    }
+    sqlx::query(
+        "UPDATE orders SET cancel_requested_at = $2, cancel_reason = $3, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(requested_at)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(CancelAttempt::Recorded { customer_id })
+}
+
+/// The cancellation request recorded on the order: its time and reason, if any.
+pub async fn cancellation_request(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<(DateTime<Utc>, Option<String>)>, sqlx::Error> {
+    let row: Option<(Option<DateTime<Utc>>, Option<String>)> =
+        sqlx::query_as("SELECT cancel_requested_at, cancel_reason FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.and_then(|(at, reason)| at.map(|at| (at, reason))))
 }
 
 /// The order's status and customer, locked for the rest of the transaction.

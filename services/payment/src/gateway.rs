@@ -3,12 +3,15 @@
 //!
 //! | variable | default | effect |
 //! | --- | --- | --- |
-//! | `GATEWAY_LATENCY_MS` | 20 | time each charge takes |
-//! | `GATEWAY_ERROR_RATE` | 0 | fraction of calls that fail with "unavailable" (nothing charged) |
+//! | `GATEWAY_LATENCY_MS` | 20 | time each charge or refund takes |
+//! | `GATEWAY_ERROR_RATE` | 0 | fraction of calls (charges and refunds) that fail with "unavailable" (nothing charged or refunded) |
 //! | `GATEWAY_DECLINE_ABOVE_CENTS` | 100000 | charges above this amount are declined |
 //!
 //! The first call with an idempotency key decides; every later call with the same key returns
-//! that decision, so a retried charge is never taken twice. A decision, when callbacks are on
+//! that decision, so a retried charge is never taken twice. A refund gives a captured charge
+//! back in full, once: a retried refund (same key) gets the first one back, and a second
+//! refund of the same charge under another key is refused ([`GatewayError::AlreadyRefunded`]).
+//! Refunds call nobody back. A decision, when callbacks are on
 //! ([`GatewaySimulator::with_callbacks`]), is stored with the callback it owes the merchant
 //! ([`crate::callbacks`]) in one statement: a charge taken always has its callback, once.
 
@@ -84,6 +87,49 @@ pub enum GatewayError {
     /// A callback could not be serialised (a bug).
     #[error("payment gateway callback is not serialisable: {0}")]
     Callback(#[from] serde_json::Error),
+    /// A refund of a charge the gateway never took (unknown, or declined).
+    #[error("payment gateway has no captured charge {0} to refund")]
+    UnknownCharge(String),
+    /// The charge was refunded already, under another idempotency key.
+    #[error("charge {charge_id} was already refunded ({refund_id}) under another idempotency key")]
+    AlreadyRefunded {
+        /// The charge.
+        charge_id: String,
+        /// Its refund.
+        refund_id: String,
+    },
+    /// The idempotency key was used for the refund of another charge.
+    #[error("refund idempotency key {0} was already used for another charge")]
+    RefundKeyReused(String),
+}
+
+/// A row of `gateway_refunds`.
+#[derive(sqlx::FromRow)]
+struct StoredRefund {
+    idempotency_key: String,
+    #[sqlx(flatten)]
+    refund: Refund,
+}
+
+impl GatewayError {
+    /// Whether trying again later can succeed: an outage or a storage failure can pass; a
+    /// refused refund or a bug cannot.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable | Self::Storage(_))
+    }
+}
+
+/// A charge given back.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Refund {
+    /// The gateway's id of the refund.
+    pub refund_id: String,
+    /// The charge refunded.
+    pub charge_id: String,
+    /// What was given back, in cents: the whole charge.
+    pub amount_cents: i64,
+    /// When the gateway refunded it.
+    pub refunded_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The simulator. Its ledger is the `gateway_charges` table, written in its own transactions,
@@ -111,6 +157,75 @@ impl GatewaySimulator {
         self
     }
 
+    /// Simulated latency, then a simulated outage at the configured rate.
+    async fn call(&self) -> Result<(), GatewayError> {
+        tokio::time::sleep(self.settings.latency).await;
+        if self.settings.error_rate > 0.0
+            && msgkit::consume::random_unit() < self.settings.error_rate
+        {
+            return Err(GatewayError::Unavailable);
+        }
+        Ok(())
+    }
+
+    /// Refund the captured charge `charge_id` in full under `idempotency_key`.
+    #[tracing::instrument(skip(self))]
+    pub async fn refund(
+        &self,
+        idempotency_key: &str,
+        charge_id: &str,
+    ) -> Result<Refund, GatewayError> {
+        self.call().await?;
+        let refund_id = format!("re_{}", Uuid::new_v4().simple());
+        // The first refund of the charge stands: ours if the insert happened (the charge is
+        // captured, neither it nor the key refunded yet), else the stored one.
+        let inserted: Option<Refund> = sqlx::query_as(
+            "INSERT INTO gateway_refunds (idempotency_key, charge_id, refund_id, amount_cents) \
+             SELECT $1, charge_id, $3, amount_cents FROM gateway_charges \
+             WHERE charge_id = $2 AND outcome = 'captured' \
+             ON CONFLICT DO NOTHING \
+             RETURNING refund_id, charge_id, amount_cents, created_at AS refunded_at",
+        )
+        .bind(idempotency_key)
+        .bind(charge_id)
+        .bind(&refund_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(refund) = inserted {
+            return Ok(refund);
+        }
+        // A new statement sees a refund that a concurrent call committed while ours waited.
+        let stored = sqlx::query_as::<_, StoredRefund>(
+            "SELECT idempotency_key, refund_id, charge_id, amount_cents, created_at AS refunded_at \
+             FROM gateway_refunds WHERE charge_id = $1",
+        )
+        .bind(charge_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| (row.idempotency_key, row.refund));
+        match stored {
+            Some((key, refund)) if key == idempotency_key => Ok(refund),
+            Some((_, refund)) => Err(GatewayError::AlreadyRefunded {
+                charge_id: refund.charge_id,
+                refund_id: refund.refund_id,
+            }),
+            None => {
+                let captured: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM gateway_charges \
+                     WHERE charge_id = $1 AND outcome = 'captured')",
+                )
+                .bind(charge_id)
+                .fetch_one(&self.pool)
+                .await?;
+                if captured {
+                    Err(GatewayError::RefundKeyReused(idempotency_key.to_owned()))
+                } else {
+                    Err(GatewayError::UnknownCharge(charge_id.to_owned()))
+                }
+            }
+        }
+    }
+
     /// Charge `amount_cents` for the merchant's `order_id` (its reference, sent back in the
     /// callback) under `idempotency_key`.
     #[tracing::instrument(skip(self))]
@@ -120,12 +235,7 @@ impl GatewaySimulator {
         idempotency_key: &str,
         amount_cents: i64,
     ) -> Result<ChargeOutcome, GatewayError> {
-        tokio::time::sleep(self.settings.latency).await;
-        if self.settings.error_rate > 0.0
-            && msgkit::consume::random_unit() < self.settings.error_rate
-        {
-            return Err(GatewayError::Unavailable);
-        }
+        self.call().await?;
         let (outcome, reason) = if amount_cents > self.settings.decline_above_cents {
             (
                 "declined",

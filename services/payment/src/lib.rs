@@ -3,8 +3,9 @@
 //! gateways do, and the service verifies and publishes those callbacks.
 //!
 //! - [`handlers`]: `inventory.reserved` -> charge -> `payment.succeeded` / `payment.failed`
-//!   (with the amount).
-//! - [`gateway`]: the simulator's ledger; each new decision is stored with the callback it
+//!   (with the amount); `order.cancel_requested` -> refund the charge in full ->
+//!   `payment.refunded` (an order never charged is dead-lettered).
+//! - [`gateway`]: the simulator's ledger (charges and refunds); each new charge decision is stored with the callback it
 //!   owes ([`callbacks`]: delay, jitter, injectable faults), in one statement.
 //! - [`callback_sender`]: a task of the service that sends due callbacks, signed
 //!   ([`signature`]), retried with backoff until answered 2xx, at least once (no lock is held

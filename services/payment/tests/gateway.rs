@@ -141,3 +141,100 @@ async fn each_decision_owes_one_callback_however_often_it_is_asked_for() {
     assert_eq!((owed[1].0, owed[1].1.as_str()), (declined, "declined"));
     assert!(owed[1].3.get("charge_id").is_none(), "nothing charged");
 }
+
+/// A captured charge's id.
+async fn captured(gateway: &GatewaySimulator, key: &str, amount_cents: i64) -> String {
+    match gateway
+        .charge(Uuid::nil(), key, amount_cents)
+        .await
+        .unwrap()
+    {
+        ChargeOutcome::Captured { charge_id } => charge_id,
+        declined => panic!("expected a capture, got {declined:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_refund_gives_the_whole_charge_back_and_a_retried_one_gets_the_same_refund() {
+    let (gateway, _db) = gateway(instant()).await;
+    let charge_id = captured(&gateway, "order-r", 4_321).await;
+    let first = gateway.refund("refund-r", &charge_id).await.unwrap();
+    assert_eq!(
+        (first.charge_id.as_str(), first.amount_cents),
+        (charge_id.as_str(), 4_321)
+    );
+    assert!(first.refund_id.starts_with("re_"));
+    let again = gateway.refund("refund-r", &charge_id).await.unwrap();
+    assert_eq!(first, again, "the same refund comes back");
+}
+
+#[tokio::test]
+async fn concurrent_refunds_of_one_charge_all_get_the_one_refund() {
+    let (gateway, db) = gateway(instant()).await;
+    for round in 0..10 {
+        let charge_id = captured(&gateway, &format!("order-{round}"), 100).await;
+        let key = format!("refund-{round}");
+        let refunds: Vec<_> =
+            futures_util::future::join_all((0..4).map(|_| gateway.refund(&key, &charge_id)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        assert!(refunds.iter().all(|r| r == &refunds[0]), "{refunds:?}");
+    }
+    let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway_refunds")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(refunds, 10);
+}
+
+#[tokio::test]
+async fn a_charge_is_refunded_once_whatever_the_key() {
+    let (gateway, _db) = gateway(instant()).await;
+    let charge_id = captured(&gateway, "order-twice", 100).await;
+    let first = gateway.refund("refund-a", &charge_id).await.unwrap();
+    match gateway.refund("refund-b", &charge_id).await {
+        Err(GatewayError::AlreadyRefunded { refund_id, .. }) => {
+            assert_eq!(refund_id, first.refund_id)
+        }
+        other => panic!("expected AlreadyRefunded, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_charge_never_taken_cannot_be_refunded() {
+    let (gateway, db) = gateway(instant()).await;
+    assert!(matches!(
+        gateway.refund("refund-x", "ch_unknown").await,
+        Err(GatewayError::UnknownCharge(_))
+    ));
+    gateway
+        .charge(Uuid::nil(), "order-declined", 100_001)
+        .await
+        .unwrap();
+    let declined: String =
+        sqlx::query_scalar("SELECT charge_id FROM gateway_charges WHERE outcome = 'declined'")
+            .fetch_one(&db.pool().await)
+            .await
+            .unwrap();
+    let refused = gateway.refund("refund-y", &declined).await.unwrap_err();
+    assert!(matches!(refused, GatewayError::UnknownCharge(_)));
+    assert!(!refused.is_transient());
+}
+
+#[tokio::test]
+async fn an_unavailable_gateway_refunds_nothing() {
+    let (gateway, db) = gateway(instant()).await;
+    let charge_id = captured(&gateway, "order-u", 100).await;
+    let down = GatewaySimulator::new(
+        db.pool().await,
+        GatewaySettings {
+            error_rate: 1.0,
+            ..instant()
+        },
+    );
+    let error = down.refund("refund-u", &charge_id).await.unwrap_err();
+    assert!(matches!(error, GatewayError::Unavailable) && error.is_transient());
+    assert!(gateway.refund("refund-u", &charge_id).await.is_ok());
+}

@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/orders", post(orders::place_order))
         .route("/orders/{id}", get(orders::get_order))
+        .route("/orders/{id}/cancel", post(orders::cancel_order))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -1,4 +1,4 @@
-//! `POST /orders` and `GET /orders/{id}`.
+//! `POST /orders`, `GET /orders/{id}` and `POST /orders/{id}/cancel`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -7,14 +7,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use contracts::{OrderLine, OrderPlaced, event_type};
+use contracts::{OrderCancelRequested, OrderLine, OrderPlaced, event_type};
 use msgkit::outbox::{self, OutboxMessage};
 use msgkit::trace_context::{TRACEPARENT, TraceParent};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{AppState, BODY_LIMIT};
-use crate::domain::{InvalidField, NewOrder, PlaceOrderRequest};
+use crate::domain::{
+    CancelOrderRequest, CancelReason, InvalidField, NewOrder, OrderStatus, PlaceOrderRequest,
+};
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotencyKey, SavedResponse};
 use crate::storage;
@@ -121,6 +124,94 @@ pub async fn get_order(
         .ok_or(ApiError::NotFound)
 }
 
+/// A customer cancels a confirmed order: the request is recorded on the order (its history
+/// says so; the status stays `confirmed`) and `order.cancel_requested` is enqueued, in one
+/// transaction. Payment refunds the charge, then inventory puts the stock back and the order
+/// becomes `cancelled` (both on `payment.refunded`). 202 with the order; 409 with the reason
+/// when the order cannot be cancelled (not confirmed, or cancelled or requested already).
+#[tracing::instrument(skip_all, fields(order_id = %id))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<storage::OrderView>), ApiError> {
+    let order_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    })?;
+    // The body is optional: none at all is a cancellation without a reason.
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelOrderRequest::default()
+    } else {
+        require_json_content_type(&headers)?;
+        let raw: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+        deserialize(&raw).map_err(ApiError::Invalid)?
+    };
+    let reason = request
+        .reason
+        .as_deref()
+        .map(|reason| CancelReason::parse(reason, "reason"))
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let requested_at = Utc::now();
+
+    let mut tx = state.pool.begin().await?;
+    let customer_id = match storage::request_cancellation(
+        &mut tx,
+        order_id,
+        reason.as_ref().map(CancelReason::as_str),
+        requested_at,
+    )
+    .await?
+    {
+        storage::CancelAttempt::Recorded { customer_id } => customer_id,
+        storage::CancelAttempt::Refused(refusal) => {
+            tracing::info!(%order_id, %refusal, "cancellation refused");
+            return Err(ApiError::NotCancellable(refusal));
+        }
+        storage::CancelAttempt::NotFound => return Err(ApiError::NotFound),
+    };
+    let event = OrderCancelRequested {
+        order_id,
+        customer_id,
+        reason: reason.as_ref().map(|reason| reason.as_str().to_owned()),
+        requested_at,
+    };
+    let message = OutboxMessage::of(
+        event_type::ORDER_CANCEL_REQUESTED,
+        order_id.to_string(),
+        &event,
+    )
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let note = match &reason {
+        Some(reason) => format!("cancellation requested: {}", reason.as_str()),
+        None => "cancellation requested".to_owned(),
+    };
+    storage::record_history(
+        &mut tx,
+        order_id,
+        OrderStatus::Confirmed.as_str(),
+        event_type::ORDER_CANCEL_REQUESTED.name(),
+        Some(&note),
+        Some(message.id()),
+    )
+    .await?;
+    outbox::enqueue(&mut tx, &message).await?;
+    tx.commit().await?;
+    tracing::info!(%order_id, message_id = %message.id(), "cancellation requested");
+
+    let order = storage::load_order(&state.pool, order_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok((StatusCode::ACCEPTED, Json(order)))
+}
+
 fn replay(saved: SavedResponse, trace: &TraceParent) -> Response {
     let mut http = (saved.status, Json(saved.body)).into_response();
     http.headers_mut()
@@ -155,8 +246,8 @@ fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Deserialize with the path of the offending field, so the error names it.
-fn deserialize(raw: &Value) -> Result<PlaceOrderRequest, InvalidField> {
-    // serde would read a struct from a JSON array, positionally; an order is an object.
+fn deserialize<T: DeserializeOwned>(raw: &Value) -> Result<T, InvalidField> {
+    // serde would read a struct from a JSON array, positionally; a request is an object.
     if !raw.is_object() {
         return Err(InvalidField {
             field: "body".to_owned(),

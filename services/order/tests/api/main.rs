@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod broker_outage;
+mod cancel;
 mod crash_recovery;
 mod database_outage;
 mod helpers;

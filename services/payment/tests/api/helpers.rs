@@ -5,7 +5,7 @@ use contracts::event_type::INVENTORY_RESERVED;
 use msgkit::Shutdown;
 use msgkit::clock::Clock;
 use msgkit::outbox::{self, OutboxMessage};
-use msgkit::service::ServiceError;
+use msgkit::service::{ServiceError, ServiceSettings};
 use msgkit::testing::{
     Probe, TestBroker, TestDatabase, metric_value, scrape, service_settings, wait_until_async,
 };
@@ -61,11 +61,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 pub async fn spawn_app_with_clock(extra: &[(&str, &str)], clock: Clock) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
-    for (name, value) in FAST.iter().chain(extra) {
-        settings.source.set(*name, *value);
-    }
-    let service = build_with_clock(settings, clock)
+    let service = build_with_clock(settings(&db, &broker, extra), clock)
         .await
         .expect("build the payment service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
@@ -83,6 +79,15 @@ pub async fn spawn_app_with_clock(extra: &[(&str, &str)], clock: Clock) -> TestA
         shutdown,
         running: Some(running),
     }
+}
+
+/// The service's settings in this test's database and vhost: [`FAST`], then `extra`.
+fn settings(db: &TestDatabase, broker: &TestBroker, extra: &[(&str, &str)]) -> ServiceSettings {
+    let mut settings = service_settings(NAME, NAME, db, broker.settings(NAME));
+    for (name, value) in FAST.iter().chain(extra) {
+        settings.source.set(*name, *value);
+    }
+    settings
 }
 
 /// The signature header value the gateway would send for `body`.
@@ -139,6 +144,22 @@ impl TestApp {
             .expect("the service stops within its deadline")
             .expect("the service task did not panic")
             .expect("the service stopped cleanly");
+    }
+
+    /// Stop the service (as [`TestApp::stop`]) and start it again on the same database and
+    /// vhost with [`FAST`] and then `extra`, as an operator would after changing a setting.
+    pub async fn restart_with(&mut self, extra: &[(&str, &str)]) {
+        self.stop(DEADLINE).await;
+        let service = build_with_clock(settings(&self.db, &self.broker, extra), Clock::system())
+            .await
+            .expect("restart the payment service");
+        self.address = format!("http://{}", service.local_addr().expect("addr"));
+        // The stopped service closed its pool.
+        self.pool = service.pool().clone();
+        self.shutdown = Shutdown::new();
+        self.running = Some(tokio::spawn(
+            service.run_until_stopped(self.shutdown.clone()),
+        ));
     }
 
     pub async fn received(&self) -> Vec<Received> {

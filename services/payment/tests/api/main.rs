@@ -7,4 +7,5 @@ mod delivery;
 mod endpoint;
 mod faults;
 mod helpers;
+mod refunds;
 mod sigkill;
