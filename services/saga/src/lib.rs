@@ -112,6 +112,12 @@ impl Saga {
         }
     }
 
+    /// Settings for another service of the test's system (`rebate`, say) in schema `schema` of
+    /// the same database and vhost, with the same settings as the saga's services.
+    pub fn settings_for(&self, name: &str, schema: &str) -> ServiceSettings {
+        configured(&self.settings, name, schema, &self.db, &self.broker)
+    }
+
     /// Stop the inventory service (gracefully) and start it again with `settings` instead of
     /// the ones it started with, as an operator would after fixing a failing consumer.
     pub async fn restart_inventory(&mut self, settings: SagaSettings<'_>) {
@@ -254,5 +260,8 @@ fn configured(
     for (key, value) in settings {
         service.source.set(key, value);
     }
+    // Settings derived when the source was first read, and changed by the test's.
+    service.archive = msgkit::topology::Archive::from_config(&service.source)
+        .expect("the test's archive settings are valid");
     service
 }

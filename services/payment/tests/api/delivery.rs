@@ -108,8 +108,11 @@ async fn a_callback_is_sent_when_its_time_comes_and_not_before() {
             .find(|owed| owed.order_id == order)
             .map(|owed| (owed.attempts, owed.sent))
     };
+    // The sender counts an attempt when it claims the callback, before sending it: wait for
+    // the endpoint to have seen it too.
     wait_until_async("the due callback tried", DEADLINE, || async {
-        (attempts(&app.owed().await, now) == Some((1, false))).then_some(())
+        let tried = attempts(&app.owed().await, now) == Some((1, false));
+        (tried && seen.lock().unwrap().len() == 1).then_some(())
     })
     .await;
     assert_eq!(

@@ -124,19 +124,26 @@ async fn apply(
         FaultKind::KillService {
             service,
             restart_after_secs,
+            replica,
         } => {
             let service = system.service_mut(service)?;
-            for replica in &mut service.replicas {
-                replica.process.kill().await;
+            let count = service.replicas.len();
+            let chosen = |index: usize| replica.is_none_or(|r| r == index);
+            for (index, process) in service.replicas.iter_mut().enumerate() {
+                if chosen(index) {
+                    process.process.kill().await;
+                }
             }
             // The pause is the fault's length, part of the schedule.
             tokio::time::sleep(secs(*restart_after_secs)).await;
-            for replica in &mut service.replicas {
-                replica.process.start()?;
+            for (index, process) in service.replicas.iter_mut().enumerate() {
+                if chosen(index) {
+                    process.process.start()?;
+                }
             }
+            let killed = replica.map_or(count, |_| 1);
             let detail = format!(
-                "SIGKILL to {} process(es), restarted after {restart_after_secs}s",
-                service.replicas.len()
+                "SIGKILL to {killed} of {count} process(es), restarted after {restart_after_secs}s"
             );
             (detail, Instant::now()).into()
         }

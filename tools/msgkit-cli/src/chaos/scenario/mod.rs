@@ -198,10 +198,13 @@ pub enum Link {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultKind {
-    /// SIGKILL every replica of a service, start them again after a pause.
+    /// SIGKILL every replica of a service (or only replica `replica`, counted from 0: one of
+    /// several, as a crashed pod), start them again after a pause.
     KillService {
         service: String,
         restart_after_secs: f64,
+        #[serde(default)]
+        replica: Option<usize>,
     },
     /// SIGSTOP a service for a while, then SIGCONT (give it a short `AMQP_HEARTBEAT_SECS` so
     /// the broker notices).
@@ -245,6 +248,11 @@ impl FaultKind {
             Link::Database => "database",
         };
         match self {
+            Self::KillService {
+                service,
+                replica: Some(replica),
+                ..
+            } => format!("kill {service}#{replica}"),
             Self::KillService { service, .. } => format!("kill {service}"),
             Self::PauseService { service, .. } => format!("pause {service}"),
             Self::CloseConnections => "close connections".to_owned(),
@@ -423,12 +431,32 @@ impl Scenario {
                     load.name
                 ));
             }
+            if load.follow_up.is_some() && load.capture.is_none() {
+                return Err(format!(
+                    "load {}: a follow-up needs `capture` (its ${{captured}})",
+                    load.name
+                ));
+            }
         }
         for fault in &self.faults {
             if let Some(service) = fault.kind.service()
                 && !known(service)
             {
                 return Err(format!("fault {}: unknown service", fault.kind.label()));
+            }
+            if let FaultKind::KillService {
+                service,
+                replica: Some(replica),
+                ..
+            } = &fault.kind
+                && let Some(spec) = self.services.iter().find(|s| &s.name == service)
+                && *replica >= spec.replicas as usize
+            {
+                return Err(format!(
+                    "fault {}: {service} has {} replica(s), counted from 0",
+                    fault.kind.label(),
+                    spec.replicas
+                ));
             }
         }
         let loads: Vec<&str> = self.load.iter().map(|l| l.name.as_str()).collect();
