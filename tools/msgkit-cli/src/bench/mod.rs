@@ -207,6 +207,10 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
                 .entry(RAW_PROJECTION)
                 .or_default()
                 .push(rates.ceiling);
+            samples
+                .entry(RAW_PROJECTION_BOUND)
+                .or_default()
+                .push(rates.bound);
             samples.entry(KIT_PROJECTION).or_default().push(rates.kit);
         }
     }
@@ -240,11 +244,12 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     };
 
     // (stage, its ceiling, target ratio)
-    let layout: [(&str, Option<&str>, Option<f64>); 12] = [
+    let layout: [(&str, Option<&str>, Option<f64>); 13] = [
         (RAW_PUBLISH, None, None),
         (RAW_CONSUME, None, None),
         (RAW_FANOUT, None, None),
         (RAW_PROJECTION, None, None),
+        (RAW_PROJECTION_BOUND, Some(RAW_PROJECTION), None),
         (KIT_RELAY, Some(RAW_PUBLISH), Some(0.8)),
         (KIT_RELAY_ARCHIVE, Some(KIT_RELAY), None),
         (KIT_PROJECTION, Some(RAW_PROJECTION), None),
@@ -311,7 +316,8 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
 const RAW_PUBLISH: &str = "raw: publish with confirms (1 quorum queue)";
 const RAW_CONSUME: &str = "raw: consume and ack";
 const RAW_FANOUT: &str = "raw: fanout to 3 queues, 3 consumers acking";
-const RAW_PROJECTION: &str = "raw: stream catch-up, lapin + sqlx upserts in batches";
+const RAW_PROJECTION: &str = "raw: stream catch-up, a batch of upserts per round trip";
+const RAW_PROJECTION_BOUND: &str = "raw: stream catch-up, an upsert per round trip";
 const KIT_RELAY: &str = "kit: outbox relay drain";
 const KIT_RELAY_ARCHIVE: &str = "kit: outbox relay drain, archive on";
 const KIT_PROJECTION: &str = "kit: projection catch-up (events/s)";
