@@ -3,6 +3,7 @@
 
 mod e2e;
 mod plot;
+mod projection;
 mod raw;
 mod reconcile;
 mod risk;
@@ -43,8 +44,8 @@ pub struct BenchArgs {
     /// Skip the stages that need the service binaries (e2e, risk, reconcile).
     #[arg(long)]
     skip_e2e: bool,
-    /// Run only these stages (comma-separated: raw, relay, consumer, e2e, timers, risk,
-    /// reconcile);
+    /// Run only these stages (comma-separated: raw, relay, relay-archive, consumer,
+    /// projection, e2e, timers, risk, reconcile);
     /// ratios need `raw`.
     /// All by default.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -74,8 +75,14 @@ pub enum StageKind {
     Raw,
     /// The outbox relay drain.
     Relay,
+    /// The outbox relay drain with the event archive on, against the same drain with it off
+    /// (run next to it): what the second confirmed publish of every event costs.
+    RelayArchive,
     /// The consumer runtime, inbox off and on, one message per transaction and in batches.
     Consumer,
+    /// A projection catching up with N archived events, against a plain lapin + sqlx stream
+    /// consumer doing the same upserts on the same stream.
+    Projection,
     /// Orders through the four service processes.
     E2e,
     /// Durable timers: fired per second, and the firing lag at half that rate.
@@ -152,6 +159,13 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::Other(e.into()))?;
 
+    let projection = if wanted(StageKind::Projection) {
+        eprintln!("bench: archiving {n} events for the projection stage ...");
+        Some(projection::ProjectionWorkload::prepare(n).await?)
+    } else {
+        None
+    };
+
     // Each repetition measures every stage once, ceilings first, so that a kit stage is
     // compared with the ceiling measured seconds before it: the machine's speed drifts (a
     // shared virtual machine), and only paired ratios are stable.
@@ -164,10 +178,16 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
             samples.entry(RAW_CONSUME).or_default().push(raw.consume);
             samples.entry(RAW_FANOUT).or_default().push(raw.fanout);
         }
-        if wanted(StageKind::Relay) {
+        if wanted(StageKind::Relay) || wanted(StageKind::RelayArchive) {
             eprintln!("bench: outbox relay drain ...");
-            let rate = relay_drain(&pool, &broker, &setup, n).await?;
+            let rate = relay_drain(&pool, &broker, &setup, n, None).await?;
             samples.entry(KIT_RELAY).or_default().push(rate);
+        }
+        if wanted(StageKind::RelayArchive) {
+            eprintln!("bench: outbox relay drain, archive on ...");
+            let archive = Some(msgkit::topology::Archive::default());
+            let rate = relay_drain(&pool, &broker, &setup, n, archive).await?;
+            samples.entry(KIT_RELAY_ARCHIVE).or_default().push(rate);
         }
         if wanted(StageKind::Consumer) {
             for (stage, queue, inbox, batch) in [
@@ -181,7 +201,20 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
                 samples.entry(stage).or_default().push(rate);
             }
         }
+        if let Some(projection) = &projection {
+            let rates = projection.round(&db, round).await?;
+            samples
+                .entry(RAW_PROJECTION)
+                .or_default()
+                .push(rates.ceiling);
+            samples
+                .entry(RAW_PROJECTION_BOUND)
+                .or_default()
+                .push(rates.bound);
+            samples.entry(KIT_PROJECTION).or_default().push(rates.kit);
+        }
     }
+    drop(projection);
     let timers = if wanted(StageKind::Timers) {
         eprintln!("bench: timers ...");
         Some(timers::run(&db, &broker, n.min(20_000)).await?)
@@ -211,11 +244,15 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     };
 
     // (stage, its ceiling, target ratio)
-    let layout: [(&str, Option<&str>, Option<f64>); 9] = [
+    let layout: [(&str, Option<&str>, Option<f64>); 13] = [
         (RAW_PUBLISH, None, None),
         (RAW_CONSUME, None, None),
         (RAW_FANOUT, None, None),
+        (RAW_PROJECTION, None, None),
+        (RAW_PROJECTION_BOUND, Some(RAW_PROJECTION), None),
         (KIT_RELAY, Some(RAW_PUBLISH), Some(0.8)),
+        (KIT_RELAY_ARCHIVE, Some(KIT_RELAY), None),
+        (KIT_PROJECTION, Some(RAW_PROJECTION), None),
         (KIT_CONSUMER, Some(RAW_CONSUME), Some(0.9)),
         (KIT_CONSUMER_BATCH, Some(RAW_CONSUME), Some(0.9)),
         (KIT_CONSUMER_INBOX, Some(RAW_CONSUME), None),
@@ -279,7 +316,11 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
 const RAW_PUBLISH: &str = "raw: publish with confirms (1 quorum queue)";
 const RAW_CONSUME: &str = "raw: consume and ack";
 const RAW_FANOUT: &str = "raw: fanout to 3 queues, 3 consumers acking";
+const RAW_PROJECTION: &str = "raw: stream catch-up, a batch of upserts per round trip";
+const RAW_PROJECTION_BOUND: &str = "raw: stream catch-up, an upsert per round trip";
 const KIT_RELAY: &str = "kit: outbox relay drain";
+const KIT_RELAY_ARCHIVE: &str = "kit: outbox relay drain, archive on";
+const KIT_PROJECTION: &str = "kit: projection catch-up (events/s)";
 const KIT_CONSUMER: &str = "kit: consumer runtime, inbox off";
 const KIT_CONSUMER_BATCH: &str = "kit: consumer runtime, inbox off, batches of 50";
 const KIT_CONSUMER_INBOX: &str = "kit: consumer runtime, inbox on";
@@ -372,12 +413,13 @@ async fn raw_ceilings(
 
 /// The relay's own loop (`OutboxRelay::run`, as the services run it) draining N rows over
 /// 1,000 aggregates that arrive in one commit, from that commit until the last row is
-/// confirmed and marked.
+/// confirmed and marked; with `archive`, also copying every event into it.
 async fn relay_drain(
     pool: &PgPool,
     broker: &TestBroker,
     setup: &lapin::Channel,
     n: usize,
+    archive: Option<msgkit::topology::Archive>,
 ) -> Result<f64, CliError> {
     // A fresh outbox and an empty queue for every repetition.
     sqlx::query("TRUNCATE msgkit_outbox")
@@ -391,10 +433,14 @@ async fn relay_drain(
         )
         .await
         .map_err(|e| CliError::Other(e.into()))?;
+    let topology = match archive {
+        Some(archive) => topology().with_archive(archive),
+        None => topology(),
+    };
     let relay = OutboxRelay::new(
         pool.clone(),
         broker.settings("bench/relay"),
-        topology(),
+        topology,
         RelayConfig {
             batch_size: 500,
             ..RelayConfig::new("bench")
@@ -597,6 +643,9 @@ mod tests {
         let only = args(&["--stages", "reconcile"]);
         assert!(only.wants(StageKind::Reconcile));
         assert!(!only.wants(StageKind::Risk) && !only.wants(StageKind::Raw));
+        let new = args(&["--stages", "projection,relay-archive"]);
+        assert!(new.wants(StageKind::Projection) && new.wants(StageKind::RelayArchive));
+        assert!(!new.wants(StageKind::Relay));
         let two = args(&["--stages", "risk,reconcile"]);
         assert!(two.wants(StageKind::Risk) && two.wants(StageKind::Reconcile));
     }
