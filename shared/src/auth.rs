@@ -24,6 +24,63 @@ pub const MAX_TOKEN_LIFETIME: TimeDelta = TimeDelta::hours(1);
 
 const VERSION: &str = "v1";
 
+/// Why a request's token was refused, in words a client may see (never the token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token at all.
+    Missing,
+    /// An `Authorization` header that is not `Bearer <token>`.
+    NotBearer,
+    /// A token past its expiry.
+    Expired,
+    /// A token that does not verify (wrong secret, altered, malformed).
+    Invalid,
+}
+
+impl Refusal {
+    /// What to tell the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "a token is needed: Authorization: Bearer <token>, or ?access_token=<token>"
+            }
+            Self::NotBearer => "the Authorization header is not a Bearer token",
+            Self::Expired => "the token expired",
+            Self::Invalid => "the token is invalid",
+        }
+    }
+}
+
+/// The claims of a request's token: `Authorization: Bearer <token>`, else `query_token` (the
+/// `access_token` parameter, for a browser's `EventSource`, which cannot send headers), verified
+/// with `key` at `now`. A refusal is logged with its reason only, never the token.
+pub fn authenticate(
+    key: &TokenKey,
+    headers: &axum::http::HeaderMap,
+    query_token: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Claims, Refusal> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or(Refusal::NotBearer)
+        })
+        .transpose()?;
+    let token = header.or(query_token).ok_or(Refusal::Missing)?;
+    key.verify(token, now).map_err(|error| {
+        tracing::info!(%error, "token refused");
+        match error {
+            TokenError::Expired => Refusal::Expired,
+            _ => Refusal::Invalid,
+        }
+    })
+}
+
 /// What a token's holder may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,5 +260,44 @@ mod tests {
             TokenError::SecretTooShort(5)
         );
         assert_eq!(format!("{:?}", key(7)), "TokenKey(<redacted>)");
+    }
+
+    #[test]
+    fn a_request_is_authenticated_by_its_bearer_token_else_its_query_token() {
+        use axum::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+        let claims = Claims::new("u-1", Role::User, now(), TimeDelta::minutes(15));
+        let token = key(1).issue(&claims);
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            authenticate(&key(1), &headers, None, now()),
+            Err(Refusal::Missing)
+        );
+        assert_eq!(
+            authenticate(&key(1), &headers, Some(&token), now()),
+            Ok(claims.clone())
+        );
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        assert_eq!(
+            authenticate(&key(1), &headers, Some("ignored"), now()),
+            Ok(claims),
+            "the header wins"
+        );
+        assert_eq!(
+            authenticate(&key(2), &headers, None, now()),
+            Err(Refusal::Invalid)
+        );
+        assert_eq!(
+            authenticate(&key(1), &headers, None, now() + TimeDelta::hours(1)),
+            Err(Refusal::Expired)
+        );
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(
+            authenticate(&key(1), &headers, None, now()),
+            Err(Refusal::NotBearer)
+        );
+        assert!(!Refusal::Invalid.message().contains(&token));
     }
 }

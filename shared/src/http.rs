@@ -131,6 +131,31 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// Where a Server-Sent Events client resumes: the `Last-Event-ID` header (what a browser's
+/// `EventSource` sends when it reconnects), else `last_event_id` from the query (for a client
+/// that cannot set headers), else `Ok(None)`. An id that is not a whole number, 0 or more, is
+/// `Err` with the name of the field it came in, for the service to answer 400 with its own
+/// words for what the id is.
+pub fn last_event_id(
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<i64>, &'static str> {
+    let (field, value) = match headers.get("last-event-id") {
+        Some(value) => ("Last-Event-ID", value.to_str().unwrap_or("?")),
+        None => match query {
+            Some(value) => ("last_event_id", value),
+            None => return Ok(None),
+        },
+    };
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id >= 0)
+        .map(Some)
+        .ok_or(field)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +202,25 @@ mod tests {
         assert_eq!(
             response.headers()[header::WWW_AUTHENTICATE],
             "Bearer realm=\"risk\""
+        );
+    }
+
+    #[test]
+    fn a_resume_point_comes_from_the_header_else_the_query() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(last_event_id(&headers, None), Ok(None));
+        assert_eq!(last_event_id(&headers, Some("7")), Ok(Some(7)));
+        headers.insert("last-event-id", HeaderValue::from_static(" 12 "));
+        assert_eq!(
+            last_event_id(&headers, Some("7")),
+            Ok(Some(12)),
+            "the header wins"
+        );
+        headers.insert("last-event-id", HeaderValue::from_static("-1"));
+        assert_eq!(last_event_id(&headers, None), Err("Last-Event-ID"));
+        assert_eq!(
+            last_event_id(&axum::http::HeaderMap::new(), Some("x")),
+            Err("last_event_id")
         );
     }
 }

@@ -14,6 +14,7 @@ mod message;
 mod probe;
 mod proxy;
 mod scrape;
+pub mod sse;
 mod wait;
 
 pub use broker::TestBroker;

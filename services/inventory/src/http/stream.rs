@@ -46,9 +46,6 @@ const MAX_SKU_LEN: usize = 100;
 /// How long a stream opened while the service starts waits for the feed's listener.
 const FEED_START: Duration = Duration::from_secs(10);
 
-/// The header a browser's `EventSource` resumes with.
-const LAST_EVENT_ID: &str = "last-event-id";
-
 /// Open a stream of the SKUs in the query (`sku`, repeated), or of all.
 pub async fn stream(
     State(state): State<AppState>,
@@ -114,29 +111,16 @@ fn skus(query: &[(String, String)]) -> Result<Option<Vec<String>>, Problem> {
     Ok((!skus.is_empty()).then(|| skus.into_iter().collect()))
 }
 
-/// The id to resume after: `Last-Event-ID`, else `?last_event_id=`, else none.
+/// The id to resume after (see [`msgkit::http::last_event_id`]).
 fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>, Problem> {
-    let (field, value) = match headers.get(LAST_EVENT_ID) {
-        Some(value) => ("Last-Event-ID", value.to_str().unwrap_or("?")),
-        None => match query {
-            Some(value) => ("last_event_id", value),
-            None => return Ok(None),
-        },
-    };
-    value
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id >= 0)
-        .map(Some)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "must be a stock stream id (a whole number, 0 or more)",
-            )
-            .field(field)
-        })
+    msgkit::http::last_event_id(headers, query).map_err(|field| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "must be a stock stream id (a whole number, 0 or more)",
+        )
+        .field(field)
+    })
 }
 
 /// One client's stream.

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::Utc;
 use futures_util::Stream;
@@ -40,9 +39,6 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// How long a stream opened while the service starts waits for the feed's listener.
 const FEED_START: Duration = Duration::from_secs(10);
-
-/// The header a browser's `EventSource` resumes with.
-const LAST_EVENT_ID: &str = "last-event-id";
 
 /// The query: all optional. No `Debug`: it holds the token.
 #[derive(Deserialize)]
@@ -96,59 +92,24 @@ pub async fn stream(
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// The token's claims, from `Authorization: Bearer` or else `access_token`.
+/// The token's claims (see [`msgkit::auth::authenticate`]).
 fn authenticate(
     key: &TokenKey,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Claims, ApiError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .map(str::trim)
-                .ok_or(ApiError::Unauthorized(
-                    "the Authorization header is not a Bearer token",
-                ))
-        })
-        .transpose()?;
-    let token = header.or(query_token).ok_or(ApiError::Unauthorized(
-        "a token is needed: Authorization: Bearer <token>, or ?access_token=<token>",
-    ))?;
-    key.verify(token, Utc::now()).map_err(|error| {
-        // The reason only: never the token.
-        tracing::info!(%error, "alert stream refused");
-        ApiError::Unauthorized(match error {
-            msgkit::auth::TokenError::Expired => "the token expired",
-            _ => "the token is invalid",
-        })
-    })
+    msgkit::auth::authenticate(key, headers, query_token, Utc::now())
+        .map_err(|refusal| ApiError::Unauthorized(refusal.message()))
 }
 
-/// The id to resume after: `Last-Event-ID`, else `?last_event_id=`, else none.
+/// The id to resume after (see [`msgkit::http::last_event_id`]).
 fn resume_point(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>, ApiError> {
-    let (field, value) = match headers.get(LAST_EVENT_ID) {
-        Some(value) => ("Last-Event-ID", value.to_str().unwrap_or("?")),
-        None => match query {
-            Some(value) => ("last_event_id", value),
-            None => return Ok(None),
-        },
-    };
-    value
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id >= 0)
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::Invalid(InvalidField::new(
-                field,
-                "must be an alert stream id (a whole number, 0 or more)",
-            ))
-        })
+    msgkit::http::last_event_id(headers, query).map_err(|field| {
+        ApiError::Invalid(InvalidField::new(
+            field,
+            "must be an alert stream id (a whole number, 0 or more)",
+        ))
+    })
 }
 
 /// One client's stream.

@@ -73,7 +73,7 @@ async fn a_token_in_the_query_never_reaches_the_logs() {
         "the query is recorded, redacted"
     );
     assert!(
-        logs.contains("alert stream refused"),
+        logs.contains("token refused"),
         "the refusal is logged"
     );
     // The push continues the trace of the request that completed the pattern.
