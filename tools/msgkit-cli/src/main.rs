@@ -15,6 +15,7 @@ mod cluster;
 mod dlq;
 mod projection;
 mod saga_services;
+mod service_schema;
 mod table;
 mod timers;
 mod token;

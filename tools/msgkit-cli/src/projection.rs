@@ -10,8 +10,6 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use msgkit::config::{ConfigSource, env_prefix};
-use msgkit::database::DatabaseSettings;
 use msgkit::projection::admin::{self, ArchiveBounds, RebuildRequestError, show_time};
 use serde_json::json;
 use sqlx::PgPool;
@@ -55,7 +53,9 @@ pub enum ProjectionCommand {
 }
 
 pub async fn run(args: ProjectionArgs, broker: &BrokerConfig, json: bool) -> Result<(), CliError> {
-    let pool = connect(&args.service, args.schema.as_deref()).await?;
+    let pool =
+        crate::service_schema::connect(&args.service, args.schema.as_deref(), "msgkit_projections")
+            .await?;
     let settings = msgkit::BrokerSettings::new(broker.amqp_url(), "msgkit-cli/projection");
     let bounds = admin::archive_bounds(&settings, &args.archive)
         .await
@@ -78,31 +78,6 @@ pub async fn run(args: ProjectionArgs, broker: &BrokerConfig, json: bool) -> Res
             .await
         }
     }
-}
-
-async fn connect(service: &str, schema: Option<&str>) -> Result<PgPool, CliError> {
-    let mut source = ConfigSource::from_env();
-    if let Some(schema) = schema {
-        source.set(format!("{}_DB_SCHEMA", env_prefix(service)), schema);
-    }
-    let settings = DatabaseSettings::from_config(&source, &env_prefix(service), service)
-        .map_err(|error| CliError::Usage(error.to_string()))?;
-    let pool = settings
-        .connect()
-        .await
-        .map_err(|error| CliError::Unavailable(error.to_string()))?;
-    let has_projections: bool =
-        sqlx::query_scalar("SELECT to_regclass('msgkit_projections') IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .map_err(|error| CliError::Unavailable(error.to_string()))?;
-    if !has_projections {
-        return Err(CliError::NotFound(format!(
-            "schema {:?} has no msgkit_projections table: is {service} a msgkit service that has started?",
-            settings.schema
-        )));
-    }
-    Ok(pool)
 }
 
 fn archive_start(bounds: &ArchiveBounds) -> String {

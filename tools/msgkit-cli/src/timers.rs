@@ -7,8 +7,6 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use msgkit::config::{ConfigSource, env_prefix};
-use msgkit::database::DatabaseSettings;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -81,7 +79,9 @@ const COLUMNS: &str = "consumer, name, key, due_at, set_at, \
      extract(epoch FROM now() - due_at)::float8 AS overdue_by_secs, payload";
 
 pub async fn run(args: TimersArgs, json: bool) -> Result<(), CliError> {
-    let pool = connect(&args.service, args.schema.as_deref()).await?;
+    let pool =
+        crate::service_schema::connect(&args.service, args.schema.as_deref(), "msgkit_timers")
+            .await?;
     match args.command {
         TimersCommand::List {
             name,
@@ -92,30 +92,6 @@ pub async fn run(args: TimersArgs, json: bool) -> Result<(), CliError> {
         TimersCommand::Show { name, key } => show(&pool, &name, &key, json).await,
         TimersCommand::Cancel { name, key } => cancel(&pool, &name, &key, json).await,
     }
-}
-
-async fn connect(service: &str, schema: Option<&str>) -> Result<PgPool, CliError> {
-    let mut source = ConfigSource::from_env();
-    if let Some(schema) = schema {
-        source.set(format!("{}_DB_SCHEMA", env_prefix(service)), schema);
-    }
-    let settings = DatabaseSettings::from_config(&source, &env_prefix(service), service)
-        .map_err(|error| CliError::Usage(error.to_string()))?;
-    let pool = settings
-        .connect()
-        .await
-        .map_err(|error| CliError::Unavailable(error.to_string()))?;
-    let has_timers: bool = sqlx::query_scalar("SELECT to_regclass('msgkit_timers') IS NOT NULL")
-        .fetch_one(&pool)
-        .await
-        .map_err(|error| CliError::Unavailable(error.to_string()))?;
-    if !has_timers {
-        return Err(CliError::NotFound(format!(
-            "schema {:?} has no msgkit_timers table: is {service} a msgkit service that has started?",
-            settings.schema
-        )));
-    }
-    Ok(pool)
 }
 
 async fn list(

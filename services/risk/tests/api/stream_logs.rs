@@ -72,10 +72,7 @@ async fn a_token_in_the_query_never_reaches_the_logs() {
         logs.contains("access_token=REDACTED"),
         "the query is recorded, redacted"
     );
-    assert!(
-        logs.contains("token refused"),
-        "the refusal is logged"
-    );
+    assert!(logs.contains("token refused"), "the refusal is logged");
     // The push continues the trace of the request that completed the pattern.
     let pushed = logs
         .lines()
