@@ -24,6 +24,36 @@ pub const MAX_TOKEN_LIFETIME: TimeDelta = TimeDelta::hours(1);
 
 const VERSION: &str = "v1";
 
+/// The setting a service's token secret is read from: `<SERVICE>_TOKEN_SECRET`, else
+/// `TOKEN_SECRET` (one secret for every stream of a system, or one per service).
+pub const TOKEN_SECRET: &str = "TOKEN_SECRET";
+
+impl TokenKey {
+    /// `service`'s token key from its settings (see [`TOKEN_SECRET`]): `None` when no secret is
+    /// set (its streams then answer 503), an error when one is set but shorter than
+    /// [`MIN_SECRET_BYTES`]. The error never shows the secret.
+    pub fn from_config(
+        config: &crate::config::ConfigSource,
+        service: &str,
+    ) -> Result<Option<Self>, crate::config::ConfigError> {
+        use crate::config::Lookup as _;
+        let scoped = config.scoped(service);
+        let Some(secret) = scoped.get(TOKEN_SECRET) else {
+            return Ok(None);
+        };
+        Self::new(secret.as_bytes().to_vec())
+            .map(Some)
+            .map_err(|error| crate::config::ConfigError {
+                name: format!(
+                    "{}_{TOKEN_SECRET} or {TOKEN_SECRET}",
+                    crate::config::env_prefix(service)
+                ),
+                value: "<redacted>".to_owned(),
+                reason: error.to_string(),
+            })
+    }
+}
+
 /// Why a request's token was refused, in words a client may see (never the token).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

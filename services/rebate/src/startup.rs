@@ -1,7 +1,7 @@
 //! Building the service from its settings: `main` and the tests start the very same service.
 
 use msgkit::auth::TokenKey;
-use msgkit::config::{ConfigError, Lookup};
+use msgkit::config::ConfigError;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
 use crate::feed::{self, Feed};
@@ -14,26 +14,13 @@ pub const NAME: &str = "rebate";
 
 /// The setting holding the stream tokens' secret (looked up as `REBATE_TOKEN_SECRET`, else
 /// `TOKEN_SECRET`). Give it risk's value and one token (`msgkit token`) opens both streams.
-pub const TOKEN_SECRET: &str = "TOKEN_SECRET";
+pub const TOKEN_SECRET: &str = msgkit::auth::TOKEN_SECRET;
 
 /// The stream tokens' key from the settings: `None` when no secret is set (the stream then
 /// answers 503), an error when one is set but shorter than
 /// [`msgkit::auth::MIN_SECRET_BYTES`]. The error never shows the secret.
 pub fn token_key(settings: &ServiceSettings) -> Result<Option<TokenKey>, ConfigError> {
-    let scoped = settings.source.scoped(NAME);
-    let Some(secret) = scoped.get(TOKEN_SECRET) else {
-        return Ok(None);
-    };
-    TokenKey::new(secret.as_bytes().to_vec())
-        .map(Some)
-        .map_err(|error| ConfigError {
-            name: format!(
-                "{}_{TOKEN_SECRET} or {TOKEN_SECRET}",
-                msgkit::config::env_prefix(NAME)
-            ),
-            value: "<redacted>".to_owned(),
-            reason: error.to_string(),
-        })
+    TokenKey::from_config(&settings.source, NAME)
 }
 
 /// The rebate service, ready to run: the API with the balance stream, the feed's listener, and

@@ -16,7 +16,7 @@ pub const NAME: &str = "risk";
 
 /// The setting holding the stream tokens' secret (looked up as `RISK_TOKEN_SECRET`, else
 /// `TOKEN_SECRET`).
-pub const TOKEN_SECRET: &str = "TOKEN_SECRET";
+pub const TOKEN_SECRET: &str = msgkit::auth::TOKEN_SECRET;
 
 /// The setting for how many alerts a stream may fall behind the broadcast before it reads
 /// the table instead (`RISK_STREAM_BUFFER`, else `STREAM_BUFFER`).
@@ -26,20 +26,7 @@ pub const STREAM_BUFFER: &str = "STREAM_BUFFER";
 /// answers 503 and logs why at start), an error when one is set but shorter than
 /// [`msgkit::auth::MIN_SECRET_BYTES`]. The error never shows the secret.
 pub fn token_key(settings: &ServiceSettings) -> Result<Option<TokenKey>, ConfigError> {
-    let scoped = settings.source.scoped(NAME);
-    let Some(secret) = scoped.get(TOKEN_SECRET) else {
-        return Ok(None);
-    };
-    TokenKey::new(secret.as_bytes().to_vec())
-        .map(Some)
-        .map_err(|error| ConfigError {
-            name: format!(
-                "{}_{TOKEN_SECRET} or {TOKEN_SECRET}",
-                msgkit::config::env_prefix(NAME)
-            ),
-            value: "<redacted>".to_owned(),
-            reason: error.to_string(),
-        })
+    TokenKey::from_config(&settings.source, NAME)
 }
 
 /// The risk service, ready to run: the API (with the alert stream), the outbox relay

@@ -65,8 +65,9 @@ enum Command {
     Timers(timers::TimersArgs),
     /// A service's projections of the event archive: status, and rebuilding one.
     Projection(projection::ProjectionArgs),
-    /// Print a short-lived token for the risk alert stream (`--user U` or `--operator NAME`),
-    /// signed with RISK_TOKEN_SECRET (else TOKEN_SECRET) from the environment.
+    /// Print a short-lived token for a service's stream (`--user U` or `--operator NAME`; risk's
+    /// alerts by default, `--service rebate` for balances), signed with <SERVICE>_TOKEN_SECRET
+    /// (else TOKEN_SECRET) from the environment.
     Token(token::TokenArgs),
 }
 

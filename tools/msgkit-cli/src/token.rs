@@ -1,6 +1,7 @@
-//! `msgkit token`: a short-lived token for the risk service's alert stream, signed with the
-//! secret the service verifies with (`RISK_TOKEN_SECRET`, else `TOKEN_SECRET`, from the
-//! environment only: a secret on the command line would show in `ps` and shell history).
+//! `msgkit token`: a short-lived token for a service's stream (risk's alerts by default,
+//! `--service rebate` for the balance stream), signed with the secret the service verifies with
+//! (`<SERVICE>_TOKEN_SECRET`, else `TOKEN_SECRET`, from the environment only: a secret on the
+//! command line would show in `ps` and shell history).
 
 use std::time::Duration;
 
@@ -9,9 +10,6 @@ use clap::ArgGroup;
 use msgkit::auth::{Claims, MAX_TOKEN_LIFETIME, Role, TokenKey};
 
 use crate::CliError;
-
-/// The settings the secret is read from, in order.
-const SECRET_SETTINGS: [&str; 2] = ["RISK_TOKEN_SECRET", "TOKEN_SECRET"];
 
 /// Whom the token is for and for how long.
 #[derive(Debug, clap::Args)]
@@ -26,15 +24,21 @@ pub struct TokenArgs {
     /// How long it stays valid (at most 1h).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// The service whose secret signs it (`<SERVICE>_TOKEN_SECRET`, else `TOKEN_SECRET`).
+    #[arg(long, default_value = "risk")]
+    service: String,
 }
 
 /// Print a token for `args` on stdout.
 pub fn run(args: TokenArgs) -> Result<(), CliError> {
-    let secret = SECRET_SETTINGS.iter().find_map(|name| {
-        std::env::var(name)
-            .ok()
-            .filter(|value| !value.trim().is_empty())
-    });
+    let prefix = msgkit::config::env_prefix(&args.service);
+    let secret = [format!("{prefix}_TOKEN_SECRET"), "TOKEN_SECRET".to_owned()]
+        .iter()
+        .find_map(|name| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        });
     println!("{}", issue(&args, secret.as_deref(), Utc::now())?);
     Ok(())
 }
@@ -42,10 +46,11 @@ pub fn run(args: TokenArgs) -> Result<(), CliError> {
 /// The token `args` ask for, signed with `secret`, valid from `now`.
 fn issue(args: &TokenArgs, secret: Option<&str>, now: DateTime<Utc>) -> Result<String, CliError> {
     let secret = secret.ok_or_else(|| {
-        CliError::Usage(
-            "no token secret: set RISK_TOKEN_SECRET (or TOKEN_SECRET) to the risk service's"
-                .to_owned(),
-        )
+        let prefix = msgkit::config::env_prefix(&args.service);
+        CliError::Usage(format!(
+            "no token secret: set {prefix}_TOKEN_SECRET (or TOKEN_SECRET) to the {} service's",
+            args.service
+        ))
     })?;
     let key = TokenKey::new(secret.as_bytes().to_vec())
         .map_err(|error| CliError::Usage(error.to_string()))?;
@@ -76,6 +81,7 @@ mod tests {
             user: user.map(str::to_owned),
             operator: operator.map(str::to_owned),
             ttl,
+            service: "risk".to_owned(),
         }
     }
 
