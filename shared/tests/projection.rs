@@ -157,6 +157,23 @@ async fn publish(
     expected
 }
 
+/// A fresh database and vhost, and a publisher into `archive` (declared).
+async fn setup(archive: &Archive) -> (TestDatabase, TestBroker, ConfirmedPublisher) {
+    let db = TestDatabase::create().await;
+    let broker = TestBroker::create().await;
+    let publisher = broker
+        .publisher(&Topology::default().with_archive(archive.clone()))
+        .await;
+    (db, broker, publisher)
+}
+
+/// Stop the services of `shutdown` and close `publisher`.
+async fn stop(shutdown: Shutdown, publisher: ConfirmedPublisher) {
+    shutdown.trigger();
+    shutdown.wait_for_tasks().await;
+    publisher.close().await;
+}
+
 fn merge(a: &mut BTreeMap<String, (i64, i64)>, b: BTreeMap<String, (i64, i64)>) {
     for (key, (sum, events)) in b {
         let entry = a.entry(key).or_insert((0, 0));
@@ -204,12 +221,8 @@ fn small_archive() -> Archive {
 
 #[tokio::test]
 async fn a_projection_added_after_the_events_builds_from_history_then_follows_live() {
-    let db = TestDatabase::create().await;
-    let broker = TestBroker::create().await;
     let archive = small_archive();
-    let publisher = broker
-        .publisher(&Topology::default().with_archive(archive.clone()))
-        .await;
+    let (db, broker, publisher) = setup(&archive).await;
     let mut expected = publish(&publisher, &archive, 0, 3000).await;
 
     let shutdown = Shutdown::new();
@@ -256,9 +269,7 @@ async fn a_projection_added_after_the_events_builds_from_history_then_follows_li
         "{metrics}"
     );
 
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    publisher.close().await;
+    stop(shutdown, publisher).await;
 }
 
 /// The child mode: the projection's service until it is killed.
@@ -324,12 +335,8 @@ async fn sigkilled_mid_catch_up_it_resumes_from_its_checkpoint_and_one_replica_o
     if let (Ok(database), Ok(amqp)) = (std::env::var(CHILD_DATABASE), std::env::var(CHILD_AMQP)) {
         return child_service(database, amqp).await;
     }
-    let db = TestDatabase::create().await;
-    let broker = TestBroker::create().await;
     let archive = small_archive();
-    let publisher = broker
-        .publisher(&Topology::default().with_archive(archive.clone()))
-        .await;
+    let (db, broker, publisher) = setup(&archive).await;
     let mut expected = publish(&publisher, &archive, 0, 20_000).await;
     let pool = schema_pool(&db).await;
 
@@ -398,12 +405,8 @@ async fn rebuild_finished(pool: &PgPool) -> admin::RebuildStatus {
 
 #[tokio::test]
 async fn a_rebuild_equals_the_live_projection_row_for_row_and_then_follows_live() {
-    let db = TestDatabase::create().await;
-    let broker = TestBroker::create().await;
     let archive = small_archive();
-    let publisher = broker
-        .publisher(&Topology::default().with_archive(archive.clone()))
-        .await;
+    let (db, broker, publisher) = setup(&archive).await;
     let mut expected = publish(&publisher, &archive, 0, 2000).await;
     let shutdown = Shutdown::new();
     start(
@@ -454,23 +457,17 @@ async fn a_rebuild_equals_the_live_projection_row_for_row_and_then_follows_live(
         leftovers, 0,
         "the rebuild's schema is gone after the switch"
     );
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    publisher.close().await;
+    stop(shutdown, publisher).await;
 }
 
 #[tokio::test]
 async fn a_rebuild_is_refused_when_retention_removed_part_of_the_history() {
-    let db = TestDatabase::create().await;
-    let broker = TestBroker::create().await;
     let archive = Archive {
         max_bytes: 30_000,
         segment_bytes: 6_000,
         ..Archive::default()
     };
-    let publisher = broker
-        .publisher(&Topology::default().with_archive(archive.clone()))
-        .await;
+    let (db, broker, publisher) = setup(&archive).await;
     let mut expected = publish(&publisher, &archive, 0, 50).await;
     let shutdown = Shutdown::new();
     start(
@@ -514,9 +511,7 @@ async fn a_rebuild_is_refused_when_retention_removed_part_of_the_history() {
     ));
     assert!(message.contains("starts at archive offset 0"), "{message}");
     assert!(message.contains("retention removed"), "{message}");
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    publisher.close().await;
+    stop(shutdown, publisher).await;
 }
 
 async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
@@ -526,12 +521,8 @@ async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
 
 #[tokio::test]
 async fn a_failing_event_halts_the_projection_visibly_and_a_fix_resumes_it_without_a_skip() {
-    let db = TestDatabase::create().await;
-    let broker = TestBroker::create().await;
     let archive = small_archive();
-    let publisher = broker
-        .publisher(&Topology::default().with_archive(archive.clone()))
-        .await;
+    let (db, broker, publisher) = setup(&archive).await;
     let pool = schema_pool(&db).await;
     sqlx::query("CREATE TABLE gate (open boolean NOT NULL)")
         .execute(&pool)
@@ -589,22 +580,16 @@ async fn a_failing_event_halts_the_projection_visibly_and_a_fix_resumes_it_witho
         (readyz(addr).await.0 == 200).then_some(())
     })
     .await;
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    publisher.close().await;
+    stop(shutdown, publisher).await;
 }
 
 #[tokio::test]
 async fn a_lost_broker_connection_is_resumed_from_the_checkpoint() {
-    let db = TestDatabase::create().await;
-    let broker = TestBroker::create().await;
+    let archive = small_archive();
+    let (db, broker, publisher) = setup(&archive).await;
     let proxy = msgkit::testing::TcpProxy::start(broker.amqp_addr())
         .await
         .unwrap();
-    let archive = small_archive();
-    let publisher = broker
-        .publisher(&Topology::default().with_archive(archive.clone()))
-        .await;
     let mut expected = publish(&publisher, &archive, 0, 500).await;
     let shutdown = Shutdown::new();
     let addr = start(
@@ -634,8 +619,6 @@ async fn a_lost_broker_connection_is_resumed_from_the_checkpoint() {
         (readyz(addr).await.0 == 200).then_some(())
     })
     .await;
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    publisher.close().await;
+    stop(shutdown, publisher).await;
     proxy.shutdown().await;
 }
