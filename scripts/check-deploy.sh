@@ -159,7 +159,7 @@ def load_yaml_all(path):
 
 # ------------------------------------------------------------------------------------------
 # The kit's topology, read from its sources so that the definitions are compared with what
-# the services really declare (shared/src/topology.rs, services/contracts/src/lib.rs).
+# the services really declare (shared/src/topology/, services/contracts/src/lib.rs).
 # ------------------------------------------------------------------------------------------
 ARG_KEYS = {"x-queue-type", "x-delivery-limit", "x-dead-letter-exchange",
             "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow", "x-message-ttl",
@@ -176,22 +176,22 @@ PROJECTION_SERVICES = {"rebate"}
 
 
 def read_archive(topo):
-    """The event archive in shared/src/topology.rs: its name and default retention (impl
+    """The event archive in shared/src/topology/: its name and default retention (impl
     Default for Archive), checking the settings that turn it on and override the retention
     (Archive::from_config) are still those this script knows."""
     m = re.search(r'ARCHIVE_STREAM:\s*&str\s*=\s*"([^"]+)"', topo)
     if not m:
-        raise ValueError("cannot find ARCHIVE_STREAM in shared/src/topology.rs")
+        raise ValueError("cannot find ARCHIVE_STREAM in shared/src/topology/")
     name = m.group(1)
     m = re.search(r"impl Default for Archive \{(.*?)\n\}", topo, re.S)
     if not m:
-        raise ValueError("cannot find impl Default for Archive in shared/src/topology.rs")
+        raise ValueError("cannot find impl Default for Archive in shared/src/topology/")
     default = m.group(1)
 
     def field(pattern, what):
         f = re.search(pattern, default)
         if not f:
-            raise ValueError(f"cannot find the archive's default {what} in shared/src/topology.rs")
+            raise ValueError(f"cannot find the archive's default {what} in shared/src/topology/")
         return f.group(1)
     defaults = {
         "x-max-age": field(r'max_age:\s*"([^"]+)"', "max_age"),
@@ -204,15 +204,20 @@ def read_archive(topo):
     return name, defaults
 
 
+def topology_source():
+    """The kit's topology module, every file of it."""
+    return "".join(f.read_text() for f in sorted((ROOT / "shared/src/topology").glob("*.rs")))
+
+
 class Kit:
     def __init__(self):
-        topo = (ROOT / "shared/src/topology.rs").read_text()
+        topo = topology_source()
         contracts = (ROOT / "services/contracts/src/lib.rs").read_text()
 
         def const(pattern, what):
             m = re.search(pattern, topo)
             if not m:
-                raise ValueError(f"cannot find {what} in shared/src/topology.rs")
+                raise ValueError(f"cannot find {what} in shared/src/topology/")
             return m.group(1)
 
         self.exchange = const(r'EVENTS_EXCHANGE:\s*&str\s*=\s*"([^"]+)"', "EVENTS_EXCHANGE")
@@ -369,7 +374,7 @@ def archive_settings(env, defs, where, problems):
     """The archive settings a service gets from `env` must turn it on with the retention of the
     definitions' stream (unset: the kit's default, which must then be the definitions' value)."""
     try:
-        archive, defaults = read_archive((ROOT / "shared/src/topology.rs").read_text())
+        archive, defaults = read_archive(topology_source())
     except Exception as e:
         problems.append(f"{where}: {e}")
         return
@@ -500,7 +505,7 @@ def definitions_static(kit, path):
             fail(f"{label}: {p}")
         return None
     ok(f"{label}: {len(expected)} queues, {len(expected_x)} exchanges, {len(got_b)} bindings equal the kit's "
-       f"(shared/src/topology.rs, services/contracts); {len(users)} users with valid sha256 hashes; "
+       f"(shared/src/topology/, services/contracts); {len(users)} users with valid sha256 hashes; "
        f"least-privilege permissions")
     return doc
 

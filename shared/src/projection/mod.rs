@@ -50,6 +50,7 @@ mod config;
 mod reader;
 mod rebuild;
 mod runner;
+mod stats;
 mod store;
 
 use chrono::{DateTime, Utc};
@@ -62,7 +63,8 @@ use crate::event::EventType;
 
 pub use self::admin::{ArchiveBounds, ProjectionStatus, RebuildStatus};
 pub use self::config::ProjectionConfig;
-pub(crate) use self::runner::{ProjectionRunner, ProjectionStats};
+pub(crate) use self::runner::ProjectionRunner;
+pub(crate) use self::stats::ProjectionStats;
 
 /// Why an event could not be applied. The batch is rolled back and retried with backoff; the
 /// projection does not skip an event it should apply (its tables would be wrong without

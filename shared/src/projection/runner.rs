@@ -2,7 +2,7 @@
 //! batches with the checkpoint in the same transaction, hand over when the lead is lost.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 use super::reader::{ArchiveReader, StartAt};
 use super::rebuild::Rebuild;
+use super::stats::ProjectionStats;
 use super::store::{self, Advance};
 use super::{ArchivedEvent, Projection, ProjectionConfig, ProjectionError};
 use crate::backoff;
@@ -22,51 +23,6 @@ use crate::topology::Archive;
 /// How long the runner looks for the archive's last chunk when it takes the lead (an empty
 /// archive sends nothing).
 const TAIL_PROBE: Duration = Duration::from_millis(500);
-
-/// What a projection's replica says about itself, for `/readyz`.
-#[derive(Debug)]
-pub(crate) struct ProjectionStats {
-    name: String,
-    active: AtomicBool,
-    catching_up: AtomicBool,
-    /// Lag in milliseconds.
-    lag: AtomicU64,
-    failing: std::sync::Mutex<Option<String>>,
-}
-
-impl ProjectionStats {
-    fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            active: AtomicBool::new(false),
-            catching_up: AtomicBool::new(false),
-            lag: AtomicU64::new(0),
-            failing: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Why this replica is not ready, if it is not: it applies the projection and is still
-    /// catching up, or its batches keep failing. A standby is ready (it serves reads).
-    pub(crate) fn not_ready_reason(&self) -> Option<String> {
-        if let Some(error) = self.failing.lock().ok().and_then(|failing| failing.clone()) {
-            return Some(format!("projection {}: failing: {error}", self.name));
-        }
-        if self.active.load(Ordering::Relaxed) && self.catching_up.load(Ordering::Relaxed) {
-            let lag = self.lag.load(Ordering::Relaxed) as f64 / 1000.0;
-            return Some(format!(
-                "projection {}: catching up with the archive, {lag:.1} s behind",
-                self.name
-            ));
-        }
-        None
-    }
-
-    fn set_failing(&self, error: Option<String>) {
-        if let Ok(mut failing) = self.failing.lock() {
-            *failing = error;
-        }
-    }
-}
 
 /// Why a replica stopped leading.
 enum LeadEnd {
