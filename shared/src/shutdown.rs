@@ -56,7 +56,8 @@ impl Shutdown {
         self.tasks.spawn(future)
     }
 
-    /// Wait until every task spawned through this shutdown (or its children) has finished.
+    /// Wait until every task spawned through this shutdown has finished (not its children's:
+    /// each child tracks its own, and whoever made it waits for them).
     pub async fn wait_for_tasks(&self) {
         self.tasks.close();
         self.tasks.wait().await;

@@ -41,6 +41,9 @@ pub struct Saga {
     shutdown: Shutdown,
     /// The inventory service's own stop signal and task, to restart it alone.
     inventory_run: Option<(Shutdown, tokio::task::JoinHandle<Result<(), ServiceError>>)>,
+    /// The other services' runs, awaited by [`Saga::stop`]: `run_until_stopped` spawns its
+    /// tasks on a child of the shutdown, which the root's `wait_for_tasks` does not see.
+    runs: Vec<tokio::task::JoinHandle<Result<(), ServiceError>>>,
     settings: Vec<(String, String)>,
     db: TestDatabase,
 }
@@ -90,9 +93,10 @@ impl Saga {
         ]
         .map(Clone::clone);
         let shutdown = Shutdown::new();
-        for service in [order, payment_service, notify] {
-            tokio::spawn(service.run_until_stopped(shutdown.clone()));
-        }
+        let runs = [order, payment_service, notify]
+            .into_iter()
+            .map(|service| tokio::spawn(service.run_until_stopped(shutdown.clone())))
+            .collect();
         let inventory_shutdown = shutdown.child();
         let inventory_task = tokio::spawn(inventory.run_until_stopped(inventory_shutdown.clone()));
         let [orders, inventory, payment, notify] = pools;
@@ -107,6 +111,7 @@ impl Saga {
             notify,
             shutdown,
             inventory_run: Some((inventory_shutdown, inventory_task)),
+            runs,
             settings,
             db,
         }
@@ -237,10 +242,21 @@ impl Saga {
         .await
     }
 
-    /// Stop every service and wait for them.
-    pub async fn stop(self) {
+    /// Stop every service and wait until each has finished what it had in flight (a test that
+    /// reads spans or logs after this sees all of them).
+    pub async fn stop(mut self) {
         self.shutdown.trigger();
-        tokio::time::timeout(DEADLINE, self.shutdown.wait_for_tasks())
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.extend(self.inventory_run.take().map(|(_, task)| task));
+        let stopped = async {
+            for run in runs {
+                run.await
+                    .expect("a service's run does not panic")
+                    .expect("a service stops cleanly");
+            }
+            self.shutdown.wait_for_tasks().await;
+        };
+        tokio::time::timeout(DEADLINE, stopped)
             .await
             .expect("services stop promptly");
     }
