@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use msgkit::message::{ATTEMPT_HEADER, header_i64, header_str};
+use msgkit::message::{ATTEMPT_HEADER, cloud_events, header_i64, header_str};
 use msgkit::outbox::{self, OutboxMessage};
 use msgkit::testing::{TcpProxy, TestBroker, TestDatabase, wait_until, wait_until_async};
 use msgkit::{BrokerSettings, OutboxRelay, RelayConfig, Shutdown, Topology, TraceParent};
@@ -120,6 +120,22 @@ async fn a_relayed_message_carries_the_whole_contract_and_is_marked_published() 
         "the writer's trace continues"
     );
     assert_eq!(header_i64(props, ATTEMPT_HEADER), Some(1));
+    // The CloudEvents binary-mode attributes, mapped from the properties above.
+    let id = message.id().to_string();
+    for (name, value) in [
+        (cloud_events::SPECVERSION, "1.0"),
+        (cloud_events::ID, id.as_str()),
+        (cloud_events::SOURCE, "urn:msgkit:service:test-service"),
+        (cloud_events::TYPE, "order.placed"),
+        (cloud_events::SUBJECT, "order-1"),
+    ] {
+        assert_eq!(header_str(props, name), Some(value), "{name}");
+    }
+    let time = header_str(props, cloud_events::TIME).expect("cloudEvents_time");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+        "cloudEvents_time is RFC 3339: {time}"
+    );
     assert_eq!(delivery.routing_key.as_str(), "order.placed");
     assert_eq!(body(&delivery)["order_id"], "order-1");
 
