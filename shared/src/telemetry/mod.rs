@@ -10,6 +10,8 @@
 pub mod context;
 pub(crate) mod http;
 pub(crate) mod spans;
+#[cfg(test)]
+mod tests;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -70,6 +72,18 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(service: &str, exporter: E)
     install(service, Some(exporter))
 }
 
+/// The layer that turns spans into OpenTelemetry spans for `provider`'s exporter.
+fn span_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    // The span pipeline has its own level filter, so that `RUST_LOG=warn` quiets the logs
+    // without cutting traces into pieces.
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("msgkit"))
+        .with_filter(LevelFilter::INFO)
+}
+
 fn install<E: SpanExporter + 'static>(service: &str, exporter: Option<E>) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
@@ -98,13 +112,7 @@ fn install<E: SpanExporter + 'static>(service: &str, exporter: Option<E>) -> Tel
             )
             .build()
     });
-    // The span pipeline has its own level filter, so that `RUST_LOG=warn` quiets the logs
-    // without cutting traces into pieces.
-    let otel = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("msgkit"))
-            .with_filter(LevelFilter::INFO)
-    });
+    let otel = provider.as_ref().map(span_layer);
     let installed = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
