@@ -87,3 +87,23 @@ fn an_http_span_records_its_status_code_as_an_integer() {
         http.attributes
     );
 }
+
+/// A component's span lasts as long as the component (the process, for a service): it is not
+/// exported, nor is the broker client's connection span, and what opens inside them (the
+/// start-up `declare` spans) is a root, exported as soon as it ends.
+#[test]
+fn a_span_opened_inside_a_component_is_a_root_and_the_component_is_not_exported() {
+    let spans = captured(|| {
+        let component = tracing::info_span!(target: super::COMPONENT, "consumer", queue = "q");
+        let _component = component.enter();
+        let connection = tracing::info_span!(target: "lapin::io_loop", "io_loop");
+        let _connection = connection.enter();
+        let _declare = tracing::info_span!("declare").entered();
+    });
+    let names: Vec<&str> = spans.iter().map(|span| span.name.as_ref()).collect();
+    assert_eq!(names, ["declare"]);
+    assert_eq!(
+        spans[0].parent_span_id,
+        opentelemetry::trace::SpanId::INVALID
+    );
+}
