@@ -22,7 +22,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Keeps the trace pipeline alive; dropping it flushes and shuts the exporter down. Hold it
-/// in `main` for the life of the process.
+/// in `main` for the life of the process, and drop it only once every component has stopped
+/// (as [`crate::service::run`] does): a span that ends after the drop is never exported.
 #[must_use = "dropping the guard shuts tracing down"]
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {
