@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use msgkit::testing::{metric_value, scrape, wait_until_async};
+use opentelemetry::Value as OtelValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use saga::{DEADLINE, Saga};
@@ -18,6 +19,14 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .iter()
         .find(|kv| kv.key.as_str() == key)
         .map(|kv| kv.value.as_str().into_owned())
+}
+
+/// The attribute as exported, with its type (an int must not arrive as a string).
+fn typed(span: &SpanData, key: &str) -> Option<OtelValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
 }
 
 /// The one span named `name` (with `outcome`, for process spans), failing if there is not
@@ -109,6 +118,10 @@ async fn one_order_is_one_trace_across_every_service_including_a_retry() {
         SpanId::from_hex(INCOMING_SPAN).unwrap(),
         "the incoming traceparent is continued"
     );
+    assert_eq!(
+        typed(http, "http.response.status_code"),
+        Some(OtelValue::I64(202))
+    );
     let placed_create = only(&spans, "order.placed create", None);
     let placed_publish = only(&spans, "order.placed publish", None);
     let inventory_retry = only(&spans, "inventory process", Some("retry"));
@@ -128,10 +141,10 @@ async fn one_order_is_one_trace_across_every_service_including_a_retry() {
     assert_child(inventory_retry, placed_publish);
     assert_child(inventory, placed_publish);
     assert_eq!(
-        attribute(inventory_retry, "msgkit.attempt").as_deref(),
-        Some("1")
+        typed(inventory_retry, "msgkit.attempt"),
+        Some(OtelValue::I64(1))
     );
-    assert_eq!(attribute(inventory, "msgkit.attempt").as_deref(), Some("2"));
+    assert_eq!(typed(inventory, "msgkit.attempt"), Some(OtelValue::I64(2)));
     assert_descendant(&spans, reserved_create, inventory);
     assert_child(reserved_publish, reserved_create);
     assert_child(payment, reserved_publish);

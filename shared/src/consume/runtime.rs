@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use super::config::ConsumerConfig;
 use super::gaps::skip_gaps;
@@ -68,8 +69,16 @@ impl<H: Handler> Consumer<H> {
     /// flight, and close. Connection or channel loss, a broker restart or a stream that goes
     /// quiet on a dead connection all lead to a new session after a backoff; unacked
     /// deliveries are redelivered by the broker meanwhile.
-    #[tracing::instrument(name = "consumer", skip_all, fields(queue = %self.config.queue))]
     pub async fn run(self, shutdown: Shutdown) {
+        let span = tracing::info_span!(
+            target: crate::telemetry::COMPONENT,
+            "consumer",
+            queue = %self.config.queue,
+        );
+        self.consume(shutdown).instrument(span).await;
+    }
+
+    async fn consume(self, shutdown: Shutdown) {
         let Self {
             pool,
             broker,

@@ -64,7 +64,7 @@ where
     F: FnOnce(ServiceSettings) -> Fut,
     Fut: Future<Output = Result<Service, ServiceError>>,
 {
-    let _telemetry = crate::telemetry::init(name);
+    let telemetry = crate::telemetry::init(name);
     let settings = ServiceSettings::load(name, default_port, default_schema)?;
     let result = match build(settings).await {
         Ok(service) => service.run_until_signal().await,
@@ -73,6 +73,10 @@ where
     if let Err(error) = &result {
         tracing::error!(service = name, %error, "service failed");
     }
+    // Only now, with every component stopped (`run_until_signal` returns once every task it
+    // started has ended, and each waits for its own), is every span ended: export them before
+    // the process exits.
+    drop(telemetry);
     result
 }
 

@@ -100,7 +100,11 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         .and_then(|value| value.parse::<TraceParent>().ok());
     let trace = context::continue_trace(&span, incoming);
     let response = context::scope(trace, next.run(request).instrument(span.clone())).await;
-    span.record("http.response.status_code", response.status().as_u16());
+    // An `i64`: an unsigned value would be exported as a string (see `spans`).
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     response
 }
 

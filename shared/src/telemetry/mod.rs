@@ -10,16 +10,20 @@
 pub mod context;
 pub(crate) mod http;
 pub(crate) mod spans;
+#[cfg(test)]
+mod tests;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter::LevelFilter};
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Keeps the trace pipeline alive; dropping it flushes and shuts the exporter down. Hold it
-/// in `main` for the life of the process.
+/// in `main` for the life of the process, and drop it only once every component has stopped
+/// (as [`crate::service::run`] does): a span that ends after the drop is never exported.
 #[must_use = "dropping the guard shuts tracing down"]
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {
@@ -70,6 +74,33 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(service: &str, exporter: E)
     install(service, Some(exporter))
 }
 
+/// The target of a component's span (`consumer{queue}`, `outbox_relay{app_id}`): it gives the
+/// component's log lines its name but lives as long as the component, so it is never exported.
+/// A span that lasts the whole process would reach a collector only at shutdown (or never, if
+/// the process dies), and everything opened inside it (the start-up `declare` spans, a message
+/// without a trace context) would hang off a parent the collector does not have; without it
+/// they are roots.
+pub(crate) const COMPONENT: &str = "msgkit::component";
+
+/// The layer that turns spans into OpenTelemetry spans for `provider`'s exporter.
+fn span_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    // The span pipeline has its own filter, so that `RUST_LOG=warn` quiets the logs without
+    // cutting traces into pieces. Besides the components' spans, it leaves out the broker
+    // client's (lapin's `io_loop` lasts as long as its connection) and the database driver's,
+    // as the logs' default filter does.
+    let filter = Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target(COMPONENT, LevelFilter::OFF)
+        .with_target("lapin", LevelFilter::WARN)
+        .with_target("sqlx", LevelFilter::WARN);
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("msgkit"))
+        .with_filter(filter)
+}
+
 fn install<E: SpanExporter + 'static>(service: &str, exporter: Option<E>) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
@@ -98,13 +129,7 @@ fn install<E: SpanExporter + 'static>(service: &str, exporter: Option<E>) -> Tel
             )
             .build()
     });
-    // The span pipeline has its own level filter, so that `RUST_LOG=warn` quiets the logs
-    // without cutting traces into pieces.
-    let otel = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("msgkit"))
-            .with_filter(LevelFilter::INFO)
-    });
+    let otel = provider.as_ref().map(span_layer);
     let installed = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)

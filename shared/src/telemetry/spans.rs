@@ -14,6 +14,10 @@
 //! `RUST_LOG` never disables the span that carries their trace ids; the outbox's own steps
 //! are INFO. Each span keeps the target of the module that used to open it, so that
 //! `RUST_LOG` directives per module (`msgkit::outbox=debug`) still reach it.
+//!
+//! Integer attributes are recorded as `i64`: tracing-opentelemetry 0.34 has no `u64` case and
+//! exports an unsigned value (`u16`, `u32`, `usize`) as its decimal string, which a collector
+//! cannot compare or sort as the int the conventions type it as.
 
 use tracing::Span;
 use tracing::field::Empty;
@@ -129,7 +133,7 @@ pub fn process(name: &str, queue: &str, message: &IncomingMessage) -> Span {
         messaging.message.id = message.message_id().unwrap_or_default(),
         messaging.message.conversation_id = message.correlation_id().unwrap_or_default(),
         messaging.message.type = message.message_type(),
-        msgkit.attempt = message.attempt(),
+        msgkit.attempt = i64::from(message.attempt()),
         msgkit.outcome = Empty,
         trace_id = Empty,
         span_id = Empty,

@@ -190,7 +190,8 @@ impl Topology {
 
     /// Declare the exchange, every queue with its DLQ, and every binding. Idempotent; fails
     /// with `PRECONDITION_FAILED` (closing the channel) if a queue exists with other arguments.
-    #[tracing::instrument(skip_all, fields(exchange = %self.exchange, queues = self.queues.len()))]
+    // `queues` as an `i64`: a `usize` would be exported as a string.
+    #[tracing::instrument(skip_all, fields(exchange = %self.exchange, queues = i64::try_from(self.queues.len()).unwrap_or(i64::MAX)))]
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
         channel
             .exchange_declare(

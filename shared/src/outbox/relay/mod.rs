@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use self::wakeup::Wakeups;
 use super::store;
@@ -87,8 +88,16 @@ impl OutboxRelay {
 
     /// Run until `shutdown` is triggered. A batch in progress is finished (or abandoned
     /// unmarked, to be published again) before it returns.
-    #[tracing::instrument(name = "outbox_relay", skip_all, fields(app_id = %self.config.app_id))]
     pub async fn run(self, shutdown: Shutdown) {
+        let span = tracing::info_span!(
+            target: crate::telemetry::COMPONENT,
+            "outbox_relay",
+            app_id = %self.config.app_id,
+        );
+        self.relay(shutdown).instrument(span).await;
+    }
+
+    async fn relay(self, shutdown: Shutdown) {
         let mut wakeups = Wakeups::new(self.pool.clone(), self.config.poll_interval);
         let mut publisher: Option<ConfirmedPublisher> = None;
         let mut db_delays = self.broker.reconnect_backoff();
