@@ -16,7 +16,7 @@ use super::session::Sessions;
 use super::stats::ConsumerStats;
 use super::timer_firing::fire_timers;
 use crate::broker::BrokerSettings;
-use crate::metrics::{Metrics, QueueMetrics};
+use crate::metrics::{ConsumerSeries, Metrics, QueueMetrics};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
@@ -27,9 +27,9 @@ pub struct Consumer<H> {
     topology: Topology,
     config: ConsumerConfig,
     handler: H,
+    /// Its series; with timer series when the handler handles timers, so that this consumer
+    /// fires them.
     metrics: QueueMetrics,
-    /// Whether the handler handles timers, so that this consumer fires them.
-    timers: bool,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -43,8 +43,7 @@ impl<H: Handler> Consumer<H> {
         handler: H,
     ) -> Self {
         Self {
-            timers: handler.handles_timers(),
-            metrics: queue_metrics(&Metrics::new(), &config),
+            metrics: queue_metrics(&Metrics::new(), &config, &handler),
             pool,
             broker,
             topology,
@@ -55,7 +54,7 @@ impl<H: Handler> Consumer<H> {
 
     /// Count into `metrics` (its service's registry) instead of a registry of its own.
     pub(crate) fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        self.metrics = queue_metrics(metrics, &self.config);
+        self.metrics = queue_metrics(metrics, &self.config, &self.handler);
         self
     }
 
@@ -77,7 +76,6 @@ impl<H: Handler> Consumer<H> {
             config,
             mut handler,
             metrics,
-            timers,
         } = self;
         // Now that its registry is final (a service swaps in its own).
         handler.configure(&ConsumerSetup {
@@ -90,7 +88,6 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             outcomes: Outcomes { metrics },
-            timers,
         };
         // Monomorphised twice, so that a consumer without faults runs its handler bare.
         match parts.config.faults.around(handler) {
@@ -108,7 +105,6 @@ struct Parts {
     topology: Topology,
     config: ConsumerConfig,
     outcomes: Outcomes,
-    timers: bool,
 }
 
 impl Parts {
@@ -121,9 +117,8 @@ impl Parts {
             topology,
             config,
             outcomes,
-            timers,
         } = self;
-        let timer_metrics = outcomes.metrics.registry.for_timers(&config.queue);
+        let timer_metrics = outcomes.metrics.timers.clone();
         let registry = outcomes.metrics.registry.clone();
         let key_order = handler.key_order();
         let connection = outcomes.metrics.connection.clone();
@@ -139,8 +134,8 @@ impl Parts {
         let sweep = sweep(&pool, &sessions.config, shutdown);
         // Firing sits beside consuming, not behind it: a quiet queue still fires its timers.
         let firing = async {
-            if timers {
-                fire_timers(&pool, &sessions.config, &timer_metrics, shutdown).await;
+            if let Some(timer_metrics) = &timer_metrics {
+                fire_timers(&pool, &sessions.config, timer_metrics, shutdown).await;
             }
         };
         let gaps = async {
@@ -152,7 +147,17 @@ impl Parts {
     }
 }
 
-/// `config.queue`'s metrics in `metrics`, its connection named `<name>/consumer`.
-fn queue_metrics(metrics: &Metrics, config: &ConsumerConfig) -> QueueMetrics {
-    metrics.for_queue(&config.queue, &format!("{}/consumer", config.name))
+/// The series of `config`'s consumer running `handler`, created in `metrics` at 0.
+fn queue_metrics(
+    metrics: &Metrics,
+    config: &ConsumerConfig,
+    handler: &impl Handler,
+) -> QueueMetrics {
+    metrics.register_consumer(&ConsumerSeries {
+        queue: &config.queue,
+        consumer: &config.name,
+        late_types: handler.late_event_types(),
+        timers: handler.handles_timers(),
+        key_order: handler.key_order(),
+    })
 }
