@@ -13,6 +13,7 @@
 #
 # Environment: RABBITMQ_API (http://127.0.0.1:15672/api), RABBITMQ_API_USER / _PASSWORD
 # (guest / guest, an administrator), RABBITMQ_AMQP_HOST / _PORT (127.0.0.1 / 5672),
+# RABBITMQ_PROMETHEUS (http://127.0.0.1:15692/metrics/per-object, what Prometheus scrapes),
 # K8S_VERSION (1.30.0, the Kubernetes schema version to validate against).
 
 set -euo pipefail
@@ -25,6 +26,7 @@ export RABBITMQ_API_USER=${RABBITMQ_API_USER:-guest}
 export RABBITMQ_API_PASSWORD=${RABBITMQ_API_PASSWORD:-guest}
 export RABBITMQ_AMQP_HOST=${RABBITMQ_AMQP_HOST:-127.0.0.1}
 export RABBITMQ_AMQP_PORT=${RABBITMQ_AMQP_PORT:-5672}
+export RABBITMQ_PROMETHEUS=${RABBITMQ_PROMETHEUS:-http://127.0.0.1:15692/metrics/per-object}
 export K8S_VERSION=${K8S_VERSION:-1.30.0}
 
 VENV="${XDG_CACHE_HOME:-$HOME/.cache}/msgkit-deploy-venv"
@@ -1311,6 +1313,191 @@ def k8s_references(objects):
 # ------------------------------------------------------------------------------------------
 # Grafana dashboard
 # ------------------------------------------------------------------------------------------
+# RabbitMQ's per-object queue series carry `vhost` and `queue` (rabbitmq_prometheus, 3.10:
+# rabbitmq_queue_messages{vhost="/",queue="order"}). A queue name exists in several vhosts (every
+# test vhost has an `order`), so each dashboard query on them filters on the `vhost` variable.
+VHOST_VARIABLE = "vhost"
+VHOST_MATCHER = re.compile(r'^vhost=~"\$(vhost|\{vhost\})"$')
+RABBIT_SELECTOR = re.compile(r"\b(rabbitmq_[a-zA-Z0-9_]+)\s*(?:\{([^}]*)\})?")
+PROMQL_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
+def dashboard_exprs(dash):
+    """Every PromQL expression of the dashboard (panels' targets), in order."""
+    exprs = []
+
+    def walk(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k == "expr" and isinstance(v, str):
+                    exprs.append(v)
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(dash.get("panels", []))
+    return exprs
+
+
+def rabbit_selectors(expr):
+    """The RabbitMQ series selectors of `expr`: (metric, [(label, op, raw value)]) each, the
+    value as written between the quotes (PromQL escapes not yet undone)."""
+    out = []
+    for m in RABBIT_SELECTOR.finditer(expr):
+        body = m.group(2) or ""
+        matchers, pos = [], 0
+        while pos < len(body.strip()):
+            mm = PROMQL_MATCHER.match(body, pos)
+            if not mm:
+                raise ValueError(f"cannot parse the label matchers of {m.group(0)!r}")
+            matchers.append((mm.group(1), mm.group(2), mm.group(3)))
+            pos = mm.end()
+        out.append((m.group(1), matchers))
+    return out
+
+
+def vhost_problems(dash):
+    """What is wrong with the dashboard's vhost variable and its use by RabbitMQ queries."""
+    problems = []
+    variables = {v.get("name"): v for v in dig(dash, "templating", "list") or []}
+    var = variables.get(VHOST_VARIABLE)
+    if var is None:
+        problems.append(f"no `{VHOST_VARIABLE}` template variable (RabbitMQ panels would sum a queue name across vhosts)")
+    else:
+        query = var.get("query")
+        query = query.get("query", "") if isinstance(query, dict) else query or ""
+        if var.get("type") != "query" or not re.fullmatch(r"label_values\(\s*rabbitmq_[a-z_]+\s*,\s*vhost\s*\)", query.strip()):
+            problems.append(f"variable `{VHOST_VARIABLE}` must be a query variable on label_values(rabbitmq_..., vhost), "
+                            f"not {var.get('type')} {query!r}")
+        current = (var.get("current") or {}).get("value")
+        if current not in ("/", "$__all"):
+            problems.append(f"variable `{VHOST_VARIABLE}` must default to / or All, not {current!r}")
+        if current == "$__all" and not var.get("includeAll"):
+            problems.append(f"variable `{VHOST_VARIABLE}` defaults to All without includeAll")
+    rabbit = 0
+    for expr in dashboard_exprs(dash):
+        for metric, matchers in rabbit_selectors(expr):
+            rabbit += 1
+            if not any(VHOST_MATCHER.match(f'{k}{op}"{v}"') for k, op, v in matchers):
+                problems.append(f'{metric} in {expr!r} lacks vhost=~"$vhost"')
+    if not rabbit:
+        problems.append("no RabbitMQ query found (rabbitmq_* series)")
+    return problems, rabbit
+
+
+def promql_unquote(raw):
+    """A PromQL double-quoted string's value (its escapes are JSON's for what dashboards use)."""
+    return json.loads(f'"{raw}"')
+
+
+def grafana_regex_escape(value):
+    """A variable's value as Grafana writes it into a regex matcher (multi-value or All
+    variables: prometheusSpecialRegexEscape), after the PromQL string is unquoted."""
+    return re.sub(r"([\\$^*{}\[\]'+?.()|])", r"\\\1", value)
+
+
+def selects(matchers, labels, variables):
+    """Whether a series with `labels` is selected by `matchers`, with `variables` substituted."""
+    for key, op, raw in matchers:
+        want = promql_unquote(raw)
+        for name, value in variables.items():
+            want = want.replace("${" + name + "}", value).replace("$" + name, value)
+        have = labels.get(key, "")
+        if op == "=":
+            hit = have == want
+        elif op == "!=":
+            hit = have != want
+        elif op == "=~":
+            hit = re.fullmatch(want, have) is not None
+        else:
+            hit = re.fullmatch(want, have) is None
+        if not hit:
+            return False
+    return True
+
+
+def parse_exposition(text):
+    """[(metric, {label: value}, value)] of a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if not m:
+            continue
+        labels = {k: promql_unquote(v) for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or "")}
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def dashboard_live():
+    """On the local broker: two throw-away vhosts with the same queue names and different
+    depths; each RabbitMQ query of the dashboard, with the vhost variable set to one of them,
+    selects that vhost's series and no other's."""
+    label = "grafana dashboard live"
+    dash = json.loads((ROOT / "observability/grafana/dashboards/msgkit.json").read_text())
+    kit = Kit()
+    api = Api(os.environ["RABBITMQ_API"], os.environ["RABBITMQ_API_USER"], os.environ["RABBITMQ_API_PASSWORD"])
+    endpoint = os.environ["RABBITMQ_PROMETHEUS"]
+    prefix = os.environ["CHECK_PREFIX"]
+    work = sorted(kit.queues)[0]
+    names = [work, f"{work}.dlq", kit.delay_name(kit.delays[0])]
+    depth = {f"{prefix}-vhost-a": 1, f"{prefix}-vhost-b": 2}
+    try:
+        for vhost, n in depth.items():
+            api.call("PUT", f"/vhosts/{q(vhost)}", {})
+            api.call("PUT", f"/permissions/{q(vhost)}/{q(api.user)}", {"configure": ".*", "write": ".*", "read": ".*"})
+            for name in names:
+                api.call("PUT", f"/queues/{q(vhost)}/{q(name)}", {"durable": False, "auto_delete": False,
+                                                                  "arguments": {"x-queue-type": "classic"}})
+                for _ in range(n):
+                    _, routed = api.call("POST", f"/exchanges/{q(vhost)}/amq.default/publish",
+                                         {"properties": {}, "routing_key": name, "payload": "x", "payload_encoding": "string"})
+                    if not (routed or {}).get("routed"):
+                        raise RuntimeError(f"a message to {vhost}/{name} was not routed")
+        # Queues report their depth every statistics interval (5 s by default): wait for it.
+        want = {(v, name): float(n) for v, n in depth.items() for name in names}
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(endpoint, timeout=20) as r:
+                series = parse_exposition(r.read().decode())
+            seen = {(l.get("vhost"), l.get("queue")): v for m, l, v in series if m == "rabbitmq_queue_messages"}
+            if all(seen.get(k) == v for k, v in want.items()):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{endpoint} did not show the check's queue depths within 60 s: "
+                                   f"{ {k: seen.get(k) for k in want} }")
+            time.sleep(1)
+        problems, checked = [], 0
+        for vhost in depth:
+            variables = {VHOST_VARIABLE: grafana_regex_escape(vhost)}
+            for expr in dashboard_exprs(dash):
+                for metric, matchers in rabbit_selectors(expr):
+                    picked = [l for m, l, _ in series if m == metric and selects(matchers, l, variables)]
+                    others = sorted({l.get("vhost", "") for l in picked} - {vhost})
+                    if others:
+                        problems.append(f"with vhost={vhost}, {metric} in {expr!r} also selects vhosts {others[:3]}")
+                    elif not any(l.get("queue") in names for l in picked):
+                        problems.append(f"with vhost={vhost}, {metric} in {expr!r} selects none of the check's queues {names}")
+                    checked += 1
+        if problems:
+            for x in problems:
+                fail(f"{label}: {x}")
+        else:
+            ok(f"{label}: {checked} RabbitMQ selectors, each with vhost set to one of two vhosts holding queues "
+               f"{names} at different depths, select only that vhost's series ({endpoint})")
+    finally:
+        for vhost in depth:
+            api.call("DELETE", f"/vhosts/{q(vhost)}", expect=None)
+
+
+def cmd_dashboard_live():
+    try:
+        dashboard_live()
+    except Exception as e:
+        fail(f"grafana dashboard live: {type(e).__name__}: {e}")
+
+
 def cmd_dashboard():
     label = "grafana dashboard"
     path = ROOT / "observability/grafana/dashboards/msgkit.json"
@@ -1360,6 +1547,8 @@ def cmd_dashboard():
         used |= own_used
     if not exprs:
         problems.append("no PromQL expression found")
+    vhost, rabbit = vhost_problems(dash)
+    problems += vhost
     # The docs' names against the registry in shared/src/metrics/ (prefix msgkit_; counters
     # get _total from the Prometheus client).
     metrics_src = sorted((ROOT / "shared/src/metrics").glob("*.rs"))
@@ -1377,13 +1566,14 @@ def cmd_dashboard():
             fail(f"{label}: {p}")
     else:
         ok(f"{label}: parses; {len(exprs)} expressions use {len(used)} msgkit_*/risk_*/reconcile_* series, all exported "
-           f"(docs/observability.md, shared/src/metrics/)")
+           f"(docs/observability.md, shared/src/metrics/); its {rabbit} RabbitMQ selectors filter on the vhost variable")
 
 
 if __name__ == "__main__":
     try:
         {"definitions": cmd_definitions, "compose": cmd_compose, "dockerfile": cmd_dockerfile,
-         "rabbitmq-conf": cmd_rabbitmq_conf, "k8s": cmd_k8s, "dashboard": cmd_dashboard}[sys.argv[1]]()
+         "rabbitmq-conf": cmd_rabbitmq_conf, "k8s": cmd_k8s, "dashboard": cmd_dashboard,
+         "dashboard-live": cmd_dashboard_live}[sys.argv[1]]()
     except Exception as e:  # a broken input the checks did not foresee: still one FAIL line
         fail(f"{sys.argv[1]}: {type(e).__name__}: {e}")
     sys.exit(1 if FAILED else 0)
@@ -1435,9 +1625,11 @@ api_up() { # the management API answers (waits up to 30 s: the broker may be res
     done
     return 1
 }
+broker_up=0
 if ! api_up; then
     fail "rabbitmq live: the management API at $RABBITMQ_API does not answer as $RABBITMQ_API_USER (scripts/stack.sh up)"
 else
+    broker_up=1
     before=$(dlx_sup_alive)
     if [[ "$before" == "false" ]]; then
         fail "rabbitmq live: the broker's dead-letter supervisor is already dead (rabbitmq-server#16652); scripts/stack.sh up heals it"
@@ -1459,9 +1651,14 @@ fi
 run_py k8s
 
 # ------------------------------------------------------------------------------------------
-# d. Grafana dashboard
+# d. Grafana dashboard: statically, then its RabbitMQ queries against the local broker
 # ------------------------------------------------------------------------------------------
 run_py dashboard
+if ((broker_up)); then
+    run_py dashboard-live
+else
+    fail "grafana dashboard live: skipped, the broker does not answer"
+fi
 
 if ((failures > 0)); then
     echo "check-deploy: FAILED ($failures group(s) with failures)"

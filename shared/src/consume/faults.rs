@@ -173,4 +173,8 @@ impl<H: Handler> Handler for FaultLayer<H> {
     fn key_order(&self) -> bool {
         self.inner.key_order()
     }
+
+    fn late_event_types(&self) -> Vec<&'static str> {
+        self.inner.late_event_types()
+    }
 }

@@ -52,6 +52,13 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// The event types whose late events it counts (routes with an allowed lateness, see
+    /// [`crate::event_time`]), so that their `msgkit_late_events_total` series exist from the
+    /// consumer's start. The default: none.
+    fn late_event_types(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Whether sequenced messages are applied in their key's order (see
     /// [`crate::key_order`]). The default: no, messages are handled as they come.
     fn key_order(&self) -> bool {

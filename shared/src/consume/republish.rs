@@ -14,7 +14,7 @@ use super::handler::HandlerError;
 use super::message::{IncomingMessage, RETRY_AT_HEADER};
 use crate::broker::BrokerError;
 use crate::message::OutgoingMessage;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Publisher};
 use crate::publish::ConfirmedPublisher;
 use crate::topology::{DELAY_TIER_BASE, delay_tier_for, delay_tier_name};
 
@@ -46,7 +46,8 @@ impl Republisher {
         publisher: &ConfirmedPublisher,
     ) -> Result<(), BrokerError> {
         let onward = message.to_outgoing(&delay_tier_name(tier), &self.queue);
-        self.publish_confirmed(publisher, &onward, "retry").await
+        self.publish_confirmed(publisher, &onward, Publisher::Retry)
+            .await
     }
 
     /// Send `message` to the delay tier that fits `delay`, as its next attempt.
@@ -65,7 +66,8 @@ impl Republisher {
             due.timestamp_millis().to_string(),
         );
         self.remember_origin(message, &mut retry);
-        self.publish_confirmed(publisher, &retry, "retry").await
+        self.publish_confirmed(publisher, &retry, Publisher::Retry)
+            .await
     }
 
     /// Send `message` to the queue's dead-letter queue with the headers an operator reads.
@@ -83,7 +85,7 @@ impl Republisher {
         for (name, value) in failure_headers(reason, error, &self.service) {
             dead.headers.insert(name.to_owned(), value);
         }
-        self.publish_confirmed(publisher, &dead, "dead_letter")
+        self.publish_confirmed(publisher, &dead, Publisher::DeadLetter)
             .await
     }
 
@@ -107,7 +109,7 @@ impl Republisher {
         &self,
         publisher: &ConfirmedPublisher,
         message: &OutgoingMessage,
-        purpose: &'static str,
+        purpose: Publisher,
     ) -> Result<(), BrokerError> {
         let started = Instant::now();
         let outcome = publisher.publish(message).await?;

@@ -74,6 +74,8 @@ pub struct Routes<S = ()> {
     unrouted: Unrouted,
     /// Whether sequenced messages are applied in their key's order.
     key_order: bool,
+    /// Event types routed with an allowed lateness.
+    late: Vec<&'static str>,
     /// Whose keyed state the handlers see: set by the consumer ([`Handler::configure`]).
     scope: StateScope,
 }
@@ -101,6 +103,7 @@ impl<S: Send + Sync + 'static> Routes<S> {
             before_batch: None,
             unrouted: Unrouted::default(),
             key_order: false,
+            late: Vec::new(),
             scope: StateScope::default(),
         }
     }
@@ -125,7 +128,7 @@ impl<S: Send + Sync + 'static> Routes<S> {
     /// `msgkit_late_events_total` (see [`crate::event_time`]). Events are never retracted: an
     /// on-time event handled before a later-arriving older one stays handled.
     pub fn route_with_lateness<P, F, L>(
-        self,
+        mut self,
         event: EventType<P>,
         allowed: Duration,
         handler: F,
@@ -140,6 +143,7 @@ impl<S: Send + Sync + 'static> Routes<S> {
             allowed,
             on_late: Box::new(on_late),
         };
+        self.late.push(event.name());
         self.add_event(Typed {
             event,
             handler,
@@ -310,5 +314,9 @@ impl<S: Send + Sync + 'static> Handler for Routes<S> {
 
     fn key_order(&self) -> bool {
         self.key_order
+    }
+
+    fn late_event_types(&self) -> Vec<&'static str> {
+        self.late.clone()
     }
 }

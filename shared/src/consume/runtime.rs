@@ -17,7 +17,7 @@ use super::session::Sessions;
 use super::stats::ConsumerStats;
 use super::timer_firing::fire_timers;
 use crate::broker::BrokerSettings;
-use crate::metrics::{Metrics, QueueMetrics};
+use crate::metrics::{ConsumerSeries, Metrics, QueueMetrics};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
@@ -28,9 +28,9 @@ pub struct Consumer<H> {
     topology: Topology,
     config: ConsumerConfig,
     handler: H,
+    /// Its series; with timer series when the handler handles timers, so that this consumer
+    /// fires them.
     metrics: QueueMetrics,
-    /// Whether the handler handles timers, so that this consumer fires them.
-    timers: bool,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -44,8 +44,7 @@ impl<H: Handler> Consumer<H> {
         handler: H,
     ) -> Self {
         Self {
-            timers: handler.handles_timers(),
-            metrics: queue_metrics(&Metrics::new(), &config),
+            metrics: queue_metrics(&Metrics::new(), &config, &handler),
             pool,
             broker,
             topology,
@@ -56,7 +55,7 @@ impl<H: Handler> Consumer<H> {
 
     /// Count into `metrics` (its service's registry) instead of a registry of its own.
     pub(crate) fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        self.metrics = queue_metrics(metrics, &self.config);
+        self.metrics = queue_metrics(metrics, &self.config, &self.handler);
         self
     }
 
@@ -86,7 +85,6 @@ impl<H: Handler> Consumer<H> {
             config,
             mut handler,
             metrics,
-            timers,
         } = self;
         // Now that its registry is final (a service swaps in its own).
         handler.configure(&ConsumerSetup {
@@ -99,7 +97,6 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             outcomes: Outcomes { metrics },
-            timers,
         };
         // Monomorphised twice, so that a consumer without faults runs its handler bare.
         match parts.config.faults.around(handler) {
@@ -117,7 +114,6 @@ struct Parts {
     topology: Topology,
     config: ConsumerConfig,
     outcomes: Outcomes,
-    timers: bool,
 }
 
 impl Parts {
@@ -130,9 +126,8 @@ impl Parts {
             topology,
             config,
             outcomes,
-            timers,
         } = self;
-        let timer_metrics = outcomes.metrics.registry.for_timers(&config.queue);
+        let timer_metrics = outcomes.metrics.timers.clone();
         let registry = outcomes.metrics.registry.clone();
         let key_order = handler.key_order();
         let connection = outcomes.metrics.connection.clone();
@@ -148,8 +143,8 @@ impl Parts {
         let sweep = sweep(&pool, &sessions.config, shutdown);
         // Firing sits beside consuming, not behind it: a quiet queue still fires its timers.
         let firing = async {
-            if timers {
-                fire_timers(&pool, &sessions.config, &timer_metrics, shutdown).await;
+            if let Some(timer_metrics) = &timer_metrics {
+                fire_timers(&pool, &sessions.config, timer_metrics, shutdown).await;
             }
         };
         let gaps = async {
@@ -161,7 +156,17 @@ impl Parts {
     }
 }
 
-/// `config.queue`'s metrics in `metrics`, its connection named `<name>/consumer`.
-fn queue_metrics(metrics: &Metrics, config: &ConsumerConfig) -> QueueMetrics {
-    metrics.for_queue(&config.queue, &format!("{}/consumer", config.name))
+/// The series of `config`'s consumer running `handler`, created in `metrics` at 0.
+fn queue_metrics(
+    metrics: &Metrics,
+    config: &ConsumerConfig,
+    handler: &impl Handler,
+) -> QueueMetrics {
+    metrics.register_consumer(&ConsumerSeries {
+        queue: &config.queue,
+        consumer: &config.name,
+        late_types: handler.late_event_types(),
+        timers: handler.handles_timers(),
+        key_order: handler.key_order(),
+    })
 }

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{Metrics, Two};
+use super::{Metrics, TimerMetrics, Two};
 
 /// How a consumed message was settled (the `outcome` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,27 @@ impl Outcome {
             Self::Parked => "parked",
             Self::Retry => "retry",
             Self::Poison => "poison",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// Who waited for a publish confirm (the `publisher` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Publisher {
+    /// The outbox relay.
+    Relay,
+    /// A consumer republishing a message to a delay tier.
+    Retry,
+    /// A consumer moving a message to its dead-letter queue.
+    DeadLetter,
+}
+
+impl Publisher {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Retry => "retry",
             Self::DeadLetter => "dead_letter",
         }
     }
@@ -83,6 +104,8 @@ pub(crate) struct QueueMetrics {
     pub(super) batch_rollbacks: Counter,
     pub(super) end_to_end: Histogram,
     pub(super) late_events: Family<Two, Counter>,
+    /// When its handler handles timers.
+    pub(crate) timers: Option<TimerMetrics>,
     pub(super) queue: String,
     pub(crate) connection: ComponentMetrics,
     pub(crate) registry: Metrics,

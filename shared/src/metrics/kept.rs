@@ -62,6 +62,17 @@ impl KeptFamilies {
     }
 }
 
+impl KeptFamilies {
+    /// Create ordered `consumer`'s gap counter at 0. The gauges are not created here: they are
+    /// read at scrape time, and a 0 before the first read would claim an empty schema.
+    pub(super) fn register_gaps(&self, consumer: &str) {
+        drop(
+            self.key_order_gaps
+                .get_or_create(&[("consumer", consumer.to_owned())]),
+        );
+    }
+}
+
 impl Metrics {
     /// Read what the consumers of the service behind `pool` keep into the gauges. Consumers
     /// that keep nothing any more read 0 rather than their last figure.

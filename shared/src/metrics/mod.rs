@@ -21,12 +21,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+mod components;
 mod handles;
 mod kept;
 mod projection;
 mod timers;
 
-pub(crate) use handles::{ComponentMetrics, Outcome, QueueMetrics, RelayMetrics};
+pub(crate) use components::ConsumerSeries;
+pub(crate) use handles::{ComponentMetrics, Outcome, Publisher, QueueMetrics, RelayMetrics};
 pub(crate) use projection::ProjectionMetrics;
 pub(crate) use timers::TimerMetrics;
 
@@ -206,70 +208,11 @@ impl Families {
 }
 
 impl Metrics {
-    /// `component`'s broker connection metrics (`order/outbox-relay`, `inventory/consumer`).
-    fn component(&self, component: &str) -> ComponentMetrics {
-        let label = [("component", component.to_owned())];
-        ComponentMetrics {
-            reconnects: self.0.reconnects.get_or_create(&label).clone(),
-            connected: self.0.connected.get_or_create(&label).clone(),
-        }
-    }
-
-    /// The consumer metrics of `queue`, looked up once: a consumer records several per
-    /// message, and a family lookup costs a lock, a hash and label strings each time.
-    pub(crate) fn for_queue(&self, queue: &str, component: &str) -> QueueMetrics {
-        let families = &self.0;
-        let label = || [("queue", queue.to_owned())];
-        let consumed = |outcome: Outcome| {
-            families
-                .consumed
-                .get_or_create(&[
-                    ("queue", queue.to_owned()),
-                    ("outcome", outcome.label().to_owned()),
-                ])
-                .clone()
-        };
-        QueueMetrics {
-            consumed: Outcome::ALL.map(consumed),
-            redelivered: families.redelivered.get_or_create(&label()).clone(),
-            handler_duration: families.handler_duration.get_or_create(&label()).clone(),
-            batch_size: families.batch_size.get_or_create(&label()).clone(),
-            batch_rollbacks: families.batch_rollbacks.get_or_create(&label()).clone(),
-            end_to_end: families.end_to_end.get_or_create(&label()).clone(),
-            late_events: families.late_events.clone(),
-            queue: queue.to_owned(),
-            connection: self.component(component),
-            registry: self.clone(),
-        }
-    }
-
-    /// The relay metrics of `service`, looked up once.
-    pub(crate) fn for_relay(&self, service: &str, component: &str) -> RelayMetrics {
-        let label = [("service", service.to_owned())];
-        RelayMetrics {
-            published: self.0.relay_published.get_or_create(&label).clone(),
-            refused: self.0.relay_refused.get_or_create(&label).clone(),
-            broker_errors: self.0.relay_broker_errors.get_or_create(&label).clone(),
-            connection: self.component(component),
-            registry: self.clone(),
-        }
-    }
-
-    /// The metrics of `projection`.
-    pub(crate) fn for_projection(&self, projection: &str) -> ProjectionMetrics {
-        self.0.projections.for_projection(projection)
-    }
-
-    /// The timer metrics of `queue`'s consumer.
-    pub(crate) fn for_timers(&self, queue: &str) -> TimerMetrics {
-        self.0.timers.for_queue(queue)
-    }
-
-    /// How long `publisher` (relay, retry, dead_letter) waited for a confirm.
-    pub(crate) fn confirm(&self, publisher: &'static str, took: Duration) {
+    /// How long `publisher` waited for a confirm.
+    pub(crate) fn confirm(&self, publisher: Publisher, took: Duration) {
         self.0
             .confirm
-            .get_or_create(&[("publisher", publisher.to_owned())])
+            .get_or_create(&[("publisher", publisher.label().to_owned())])
             .observe(took.as_secs_f64());
     }
 

@@ -304,7 +304,7 @@ impl Service {
                 .for_role(format!("{}/projection-{name}", self.settings.name)),
             archive,
             config,
-            self.metrics.for_projection(&name),
+            self.metrics.register_projection(&name),
         );
         self.ops = self.ops.with_projection(runner.stats());
         self.tasks

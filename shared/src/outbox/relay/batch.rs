@@ -13,6 +13,7 @@ use super::{BatchReport, MARK_PATIENCE, OutboxRelay, RelayError};
 use crate::backoff;
 use crate::key_order;
 use crate::message::{CREATED_AT_HEADER, OutgoingMessage};
+use crate::metrics::Publisher;
 use crate::outbox::store::{self, FailedRow, PendingRow};
 use crate::publish::{ConfirmedPublisher, PendingConfirms};
 use crate::telemetry::spans;
@@ -139,7 +140,9 @@ impl OutboxRelay {
             started,
         } = batch;
         let outcomes = archive::per_message(confirms.confirmed().await?, &copied);
-        self.metrics.registry.confirm("relay", started.elapsed());
+        self.metrics
+            .registry
+            .confirm(Publisher::Relay, started.elapsed());
         for (span, outcome) in spans.iter().zip(&outcomes) {
             if let Some(reason) = &outcome.failure {
                 span.record("otel.status_code", "error");

@@ -221,9 +221,10 @@ impl OutboxRelay {
     }
 }
 
-/// `config.app_id`'s relay metrics in `metrics`, its connection named `<service>/relay`.
+/// The series of `config.app_id`'s relay, created in `metrics` at 0 (its connection is
+/// `<app_id>/relay`).
 fn relay_metrics(metrics: &Metrics, config: &RelayConfig) -> RelayMetrics {
-    metrics.for_relay(&config.app_id, &format!("{}/relay", config.app_id))
+    metrics.register_relay(&config.app_id)
 }
 
 #[cfg(test)]
