@@ -323,3 +323,57 @@ async fn a_ticket_left_open_is_reminded_when_the_stateful_timer_fires() {
     publisher.stop().await;
     stateful.stop().await;
 }
+
+#[tokio::test]
+async fn a_ticket_resolved_through_the_consumer_cancels_its_reminder() {
+    let (broker, db) = (TestBroker::create().await, TestDatabase::create().await);
+    // The default delay (10 minutes): the reminder cannot fire during the test.
+    let env = Env {
+        broker: &broker,
+        db: &db,
+        extra: &[],
+    };
+    let publisher = Example::start("publisher", "example_publisher", &env).await;
+    let consumer = Example::start("consumer", contracts::CONSUMER, &env).await;
+    let stateful = Example::start("stateful", contracts::STATEFUL, &env).await;
+
+    let client = reqwest::Client::new();
+    let ticket_id = open_ticket(&client, &publisher, "resolve me").await;
+    let timers = schema_pool(&db, contracts::STATEFUL).await;
+    let pending = |ticket_id: Uuid| {
+        let timers = &timers;
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM msgkit_timers WHERE name = 'remind' AND key = $1",
+            )
+            .bind(ticket_id.to_string())
+            .fetch_one(timers)
+            .await
+            .unwrap()
+        }
+    };
+    wait_until_async("the reminder to be set", DEADLINE, || async {
+        (pending(ticket_id).await == 1).then_some(())
+    })
+    .await;
+    let close = client
+        .post(format!("{}/tickets/{ticket_id}/close", publisher.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(close.status(), reqwest::StatusCode::ACCEPTED);
+    // publisher -> example.ticket.closed -> consumer -> example.ticket.resolved -> stateful
+    wait_until_async("the reminder to be cancelled", DEADLINE, || async {
+        (pending(ticket_id).await == 0).then_some(())
+    })
+    .await;
+    let reminded: i64 = sqlx::query_scalar("SELECT count(*) FROM reminders")
+        .fetch_one(&timers)
+        .await
+        .unwrap();
+    assert_eq!(reminded, 0);
+
+    publisher.stop().await;
+    consumer.stop().await;
+    stateful.stop().await;
+}
