@@ -24,6 +24,8 @@ test: ## Start the stack, run the quick chaos scenario, then every test in the w
 	scripts/phase.sh chaos cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
 	scripts/phase.sh cluster-test cargo run -q -p msgkit-cli --bin msgkit -- cluster-test
 	scripts/phase.sh check-deploy scripts/check-deploy.sh
+	@# docs/asyncapi.yaml is current with the code and accepted by the official AsyncAPI parser.
+	scripts/phase.sh asyncapi scripts/check-asyncapi.sh
 	@# The kit's documentation builds without broken links and its examples compile and run
 	@# (nextest does not run doc tests).
 	RUSTDOCFLAGS="-D warnings" scripts/phase.sh docs cargo doc -q -p msgkit --no-deps

@@ -3,14 +3,21 @@
 //! solution shares a contracts assembly, so a routing key or payload field has one definition.
 #![warn(missing_docs)]
 
+#[macro_use]
+mod catalogue;
+
+pub use catalogue::{EventDoc, PUBLISHERS, publishes};
+
 use chrono::{DateTime, Utc};
 use msgkit::{Topology, WorkQueue};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Event types: each name (also its routing key on the `events` exchange) bound to its payload
 /// type, in saga order. Routes, bindings and publishes name these constants, so a misspelt
-/// event or a payload of the wrong type does not compile.
+/// event or a payload of the wrong type does not compile. [`event_type::ALL`] lists them as
+/// data (name, doc comment, payload schema) for the AsyncAPI document.
 pub mod event_type {
     use msgkit::EventType;
 
@@ -20,61 +27,69 @@ pub mod event_type {
         RiskAlert, TransactionRecorded,
     };
 
-    /// An order was accepted over HTTP (order -> inventory).
-    pub const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
-    /// Stock was reserved for every line (inventory -> payment, order).
-    pub const INVENTORY_RESERVED: EventType<InventoryReserved> =
-        EventType::new("inventory.reserved");
-    /// Stock could not be reserved (inventory -> order).
-    pub const INVENTORY_REJECTED: EventType<OrderSetback> = EventType::new("inventory.rejected");
-    /// A reservation was released after a failed payment (inventory -> order).
-    pub const INVENTORY_RELEASED: EventType<OrderSetback> = EventType::new("inventory.released");
-    /// The charge was taken (payment -> order, risk). No payload event time: `occurred_at`
-    /// is optional for older messages, so the kit's event time is the outbox row's creation.
-    pub const PAYMENT_SUCCEEDED: EventType<PaymentSucceeded> = EventType::new("payment.succeeded");
-    /// The charge was declined (payment -> inventory, order, reconcile).
-    pub const PAYMENT_FAILED: EventType<PaymentFailed> = EventType::new("payment.failed");
-    /// The payment gateway called back about a charge or a decline, signed and verified by the
-    /// payment service (payment -> reconcile).
-    pub const PAYMENT_CALLBACK: EventType<PaymentCallback> = EventType::new("payment.callback");
-    /// Both sides of a payment agree (reconcile -> anyone auditing).
-    pub const RECONCILE_MATCHED: EventType<Reconciliation> = EventType::new("reconcile.matched");
-    /// A payment's sides disagree, or one is missing after the window (reconcile -> notify,
-    /// which tells operators).
-    pub const RECONCILE_MISMATCH: EventType<Reconciliation> = EventType::new("reconcile.mismatch");
-    /// A mismatch was resolved by a side arriving late (reconcile -> anyone auditing).
-    pub const RECONCILE_RESOLVED: EventType<Reconciliation> = EventType::new("reconcile.resolved");
-    /// The order is confirmed (order -> notify).
-    pub const ORDER_CONFIRMED: EventType<OrderConcluded> = EventType::new("order.confirmed");
-    /// The order is rejected: out of stock (order -> notify).
-    pub const ORDER_REJECTED: EventType<OrderConcluded> = EventType::new("order.rejected");
-    /// The order is cancelled: payment declined, or refunded after the customer cancelled it
-    /// (order -> notify).
-    pub const ORDER_CANCELLED: EventType<OrderConcluded> = EventType::new("order.cancelled");
-    /// The customer cancelled a confirmed order (`POST /orders/{id}/cancel`; order -> payment,
-    /// which refunds the charge).
-    pub const ORDER_CANCEL_REQUESTED: EventType<OrderCancelRequested> =
-        EventType::new("order.cancel_requested");
-    /// The charge of a cancelled order was refunded through the gateway (payment -> order,
-    /// which cancels it, and inventory, which puts the stock back; rebate reads it from the
-    /// archive and reverses the order's rebate).
-    pub const PAYMENT_REFUNDED: EventType<PaymentRefunded> = EventType::new("payment.refunded");
-    /// A user's transaction was recorded (risk's HTTP API -> risk's rule engine). Its event
-    /// time is when the transaction happened: the engine's windows are measured on it. Numbered
-    /// per user (the aggregate) so that the engine sees a user's transactions in the order
-    /// they were recorded: otherwise two posted back to back could be evaluated in reverse by
-    /// concurrent handlers, and the first, if minutes older, would count as late.
-    pub const TRANSACTION_RECORDED: EventType<TransactionRecorded> =
-        EventType::new("transaction.recorded")
-            .in_sequence("user")
-            .with_event_time(|t: &TransactionRecorded| t.occurred_at);
-    /// A risk rule matched a user's transactions (risk -> notify, which tells the user of the
-    /// high-severity ones).
-    pub const RISK_ALERT: EventType<RiskAlert> = EventType::new("risk.alert");
+    event_types! {
+        /// An order was accepted over HTTP (order -> inventory).
+        pub const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
+        /// Stock was reserved for every line (inventory -> payment, order).
+        pub const INVENTORY_RESERVED: EventType<InventoryReserved> =
+            EventType::new("inventory.reserved");
+        /// Stock could not be reserved (inventory -> order).
+        pub const INVENTORY_REJECTED: EventType<OrderSetback> =
+            EventType::new("inventory.rejected");
+        /// A reservation was released after a failed payment (inventory -> order).
+        pub const INVENTORY_RELEASED: EventType<OrderSetback> =
+            EventType::new("inventory.released");
+        /// The charge was taken (payment -> order, risk). No payload event time: `occurred_at`
+        /// is optional for older messages, so the kit's event time is the outbox row's creation.
+        pub const PAYMENT_SUCCEEDED: EventType<PaymentSucceeded> =
+            EventType::new("payment.succeeded");
+        /// The charge was declined (payment -> inventory, order, reconcile).
+        pub const PAYMENT_FAILED: EventType<PaymentFailed> = EventType::new("payment.failed");
+        /// The payment gateway called back about a charge or a decline, signed and verified by the
+        /// payment service (payment -> reconcile).
+        pub const PAYMENT_CALLBACK: EventType<PaymentCallback> = EventType::new("payment.callback");
+        /// Both sides of a payment agree (reconcile -> anyone auditing).
+        pub const RECONCILE_MATCHED: EventType<Reconciliation> =
+            EventType::new("reconcile.matched");
+        /// A payment's sides disagree, or one is missing after the window (reconcile -> notify,
+        /// which tells operators).
+        pub const RECONCILE_MISMATCH: EventType<Reconciliation> =
+            EventType::new("reconcile.mismatch");
+        /// A mismatch was resolved by a side arriving late (reconcile -> anyone auditing).
+        pub const RECONCILE_RESOLVED: EventType<Reconciliation> =
+            EventType::new("reconcile.resolved");
+        /// The order is confirmed (order -> notify).
+        pub const ORDER_CONFIRMED: EventType<OrderConcluded> = EventType::new("order.confirmed");
+        /// The order is rejected: out of stock (order -> notify).
+        pub const ORDER_REJECTED: EventType<OrderConcluded> = EventType::new("order.rejected");
+        /// The order is cancelled: payment declined, or refunded after the customer cancelled it
+        /// (order -> notify).
+        pub const ORDER_CANCELLED: EventType<OrderConcluded> = EventType::new("order.cancelled");
+        /// The customer cancelled a confirmed order (`POST /orders/{id}/cancel`; order -> payment,
+        /// which refunds the charge).
+        pub const ORDER_CANCEL_REQUESTED: EventType<OrderCancelRequested> =
+            EventType::new("order.cancel_requested");
+        /// The charge of a cancelled order was refunded through the gateway (payment -> order,
+        /// which cancels it, and inventory, which puts the stock back; rebate reads it from the
+        /// archive and reverses the order's rebate).
+        pub const PAYMENT_REFUNDED: EventType<PaymentRefunded> = EventType::new("payment.refunded");
+        /// A user's transaction was recorded (risk's HTTP API -> risk's rule engine). Its event
+        /// time is when the transaction happened: the engine's windows are measured on it. Numbered
+        /// per user (the aggregate) so that the engine sees a user's transactions in the order
+        /// they were recorded: otherwise two posted back to back could be evaluated in reverse by
+        /// concurrent handlers, and the first, if minutes older, would count as late.
+        pub const TRANSACTION_RECORDED: EventType<TransactionRecorded> =
+            EventType::new("transaction.recorded")
+                .in_sequence("user")
+                .with_event_time(|t: &TransactionRecorded| t.occurred_at);
+        /// A risk rule matched a user's transactions (risk -> notify, which tells the user of the
+        /// high-severity ones).
+        pub const RISK_ALERT: EventType<RiskAlert> = EventType::new("risk.alert");
+    }
 }
 
 /// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderLine {
     /// Stock keeping unit.
     pub sku: String,
@@ -83,7 +98,7 @@ pub struct OrderLine {
 }
 
 /// Payload of `order.placed`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     /// The order (also the message's `correlation_id`).
     pub order_id: Uuid,
@@ -100,7 +115,7 @@ pub struct OrderPlaced {
 }
 
 /// Payload of `inventory.reserved`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InventoryReserved {
     /// The order.
     pub order_id: Uuid,
@@ -114,7 +129,7 @@ pub struct InventoryReserved {
 }
 
 /// Payload of `inventory.rejected` and `inventory.released`: an order and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderSetback {
     /// The order.
     pub order_id: Uuid,
@@ -123,7 +138,7 @@ pub struct OrderSetback {
 }
 
 /// Payload of `payment.failed`: an order, why, and what the declined charge was for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentFailed {
     /// The order.
     pub order_id: Uuid,
@@ -136,7 +151,7 @@ pub struct PaymentFailed {
 }
 
 /// What the gateway says happened to a charge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GatewayOutcome {
     /// The charge was taken (our side: `payment.succeeded`).
@@ -147,7 +162,7 @@ pub enum GatewayOutcome {
 
 /// Payload of `payment.callback`: a gateway callback as the payment service received and
 /// verified it. The gateway may send one callback twice: `callback_id` is the same then.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentCallback {
     /// The gateway's id of this callback (the same on a duplicate).
     pub callback_id: String,
@@ -168,7 +183,7 @@ pub struct PaymentCallback {
 }
 
 /// Payload of `reconcile.matched`, `reconcile.mismatch` and `reconcile.resolved`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reconciliation {
     /// The order.
     pub order_id: Uuid,
@@ -186,7 +201,7 @@ pub struct Reconciliation {
 }
 
 /// Payload of `payment.succeeded`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentSucceeded {
     /// The order.
     pub order_id: Uuid,
@@ -209,7 +224,7 @@ pub struct PaymentSucceeded {
 }
 
 /// Payload of `order.confirmed`, `order.rejected` and `order.cancelled`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConcluded {
     /// The order.
     pub order_id: Uuid,
@@ -223,7 +238,7 @@ pub struct OrderConcluded {
 }
 
 /// Payload of `order.cancel_requested`: a customer cancelled a confirmed order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelRequested {
     /// The order.
     pub order_id: Uuid,
@@ -237,7 +252,7 @@ pub struct OrderCancelRequested {
 }
 
 /// Payload of `payment.refunded`: the gateway refunded an order's charge in full.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefunded {
     /// The order.
     pub order_id: Uuid,
@@ -254,7 +269,7 @@ pub struct PaymentRefunded {
 }
 
 /// Payload of `transaction.recorded`: one transaction of a user, as an app records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TransactionRecorded {
     /// Unique per transaction: a repeated id is the same transaction.
     pub transaction_id: String,
@@ -271,7 +286,7 @@ pub struct TransactionRecorded {
 }
 
 /// Payload of `risk.alert`: a rule version matched some of a user's transactions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RiskAlert {
     /// The stored alert's id.
     pub alert_id: Uuid,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use msgkit::Shutdown;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
-use msgkit::testing::{TestBroker, TestDatabase, service_settings, wait_until_async};
+use msgkit::testing::{Probe, TestBroker, TestDatabase, service_settings, wait_until_async};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -240,6 +240,82 @@ impl Saga {
             },
         )
         .await
+    }
+
+    /// Start seeing every event published on the test's vhost: call it before placing orders,
+    /// and hand it to [`Saga::assert_published_as_declared`] once the saga has settled.
+    pub async fn watch_events(&self) -> Probe {
+        self.broker.probe("events", "#").await
+    }
+
+    /// Every event the services published (every row of their outboxes, all published first)
+    /// was seen on `events` with the `app_id` of the service whose outbox it left, and every
+    /// (app_id, type) pair is declared in `contracts::PUBLISHERS`, the table `msgkit asyncapi`
+    /// describes the publishers from. Returns the pairs seen, for a test to say what it covered.
+    pub async fn assert_published_as_declared(
+        &self,
+        events: &mut Probe,
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let outboxes = [
+            ("order", &self.orders),
+            ("inventory", &self.inventory),
+            ("payment", &self.payment),
+            ("notify", &self.notify),
+        ];
+        let mut rows = std::collections::HashMap::new();
+        for (service, pool) in outboxes {
+            wait_until_async(
+                &format!("every row of {service}'s outbox published"),
+                DEADLINE,
+                || async {
+                    let unpublished: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM msgkit_outbox WHERE published_at IS NULL",
+                    )
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                    (unpublished == 0).then_some(())
+                },
+            )
+            .await;
+            let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM msgkit_outbox")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            rows.extend(ids.into_iter().map(|id| (id, service)));
+        }
+        let seen = events
+            .collect_until("every outbox row on the events exchange", DEADLINE, |got| {
+                let ids: std::collections::HashSet<&str> = got
+                    .iter()
+                    .filter_map(|d| d.properties.message_id().as_ref().map(|id| id.as_str()))
+                    .collect();
+                rows.keys().all(|id| ids.contains(id.as_str()))
+            })
+            .await;
+        let mut pairs = std::collections::BTreeSet::new();
+        for delivery in &seen {
+            let properties = &delivery.properties;
+            let text = |value: &Option<lapin::types::ShortString>| {
+                value
+                    .as_ref()
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            let id = text(properties.message_id());
+            let Some(service) = rows.get(&id) else {
+                continue; // published by the test itself, not by a service
+            };
+            let (app_id, kind) = (text(properties.app_id()), text(properties.kind()));
+            assert_eq!(app_id, *service, "{kind} {id} left {service}'s outbox");
+            assert!(
+                contracts::publishes(&app_id, &kind),
+                "{app_id} published {kind}, which contracts::PUBLISHERS does not declare \
+                 (add it there, then regenerate docs/asyncapi.yaml)"
+            );
+            pairs.insert((app_id, kind));
+        }
+        pairs
     }
 
     /// Stop every service and wait until each has finished what it had in flight (a test that

@@ -1,7 +1,8 @@
 //! Rebate balances against the saga that earns them, every service running with the event
 //! archive on: orders of a few customers, a third cancelled by their customer after
 //! confirmation (refunded), and every balance equal to a sum computed independently from the
-//! orders and payments tables; then a rebuild of the projection equal to it row for row.
+//! orders and payments tables; then a rebuild of the projection equal to it row for row. Every
+//! event published on the way is one the contract declares for its publisher.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use msgkit::Shutdown;
@@ -58,6 +59,7 @@ async fn every_balance_equals_the_sum_computed_from_the_orders_with_cancellation
         ("PROJECTION_HEARTBEAT_MS", "200"),
     ])
     .await;
+    let mut events = saga.watch_events().await;
     let rebate_service = rebate::startup::build(saga.settings_for("rebate", "rebate"))
         .await
         .unwrap();
@@ -146,6 +148,16 @@ async fn every_balance_equals_the_sum_computed_from_the_orders_with_cancellation
         );
     }
     assert_eq!(balances(&rebate).await, got);
+    let published = saga.assert_published_as_declared(&mut events).await;
+    for pair in [
+        ("order", "order.cancel_requested"),
+        ("payment", "payment.refunded"),
+    ] {
+        assert!(
+            published.contains(&(pair.0.to_owned(), pair.1.to_owned())),
+            "{published:?}"
+        );
+    }
 
     stop.trigger();
     running.await.unwrap().unwrap();

@@ -40,6 +40,7 @@ async fn a_payable_order_in_stock_is_confirmed_with_stock_taken_once_and_one_not
 #[tokio::test]
 async fn an_order_out_of_stock_is_rejected_without_a_charge() {
     let saga = Saga::start(&[]).await;
+    let mut events = saga.watch_events().await;
     let before = saga.stock("SKU-1").await;
     let order_id = saga
         .place_order("c-2", &[("SKU-1", 1), ("SKU-GONE", 1)])
@@ -55,12 +56,15 @@ async fn an_order_out_of_stock_is_rejected_without_a_charge() {
     assert_eq!(saga.stock("SKU-1").await, before, "nothing reserved");
     assert!(saga.charges(&order_id).await.is_empty(), "no charge");
     assert_eq!(saga.wait_notifications(&order_id, 1).await, ["rejected"]);
+    let published = saga.assert_published_as_declared(&mut events).await;
+    assert!(published.contains(&("inventory".into(), "inventory.rejected".into())));
     saga.stop().await;
 }
 
 #[tokio::test]
 async fn a_declined_payment_cancels_the_order_and_restores_the_stock_exactly() {
     let saga = Saga::start(&[]).await;
+    let mut events = saga.watch_events().await;
     let before = saga.stock("SKU-LUX").await;
     let order_id = saga.place_order("c-3", &[("SKU-LUX", 1)]).await;
 
@@ -89,6 +93,8 @@ async fn a_declined_payment_cancels_the_order_and_restores_the_stock_exactly() {
         },
     )
     .await;
+    let published = saga.assert_published_as_declared(&mut events).await;
+    assert!(published.contains(&("payment".into(), "payment.failed".into())));
     saga.stop().await;
 }
 

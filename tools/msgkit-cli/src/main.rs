@@ -5,9 +5,11 @@
 //! `http://127.0.0.1:15672`) with the AMQP credentials unless `RABBITMQ_MANAGEMENT_USER` /
 //! `RABBITMQ_MANAGEMENT_PASSWORD` are set.
 //!
-//! Exit codes: 0 done, 1 a chaos run found violations, and (sysexits) 64 bad usage or filter,
-//! 66 no such queue, message or scenario, 69 broker unreachable, 70 anything else.
+//! Exit codes: 0 done, 1 a chaos run found violations or a generated file is outdated, and
+//! (sysexits) 64 bad usage or filter, 66 no such queue, message or scenario, 69 broker
+//! unreachable, 70 anything else.
 
+mod asyncapi;
 mod bench;
 mod broker;
 mod chaos;
@@ -69,6 +71,10 @@ enum Command {
     /// alerts by default, `--service rebate` for balances), signed with <SERVICE>_TOKEN_SECRET
     /// (else TOKEN_SECRET) from the environment.
     Token(token::TokenArgs),
+    /// Write the AsyncAPI 3.0 document of the example services' events (channels, send and
+    /// receive operations, payload schemas) from the contracts crate, or `--check` a committed
+    /// copy (exit 1 when it differs).
+    Asyncapi(asyncapi::AsyncApiArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -86,6 +92,9 @@ pub enum CliError {
     /// A chaos run broke invariants (listed in its report).
     #[error("{0} invariant violation(s)")]
     Violations(usize),
+    /// A generated file is not what the code generates now (`asyncapi --check`).
+    #[error("{0}")]
+    Outdated(String),
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -94,7 +103,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            Self::Violations(_) => 1,
+            Self::Violations(_) | Self::Outdated(_) => 1,
             Self::Usage(_) => 64,
             Self::NotFound(_) => 66,
             Self::Unavailable(_) => 69,
@@ -133,6 +142,7 @@ async fn main() -> ExitCode {
             Command::Timers(args) => timers::run(args, cli.json).await,
             Command::Projection(args) => projection::run(args, &broker, cli.json).await,
             Command::Token(args) => token::run(args),
+            Command::Asyncapi(args) => asyncapi::run(args),
         },
         Err(error) => Err(error),
     };

@@ -237,13 +237,19 @@ impl TestApp {
         metric_value(&exposition, name, labels)
     }
 
-    /// The next `payment.callback` published, decoded.
+    /// The next `payment.callback` published, decoded. It comes from payment, as the contract
+    /// declares (`contracts::PUBLISHERS`, which the AsyncAPI document describes).
     pub async fn next_published(&mut self) -> Value {
         let delivery = self
             .published
             .next(DEADLINE)
             .await
             .expect("a payment.callback published");
+        let app_id = delivery.properties.app_id().as_ref().map(|a| a.as_str());
+        assert!(
+            contracts::publishes(app_id.unwrap_or_default(), "payment.callback"),
+            "payment.callback from {app_id:?} is not declared in contracts::PUBLISHERS"
+        );
         serde_json::from_slice(&delivery.data).unwrap()
     }
 }

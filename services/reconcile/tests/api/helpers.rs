@@ -244,7 +244,9 @@ impl TestApp {
         metric_value(&exposition, name, labels)
     }
 
-    /// The event types and orders published so far, once `count` have been.
+    /// The event types and orders published so far, once `count` have been. Each is one the
+    /// contract declares for reconcile (`contracts::PUBLISHERS`, which the AsyncAPI document
+    /// describes).
     pub async fn published(&mut self, count: usize) -> Vec<(String, Uuid, String)> {
         let got = self
             .events
@@ -254,6 +256,13 @@ impl TestApp {
             .await;
         got.iter()
             .map(|delivery| {
+                let app_id = delivery.properties.app_id().as_ref().map(|a| a.as_str());
+                assert_eq!(app_id, Some(NAME));
+                assert!(
+                    contracts::publishes(NAME, delivery.routing_key.as_str()),
+                    "{} is not declared for {NAME} in contracts::PUBLISHERS",
+                    delivery.routing_key
+                );
                 let payload: contracts::Reconciliation =
                     serde_json::from_slice(&delivery.data).unwrap();
                 (
