@@ -2,7 +2,7 @@
 //! shared/src/key_order.rs, the trace context and the CloudEvents attributes).
 
 use msgkit::key_order::{KEY_SEQ_HEADER, KEY_SEQUENCE_HEADER};
-use msgkit::message::{ATTEMPT_HEADER, CREATED_AT_HEADER};
+use msgkit::message::{ATTEMPT_HEADER, CREATED_AT_HEADER, cloud_events};
 use serde_json::{Map, Value, json};
 
 /// The headers of an event of type `event_type`, numbered in `sequence` when it has one.
@@ -38,7 +38,7 @@ pub fn schema(event_type: &str, sequence: Option<&str>) -> Value {
         json!({ "type": "string", "description": "W3C trace state, when the trace has one." }),
     );
     for (name, schema) in cloud_events(event_type) {
-        property(&name, schema);
+        property(name, schema);
     }
     let mut required = vec![ATTEMPT_HEADER, CREATED_AT_HEADER];
     if let Some(sequence) = sequence {
@@ -75,23 +75,31 @@ pub fn schema(event_type: &str, sequence: Option<&str>) -> Value {
 
 /// The CloudEvents attributes in the AMQP binding's `cloudEvents_` form, mapped from the
 /// message's own properties (optional: messages written before they existed lack them).
-fn cloud_events(event_type: &str) -> Vec<(String, Value)> {
-    let attribute = |name: &str| format!("cloudEvents_{name}");
+fn cloud_events(event_type: &str) -> Vec<(&'static str, Value)> {
     vec![
         (
-            attribute("specversion"),
-            json!({ "type": "string", "const": "1.0", "description": "CloudEvents version." }),
+            cloud_events::SPECVERSION,
+            json!({
+                "type": "string",
+                "const": cloud_events::VERSION,
+                "description": "CloudEvents version.",
+            }),
         ),
         (
-            attribute("id"),
+            cloud_events::ID,
             json!({ "type": "string", "description": "The AMQP message_id." }),
         ),
         (
-            attribute("source"),
-            json!({ "type": "string", "description": "The publishing service (AMQP app_id)." }),
+            cloud_events::SOURCE,
+            json!({
+                "type": "string",
+                "format": "uri",
+                "pattern": "^urn:msgkit:service:",
+                "description": "The publishing service: urn:msgkit:service:<AMQP app_id>.",
+            }),
         ),
         (
-            attribute("type"),
+            cloud_events::TYPE,
             json!({
                 "type": "string",
                 "const": event_type,
@@ -99,15 +107,16 @@ fn cloud_events(event_type: &str) -> Vec<(String, Value)> {
             }),
         ),
         (
-            attribute("time"),
+            cloud_events::TIME,
             json!({
                 "type": "string",
                 "format": "date-time",
-                "description": "When the event was written to its outbox (RFC 3339).",
+                "description": "When the event was written to its outbox (RFC 3339, UTC, \
+                    milliseconds).",
             }),
         ),
         (
-            attribute("subject"),
+            cloud_events::SUBJECT,
             json!({
                 "type": "string",
                 "description": "The aggregate the event is about (AMQP correlation_id).",
