@@ -12,23 +12,27 @@ use msgkit::testing::wait_until_async;
 use super::scratch_node::ScratchNode;
 use crate::chaos::faults::alarm::{AlarmKind, BrokerNode, raise_alarm};
 
-/// The management API refreshes node statistics every 5 s.
+/// The scratch node refreshes its statistics every second (5 s by default); a deadline with room.
 const STATS: Duration = Duration::from_secs(30);
 
+/// Both alarms and the dropped guard on one scratch node, one after the other: a node's boot
+/// is most of the time here, and three nodes booting at once slow every other test of the run.
 #[tokio::test]
-async fn a_memory_alarm_blocks_confirmed_publishes_until_it_is_restored() {
-    alarm_blocks_publishes_until_restored(AlarmKind::Memory, 1, &["0.4"]).await;
-}
-
-#[tokio::test]
-async fn a_disk_alarm_blocks_confirmed_publishes_until_it_is_restored() {
-    // RabbitMQ's default disk_free_limit is 50 MB.
-    alarm_blocks_publishes_until_restored(AlarmKind::Disk, 2, &["50000000"]).await;
-}
-
-async fn alarm_blocks_publishes_until_restored(kind: AlarmKind, index: u16, default: &[&str]) {
-    let node = ScratchNode::start(index).await;
+async fn each_alarm_blocks_confirmed_publishes_until_restored_and_a_dropped_guard_restores_too() {
+    let node = ScratchNode::start(1).await;
     let target = BrokerNode::local(&node.name, node.management_port);
+    alarm_blocks_publishes_until_restored(&node, &target, AlarmKind::Memory, &["0.4"]).await;
+    // RabbitMQ's default disk_free_limit is 50 MB.
+    alarm_blocks_publishes_until_restored(&node, &target, AlarmKind::Disk, &["50000000"]).await;
+    a_dropped_guard_still_restores_the_setting(&target).await;
+}
+
+async fn alarm_blocks_publishes_until_restored(
+    node: &ScratchNode,
+    target: &BrokerNode,
+    kind: AlarmKind,
+    default: &[&str],
+) {
     let connection = Connection::connect(&node.amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -51,7 +55,7 @@ async fn alarm_blocks_publishes_until_restored(kind: AlarmKind, index: u16, defa
     })
     .await;
 
-    let guard = raise_alarm(&target, kind).await.unwrap();
+    let guard = raise_alarm(target, kind).await.unwrap();
     assert_eq!(guard.previous_setting(), default, "the node's own setting");
     assert_eq!(target.alarm_shown(kind).await.unwrap(), Some(true));
     let confirm = channel
@@ -98,11 +102,8 @@ async fn alarm_blocks_publishes_until_restored(kind: AlarmKind, index: u16, defa
     .await;
 }
 
-#[tokio::test]
-async fn a_dropped_guard_still_restores_the_setting() {
-    let node = ScratchNode::start(3).await;
-    let target = BrokerNode::local(&node.name, node.management_port);
-    let guard = raise_alarm(&target, AlarmKind::Memory).await.unwrap();
+async fn a_dropped_guard_still_restores_the_setting(target: &BrokerNode) {
+    let guard = raise_alarm(target, AlarmKind::Memory).await.unwrap();
     // As on an error path: the guard goes out of scope without restore().
     drop(guard);
     let cleared = crate::chaos::faults::wait_for(
