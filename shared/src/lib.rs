@@ -86,6 +86,8 @@
 //! - [`outbox`], [`consume`], [`state`], [`timer`]: the outbox and its relay, the consumer
 //!   runtime with its inbox, a consumer's keyed state and durable timers;
 //! - [`replay`]: the headers of a dead letter sent back to its work queue;
+//! - `asyncapi` (feature `asyncapi`): the AsyncAPI document of a contracts crate, built from
+//!   its event types, topology and publishers;
 //! - [`service`], [`config`], [`shutdown`], [`backoff`], [`clock`]: running a service, its
 //!   settings, the cancellation every background task hangs off, retry schedules, and the
 //!   clock tests move.
@@ -93,6 +95,8 @@
 // Small functions, one job each (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+#[cfg(feature = "asyncapi")]
+pub mod asyncapi;
 pub mod auth;
 pub mod backoff;
 pub mod bindings;

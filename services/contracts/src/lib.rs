@@ -3,10 +3,9 @@
 //! solution shares a contracts assembly, so a routing key or payload field has one definition.
 #![warn(missing_docs)]
 
-#[macro_use]
 mod catalogue;
 
-pub use catalogue::{EventDoc, PUBLISHERS, publishes};
+pub use catalogue::{PUBLISHERS, publishes};
 
 use chrono::{DateTime, Utc};
 use msgkit::{Topology, WorkQueue};
@@ -27,7 +26,7 @@ pub mod event_type {
         RiskAlert, TransactionRecorded,
     };
 
-    event_types! {
+    msgkit::event_types! {
         /// An order was accepted over HTTP (order -> inventory).
         pub const ORDER_PLACED: EventType<OrderPlaced> = EventType::new("order.placed");
         /// Stock was reserved for every line (inventory -> payment, order).

@@ -32,7 +32,10 @@ fn rendering_twice_gives_the_same_text() {
 }
 
 fn operations() -> serde_json::Map<String, Value> {
-    document()["operations"].as_object().unwrap().clone()
+    document(&contracts::topology()).to_value().unwrap()["operations"]
+        .as_object()
+        .unwrap()
+        .clone()
 }
 
 /// A binding with a wildcard (`inventory.*` on the order queue) is one receive operation per
@@ -66,7 +69,7 @@ fn receive_operations_are_the_topologys_bindings_expanded_to_event_types() {
                     queue
                         .bindings()
                         .iter()
-                        .any(|pattern| msgkit::bindings::topic_matches(pattern, event.name))
+                        .any(|pattern| msgkit::bindings::topic_matches(pattern, event.name()))
                 })
                 .count()
         })
@@ -113,7 +116,7 @@ fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
 /// the document's own servers, channels and messages, and resolves.
 #[test]
 fn every_reference_resolves_inside_the_document() {
-    let document = document();
+    let document = document(&contracts::topology()).to_value().unwrap();
     let mut found = Vec::new();
     refs(&document, &mut found);
     assert!(found.len() > 50, "{}", found.len());
@@ -130,7 +133,7 @@ fn every_reference_resolves_inside_the_document() {
 
 #[test]
 fn messages_declare_draft_07_schemas_and_the_kits_headers() {
-    let document = document();
+    let document = document(&contracts::topology()).to_value().unwrap();
     let message = &document["components"]["messages"]["transaction.recorded"];
     for part in ["headers", "payload"] {
         assert_eq!(

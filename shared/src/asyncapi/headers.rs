@@ -1,12 +1,14 @@
-//! The JSON Schema of the AMQP headers the kit puts on every event (shared/src/message.rs,
-//! shared/src/key_order.rs, the trace context and the CloudEvents attributes).
+//! The JSON Schema of the AMQP headers the kit puts on every event: the message contract of
+//! [`crate::message`] (attempt, creation time, CloudEvents attributes), the trace context and
+//! [`crate::key_order`]'s sequence numbers. It is the kit's, not a contracts crate's: every
+//! document describes the same headers.
 
-use msgkit::key_order::{KEY_SEQ_HEADER, KEY_SEQUENCE_HEADER};
-use msgkit::message::{ATTEMPT_HEADER, CREATED_AT_HEADER, cloud_events};
+use crate::key_order::{KEY_SEQ_HEADER, KEY_SEQUENCE_HEADER};
+use crate::message::{ATTEMPT_HEADER, CREATED_AT_HEADER, cloud_events};
 use serde_json::{Map, Value, json};
 
 /// The headers of an event of type `event_type`, numbered in `sequence` when it has one.
-pub fn schema(event_type: &str, sequence: Option<&str>) -> Value {
+pub(super) fn schema(event_type: &str, sequence: Option<&str>) -> Value {
     let mut properties = Map::new();
     let mut property = |name: &str, schema: Value| properties.insert(name.to_owned(), schema);
     property(
