@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Check docs/asyncapi.yaml: (1) it is the document the code generates now (`msgkit asyncapi
-# --check`, which names the command that regenerates it), and (2) the official AsyncAPI parser
-# (npm @asyncapi/parser, pinned by scripts/asyncapi/package-lock.json) accepts it with no
+# Check docs/asyncapi.yaml (the demo's contracts) and shared/examples/asyncapi.yaml (the guide's
+# examples' contracts, both written by msgkit::asyncapi): (1) each is the document the code
+# generates now (`msgkit asyncapi --check`; the examples' test, shared/tests/asyncapi.rs), each
+# naming the command that regenerates it, and (2) the official AsyncAPI parser (npm
+# @asyncapi/parser, pinned by scripts/asyncapi/package-lock.json) accepts each with no
 # diagnostic of error severity. Two deliberately broken copies (an operation on a channel that
 # does not exist; a payload schema that is not draft-07) must be rejected, for the reason
 # expected: proof that the validation can fail. Prints one line per check, exits non-zero if
@@ -19,6 +21,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 DOCUMENT=docs/asyncapi.yaml
+EXAMPLES=shared/examples/asyncapi.yaml
 LOCK=scripts/asyncapi/package-lock.json
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/msgkit-check-asyncapi.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -36,6 +39,12 @@ if cargo run -q -p msgkit-cli --bin msgkit -- asyncapi --check "$DOCUMENT" 2>"$W
 else
     cat "$WORK/check.err"
     fail "$DOCUMENT differs from the code (regenerate it with the command above)"
+fi
+if cargo test -q -p msgkit --test asyncapi >"$WORK/examples.out" 2>&1; then
+    ok "$EXAMPLES is the document the examples' contracts generate"
+else
+    cat "$WORK/examples.out"
+    fail "$EXAMPLES differs from the examples' contracts (regenerate it with the command above)"
 fi
 
 # 2. The official parser, installed once per lock file.
@@ -61,13 +70,15 @@ fi
 
 validate() { node scripts/asyncapi/validate.mjs "$MODULES" "$1"; }
 
-if validate "$DOCUMENT" >"$WORK/valid.out" 2>&1; then
-    grep -v '^.*: information ' "$WORK/valid.out" || true
-    ok "$DOCUMENT is accepted by the official parser"
-else
-    cat "$WORK/valid.out"
-    fail "$DOCUMENT is rejected by the official parser"
-fi
+for document in "$DOCUMENT" "$EXAMPLES"; do
+    if validate "$document" >"$WORK/valid.out" 2>&1; then
+        grep -v '^.*: information ' "$WORK/valid.out" || true
+        ok "$document is accepted by the official parser"
+    else
+        cat "$WORK/valid.out"
+        fail "$document is rejected by the official parser"
+    fi
+done
 
 # 3. Negative controls: each broken copy must be rejected with the diagnostic it was made for.
 # Pass a copy, the sed expression that breaks it, and a fixed string the rejection must print.

@@ -21,8 +21,6 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const NAME: &str = "example_publisher";
-
 #[derive(Deserialize)]
 struct OpenTicket {
     title: String,
@@ -123,5 +121,5 @@ async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
 
 #[tokio::main]
 async fn main() -> Result<(), ServiceError> {
-    msgkit::service::run(NAME, 8091, NAME, build).await
+    msgkit::service::run(contracts::PUBLISHER, 8091, contracts::PUBLISHER, build).await
 }
