@@ -86,6 +86,8 @@
 //! - [`outbox`], [`consume`], [`state`], [`timer`]: the outbox and its relay, the consumer
 //!   runtime with its inbox, a consumer's keyed state and durable timers;
 //! - [`replay`]: the headers of a dead letter sent back to its work queue;
+//! - [`admission`]: shedding an API's new work with 503 + `Retry-After` while the work it
+//!   accepted is too far behind;
 //! - [`service`], [`config`], [`shutdown`], [`backoff`], [`clock`]: running a service, its
 //!   settings, the cancellation every background task hangs off, retry schedules, and the
 //!   clock tests move.
@@ -93,6 +95,7 @@
 // Small functions, one job each (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod bindings;
