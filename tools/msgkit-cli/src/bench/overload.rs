@@ -16,6 +16,9 @@ use crate::CliError;
 /// this old (ORDER_ADMISSION_MAX_PENDING_AGE_MS), which bounds an accepted order's wait.
 pub const MAX_PENDING_AGE_MS: u64 = 1_000;
 
+/// The bound an accepted order's accepted-to-notified p99 must stay under (issue 20).
+pub const P99_BOUND_MS: f64 = 2_000.0;
+
 /// How long accepted orders get to finish after the last request before they count as lost.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -47,7 +50,8 @@ impl OverloadStep {
              service sheds once the oldest pending order is {} ms old.\n\n\
              | offered | accepted | shed (503) | errors | Retry-After p50 s | accepted-to-notified p50 ms | p99 ms | max ms | lost |\n\
              | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
-             | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+             | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n\n\
+             Accepted-to-notified p99 under {:.0} ms: {}; nothing lost: {}.\n",
             self.offered_per_sec,
             self.seconds,
             MAX_PENDING_AGE_MS,
@@ -60,8 +64,15 @@ impl OverloadStep {
             self.accepted_to_notified.p99_ms,
             self.accepted_to_notified.max_ms,
             self.lost,
+            P99_BOUND_MS,
+            met(self.accepted_to_notified.p99_ms < P99_BOUND_MS),
+            met(self.lost == 0),
         )
     }
+}
+
+fn met(holds: bool) -> &'static str {
+    if holds { "met" } else { "**NOT met**" }
 }
 
 /// One request's answer.
@@ -211,4 +222,40 @@ async fn accepted_to_notified(
         .collect();
     latencies.sort_by(f64::total_cmp);
     Ok(latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(p99_ms: f64, lost: usize) -> OverloadStep {
+        OverloadStep {
+            offered_per_sec: 600.0,
+            seconds: 10,
+            offered: 6000,
+            accepted: 3000,
+            shed: 3000,
+            errors: 0,
+            retry_after_p50_secs: 1.0,
+            accepted_to_notified: Latency {
+                count: 3000,
+                p50_ms: 500.0,
+                p99_ms,
+                max_ms: p99_ms,
+            },
+            lost,
+        }
+    }
+
+    #[test]
+    fn the_report_says_whether_the_latency_bound_held_and_nothing_was_lost() {
+        let fine = step(1_500.0, 0).markdown();
+        assert!(fine.contains("| 6000 | 3000 | 3000 | 0 |"), "{fine}");
+        assert!(fine.contains("2000 ms: met; nothing lost: met"), "{fine}");
+        let bad = step(2_500.0, 3).markdown();
+        assert!(
+            bad.contains("2000 ms: **NOT met**; nothing lost: **NOT met**"),
+            "{bad}"
+        );
+    }
 }
