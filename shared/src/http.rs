@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 pub struct Problem {
     status: StatusCode,
     body: Map<String, Value>,
-    retry_after: bool,
+    /// `Retry-After` in whole seconds, when retrying can help.
+    retry_after: Option<u64>,
     authenticate: Option<&'static str>,
 }
 
@@ -28,7 +29,7 @@ impl Problem {
         Self {
             status,
             body,
-            retry_after: status == StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
             authenticate: None,
         }
     }
@@ -89,7 +90,13 @@ impl Problem {
 
     /// No `Retry-After` on this 503: retrying does not help (a setting is missing).
     pub fn not_retryable(mut self) -> Self {
-        self.retry_after = false;
+        self.retry_after = None;
+        self
+    }
+
+    /// `Retry-After: <seconds>` (at least 1), e.g. an estimate of when a backlog has drained.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
         self
     }
 
@@ -103,8 +110,8 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(Value::Object(self.body))).into_response();
         let headers = response.headers_mut();
-        if self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(challenge) = self.authenticate {
             headers.insert(

@@ -88,6 +88,8 @@
 //! - [`replay`]: the headers of a dead letter sent back to its work queue;
 //! - `asyncapi` (feature `asyncapi`): the AsyncAPI document of a contracts crate, built from
 //!   its event types, topology and publishers;
+//! - [`admission`]: shedding an API's new work with 503 + `Retry-After` while the work it
+//!   accepted is too far behind;
 //! - [`service`], [`config`], [`shutdown`], [`backoff`], [`clock`]: running a service, its
 //!   settings, the cancellation every background task hangs off, retry schedules, and the
 //!   clock tests move.
@@ -95,6 +97,7 @@
 // Small functions, one job each (threshold in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+pub mod admission;
 #[cfg(feature = "asyncapi")]
 pub mod asyncapi;
 pub mod auth;

@@ -1,5 +1,6 @@
 //! The operational endpoints every service serves: `/healthz` (the process answers),
-//! `/readyz` (database and broker usable; 503 with the reasons when not) and `/metrics`
+//! `/readyz` (database and broker usable; 503 with the reasons when not; whether the API
+//! sheds new work, and why, without changing the status) and `/metrics`
 //! (Prometheus text format).
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::admission::Admission;
 use crate::consume::ConsumerStats;
 use crate::metrics::Metrics;
 use crate::outbox::RelayStats;
@@ -34,6 +36,8 @@ pub struct OpsState {
     /// The service's own metrics, served after the kit's.
     own: Vec<Arc<Registry>>,
     projections: Vec<Arc<ProjectionStats>>,
+    /// The API's admission guard, whose decision `/readyz` reports.
+    admission: Option<Admission>,
 }
 
 impl OpsState {
@@ -48,6 +52,7 @@ impl OpsState {
             consumer_names: Vec::new(),
             own: Vec::new(),
             projections: Vec::new(),
+            admission: None,
         }
     }
 
@@ -55,6 +60,17 @@ impl OpsState {
     pub(crate) fn with_projection(mut self, stats: Arc<ProjectionStats>) -> Self {
         self.projections.push(stats);
         self
+    }
+
+    /// Report `admission`'s decision in `/readyz`.
+    pub(crate) fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Whether an admission guard is reported already.
+    pub(crate) fn has_admission(&self) -> bool {
+        self.admission.is_some()
     }
 
     /// Serve the service's own `registry` too.
@@ -130,10 +146,14 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let ready = reasons.is_empty();
-    (
-        status,
-        Json(json!({"status": if ready { "ready" } else { "not ready" }, "reasons": reasons})),
-    )
+    let mut body = json!({"status": if ready { "ready" } else { "not ready" }, "reasons": reasons});
+    // Shedding does not make the replica unready: every replica reads the same backlog, so a
+    // 503 here would take all of them out of the load balancer at once and turn the API's
+    // 503 + Retry-After into connection errors, for reads too (docs/architecture.md).
+    if let Some(admission) = &state.admission {
+        body["admission"] = admission.status();
+    }
+    (status, Json(body))
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {

@@ -41,6 +41,10 @@ pub enum ApiError {
     /// retried (with the same Idempotency-Key).
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
+    /// Too many accepted orders are not yet final: new ones are shed (503 + `Retry-After`,
+    /// the reason in the body) until the backlog drains.
+    #[error("too many orders are not yet final; retry later")]
+    Overloaded(msgkit::admission::Overloaded),
     /// Something on our side failed; details are logged, not returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -97,6 +101,8 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(error) => Problem::database(error),
             Self::Internal(error) => Problem::internal(error.as_ref()),
+            // The kit's answer as it is: its reason, its Retry-After estimate.
+            Self::Overloaded(overloaded) => return overloaded.clone().into_response(),
         };
         problem.into_response()
     }

@@ -1,11 +1,12 @@
 //! Building the service from its settings. `main` and the tests start the very same service;
 //! tests bind port 0 and read the real address.
 
+use msgkit::admission::AdmissionConfig;
 use msgkit::consume::ConsumerConfig;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
-use crate::handlers;
 use crate::routes::{self, AppState};
+use crate::{handlers, storage};
 
 /// The service's name: its queue, its inbox consumer, its settings' prefix.
 pub const NAME: &str = "order";
@@ -17,7 +18,8 @@ pub const SCHEMA: &str = "orders";
 /// override it): the saga's handlers only update order rows and enqueue follow-ups.
 const CONSUMER_BATCH: usize = 16;
 
-/// The order service, ready to run: the API, the outbox relay, the saga consumer.
+/// The order service, ready to run: the API (new orders shed while too many are pending,
+/// `ORDER_ADMISSION_*`), the outbox relay, the saga consumer.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     let service = Service::start(
         settings,
@@ -25,8 +27,12 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         sqlx::migrate!("./migrations"),
     )
     .await?;
+    // POST /orders only, and only new orders: see routes::orders::place_order.
+    let (service, admission) =
+        service.with_admission(AdmissionConfig::default(), storage::pending_backlog)?;
     let api = routes::router(AppState {
         pool: service.pool().clone(),
+        admission,
     });
     service.with_http(api).with_relay().consume_with(
         ConsumerConfig::new(NAME, NAME).batch(CONSUMER_BATCH),

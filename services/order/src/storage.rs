@@ -272,3 +272,20 @@ pub async fn record_history(
     .await?;
     Ok(())
 }
+
+/// The admission probe of `POST /orders`: the orders not yet final and the age of the oldest
+/// (served by the partial index `orders_pending_by_created`). The age is measured by the
+/// database's clock, the same one that stamped `created_at`.
+pub async fn pending_backlog(pool: PgPool) -> Result<msgkit::admission::Backlog, sqlx::Error> {
+    let (pending, oldest_age): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), \
+                COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 \
+         FROM orders WHERE status = 'pending'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    Ok(msgkit::admission::Backlog::new(
+        u64::try_from(pending).unwrap_or_default(),
+        std::time::Duration::from_secs_f64(oldest_age.max(0.0)),
+    ))
+}

@@ -1,5 +1,5 @@
 //! The one place that knows which series each component owns: a consumer, a relay or a
-//! projection creates all of its series at 0 in its registry when it is built, so that
+//! projection (or an admission guard) creates all of its series at 0 in its registry when it is built, so that
 //! `/metrics` shows them from the service's first scrape. A series that appears only at its
 //! first increment leaves a dashboard panel empty in steady state, and `increase()` never sees
 //! that first increment (Prometheus has no earlier sample to subtract).
@@ -8,7 +8,8 @@
 //! relay and what its consumers keep (see `ops` and [`super::kept`]).
 
 use super::{
-    ComponentMetrics, Metrics, Outcome, ProjectionMetrics, Publisher, QueueMetrics, RelayMetrics,
+    AdmissionMetrics, ComponentMetrics, Metrics, Outcome, ProjectionMetrics, Publisher,
+    QueueMetrics, RelayMetrics,
 };
 
 /// What a consumer's series are labelled with, and which optional ones its handler has.
@@ -106,5 +107,10 @@ impl Metrics {
     /// Create `projection`'s series at 0 and hand back their handles.
     pub(crate) fn register_projection(&self, projection: &str) -> ProjectionMetrics {
         self.0.projections.for_projection(projection)
+    }
+
+    /// Create the series of `service`'s admission guard at 0 and hand back their handles.
+    pub(crate) fn register_admission(&self, service: &str) -> AdmissionMetrics {
+        self.0.admission.for_service(service)
     }
 }

@@ -21,12 +21,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+mod admission;
 mod components;
 mod handles;
 mod kept;
 mod projection;
 mod timers;
 
+pub(crate) use admission::AdmissionMetrics;
 pub(crate) use components::ConsumerSeries;
 pub(crate) use handles::{ComponentMetrics, Outcome, Publisher, QueueMetrics, RelayMetrics};
 pub(crate) use projection::ProjectionMetrics;
@@ -71,6 +73,7 @@ struct Families {
     timers: timers::TimerFamilies,
     projections: projection::ProjectionFamilies,
     kept: kept::KeptFamilies,
+    admission: admission::AdmissionFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +106,7 @@ impl Metrics {
             timers: timers::TimerFamilies::new(),
             projections: projection::ProjectionFamilies::new(),
             kept: kept::KeptFamilies::new(),
+            admission: admission::AdmissionFamilies::new(),
             registry: Registry::default(),
         };
         metrics.register_consumer_metrics(&mut registry);
@@ -110,6 +114,7 @@ impl Metrics {
         metrics.timers.register(&mut registry);
         metrics.projections.register(&mut registry);
         metrics.kept.register(&mut registry);
+        metrics.admission.register(&mut registry);
         Self(Arc::new(Families {
             registry,
             ..metrics

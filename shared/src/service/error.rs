@@ -68,4 +68,8 @@ pub enum ServiceError {
         /// The consumer's queue.
         queue: String,
     },
+    /// `with_admission` was called a second time: one guard per service, whose decision
+    /// `/readyz` reports.
+    #[error("a service has one admission guard; with_admission was called twice")]
+    AdmissionTwice,
 }

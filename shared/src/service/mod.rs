@@ -34,6 +34,7 @@ use crate::projection::{Projection, ProjectionConfig, ProjectionRunner};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
+mod admission;
 mod error;
 mod settings;
 

@@ -5,6 +5,7 @@ mod orders;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use msgkit::admission::Admission;
 use sqlx::PgPool;
 
 /// Largest accepted request body. An order of 100 lines is far below it.
@@ -15,6 +16,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     /// The service's database (its schema on the search path).
     pub pool: PgPool,
+    /// Whether new orders are admitted (`POST /orders` asks it; reads and cancels do not).
+    pub admission: Admission,
 }
 
 /// The API's routes.

@@ -23,7 +23,8 @@ use crate::idempotency::{self, IdempotencyKey, SavedResponse};
 use crate::storage;
 
 /// Accept an order: the order row, its history and its `order.placed` outbox row are written in
-/// one transaction. The broker is not involved, so orders are accepted while it is away.
+/// one transaction. The broker is not involved, so orders are accepted while it is away, up to
+/// the admission limits (503 + `Retry-After` beyond them).
 #[tracing::instrument(skip_all, fields(order_id))]
 pub async fn place_order(
     State(state): State<AppState>,
@@ -53,6 +54,9 @@ pub async fn place_order(
             return Ok(replay(saved, &trace));
         }
     }
+    // Only a new order is shed: a retried request whose order was accepted (above) gets its
+    // first answer whatever the backlog, and reads and cancels are never shed.
+    state.admission.admit().map_err(ApiError::Overloaded)?;
 
     let order_id = Uuid::new_v4();
     tracing::Span::current().record("order_id", tracing::field::display(order_id));

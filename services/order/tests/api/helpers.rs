@@ -29,15 +29,20 @@ pub fn test_settings(db: &TestDatabase, broker: BrokerSettings) -> ServiceSettin
 
 /// The order service on a random port, talking to the broker directly.
 pub async fn spawn_app() -> TestApp {
-    spawn(false).await
+    spawn(false, &[]).await
+}
+
+/// The order service with these settings on top of the test's.
+pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
+    spawn(false, settings).await
 }
 
 /// The order service whose broker connection goes through a cuttable proxy.
 pub async fn spawn_app_behind_proxy() -> TestApp {
-    spawn(true).await
+    spawn(true, &[]).await
 }
 
-async fn spawn(behind_proxy: bool) -> TestApp {
+async fn spawn(behind_proxy: bool, extra: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
     let proxy = if behind_proxy {
@@ -49,9 +54,11 @@ async fn spawn(behind_proxy: bool) -> TestApp {
         Some(proxy) => broker.settings_via(&proxy.addr(), "order/outbox-relay"),
         None => broker.settings("order/outbox-relay"),
     };
-    let service = build(test_settings(&db, broker_settings))
-        .await
-        .expect("build the order service");
+    let mut settings = test_settings(&db, broker_settings);
+    for (name, value) in extra {
+        settings.source.set(*name, *value);
+    }
+    let service = build(settings).await.expect("build the order service");
     let address = format!("http://{}", service.local_addr().expect("addr"));
     let pool = service.pool().clone();
     let shutdown = Shutdown::new();

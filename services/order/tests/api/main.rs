@@ -9,5 +9,6 @@ mod database_outage;
 mod helpers;
 mod idempotency;
 mod logs;
+mod overload;
 mod place_order;
 mod validation;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::overload::{self, OverloadStep};
 use crate::CliError;
 use crate::chaos::services::ServiceProcess;
 use crate::saga_services::{ServiceOverrides, run_directory, start_services};
@@ -33,6 +34,8 @@ pub struct EndToEnd {
     pub cores_per_1000_orders_per_sec: f64,
     pub peak_memory_mib: BTreeMap<String, f64>,
     pub open_loop: Vec<OpenLoopStep>,
+    /// Twice the maximum, open loop (`--overload-secs`, 0 skips it).
+    pub overload: Option<OverloadStep>,
 }
 
 impl EndToEnd {
@@ -72,6 +75,9 @@ impl EndToEnd {
                 step.p999_ms
             ));
         }
+        if let Some(overload) = &self.overload {
+            out.push_str(&overload.markdown());
+        }
         out
     }
 }
@@ -89,11 +95,19 @@ GATEWAY_LATENCY_MS = "0"
 RUST_LOG = "warn"
 "#;
 
-const ORDER: &str = r#"{"customer_id":"bench","items":[{"sku":"SKU-1","quantity":1}]}"#;
+pub(super) const ORDER: &str = r#"{"customer_id":"bench","items":[{"sku":"SKU-1","quantity":1}]}"#;
 
-pub async fn run(duration: Duration) -> Result<EndToEnd, CliError> {
-    let settings: BTreeMap<String, ServiceOverrides> =
+/// The closed loop for `duration`, open-loop steps half as long, then the overload step for
+/// `overload` (skipped when zero).
+pub async fn run(duration: Duration, overload: Duration) -> Result<EndToEnd, CliError> {
+    let mut settings: BTreeMap<String, ServiceOverrides> =
         toml::from_str(SETTINGS).map_err(|e| CliError::Other(e.into()))?;
+    // The admission limit that bounds an accepted order's latency under overload; far above
+    // what the closed loop and the open-loop steps ever leave pending.
+    settings.entry("order".to_owned()).or_default().env.insert(
+        "ORDER_ADMISSION_MAX_PENDING_AGE_MS".to_owned(),
+        overload::MAX_PENDING_AGE_MS.to_string(),
+    );
     let db = msgkit::testing::TestDatabase::create().await;
     let broker = msgkit::testing::TestBroker::create().await;
     let run_dir = run_directory("bench")?;
@@ -151,6 +165,13 @@ pub async fn run(duration: Duration) -> Result<EndToEnd, CliError> {
         let step = open_loop_step(&client, &api, &pool, rate, duration / 2).await?;
         open_loop.push(step);
     }
+    let overload = if overload.is_zero() {
+        None
+    } else {
+        let rate = (max * 2.0).max(2.0);
+        eprintln!("bench: end to end, overload at {rate:.0} orders/s for {overload:?} ...");
+        Some(overload::run(&client, &api, &pool, rate, overload).await?)
+    };
     let memory: BTreeMap<String, f64> = processes
         .iter()
         .filter_map(|p| Some((p.name.to_owned(), p.peak_memory_mib()?)))
@@ -166,6 +187,7 @@ pub async fn run(duration: Duration) -> Result<EndToEnd, CliError> {
         cores_per_1000_orders_per_sec: cores,
         peak_memory_mib: memory,
         open_loop,
+        overload,
     })
 }
 

@@ -2,6 +2,7 @@
 //! same broker and database. See docs/performance.md.
 
 mod e2e;
+mod overload;
 mod plot;
 mod projection;
 mod raw;
@@ -41,6 +42,10 @@ pub struct BenchArgs {
     /// of the risk and reconcile stages' two loops.
     #[arg(long, default_value_t = 20)]
     e2e_secs: u64,
+    /// Seconds of the end-to-end stage's overload step: twice the measured maximum, open
+    /// loop, the order API shedding the excess (0 skips it).
+    #[arg(long, default_value_t = 60)]
+    overload_secs: u64,
     /// Skip the stages that need the service binaries (e2e, risk, reconcile).
     #[arg(long)]
     skip_e2e: bool,
@@ -225,7 +230,13 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     pool.close().await;
 
     let e2e = if wanted(StageKind::E2e) {
-        Some(e2e::run(Duration::from_secs(args.e2e_secs)).await?)
+        Some(
+            e2e::run(
+                Duration::from_secs(args.e2e_secs),
+                Duration::from_secs(args.overload_secs),
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -648,5 +659,12 @@ mod tests {
         assert!(!new.wants(StageKind::Relay));
         let two = args(&["--stages", "risk,reconcile"]);
         assert!(two.wants(StageKind::Risk) && two.wants(StageKind::Reconcile));
+    }
+
+    #[test]
+    fn the_overload_step_lasts_a_minute_unless_told_and_zero_skips_it() {
+        assert_eq!(args(&[]).overload_secs, 60);
+        assert_eq!(args(&["--overload-secs", "10"]).overload_secs, 10);
+        assert_eq!(args(&["--overload-secs", "0"]).overload_secs, 0);
     }
 }
