@@ -2,32 +2,28 @@
 //! same broker and database. See docs/performance.md.
 
 mod e2e;
+mod kit;
 mod overload;
 mod plot;
 mod projection;
 mod raw;
 mod reconcile;
+mod report;
 mod risk;
 mod stats;
 mod timers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use msgkit::consume::{
-    Consumer, ConsumerConfig, Handler, HandlerError, IncomingMessage, RetryPolicy,
-};
-use msgkit::message::OutgoingMessage;
 use msgkit::testing::{TestBroker, TestDatabase};
-use msgkit::{ConfirmedPublisher, OutboxRelay, RelayConfig, Shutdown, Topology, WorkQueue};
+use msgkit::{Topology, WorkQueue};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
 
-use crate::{CliError, table};
+use crate::CliError;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -115,25 +111,6 @@ pub struct Stage {
 
 const BODY: &[u8] = br#"{"order_id":"00000000-0000-0000-0000-000000000000","customer_id":"c-1","items":[{"sku":"SKU-1","quantity":2}]}"#;
 
-/// Does nothing but note when it was first called: the consumer stages are timed from their
-/// first message, as the raw consumer is from its first delivery (not from connecting and
-/// declaring the topology).
-#[derive(Clone, Default)]
-struct Noop {
-    first_call: Arc<OnceLock<Instant>>,
-}
-
-impl Handler for Noop {
-    async fn handle(
-        &self,
-        _message: &IncomingMessage,
-        _tx: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
-        self.first_call.get_or_init(Instant::now);
-        Ok(())
-    }
-}
-
 fn topology() -> Topology {
     Topology::default()
         .with_queue(WorkQueue::new("bench.raw").bind("bench.raw"))
@@ -185,13 +162,13 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         }
         if wanted(StageKind::Relay) || wanted(StageKind::RelayArchive) {
             eprintln!("bench: outbox relay drain ...");
-            let rate = relay_drain(&pool, &broker, &setup, n, None).await?;
+            let rate = kit::relay_drain(&pool, &broker, &setup, n, None).await?;
             samples.entry(KIT_RELAY).or_default().push(rate);
         }
         if wanted(StageKind::RelayArchive) {
             eprintln!("bench: outbox relay drain, archive on ...");
             let archive = Some(msgkit::topology::Archive::default());
-            let rate = relay_drain(&pool, &broker, &setup, n, archive).await?;
+            let rate = kit::relay_drain(&pool, &broker, &setup, n, archive).await?;
             samples.entry(KIT_RELAY_ARCHIVE).or_default().push(rate);
         }
         if wanted(StageKind::Consumer) {
@@ -202,7 +179,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
                 (KIT_CONSUMER_INBOX_BATCH, "bench.inbox", true, BATCH),
             ] {
                 eprintln!("bench: {stage} ...");
-                let rate = consume_with_kit(&db, &broker, n, queue, inbox, batch).await?;
+                let rate = kit::consume_with_kit(&db, &broker, n, queue, inbox, batch).await?;
                 samples.entry(stage).or_default().push(rate);
             }
         }
@@ -281,7 +258,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
 
     std::fs::create_dir_all(&args.out).map_err(|e| CliError::Other(e.into()))?;
     let report = json!({
-        "machine": machine(),
+        "machine": report::machine(),
         "messages_per_stage": n,
         "repetitions": repeat,
         "stages": stages,
@@ -290,7 +267,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         "risk": risk,
         "reconcile": reconcile,
     });
-    let mut markdown = markdown(&stages, e2e.as_ref());
+    let mut markdown = report::markdown(&stages, e2e.as_ref());
     if let Some(timers) = &timers {
         markdown.push_str(&timers.markdown());
     }
@@ -420,209 +397,6 @@ async fn raw_ceilings(
         consume,
         fanout,
     })
-}
-
-/// The relay's own loop (`OutboxRelay::run`, as the services run it) draining N rows over
-/// 1,000 aggregates that arrive in one commit, from that commit until the last row is
-/// confirmed and marked; with `archive`, also copying every event into it.
-async fn relay_drain(
-    pool: &PgPool,
-    broker: &TestBroker,
-    setup: &lapin::Channel,
-    n: usize,
-    archive: Option<msgkit::topology::Archive>,
-) -> Result<f64, CliError> {
-    // A fresh outbox and an empty queue for every repetition.
-    sqlx::query("TRUNCATE msgkit_outbox")
-        .execute(pool)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    setup
-        .queue_purge(
-            "bench.relay".into(),
-            lapin::options::QueuePurgeOptions::default(),
-        )
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    let topology = match archive {
-        Some(archive) => topology().with_archive(archive),
-        None => topology(),
-    };
-    let relay = OutboxRelay::new(
-        pool.clone(),
-        broker.settings("bench/relay"),
-        topology,
-        RelayConfig {
-            batch_size: 500,
-            ..RelayConfig::new("bench")
-        },
-    );
-    let stats = relay.stats();
-    let shutdown = Shutdown::new();
-    shutdown.spawn(relay.run(shutdown.clone()));
-    wait_for(Duration::from_secs(30), "the relay to connect", || {
-        stats.connected()
-    })
-    .await?;
-    // 1,000 aggregates: a realistic spread (the relay takes one head row per aggregate).
-    sqlx::query(
-        "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
-         SELECT gen_random_uuid(), 'agg-' || (g % 1000), 'events', 'bench.relay', 'bench.relay', $2::jsonb, '{}'::jsonb \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(i64::try_from(n).unwrap_or(i64::MAX))
-    .bind(serde_json::from_slice::<serde_json::Value>(BODY).unwrap_or_default())
-    .execute(pool)
-    .await
-    .map_err(|e| CliError::Other(e.into()))?;
-    let started = Instant::now();
-    wait_for(Duration::from_secs(600), "the relay to drain", || {
-        stats.published() as usize >= n
-    })
-    .await?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    if stats.published() as usize != n {
-        return Err(CliError::Other(anyhow::anyhow!(
-            "the relay published {} of {n}",
-            stats.published()
-        )));
-    }
-    Ok(rate)
-}
-
-/// Wait until `done` holds, polling every millisecond (the wait is part of what is timed).
-async fn wait_for(limit: Duration, what: &str, done: impl FnMut() -> bool) -> Result<(), CliError> {
-    msgkit::testing::try_wait_until(what, limit, Duration::from_millis(1), done)
-        .await
-        .map_err(|e| CliError::Other(anyhow::anyhow!(e)))
-}
-
-async fn consume_with_kit(
-    db: &TestDatabase,
-    broker: &TestBroker,
-    n: usize,
-    queue: &str,
-    inbox: bool,
-    batch: usize,
-) -> Result<f64, CliError> {
-    // Kit messages (with ids, which the inbox needs), published raw.
-    let publisher = ConfirmedPublisher::on_connection(broker.connect().await, &topology())
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    let mut window = Vec::with_capacity(raw::WINDOW);
-    for i in 0..n {
-        let mut message = OutgoingMessage::event(
-            queue,
-            &format!("agg-{i}"),
-            "bench",
-            &serde_json::json!({"n": i}),
-        )
-        .map_err(|e| CliError::Other(e.into()))?;
-        message.routing_key = queue.to_owned();
-        window.push(message);
-        if window.len() == raw::WINDOW || i + 1 == n {
-            publisher
-                .publish_batch(&window)
-                .await
-                .map_err(|e| CliError::Other(e.into()))?;
-            window.clear();
-        }
-    }
-    publisher.close().await;
-    // The kit's pool settings, as the services get them.
-    let pool = msgkit::database::pool_options(12)
-        .connect_with(db.options())
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    msgkit::schema::migrate(&pool)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    let handler = Noop::default();
-    let consumer = Consumer::new(
-        pool.clone(),
-        broker.settings(&format!("bench/{queue}")),
-        topology(),
-        ConsumerConfig {
-            prefetch: 500,
-            concurrency: 10,
-            batch,
-            inbox,
-            retry: RetryPolicy::default(),
-            ..ConsumerConfig::new("bench", queue)
-        },
-        handler.clone(),
-    );
-    let stats = consumer.stats();
-    let shutdown = Shutdown::new();
-    shutdown.spawn(consumer.run(shutdown.clone()));
-    wait_for(Duration::from_secs(600), "the consumer to drain", || {
-        stats.handled() as usize >= n
-    })
-    .await?;
-    let elapsed = handler
-        .first_call
-        .get()
-        .map_or(Duration::ZERO, Instant::elapsed);
-    let rate = n as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
-    shutdown.trigger();
-    shutdown.wait_for_tasks().await;
-    pool.close().await;
-    Ok(rate)
-}
-
-fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().map(|l| l.to_owned()))
-        .unwrap_or_default();
-    json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cpu": cpu,
-        "memory": memory,
-        "rabbitmq": "local node (see scripts/stack.sh)",
-        "date": chrono::Utc::now().to_rfc3339(),
-    })
-}
-
-fn markdown(stages: &[Stage], e2e: Option<&e2e::EndToEnd>) -> String {
-    let rows: Vec<Vec<String>> = stages
-        .iter()
-        .map(|s| {
-            vec![
-                s.name.clone(),
-                format!("{:.0}", s.rate),
-                s.ceiling.clone().unwrap_or_default(),
-                s.ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
-                match (s.ratio, s.target) {
-                    (Some(r), Some(t)) => {
-                        format!("≥ {t} {}", if r >= t { "met" } else { "NOT met" })
-                    }
-                    _ => String::new(),
-                },
-            ]
-        })
-        .collect();
-    let mut out = String::from(
-        "| stage | msgs/s | against | ratio | target |\n| --- | ---: | --- | ---: | --- |\n",
-    );
-    for row in rows {
-        out.push_str(&format!("| {} |\n", row.join(" | ")));
-    }
-    if let Some(e2e) = e2e {
-        out.push_str(&e2e.markdown());
-    }
-    let _ = table::render;
-    out
 }
 
 #[cfg(test)]

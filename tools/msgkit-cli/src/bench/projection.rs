@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::wait_for;
+use super::kit::wait_for;
 use crate::CliError;
 
 /// The upsert every side runs once per event.

@@ -13,7 +13,8 @@ use msgkit::{OutboxRelay, RelayConfig, Shutdown, TimerType};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{topology, wait_for};
+use super::kit::wait_for;
+use super::topology;
 use crate::CliError;
 
 /// The consumer (and queue) of the stage.
