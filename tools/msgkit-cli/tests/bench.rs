@@ -44,7 +44,7 @@ async fn the_bench_measures_every_throughput_stage_in_repeated_rounds() {
     assert_eq!(report["repetitions"], 2);
     let stages = report["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 8, "{names:?}");
+    assert_eq!(names.len(), 9, "{names:?}");
     for stage in stages {
         let samples = stage["samples"].as_array().unwrap();
         assert_eq!(samples.len(), 2, "{stage}");

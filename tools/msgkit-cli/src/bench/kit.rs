@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::CliError;
 
-use super::{BODY, raw, topology};
+use super::{BODY, raw, raw_inbox, topology};
 
 /// Does nothing but note when it was first called: the consumer stages are timed from their
 /// first message, as the raw consumer is from its first delivery (not from connecting and
@@ -124,38 +124,8 @@ pub(super) async fn consume_with_kit(
     inbox: bool,
     batch: usize,
 ) -> Result<f64, CliError> {
-    // Kit messages (with ids, which the inbox needs), published raw.
-    let publisher = ConfirmedPublisher::on_connection(broker.connect().await, &topology())
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    let mut window = Vec::with_capacity(raw::WINDOW);
-    for i in 0..n {
-        let mut message = OutgoingMessage::event(
-            queue,
-            &format!("agg-{i}"),
-            "bench",
-            &serde_json::json!({"n": i}),
-        )
-        .map_err(|e| CliError::Other(e.into()))?;
-        message.routing_key = queue.to_owned();
-        window.push(message);
-        if window.len() == raw::WINDOW || i + 1 == n {
-            publisher
-                .publish_batch(&window)
-                .await
-                .map_err(|e| CliError::Other(e.into()))?;
-            window.clear();
-        }
-    }
-    publisher.close().await;
-    // The kit's pool settings, as the services get them.
-    let pool = msgkit::database::pool_options(12)
-        .connect_with(db.options())
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    msgkit::schema::migrate(&pool)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
+    publish_with_ids(broker, queue, n).await?;
+    let pool = kit_pool(db).await?;
     let handler = Noop::default();
     let consumer = Consumer::new(
         pool.clone(),
@@ -185,6 +155,66 @@ pub(super) async fn consume_with_kit(
     let rate = n as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     shutdown.trigger();
     shutdown.wait_for_tasks().await;
+    pool.close().await;
+    Ok(rate)
+}
+
+/// `n` kit messages (with ids, which an inbox needs) for `queue`, published confirmed in
+/// windows before a consumer stage starts.
+async fn publish_with_ids(broker: &TestBroker, queue: &str, n: usize) -> Result<(), CliError> {
+    let publisher = ConfirmedPublisher::on_connection(broker.connect().await, &topology())
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    let mut window = Vec::with_capacity(raw::WINDOW);
+    for i in 0..n {
+        let mut message = OutgoingMessage::event(
+            queue,
+            &format!("agg-{i}"),
+            "bench",
+            &serde_json::json!({"n": i}),
+        )
+        .map_err(|e| CliError::Other(e.into()))?;
+        message.routing_key = queue.to_owned();
+        window.push(message);
+        if window.len() == raw::WINDOW || i + 1 == n {
+            publisher
+                .publish_batch(&window)
+                .await
+                .map_err(|e| CliError::Other(e.into()))?;
+            window.clear();
+        }
+    }
+    publisher.close().await;
+    Ok(())
+}
+
+/// A pool with the kit's settings, as the services get them, and the kit's tables.
+async fn kit_pool(db: &TestDatabase) -> Result<PgPool, CliError> {
+    let pool = msgkit::database::pool_options(12)
+        .connect_with(db.options())
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    msgkit::schema::migrate(&pool)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    Ok(pool)
+}
+
+/// The ceiling of [`consume_with_kit`] with its inbox in batches: the same messages and the
+/// same inbox rows, by plain lapin and sqlx ([`raw_inbox`]).
+pub(super) async fn consume_raw_with_inbox(
+    db: &TestDatabase,
+    broker: &TestBroker,
+    n: usize,
+    queue: &str,
+    batch: usize,
+) -> Result<f64, CliError> {
+    publish_with_ids(broker, queue, n).await?;
+    let pool = kit_pool(db).await?;
+    let connection = broker.connect().await;
+    let rate =
+        raw_inbox::consume_with_inbox(&connection, &pool, queue, "bench-raw", n, batch).await?;
+    let _ = connection.close(200, "done".into()).await;
     pool.close().await;
     Ok(rate)
 }

@@ -7,6 +7,7 @@ mod overload;
 mod plot;
 mod projection;
 mod raw;
+mod raw_inbox;
 mod reconcile;
 mod report;
 mod risk;
@@ -172,6 +173,9 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
             samples.entry(KIT_RELAY_ARCHIVE).or_default().push(rate);
         }
         if wanted(StageKind::Consumer) {
+            eprintln!("bench: {RAW_CONSUME_INBOX} ...");
+            let rate = kit::consume_raw_with_inbox(&db, &broker, n, "bench.inbox", BATCH).await?;
+            samples.entry(RAW_CONSUME_INBOX).or_default().push(rate);
             for (stage, queue, inbox, batch) in [
                 (KIT_CONSUMER, "bench.work", false, 1),
                 (KIT_CONSUMER_BATCH, "bench.work", false, BATCH),
@@ -232,9 +236,10 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
     };
 
     // (stage, its ceiling, target ratio)
-    let layout: [(&str, Option<&str>, Option<f64>); 13] = [
+    let layout: [(&str, Option<&str>, Option<f64>); 14] = [
         (RAW_PUBLISH, None, None),
         (RAW_CONSUME, None, None),
+        (RAW_CONSUME_INBOX, None, None),
         (RAW_FANOUT, None, None),
         (RAW_PROJECTION, None, None),
         (RAW_PROJECTION_BOUND, Some(RAW_PROJECTION), None),
@@ -244,7 +249,7 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
         (KIT_CONSUMER, Some(RAW_CONSUME), Some(0.9)),
         (KIT_CONSUMER_BATCH, Some(RAW_CONSUME), Some(0.9)),
         (KIT_CONSUMER_INBOX, Some(RAW_CONSUME), None),
-        (KIT_CONSUMER_INBOX_BATCH, Some(RAW_CONSUME), None),
+        (KIT_CONSUMER_INBOX_BATCH, Some(RAW_CONSUME_INBOX), Some(0.8)),
         (KIT_E2E, Some(RAW_FANOUT), Some(0.5)),
     ];
     let stages: Vec<Stage> = layout
@@ -303,6 +308,8 @@ pub async fn run(args: BenchArgs, json_output: bool) -> Result<(), CliError> {
 
 const RAW_PUBLISH: &str = "raw: publish with confirms (1 quorum queue)";
 const RAW_CONSUME: &str = "raw: consume and ack";
+const RAW_CONSUME_INBOX: &str =
+    "raw: consume, inbox rows of a batch in one INSERT, commit, ack (10 workers, batches of 50)";
 const RAW_FANOUT: &str = "raw: fanout to 3 queues, 3 consumers acking";
 const RAW_PROJECTION: &str = "raw: stream catch-up, a batch of upserts per round trip";
 const RAW_PROJECTION_BOUND: &str = "raw: stream catch-up, an upsert per round trip";
