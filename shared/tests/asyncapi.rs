@@ -36,19 +36,10 @@ fn the_committed_examples_document_is_the_one_their_contracts_describe() {
         return;
     }
     let committed = std::fs::read_to_string(COMMITTED).unwrap_or_default();
-    if committed != current {
-        let line = committed
-            .lines()
-            .zip(current.lines())
-            .position(|(old, new)| old != new)
-            .unwrap_or_else(|| committed.lines().count().min(current.lines().count()));
-        let shown = |text: &str| text.lines().nth(line).unwrap_or("<end of file>").to_owned();
+    if let Err(outdated) = msgkit::asyncapi::compare(&committed, &current) {
         panic!(
-            "shared/examples/asyncapi.yaml is not what the contracts describe (line {}: {:?}, \
-             the code has {:?}); regenerate it with\n  {REGENERATE}",
-            line + 1,
-            shown(&committed),
-            shown(&current)
+            "shared/examples/asyncapi.yaml is not what the contracts describe ({outdated}); \
+             regenerate it with\n  {REGENERATE}"
         );
     }
 }

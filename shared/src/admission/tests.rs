@@ -133,3 +133,64 @@ async fn the_age_limit_trips_alone_and_names_itself() {
     assert_eq!(body["reason"], "pending_age");
     assert_eq!(body["oldest_pending_age_ms"], 61_000);
 }
+
+/// The database going away mid-overload must not reopen the gate: a failing probe keeps the
+/// last decision (shedding) and is counted, and the first answer after it decides again.
+#[tokio::test]
+async fn a_failing_probe_keeps_the_last_decision_and_is_counted() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    let metrics = Metrics::new();
+    let config = AdmissionConfig {
+        interval: Duration::from_millis(10),
+        ..small()
+    };
+    let admission = Admission::new(config, metrics.register_admission("api"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let recovered = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (calls, recovered) = (calls.clone(), recovered.clone());
+        move |_pool: PgPool| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            let recovered = recovered.load(Ordering::SeqCst);
+            async move {
+                match (call, recovered) {
+                    (_, true) => Ok(Backlog::new(0, Duration::ZERO)),
+                    (0, false) => Ok(Backlog::new(50, Duration::ZERO)),
+                    _ => Err(sqlx::Error::PoolTimedOut),
+                }
+            }
+        }
+    };
+    // Never connects: the probe above does not use it.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let shutdown = Shutdown::new();
+    shutdown.spawn(admission.clone().run(pool, probe, shutdown.clone()));
+
+    let errors = || {
+        crate::testing::metric_value(
+            &metrics.render(&[]),
+            "msgkit_admission_probe_errors_total",
+            &[("service", "api")],
+        )
+        .unwrap_or_default()
+    };
+    crate::testing::wait_until("three failed probes", Duration::from_secs(10), || {
+        errors() >= 3.0
+    })
+    .await;
+    assert!(
+        admission.admit().is_err(),
+        "still shedding on the last reading while the probe fails"
+    );
+
+    recovered.store(true, Ordering::SeqCst);
+    crate::testing::wait_until("admitting again", Duration::from_secs(10), || {
+        admission.admit().is_ok()
+    })
+    .await;
+    shutdown.trigger();
+    shutdown.wait_for_tasks().await;
+}

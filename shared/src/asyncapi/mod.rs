@@ -5,7 +5,8 @@
 //!
 //! A contracts crate adds three things: `JsonSchema` on its payload types, its event type
 //! constants inside [`event_types!`](crate::event_types) (which also writes `ALL`), and who
-//! publishes what. A test then compares the committed file with [`Document::to_yaml`].
+//! publishes what. A test then compares the committed file with [`Document::to_yaml`] ([`compare`] names
+//! the first difference).
 //!
 //! ```
 //! use msgkit::asyncapi::{Document, Server};
@@ -45,12 +46,14 @@
 //! format is its own draft-07 superset, while schemars 1.x writes 2020-12 unless asked.
 
 mod document;
+mod drift;
 mod events;
 mod headers;
 #[cfg(test)]
 mod tests;
 
 pub use document::{Document, SCHEMA_FORMAT, Server};
+pub use drift::{Outdated, compare};
 pub use events::EventDoc;
 /// The schemars the kit generates payload schemas with: a contracts crate derives
 /// `JsonSchema` from the same major version.

@@ -64,20 +64,10 @@ pub fn render() -> anyhow::Result<String> {
 
 /// `Ok` when `committed` is `current`; otherwise what differs first and how to regenerate it.
 pub fn check(committed: &str, current: &str, path: &str) -> Result<(), String> {
-    if committed == current {
-        return Ok(());
-    }
-    let line = committed
-        .lines()
-        .zip(current.lines())
-        .position(|(old, new)| old != new)
-        .unwrap_or_else(|| committed.lines().count().min(current.lines().count()));
-    let shown = |text: &str| text.lines().nth(line).unwrap_or("<end of file>").to_owned();
-    Err(format!(
-        "{path} is not the document the code describes (first difference at line {}: {:?}, \
-         the code has {:?}); regenerate it with\n  {REGENERATE}",
-        line + 1,
-        shown(committed),
-        shown(current),
-    ))
+    msgkit::asyncapi::compare(committed, current).map_err(|outdated| {
+        format!(
+            "{path} is not the document the code describes ({outdated}); regenerate it with\n  \
+             {REGENERATE}"
+        )
+    })
 }

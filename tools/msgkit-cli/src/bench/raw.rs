@@ -15,7 +15,7 @@ use crate::CliError;
 /// Confirms outstanding at once: enough to keep the broker busy, bounded memory.
 pub const WINDOW: usize = 1000;
 
-fn err(context: &str) -> impl Fn(lapin::Error) -> CliError + '_ {
+pub(super) fn err(context: &str) -> impl Fn(lapin::Error) -> CliError + '_ {
     move |e| CliError::Other(anyhow::anyhow!("{context}: {e}"))
 }
 

@@ -18,6 +18,8 @@ use tokio::task::JoinSet;
 
 use crate::CliError;
 
+use super::raw::err;
+
 /// Workers, and the prefetch of each: the kit's batching stage runs 10 batches at once over
 /// a prefetch of 500.
 const WORKERS: usize = 10;
@@ -25,10 +27,6 @@ const PREFETCH_PER_WORKER: u16 = 50;
 /// How long a worker waits for more deliveries before it commits a partial batch (the last
 /// messages of a run).
 const LINGER: Duration = Duration::from_millis(2);
-
-fn other(context: &'static str) -> impl Fn(lapin::Error) -> CliError {
-    move |e| CliError::Other(anyhow::anyhow!("{context}: {e}"))
-}
 
 /// Consume `n` messages from `queue` (published with message ids beforehand), writing each
 /// one's inbox row as consumer `consumer`, in batches of up to `batch`. Returns messages per
@@ -45,14 +43,11 @@ pub async fn consume_with_inbox(
     let started = Arc::new(std::sync::OnceLock::new());
     let mut workers = JoinSet::new();
     for worker in 0..WORKERS {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(other("channel"))?;
+        let channel = connection.create_channel().await.map_err(err("channel"))?;
         channel
             .basic_qos(PREFETCH_PER_WORKER, BasicQosOptions::default())
             .await
-            .map_err(other("qos"))?;
+            .map_err(err("qos"))?;
         let deliveries = channel
             .basic_consume(
                 queue.into(),
@@ -61,7 +56,7 @@ pub async fn consume_with_inbox(
                 FieldTable::default(),
             )
             .await
-            .map_err(other("consume"))?;
+            .map_err(err("consume"))?;
         let work = Work {
             pool: pool.clone(),
             consumer: consumer.to_owned(),
@@ -105,13 +100,13 @@ impl Work {
             let first = tokio::time::timeout(Duration::from_millis(50), deliveries.next()).await;
             let Ok(Some(first)) = first else { continue };
             self.started.get_or_init(Instant::now);
-            let mut last = first.map_err(other("delivery"))?;
+            let mut last = first.map_err(err("delivery"))?;
             let mut taken = 1;
             push(&last, &mut ids, &mut types);
             while taken < self.batch {
                 match tokio::time::timeout(LINGER, deliveries.next()).await {
                     Ok(Some(delivery)) => {
-                        last = delivery.map_err(other("delivery"))?;
+                        last = delivery.map_err(err("delivery"))?;
                         push(&last, &mut ids, &mut types);
                         taken += 1;
                     }
@@ -133,7 +128,7 @@ impl Work {
             tx.commit().await.map_err(sql)?;
             last.ack(BasicAckOptions { multiple: true })
                 .await
-                .map_err(other("ack"))?;
+                .map_err(err("ack"))?;
             self.done.fetch_add(taken, Ordering::AcqRel);
             ids.clear();
             types.clear();
