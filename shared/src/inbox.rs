@@ -1,5 +1,6 @@
 //! The inbox: which messages a consumer has already applied.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -24,6 +25,35 @@ pub async fn record(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Record a batch of messages that `consumer` applies in the caller's transaction, in one
+/// statement: for each of `messages` (id, type), whether it is new. Only the first of two
+/// equal ids in the batch is new. Rows are inserted in id order, so two batches that share ids
+/// (a redelivery racing the original) wait for each other instead of deadlocking.
+pub async fn record_batch(
+    conn: &mut PgConnection,
+    consumer: &str,
+    messages: &[(&str, &str)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut sorted: Vec<(&str, &str)> = messages.to_vec();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    sorted.dedup_by(|a, b| a.0 == b.0);
+    let (ids, types): (Vec<&str>, Vec<&str>) = sorted.into_iter().unzip();
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO msgkit_inbox (consumer, message_id, message_type) \
+         SELECT $1, id, kind FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS m(id, kind, n) \
+         ORDER BY n \
+         ON CONFLICT (consumer, message_id) DO NOTHING \
+         RETURNING message_id",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .bind(&types)
+    .fetch_all(conn)
+    .await?;
+    let mut new: HashSet<String> = inserted.into_iter().collect();
+    Ok(messages.iter().map(|(id, _)| new.remove(*id)).collect())
 }
 
 /// Delete `consumer`'s inbox rows older than `retention` (a duplicate older than that is no

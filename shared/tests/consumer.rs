@@ -829,6 +829,54 @@ async fn a_consumer_that_batches_commits_many_messages_together_and_applies_each
 }
 
 #[tokio::test]
+async fn a_batch_applies_each_message_once_when_it_holds_duplicates_and_already_applied_ones() {
+    let h = harness().await;
+    // Ten applied before (in the inbox), ten new ones each delivered twice back to back: the
+    // batch's inbox rows are written by one statement, which must tell all three apart.
+    let applied: Vec<OutgoingMessage> = (0..10)
+        .map(|n| Harness::message("batched.msg", &json!({"key": format!("old-{n}")})))
+        .collect();
+    for message in &applied {
+        sqlx::query(
+            "INSERT INTO msgkit_inbox (consumer, message_id, message_type) VALUES ($1, $2, $3)",
+        )
+        .bind("test-service")
+        .bind(&message.message_id)
+        .bind(&message.message_type)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    }
+    for n in 0..10 {
+        let fresh = Harness::message("batched.msg", &json!({"key": format!("new-{n}")}));
+        h.publish(&fresh).await;
+        h.publish(&fresh).await;
+        h.publish(&applied[n]).await;
+    }
+    let stats = h.start_with(batching("batched", 10), Recording::default());
+    wait_until("ten handled, twenty duplicates", DEADLINE, || {
+        stats.handled() == 10 && stats.duplicates() == 20
+    })
+    .await;
+    for n in 0..10 {
+        assert_eq!(h.effects(&format!("new-{n}")).await, 1, "new-{n}");
+        assert_eq!(h.effects(&format!("old-{n}")).await, 0, "old-{n}");
+    }
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT tx) FROM effects")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(transactions < 10, "batches did not form: {transactions}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM msgkit_inbox")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 20);
+    h.wait_until_everything_acked("batched").await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_failure_in_a_batch_retries_or_dead_letters_only_the_failing_message() {
     let h = harness().await;
     let (release, held) = tokio::sync::watch::channel(false);

@@ -49,6 +49,8 @@ fn topology() -> Topology {
         .with_queue(WorkQueue::new("ledger").bind("ledger.#"))
         .with_queue(WorkQueue::new("lenient").bind("lenient.#"))
         .with_queue(WorkQueue::new("strict").bind(CREDITED).bind(DEBITED))
+        .with_queue(WorkQueue::new("batched").bind("batched.#"))
+        .with_queue(WorkQueue::new("audit").bind("audit.#"))
 }
 
 struct Running {
@@ -61,23 +63,42 @@ struct Running {
 }
 
 async fn start(queue: &str, routes: Routes) -> Running {
+    start_with(queue, routes, 1, &[]).await
+}
+
+/// A service consuming `queue` with `routes` in batches of up to `batch`, after `backlog`
+/// (type, account, cents) was published, so that batches form.
+async fn start_with(
+    queue: &str,
+    routes: Routes,
+    batch: usize,
+    backlog: &[(&str, &str, i64)],
+) -> Running {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
+    // Declares the topology, so the backlog waits in its queue.
+    let publisher = broker.publisher(&topology()).await;
+    for (message_type, account, cents) in backlog {
+        publish(&publisher, message_type, account, *cents).await;
+    }
     let settings = service_settings(queue, queue, &db, broker.settings(queue));
     let service = Service::start(settings, topology(), Migrator::DEFAULT)
         .await
         .unwrap();
     let pool = service.pool().clone();
-    sqlx::query("CREATE TABLE entries (account text, cents bigint, message_type text)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let config = msgkit::consume::ConsumerConfig::new(queue, queue);
+    // `tx` tells which entries were committed together.
+    sqlx::query(
+        "CREATE TABLE entries (account text, cents bigint, message_type text, \
+                               tx bigint NOT NULL DEFAULT txid_current())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let config = msgkit::consume::ConsumerConfig::new(queue, queue).batch(batch);
     let service = service.consume_with(config, routes).unwrap();
     let url = format!("http://{}", service.local_addr().unwrap());
     let shutdown = Shutdown::new();
     tokio::spawn(service.run_until_stopped(shutdown.clone()));
-    let publisher = broker.publisher(&topology()).await;
     Running {
         url,
         pool,
@@ -88,20 +109,18 @@ async fn start(queue: &str, routes: Routes) -> Running {
     }
 }
 
+async fn publish(publisher: &ConfirmedPublisher, message_type: &str, account: &str, cents: i64) {
+    let entry = Entry {
+        account: account.to_owned(),
+        cents,
+    };
+    let message = OutgoingMessage::event(message_type, account, "test", &entry).unwrap();
+    assert!(publisher.publish(&message).await.unwrap().is_confirmed());
+}
+
 impl Running {
     async fn publish(&self, message_type: &str, account: &str, cents: i64) {
-        let entry = Entry {
-            account: account.to_owned(),
-            cents,
-        };
-        let message = OutgoingMessage::event(message_type, account, "test", &entry).unwrap();
-        assert!(
-            self.publisher
-                .publish(&message)
-                .await
-                .unwrap()
-                .is_confirmed()
-        );
+        publish(&self.publisher, message_type, account, cents).await;
     }
 
     async fn wait_for_entries(&self, account: &str, count: i64) -> Vec<(i64, String)> {
@@ -268,5 +287,65 @@ async fn a_body_that_does_not_decode_into_the_routes_payload_is_dead_lettered_as
     let error_type = header_str(props, "x-exception-type").unwrap();
     assert!(error_type.ends_with("UndecodableBody"), "{error_type}");
     assert_eq!(header_i64(props, "x-attempt"), Some(1), "never retried");
+    running.stop().await;
+}
+
+const NOTED: EventType<Entry> = EventType::new("audit.noted");
+const NUMBERED: EventType<Entry> = EventType::new("audit.numbered").in_sequence("audit");
+
+/// Records the entry and publishes two follow-ups, one of them numbered in a key sequence;
+/// 13 is poison.
+async fn note(mut ctx: Context<'_>, entry: Entry) -> Result<(), HandlerError> {
+    if entry.cents == 13 {
+        return Err(HandlerError::poison(std::io::Error::other("unlucky")));
+    }
+    apply(&mut ctx, &entry, entry.cents).await?;
+    ctx.publish(NOTED, &entry).await?;
+    ctx.publish(NUMBERED, &entry).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn follow_ups_published_in_a_batch_commit_with_it_in_order_and_only_with_it() {
+    // A batch's follow-ups are written together just before it commits: they must come out
+    // as if each were written when published (one row each, in order, numbered without gaps),
+    // and the ones of a batch that rolled back (at 13) must not survive it.
+    let backlog: Vec<(&str, &str, i64)> = (1..=30).map(|n| ("batched.entered", "acc-b", n)).collect();
+    let routes = Routes::new().route(EventType::<Entry>::new("batched.entered"), note);
+    let running = start_with("batched", routes, 10, &backlog).await;
+    running.wait_for_entries("acc-b", 29).await;
+    let dead = running.broker.take_one("batched.dlq", DEADLINE).await;
+    assert_eq!(header_str(&dead.delivery.properties, "x-failure-reason"), Some("poison"));
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT tx) FROM entries")
+        .fetch_one(&running.pool)
+        .await
+        .unwrap();
+    assert!(transactions < 29, "batches did not form: {transactions} transactions");
+
+    let rows: Vec<(String, i64, Option<String>, bool)> = sqlx::query_as(
+        "SELECT message_type, (payload->>'cents')::bigint, headers->>'x-key-seq', \
+                headers ? 'traceparent' \
+         FROM msgkit_outbox ORDER BY seq",
+    )
+    .fetch_all(&running.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 58, "two follow-ups per applied message: {rows:?}");
+    assert!(rows.iter().all(|row| row.3), "every follow-up continues its message's trace");
+    // Concurrent batches interleave their rows; each message's two keep their order.
+    let mut cents: Vec<i64> = Vec::new();
+    for (at, row) in rows.iter().enumerate() {
+        if row.0 == "audit.noted" {
+            cents.push(row.1);
+            let numbered = rows.iter().position(|r| r.0 == "audit.numbered" && r.1 == row.1);
+            assert!(numbered.is_some_and(|n| n > at), "{row:?} before its pair: {rows:?}");
+        }
+    }
+    cents.sort_unstable();
+    let expected: Vec<i64> = (1..=30).filter(|n| *n != 13).collect();
+    assert_eq!(cents, expected, "each applied message's follow-ups once");
+    let numbers: Vec<String> = rows.iter().filter_map(|row| row.2.clone()).collect();
+    let gapless: Vec<String> = (1..=29).map(|n: i64| n.to_string()).collect();
+    assert_eq!(numbers, gapless, "numbered in row order, without the rolled-back batch's");
     running.stop().await;
 }

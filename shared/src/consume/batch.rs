@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
+use sqlx::{Postgres, Transaction};
 use tracing::Instrument;
 
 use super::acks::Acks;
@@ -13,6 +14,8 @@ use super::handler::{Handler, HandlerError};
 use super::message::IncomingMessage;
 use super::outcome::{Settled, Unsettled};
 use super::pipeline::{DATABASE_PATIENCE, Pipeline, Received, onward_tier, panicked};
+use crate::inbox;
+use crate::outbox::deferred;
 use crate::publish::ConfirmedPublisher;
 use crate::telemetry::context;
 
@@ -99,37 +102,65 @@ impl<H: Handler> Pipeline<H> {
         batch: &[Received],
     ) -> Option<Result<Vec<Settled>, HandlerError>> {
         let mut tx = self.begin().await?;
-        let messages: Vec<&IncomingMessage> = batch.iter().map(|one| &one.message).collect();
-        let prepared = AssertUnwindSafe(self.handler.before_batch(&messages, &mut tx))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
-        if let Err(error) = prepared {
-            let _ = tx.rollback().await;
-            return Some(Err(error));
-        }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for one in batch {
-            let message_id = one.message.message_id().unwrap_or_default();
-            let handled = context::scope(
-                one.trace,
-                self.run_handler(&one.message, message_id, &mut tx)
-                    .instrument(one.span.clone()),
-            )
-            .await;
-            match handled {
-                Ok(settled) => outcomes.push(settled),
-                Err(error) => {
-                    let _ = tx.rollback().await;
-                    return Some(Err(error));
-                }
-            }
-        }
-        Some(
-            tx.commit()
+        Some(match self.apply_together(batch, &mut tx).await {
+            Ok(outcomes) => tx
+                .commit()
                 .await
                 .map(|()| outcomes)
                 .map_err(HandlerError::from),
-        )
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        })
+    }
+
+    /// The batch's work in `tx`, not committed: the handler's `before_batch`, every inbox row
+    /// in one statement, each new message's handler, then the follow-up events they published
+    /// in one statement (one round trip each instead of one per message: the batch's only
+    /// per-message statements are then the handlers' own).
+    async fn apply_together(
+        &self,
+        batch: &[Received],
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<Vec<Settled>, HandlerError> {
+        let messages: Vec<&IncomingMessage> = batch.iter().map(|one| &one.message).collect();
+        AssertUnwindSafe(self.handler.before_batch(&messages, tx))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())))?;
+        let new = if self.inbox {
+            let ids: Vec<(&str, &str)> = messages
+                .iter()
+                .map(|m| (m.message_id().unwrap_or_default(), m.message_type()))
+                .collect();
+            inbox::record_batch(tx, &self.name, &ids).await?
+        } else {
+            vec![true; batch.len()]
+        };
+        let (outcomes, published) = deferred::collect(async {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for (one, new) in batch.iter().zip(new) {
+                if !new {
+                    let message_id = one.message.message_id().unwrap_or_default();
+                    one.span.in_scope(|| {
+                        tracing::info!(message_id, "duplicate delivery; already applied");
+                    });
+                    outcomes.push(Settled::Duplicate);
+                    continue;
+                }
+                let handled = context::scope(
+                    one.trace,
+                    self.apply(&one.message, tx).instrument(one.span.clone()),
+                )
+                .await?;
+                outcomes.push(handled);
+            }
+            Ok::<_, HandlerError>(outcomes)
+        })
+        .await;
+        let outcomes = outcomes?;
+        deferred::flush(tx, &published).await?;
+        Ok(outcomes)
     }
 }

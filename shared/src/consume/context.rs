@@ -120,9 +120,10 @@ impl<'a, S> Context<'a, S> {
     }
 
     /// Write a hand-built outbox message (another aggregate, exchange or routing key) in this
-    /// transaction.
+    /// transaction. In a batch, the batch's messages are written together just before it
+    /// commits (one statement instead of one each).
     pub async fn enqueue(&mut self, message: &OutboxMessage) -> Result<Uuid, HandlerError> {
-        Ok(outbox::enqueue(self.tx, message).await?)
+        Ok(outbox::enqueue_or_defer(self.tx, message).await?)
     }
 }
 

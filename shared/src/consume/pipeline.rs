@@ -51,7 +51,7 @@ pub(super) struct Pipeline<H> {
     /// The consumer's name in the inbox.
     pub(super) name: String,
     pub(super) queue: String,
-    inbox: bool,
+    pub(super) inbox: bool,
     /// Deliveries handled in one transaction at most ([`ConsumerConfig::batch`]).
     pub(super) batch: usize,
     pub(super) handler: H,
@@ -246,6 +246,15 @@ impl<H: Handler> Pipeline<H> {
             tracing::info!(message_id, "duplicate delivery; already applied");
             return Ok(Settled::Duplicate);
         }
+        self.apply(message, tx).await
+    }
+
+    /// The handler alone (the inbox was checked), a panic counting as a failure.
+    pub(super) async fn apply(
+        &self,
+        message: &IncomingMessage,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<Settled, HandlerError> {
         match AssertUnwindSafe(self.handler.handle(message, tx))
             .catch_unwind()
             .await

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod deferred;
 mod relay;
 mod store;
 
@@ -140,6 +141,27 @@ pub async fn enqueue(
     conn: &mut PgConnection,
     message: &OutboxMessage,
 ) -> Result<Uuid, OutboxError> {
+    let (message, span) = traced(message);
+    store::insert(conn, &message).instrument(span).await?;
+    Ok(message.id)
+}
+
+/// [`enqueue`], except inside a consumer batch, which writes the batch's messages together
+/// before it commits ([`deferred`]).
+pub(crate) async fn enqueue_or_defer(
+    conn: &mut PgConnection,
+    message: &OutboxMessage,
+) -> Result<Uuid, OutboxError> {
+    let (message, span) = traced(message);
+    let id = message.id;
+    if let Err(message) = deferred::defer(message) {
+        store::insert(conn, &message).instrument(span).await?;
+    }
+    Ok(id)
+}
+
+/// `message` continuing the current trace (or the one it names) through a `create` span.
+fn traced(message: &OutboxMessage) -> (OutboxMessage, tracing::Span) {
     let span = spans::create(spans::Created {
         message_id: message.id,
         message_type: &message.message_type,
@@ -157,6 +179,5 @@ pub async fn enqueue(
     message
         .headers
         .insert(TRACEPARENT.to_owned(), trace.to_string());
-    store::insert(conn, &message).instrument(span).await?;
-    Ok(message.id)
+    (message, span)
 }

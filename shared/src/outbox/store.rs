@@ -77,6 +77,44 @@ pub(crate) async fn insert(
     Ok(())
 }
 
+/// Insert plain messages (none numbered in a key sequence) with one statement; `seq` follows
+/// their order.
+pub(crate) async fn insert_many(
+    conn: &mut PgConnection,
+    messages: &[OutboxMessage],
+) -> Result<(), sqlx::Error> {
+    if let [message] = messages {
+        return insert(conn, message).await;
+    }
+    let mut headers = Vec::with_capacity(messages.len());
+    for message in messages {
+        headers.push(
+            serde_json::to_value(&message.headers)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        );
+    }
+    let column = |field: fn(&OutboxMessage) -> &str| -> Vec<&str> {
+        messages.iter().map(field).collect()
+    };
+    sqlx::query(
+        "INSERT INTO msgkit_outbox (id, aggregate_id, exchange, routing_key, message_type, payload, headers) \
+         SELECT id, aggregate_id, exchange, routing_key, message_type, payload, headers \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+              WITH ORDINALITY AS m(id, aggregate_id, exchange, routing_key, message_type, payload, headers, n) \
+         ORDER BY n",
+    )
+    .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
+    .bind(column(|m| &m.aggregate_id))
+    .bind(column(|m| &m.exchange))
+    .bind(column(|m| &m.routing_key))
+    .bind(column(|m| &m.message_type))
+    .bind(messages.iter().map(|m| &m.payload).collect::<Vec<_>>())
+    .bind(headers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A transaction for [`claim`]. The claim must walk the due rows in `seq` order and stop after
 /// `limit` heads. An outbox never analysed since it filled up (a new service, a burst) looks
 /// nearly empty to the planner, which then reads and sorts every pending row instead: 70 ms
