@@ -68,6 +68,31 @@ async fn a_reservation_shows_on_an_open_stream_with_its_new_version() {
 }
 
 #[tokio::test]
+async fn changes_while_no_stream_is_open_are_in_the_first_streams_start_and_not_sent_again() {
+    // With no stream open the feed's listener reads nothing; the first stream must still
+    // start from the current values and then get each later change once.
+    let app = spawn_app().await;
+    app.place(&[("SKU-1", 2)]).await;
+    app.place(&[("SKU-1", 3)]).await;
+    wait_until_async("both reservations committed", DEADLINE, || async {
+        let body: Value = app.get_stock("SKU-1").await.json().await.unwrap();
+        (body["version"] == 3).then_some(())
+    })
+    .await;
+    let mut stream = app.stream("?sku=SKU-1").await;
+    let (first_id, first) = next_value(&mut stream).await;
+    assert_eq!(first["version"], 3, "{first}");
+    app.place(&[("SKU-1", 1)]).await;
+    let (id, changed) = next_value(&mut stream).await;
+    assert!(id > first_id, "ids grow: {first_id} then {id}");
+    assert_eq!(changed["version"], 4, "the next change, not an older one again: {changed}");
+    assert_eq!(changed["available"], 100_000 - 6);
+    app.place(&[("SKU-1", 1)]).await;
+    let (_, next) = next_value(&mut stream).await;
+    assert_eq!(next["version"], 5, "{next}");
+}
+
+#[tokio::test]
 async fn a_stream_without_skus_starts_with_every_current_value() {
     let app = spawn_app().await;
     let mut stream = app.stream("").await;
