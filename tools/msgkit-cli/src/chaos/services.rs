@@ -48,6 +48,11 @@ impl ServiceProcess {
         self
     }
 
+    /// Set an environment variable for the next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.insert(name.to_owned(), value.to_owned());
+    }
+
     pub fn start(&mut self) -> Result<(), CliError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
