@@ -310,17 +310,24 @@ async fn follow_ups_published_in_a_batch_commit_with_it_in_order_and_only_with_i
     // A batch's follow-ups are written together just before it commits: they must come out
     // as if each were written when published (one row each, in order, numbered without gaps),
     // and the ones of a batch that rolled back (at 13) must not survive it.
-    let backlog: Vec<(&str, &str, i64)> = (1..=30).map(|n| ("batched.entered", "acc-b", n)).collect();
+    let backlog: Vec<(&str, &str, i64)> =
+        (1..=30).map(|n| ("batched.entered", "acc-b", n)).collect();
     let routes = Routes::new().route(EventType::<Entry>::new("batched.entered"), note);
     let running = start_with("batched", routes, 10, &backlog).await;
     running.wait_for_entries("acc-b", 29).await;
     let dead = running.broker.take_one("batched.dlq", DEADLINE).await;
-    assert_eq!(header_str(&dead.delivery.properties, "x-failure-reason"), Some("poison"));
+    assert_eq!(
+        header_str(&dead.delivery.properties, "x-failure-reason"),
+        Some("poison")
+    );
     let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT tx) FROM entries")
         .fetch_one(&running.pool)
         .await
         .unwrap();
-    assert!(transactions < 29, "batches did not form: {transactions} transactions");
+    assert!(
+        transactions < 29,
+        "batches did not form: {transactions} transactions"
+    );
 
     let rows: Vec<(String, i64, Option<String>, bool)> = sqlx::query_as(
         "SELECT message_type, (payload->>'cents')::bigint, headers->>'x-key-seq', \
@@ -330,15 +337,27 @@ async fn follow_ups_published_in_a_batch_commit_with_it_in_order_and_only_with_i
     .fetch_all(&running.pool)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 58, "two follow-ups per applied message: {rows:?}");
-    assert!(rows.iter().all(|row| row.3), "every follow-up continues its message's trace");
+    assert_eq!(
+        rows.len(),
+        58,
+        "two follow-ups per applied message: {rows:?}"
+    );
+    assert!(
+        rows.iter().all(|row| row.3),
+        "every follow-up continues its message's trace"
+    );
     // Concurrent batches interleave their rows; each message's two keep their order.
     let mut cents: Vec<i64> = Vec::new();
     for (at, row) in rows.iter().enumerate() {
         if row.0 == "audit.noted" {
             cents.push(row.1);
-            let numbered = rows.iter().position(|r| r.0 == "audit.numbered" && r.1 == row.1);
-            assert!(numbered.is_some_and(|n| n > at), "{row:?} before its pair: {rows:?}");
+            let numbered = rows
+                .iter()
+                .position(|r| r.0 == "audit.numbered" && r.1 == row.1);
+            assert!(
+                numbered.is_some_and(|n| n > at),
+                "{row:?} before its pair: {rows:?}"
+            );
         }
     }
     cents.sort_unstable();
@@ -346,6 +365,9 @@ async fn follow_ups_published_in_a_batch_commit_with_it_in_order_and_only_with_i
     assert_eq!(cents, expected, "each applied message's follow-ups once");
     let numbers: Vec<String> = rows.iter().filter_map(|row| row.2.clone()).collect();
     let gapless: Vec<String> = (1..=29).map(|n: i64| n.to_string()).collect();
-    assert_eq!(numbers, gapless, "numbered in row order, without the rolled-back batch's");
+    assert_eq!(
+        numbers, gapless,
+        "numbered in row order, without the rolled-back batch's"
+    );
     running.stop().await;
 }

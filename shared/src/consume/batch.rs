@@ -15,6 +15,7 @@ use super::message::IncomingMessage;
 use super::outcome::{Settled, Unsettled};
 use super::pipeline::{DATABASE_PATIENCE, Pipeline, Received, onward_tier, panicked};
 use crate::inbox;
+use crate::outbox::PendingRow;
 use crate::outbox::deferred;
 use crate::publish::ConfirmedPublisher;
 use crate::telemetry::context;
@@ -75,7 +76,10 @@ impl<H: Handler> Pipeline<H> {
         together.sort_by(|a, b| a.message.correlation_id().cmp(&b.message.correlation_id()));
         match self.handle_together(&together).await {
             None => Err(Unsettled::DatabaseUnavailable(DATABASE_PATIENCE)),
-            Some(Ok(outcomes)) => {
+            Some(Ok((outcomes, direct))) => {
+                if let Some(dispatch) = self.dispatch() {
+                    dispatch.send(direct).await;
+                }
                 self.outcomes.metrics.batch_committed(together.len());
                 for (one, settled) in together.iter().zip(outcomes) {
                     self.finish(one, settled, acks);
@@ -100,7 +104,7 @@ impl<H: Handler> Pipeline<H> {
     async fn handle_together(
         &self,
         batch: &[Received],
-    ) -> Option<Result<Vec<Settled>, HandlerError>> {
+    ) -> Option<Result<(Vec<Settled>, Vec<PendingRow>), HandlerError>> {
         let mut tx = self.begin().await?;
         Some(match self.apply_together(batch, &mut tx).await {
             Ok(outcomes) => tx
@@ -118,12 +122,13 @@ impl<H: Handler> Pipeline<H> {
     /// The batch's work in `tx`, not committed: the handler's `before_batch`, every inbox row
     /// in one statement, each new message's handler, then the follow-up events they published
     /// in one statement (one round trip each instead of one per message: the batch's only
-    /// per-message statements are then the handlers' own).
+    /// per-message statements are then the handlers' own). Also the rows to dispatch once it
+    /// commits.
     async fn apply_together(
         &self,
         batch: &[Received],
         tx: &mut Transaction<'static, Postgres>,
-    ) -> Result<Vec<Settled>, HandlerError> {
+    ) -> Result<(Vec<Settled>, Vec<PendingRow>), HandlerError> {
         let messages: Vec<&IncomingMessage> = batch.iter().map(|one| &one.message).collect();
         AssertUnwindSafe(self.handler.before_batch(&messages, tx))
             .catch_unwind()
@@ -160,7 +165,8 @@ impl<H: Handler> Pipeline<H> {
         })
         .await;
         let outcomes = outcomes?;
-        deferred::flush(tx, &published).await?;
-        Ok(outcomes)
+        let lease = self.dispatch().map(|dispatch| dispatch.lease());
+        let direct = deferred::flush(tx, &published, lease).await?;
+        Ok((outcomes, direct))
     }
 }

@@ -22,6 +22,7 @@ use crate::backoff;
 use crate::broker::{BrokerError, BrokerSettings};
 use crate::inbox;
 use crate::key_order::Position;
+use crate::outbox::{Dispatch, DispatchSlot, deferred};
 use crate::publish::ConfirmedPublisher;
 use crate::telemetry::{context, spans};
 use crate::topology::delay_tier_for;
@@ -64,6 +65,8 @@ pub(super) struct Pipeline<H> {
     pub(super) outcomes: Outcomes,
     /// `<queue> process`, the name of every delivery's span.
     span_name: String,
+    /// The service's direct dispatch of follow-up events, when it runs a relay.
+    dispatch: DispatchSlot,
 }
 
 impl<H: Handler> Pipeline<H> {
@@ -100,7 +103,19 @@ impl<H: Handler> Pipeline<H> {
             ),
             outcomes,
             span_name: spans::process_name(&config.queue),
+            dispatch: DispatchSlot::default(),
         }
+    }
+
+    /// Hand follow-up events to `dispatch` once it is set (see [`crate::outbox::Dispatch`]).
+    pub(super) fn with_dispatch(mut self, dispatch: DispatchSlot) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// The direct dispatch, when the service runs one.
+    pub(super) fn dispatch(&self) -> Option<&Dispatch> {
+        self.dispatch.get()
     }
 
     /// Take a delivery apart: the message, the span that carries its trace, and its tag.
@@ -199,11 +214,21 @@ impl<H: Handler> Pipeline<H> {
                 .process_in_order(message, message_id, &position, tx, publisher)
                 .await;
         }
-        let outcome = match self.run_handler(message, message_id, &mut tx).await {
-            Ok(applied) => tx
+        let dispatch = self.dispatch();
+        let (handled, published) =
+            deferred::collect(self.run_handler(message, message_id, &mut tx)).await;
+        let written = match handled {
+            Ok(applied) => deferred::flush(&mut tx, &published, dispatch.map(Dispatch::lease))
+                .await
+                .map(|direct| (applied, direct))
+                .map_err(HandlerError::from),
+            Err(error) => Err(error),
+        };
+        let outcome = match written {
+            Ok(written) => tx
                 .commit()
                 .await
-                .map(|()| applied)
+                .map(|()| written)
                 .map_err(HandlerError::from),
             Err(error) => {
                 let _ = tx.rollback().await;
@@ -211,7 +236,12 @@ impl<H: Handler> Pipeline<H> {
             }
         };
         match outcome {
-            Ok(settled) => Ok(Some(settled)),
+            Ok((settled, direct)) => {
+                if let Some(dispatch) = dispatch {
+                    dispatch.send(direct).await;
+                }
+                Ok(Some(settled))
+            }
             Err(error) => self.fail(message, &error, publisher).await.map(Some),
         }
     }

@@ -18,6 +18,7 @@ use super::stats::ConsumerStats;
 use super::timer_firing::fire_timers;
 use crate::broker::BrokerSettings;
 use crate::metrics::{ConsumerSeries, Metrics, QueueMetrics};
+use crate::outbox::DispatchSlot;
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
@@ -31,6 +32,8 @@ pub struct Consumer<H> {
     /// Its series; with timer series when the handler handles timers, so that this consumer
     /// fires them.
     metrics: QueueMetrics,
+    /// Its service's direct dispatch, once the service runs a relay.
+    dispatch: DispatchSlot,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -45,6 +48,7 @@ impl<H: Handler> Consumer<H> {
     ) -> Self {
         Self {
             metrics: queue_metrics(&Metrics::new(), &config, &handler),
+            dispatch: DispatchSlot::default(),
             pool,
             broker,
             topology,
@@ -56,6 +60,12 @@ impl<H: Handler> Consumer<H> {
     /// Count into `metrics` (its service's registry) instead of a registry of its own.
     pub(crate) fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.metrics = queue_metrics(metrics, &self.config, &self.handler);
+        self
+    }
+
+    /// Publish follow-up events through `dispatch` once it is set (its service's relay).
+    pub(crate) fn with_dispatch(mut self, dispatch: DispatchSlot) -> Self {
+        self.dispatch = dispatch;
         self
     }
 
@@ -85,6 +95,7 @@ impl<H: Handler> Consumer<H> {
             config,
             mut handler,
             metrics,
+            dispatch,
         } = self;
         // Now that its registry is final (a service swaps in its own).
         handler.configure(&ConsumerSetup {
@@ -97,6 +108,7 @@ impl<H: Handler> Consumer<H> {
             topology,
             config,
             outcomes: Outcomes { metrics },
+            dispatch,
         };
         // Monomorphised twice, so that a consumer without faults runs its handler bare.
         match parts.config.faults.around(handler) {
@@ -114,6 +126,7 @@ struct Parts {
     topology: Topology,
     config: ConsumerConfig,
     outcomes: Outcomes,
+    dispatch: DispatchSlot,
 }
 
 impl Parts {
@@ -126,12 +139,14 @@ impl Parts {
             topology,
             config,
             outcomes,
+            dispatch,
         } = self;
         let timer_metrics = outcomes.metrics.timers.clone();
         let registry = outcomes.metrics.registry.clone();
         let key_order = handler.key_order();
         let connection = outcomes.metrics.connection.clone();
-        let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes);
+        let pipeline = Pipeline::new(pool.clone(), broker.clone(), &config, handler, outcomes)
+            .with_dispatch(dispatch);
         let sessions = Sessions {
             broker,
             topology,

@@ -97,6 +97,7 @@ impl Metrics {
         );
         RelayMetrics {
             published: self.0.relay_published.get_or_create(&label).clone(),
+            dispatched: self.0.outbox_dispatched.get_or_create(&label).clone(),
             refused: self.0.relay_refused.get_or_create(&label).clone(),
             broker_errors: self.0.relay_broker_errors.get_or_create(&label).clone(),
             connection: self.component(&format!("{app_id}/relay")),

@@ -162,6 +162,8 @@ impl QueueMetrics {
 #[derive(Clone, Debug)]
 pub(crate) struct RelayMetrics {
     pub(crate) published: Counter,
+    /// Of `published`, those sent by direct dispatch.
+    pub(crate) dispatched: Counter,
     pub(crate) refused: Counter,
     pub(crate) broker_errors: Counter,
     pub(crate) connection: ComponentMetrics,

@@ -63,6 +63,7 @@ struct Families {
     end_to_end: Family<One, Histogram, fn() -> Histogram>,
     confirm: Family<One, Histogram, fn() -> Histogram>,
     relay_published: Family<One, Counter>,
+    outbox_dispatched: Family<One, Counter>,
     relay_refused: Family<One, Counter>,
     relay_broker_errors: Family<One, Counter>,
     reconnects: Family<One, Counter>,
@@ -96,6 +97,7 @@ impl Metrics {
             end_to_end: Family::new_with_constructor(seconds),
             confirm: Family::new_with_constructor(seconds),
             relay_published: Family::default(),
+            outbox_dispatched: Family::default(),
             relay_refused: Family::default(),
             relay_broker_errors: Family::default(),
             reconnects: Family::default(),
@@ -173,6 +175,11 @@ impl Families {
             "relay_published",
             "Messages the outbox relay published and the broker confirmed",
             self.relay_published.clone(),
+        );
+        registry.register(
+            "outbox_dispatched",
+            "Of the messages the relay published, those sent by direct dispatch: right after their transaction committed, by the process that wrote them",
+            self.outbox_dispatched.clone(),
         );
         registry.register(
             "relay_refused",

@@ -6,10 +6,12 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use super::{OutboxMessage, store};
+use super::OutboxMessage;
+use super::store::{self, PendingRow};
 
 tokio::task_local! {
     static DEFERRED: RefCell<Vec<OutboxMessage>>;
@@ -39,24 +41,34 @@ pub(super) fn defer(message: OutboxMessage) -> Result<(), OutboxMessage> {
 }
 
 /// Write `messages` in order: each run of plain messages by one multi-row statement, a message
-/// numbered in a key sequence by its own (its number is taken in that statement).
+/// numbered in a key sequence by its own (its number is taken in that statement). With a
+/// `lease` (the writer's process dispatches directly), plain messages that can go out as soon
+/// as the transaction commits are written for it and returned, to be handed to the dispatcher
+/// after the commit (see `store::insert_many_direct`).
 pub(crate) async fn flush(
     conn: &mut PgConnection,
     messages: &[OutboxMessage],
-) -> Result<(), sqlx::Error> {
+    lease: Option<Duration>,
+) -> Result<Vec<PendingRow>, sqlx::Error> {
+    let mut direct = Vec::new();
     let mut rest = messages;
     while !rest.is_empty() {
         let plain = rest
             .iter()
             .take_while(|message| message.key_sequence.is_none())
             .count();
-        if plain > 0 {
-            store::insert_many(conn, &rest[..plain]).await?;
-            rest = &rest[plain..];
-        } else {
+        if plain == 0 {
             store::insert(conn, &rest[0]).await?;
             rest = &rest[1..];
+            continue;
         }
+        match lease {
+            Some(lease) => {
+                direct.extend(store::insert_many_direct(conn, &rest[..plain], lease).await?);
+            }
+            None => store::insert_many(conn, &rest[..plain]).await?,
+        }
+        rest = &rest[plain..];
     }
-    Ok(())
+    Ok(direct)
 }

@@ -29,7 +29,9 @@ use crate::telemetry::spans;
 use crate::topology::EVENTS_EXCHANGE;
 use crate::trace_context::{TRACEPARENT, TraceParent};
 
+pub(crate) use relay::{Dispatch, DispatchSlot};
 pub use relay::{OutboxRelay, RelayConfig, RelayError, RelayStats};
+pub(crate) use store::PendingRow;
 pub use store::{Backlog, backlog};
 
 /// What can go wrong writing to or reading the outbox.

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use crate::consume::{Consumer, ConsumerConfig, Handler, Routes};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
-use crate::outbox::OutboxRelay;
+use crate::outbox::{DispatchSlot, OutboxRelay};
 use crate::projection::{Projection, ProjectionConfig, ProjectionRunner};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
@@ -103,6 +103,9 @@ pub struct Service {
     key_order_queues: Vec<String>,
     /// Triggered when the service starts to stop: what [`Service::shutdown_signal`] hands out.
     stopping: Shutdown,
+    /// Direct dispatch of the consumers' follow-up events, set by the relay. The dispatcher
+    /// stops once every holder of it has (this one is dropped as the service runs).
+    dispatch: DispatchSlot,
 }
 
 impl Service {
@@ -157,6 +160,7 @@ impl Service {
             timer_queues: Vec::new(),
             key_order_queues: Vec::new(),
             stopping: Shutdown::new(),
+            dispatch: DispatchSlot::default(),
         })
     }
 
@@ -189,6 +193,13 @@ impl Service {
         self.ops = self
             .ops
             .with_relay(self.settings.name.clone(), relay.stats());
+        if self.settings.relay.direct_dispatch {
+            let (dispatch, dispatcher) = relay.dispatcher();
+            if self.dispatch.set(dispatch).is_ok() {
+                self.tasks
+                    .push(Box::new(move |shutdown| Box::pin(dispatcher.run(shutdown))));
+            }
+        }
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(relay.run(shutdown))));
         self.relay = true;
@@ -265,7 +276,8 @@ impl Service {
             config,
             handler,
         )
-        .with_metrics(&self.metrics);
+        .with_metrics(&self.metrics)
+        .with_dispatch(self.dispatch.clone());
         self.ops = self.ops.with_consumer(queue, name, consumer.stats());
         self.tasks
             .push(Box::new(move |shutdown| Box::pin(consumer.run(shutdown))));
@@ -394,6 +406,8 @@ impl Service {
         for task in self.tasks {
             shutdown.spawn(task(shutdown.clone()));
         }
+        // The consumers hold the dispatch now: the dispatcher ends after the last of them.
+        drop(self.dispatch);
         let app = self
             .routes
             .merge(ops::router(self.ops))

@@ -20,8 +20,9 @@ use crate::telemetry::spans;
 
 /// A claimed batch whose messages are published and whose confirms are outstanding.
 pub(super) struct SentBatch {
-    /// The claim's transaction: it holds the rows' locks until the batch is marked.
-    pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The claim's transaction: it holds the rows' locks until the batch is marked. `None` for
+    /// rows of direct dispatch, which no claim holds (their lease keeps the relays away).
+    pub(super) tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     rows: Vec<PendingRow>,
     spans: Vec<tracing::Span>,
     confirms: PendingConfirms,
@@ -104,6 +105,18 @@ impl OutboxRelay {
             drop(tx);
             return Ok(None);
         }
+        // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
+        // and unlocked, and are claimed again after reconnecting.
+        self.send(publisher, rows, Some(tx)).await.map(Some)
+    }
+
+    /// Publish `rows` without awaiting their confirms.
+    pub(super) async fn send(
+        &self,
+        publisher: &ConfirmedPublisher,
+        rows: Vec<PendingRow>,
+        tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    ) -> Result<SentBatch, RelayError> {
         let mut messages: Vec<OutgoingMessage> =
             rows.iter().map(|row| self.outgoing(row)).collect();
         let spans: Vec<tracing::Span> = messages.iter_mut().map(spans::publish).collect();
@@ -115,17 +128,15 @@ impl OutboxRelay {
             &already,
         );
         let started = Instant::now();
-        // On a broker error the transaction is dropped (rolled back): the rows stay unpublished
-        // and unlocked, and are claimed again after reconnecting.
         let confirms = publisher.send_batch(&wire).await?;
-        Ok(Some(SentBatch {
+        Ok(SentBatch {
             tx,
             rows,
             spans,
             confirms,
             copied,
             started,
-        }))
+        })
     }
 
     /// Await a sent batch's confirms, mark the confirmed rows published and the refused ones
@@ -150,7 +161,12 @@ impl OutboxRelay {
             }
         }
         let verdicts = self.verdicts(&rows, outcomes);
-        if let Err(error) = store::mark_batch(tx, &verdicts.published, &verdicts.failed).await {
+        let direct = tx.is_none();
+        let marked = match tx {
+            Some(tx) => store::mark_batch(tx, &verdicts.published, &verdicts.failed).await,
+            None => store::mark_dispatched(&self.pool, &verdicts.published, &verdicts.failed).await,
+        };
+        if let Err(error) = marked {
             // The broker has these messages; an unmarked row would be published again. The
             // claim's connection is gone (a database restart, typically), so mark them on a
             // fresh one while the database comes back. Refused rows need nothing: they are
@@ -161,6 +177,9 @@ impl OutboxRelay {
 
         let (published, failed) = (verdicts.published.len(), verdicts.failed.len());
         self.metrics.published.inc_by(published as u64);
+        if direct {
+            self.metrics.dispatched.inc_by(published as u64);
+        }
         self.metrics.refused.inc_by(failed as u64);
         let report = BatchReport {
             claimed: rows.len(),

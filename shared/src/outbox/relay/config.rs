@@ -24,11 +24,19 @@ pub struct RelayConfig {
     pub cleanup_interval: Duration,
     /// Limit on waiting for one batch's confirms.
     pub confirm_timeout: Duration,
+    /// Whether the service publishes its consumers' follow-up events itself right after their
+    /// transaction commits, the relay only taking over when it cannot (see `direct` dispatch
+    /// in docs/architecture.md).
+    pub direct_dispatch: bool,
+    /// How long the relays leave a row written for direct dispatch alone: after a crash, its
+    /// event goes out this late. The dispatcher waits for a confirm half as long at most and
+    /// then hands the rows to the relays, so a slow broker does not make duplicates.
+    pub dispatch_lease: Duration,
 }
 
 impl RelayConfig {
     /// Defaults: batches of 100, poll every second, refused rows retried after 1 s doubling
-    /// to 60 s, published rows kept 24 h.
+    /// to 60 s, published rows kept 24 h, direct dispatch on with a 10 s lease.
     pub fn new(app_id: impl Into<String>) -> Self {
         Self {
             app_id: app_id.into(),
@@ -39,12 +47,15 @@ impl RelayConfig {
             retention: Duration::from_secs(24 * 3600),
             cleanup_interval: Duration::from_secs(60),
             confirm_timeout: crate::publish::DEFAULT_CONFIRM_TIMEOUT,
+            direct_dispatch: true,
+            dispatch_lease: Duration::from_secs(10),
         }
     }
 
     /// The defaults overridden by `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`,
     /// `OUTBOX_RETRY_INITIAL_MS`, `OUTBOX_RETRY_MAX_MS`, `OUTBOX_RETENTION_MS`,
-    /// `OUTBOX_CLEANUP_INTERVAL_MS`, `OUTBOX_CONFIRM_TIMEOUT_MS`.
+    /// `OUTBOX_CLEANUP_INTERVAL_MS`, `OUTBOX_CONFIRM_TIMEOUT_MS`, `OUTBOX_DIRECT_DISPATCH`,
+    /// `OUTBOX_DISPATCH_LEASE_MS`.
     pub fn from_config(
         config: &impl Lookup,
         app_id: impl Into<String>,
@@ -62,6 +73,8 @@ impl RelayConfig {
                 .millis("OUTBOX_CLEANUP_INTERVAL_MS", defaults.cleanup_interval)?,
             confirm_timeout: config
                 .millis("OUTBOX_CONFIRM_TIMEOUT_MS", defaults.confirm_timeout)?,
+            direct_dispatch: config.parse("OUTBOX_DIRECT_DISPATCH", defaults.direct_dispatch)?,
+            dispatch_lease: config.millis("OUTBOX_DISPATCH_LEASE_MS", defaults.dispatch_lease)?,
             ..defaults
         })
     }

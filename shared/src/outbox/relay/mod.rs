@@ -11,6 +11,7 @@
 mod archive;
 mod batch;
 mod config;
+mod direct;
 mod stats;
 mod wakeup;
 
@@ -30,6 +31,7 @@ use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
 pub use self::config::RelayConfig;
+pub(crate) use self::direct::{Dispatch, DispatchSlot};
 pub use self::stats::{BatchReport, RelayStats};
 
 /// How long the relay keeps trying to mark a confirmed batch published after the claim's
@@ -265,7 +267,7 @@ mod tests {
 
         let mut batch = relay.claim_and_send(&publisher).await.unwrap().unwrap();
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *batch.tx)
+            .fetch_one(&mut **batch.tx.as_mut().unwrap())
             .await
             .unwrap();
         let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")

@@ -17,6 +17,11 @@ impl RelayStats {
     pub fn published(&self) -> u64 {
         self.metrics.published.get()
     }
+    /// Of [`RelayStats::published`], the messages sent by direct dispatch, right after their
+    /// transaction committed.
+    pub fn dispatched(&self) -> u64 {
+        self.metrics.dispatched.get()
+    }
     /// Publish attempts the broker refused (returned as unroutable, or nacked).
     pub fn failed(&self) -> u64 {
         self.metrics.refused.get()
