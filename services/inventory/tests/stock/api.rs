@@ -85,7 +85,10 @@ async fn changes_while_no_stream_is_open_are_in_the_first_streams_start_and_not_
     app.place(&[("SKU-1", 1)]).await;
     let (id, changed) = next_value(&mut stream).await;
     assert!(id > first_id, "ids grow: {first_id} then {id}");
-    assert_eq!(changed["version"], 4, "the next change, not an older one again: {changed}");
+    assert_eq!(
+        changed["version"], 4,
+        "the next change, not an older one again: {changed}"
+    );
     assert_eq!(changed["available"], 100_000 - 6);
     app.place(&[("SKU-1", 1)]).await;
     let (_, next) = next_value(&mut stream).await;
