@@ -847,11 +847,11 @@ async fn a_batch_applies_each_message_once_when_it_holds_duplicates_and_already_
         .await
         .unwrap();
     }
-    for n in 0..10 {
+    for (n, old) in applied.iter().enumerate() {
         let fresh = Harness::message("batched.msg", &json!({"key": format!("new-{n}")}));
         h.publish(&fresh).await;
         h.publish(&fresh).await;
-        h.publish(&applied[n]).await;
+        h.publish(old).await;
     }
     let stats = h.start_with(batching("batched", 10), Recording::default());
     wait_until("ten handled, twenty duplicates", DEADLINE, || {

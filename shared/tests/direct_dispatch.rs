@@ -49,7 +49,10 @@ struct Running {
 async fn start(poll_ms: &str) -> Running {
     let db = TestDatabase::create().await;
     let broker = TestBroker::create().await;
-    let source = test_config([("OUTBOX_POLL_INTERVAL_MS", poll_ms)]);
+    let source = test_config([
+        ("OUTBOX_POLL_INTERVAL_MS", poll_ms),
+        ("OUTBOX_DIRECT_DISPATCH", "true"),
+    ]);
     let mut settings = ServiceSettings::from_source(source, "ledger", 0, "ledger").unwrap();
     settings.database = db.settings("ledger");
     settings.broker = broker.settings("ledger");

@@ -30,14 +30,14 @@ pub(crate) async fn collect<T>(work: impl Future<Output = T>) -> (T, Vec<OutboxM
 }
 
 /// Keep `message` for the batch being collected on this task; gives it back when there is none.
-pub(super) fn defer(message: OutboxMessage) -> Result<(), OutboxMessage> {
+pub(super) fn defer(message: OutboxMessage) -> Option<OutboxMessage> {
     let mut slot = Some(message);
     let _ = DEFERRED.try_with(|deferred| {
         if let Some(message) = slot.take() {
             deferred.borrow_mut().push(message);
         }
     });
-    slot.map_or(Ok(()), Err)
+    slot
 }
 
 /// Write `messages` in order: each run of plain messages by one multi-row statement, a message

@@ -156,7 +156,7 @@ pub(crate) async fn enqueue_or_defer(
 ) -> Result<Uuid, OutboxError> {
     let (message, span) = traced(message);
     let id = message.id;
-    if let Err(message) = deferred::defer(message) {
+    if let Some(message) = deferred::defer(message) {
         store::insert(conn, &message).instrument(span).await?;
     }
     Ok(id)

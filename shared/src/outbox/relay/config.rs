@@ -26,7 +26,8 @@ pub struct RelayConfig {
     pub confirm_timeout: Duration,
     /// Whether the service publishes its consumers' follow-up events itself right after their
     /// transaction commits, the relay only taking over when it cannot (see `direct` dispatch
-    /// in docs/architecture.md).
+    /// in docs/architecture.md). Off by default: on the 2-core bench machine it cost more CPU
+    /// per order than it saved (docs/performance.md).
     pub direct_dispatch: bool,
     /// How long the relays leave a row written for direct dispatch alone: after a crash, its
     /// event goes out this late. The dispatcher waits for a confirm half as long at most and
@@ -36,7 +37,7 @@ pub struct RelayConfig {
 
 impl RelayConfig {
     /// Defaults: batches of 100, poll every second, refused rows retried after 1 s doubling
-    /// to 60 s, published rows kept 24 h, direct dispatch on with a 10 s lease.
+    /// to 60 s, published rows kept 24 h, direct dispatch off (a 10 s lease when on).
     pub fn new(app_id: impl Into<String>) -> Self {
         Self {
             app_id: app_id.into(),
@@ -47,7 +48,7 @@ impl RelayConfig {
             retention: Duration::from_secs(24 * 3600),
             cleanup_interval: Duration::from_secs(60),
             confirm_timeout: crate::publish::DEFAULT_CONFIRM_TIMEOUT,
-            direct_dispatch: true,
+            direct_dispatch: false,
             dispatch_lease: Duration::from_secs(10),
         }
     }

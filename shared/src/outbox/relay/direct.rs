@@ -16,6 +16,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -27,6 +29,9 @@ use crate::shutdown::Shutdown;
 
 /// How long the dispatcher goes on after shutdown while writers still send it rows.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Batches published and awaiting their confirms and marks at once.
+const IN_FLIGHT: usize = 8;
 
 /// Where committed rows go for direct dispatch; cloned into every consumer of a service that
 /// runs a relay.
@@ -89,110 +94,140 @@ impl Dispatcher {
     /// Publish what arrives until every writer has stopped (the consumers finish their
     /// in-flight messages after `shutdown`, and their events should still go out at once), or
     /// [`DRAIN_LIMIT`] after `shutdown` at the latest; then hand what is left to the relays.
-    pub(crate) async fn run(mut self, shutdown: Shutdown) {
+    ///
+    /// Batches are pipelined: the next one is sent while earlier ones await their confirms
+    /// and marks (up to [`IN_FLIGHT`]), so an event never waits for another batch's round
+    /// trips. Two batches never hold rows of one aggregate: only an aggregate's first
+    /// unpublished row is written for dispatch.
+    pub(crate) async fn run(self, shutdown: Shutdown) {
+        let Self {
+            relay,
+            mut receiver,
+        } = self;
         let mut publisher: Option<ConfirmedPublisher> = None;
+        let mut in_flight = FuturesUnordered::new();
         let limit = async {
             shutdown.triggered().await;
             tokio::time::sleep(DRAIN_LIMIT).await;
         };
         tokio::pin!(limit);
-        loop {
-            let rows = tokio::select! {
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
                 biased;
-                rows = self.receiver.recv() => match rows {
-                    Some(rows) => rows,
-                    None => break,
-                },
-                () = &mut limit => break,
-            };
-            let rows = self.with_waiting(rows);
-            publisher = self.publish(publisher, rows).await;
+                Some((ids, finished)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if !finished_well(&relay, ids, finished).await
+                        && let Some(stale) = publisher.take()
+                    {
+                        stale.close().await;
+                    }
+                }
+                rows = receiver.recv(), if open && in_flight.len() < IN_FLIGHT => {
+                    let Some(rows) = rows else {
+                        open = false;
+                        continue;
+                    };
+                    let rows = with_waiting(&mut receiver, rows, relay.config.batch_len());
+                    let ids = ids(&rows);
+                    publisher = connected(&relay, publisher.take()).await;
+                    let Some(active) = &publisher else {
+                        tracing::warn!(rows = ids.len(), "direct dispatch cannot reach the broker; the relay takes the rows");
+                        release(&relay.pool, &ids).await;
+                        continue;
+                    };
+                    match relay.send(active, rows, None).await {
+                        Ok(sent) => {
+                            let relay = &relay;
+                            in_flight.push(async move { (ids, relay.finish(sent).await) });
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, rows = ids.len(), "direct dispatch failed; the relay takes the rows");
+                            release(&relay.pool, &ids).await;
+                            if let Some(stale) = publisher.take() {
+                                stale.close().await;
+                            }
+                        }
+                    }
+                }
+                () = &mut limit, if open => open = false,
+            }
         }
         // Writers that come after this find the channel closed and release their rows
         // themselves.
-        self.receiver.close();
+        receiver.close();
         let mut left = Vec::new();
-        while let Ok(rows) = self.receiver.try_recv() {
+        while let Ok(rows) = receiver.try_recv() {
             left.extend(ids(&rows));
         }
-        release(&self.relay.pool, &left).await;
+        release(&relay.pool, &left).await;
         if let Some(publisher) = publisher {
             publisher.close().await;
         }
     }
+}
 
-    /// `rows` and whatever else is queued, up to a relay batch: what piled up while the last
-    /// batch's confirms were awaited goes out together.
-    fn with_waiting(&mut self, mut rows: Vec<PendingRow>) -> Vec<PendingRow> {
-        while rows.len() < self.relay.config.batch_len() {
-            match self.receiver.try_recv() {
-                Ok(more) => rows.extend(more),
-                Err(_) => break,
-            }
+/// `rows` and whatever else is queued, up to `limit` rows: what piled up meanwhile goes out
+/// together.
+fn with_waiting(
+    receiver: &mut mpsc::UnboundedReceiver<Vec<PendingRow>>,
+    mut rows: Vec<PendingRow>,
+    limit: usize,
+) -> Vec<PendingRow> {
+    while rows.len() < limit {
+        match receiver.try_recv() {
+            Ok(more) => rows.extend(more),
+            Err(_) => break,
         }
-        rows
     }
+    rows
+}
 
-    /// Publish and mark `rows` on `publisher` (a new one if it is gone); the publisher to use
-    /// next. Rows that could not be sent are handed to the relays, which own retrying.
-    async fn publish(
-        &self,
-        publisher: Option<ConfirmedPublisher>,
-        rows: Vec<PendingRow>,
-    ) -> Option<ConfirmedPublisher> {
-        let ids = ids(&rows);
-        let publisher = match publisher {
-            Some(publisher) if publisher.is_connected() => publisher,
-            stale => {
-                if let Some(stale) = stale {
-                    stale.close().await;
-                }
-                // One attempt: while the broker is away, the relays back off for everyone.
-                let opened = match self.relay.broker.connect().await {
-                    Ok(connection) => {
-                        ConfirmedPublisher::on_connection(connection, &self.relay.topology).await
-                    }
-                    Err(error) => Err(error),
-                };
-                match opened {
-                    Ok(publisher) => publisher.with_confirm_timeout(
-                        self.relay
-                            .config
-                            .confirm_timeout
-                            .min(self.relay.config.dispatch_lease / 2),
-                    ),
-                    Err(error) => {
-                        tracing::warn!(%error, rows = ids.len(), "direct dispatch cannot reach the broker; the relay takes the rows");
-                        release(&self.relay.pool, &ids).await;
-                        return None;
-                    }
-                }
-            }
-        };
-        let sent = match self.relay.send(&publisher, rows, None).await {
-            Ok(sent) => sent,
-            Err(error) => {
-                tracing::warn!(%error, rows = ids.len(), "direct dispatch failed; the relay takes the rows");
-                release(&self.relay.pool, &ids).await;
-                publisher.close().await;
-                return None;
-            }
-        };
-        match self.relay.finish(sent).await {
-            // A nacking channel may keep nacking (see the relay loop): take a new one.
-            Ok(report) if report.nacked > 0 => {
-                publisher.close().await;
-                None
-            }
-            Ok(_) => Some(publisher),
-            Err(error) => {
-                // The broker may have some of them: a relay publishes the unmarked ones again
-                // (a duplicate, never a loss), now rather than when their lease ends.
-                tracing::warn!(%error, "direct dispatch could not confirm or mark a batch; the relay takes the unmarked rows");
-                release(&self.relay.pool, &ids).await;
-                publisher.close().await;
-                None
-            }
+/// `current` if it is still connected, else a new publisher; `None` if the broker cannot be
+/// reached. One attempt: while the broker is away, the relays back off for everyone.
+async fn connected(
+    relay: &OutboxRelay,
+    current: Option<ConfirmedPublisher>,
+) -> Option<ConfirmedPublisher> {
+    match current {
+        Some(publisher) if publisher.is_connected() => return Some(publisher),
+        Some(stale) => stale.close().await,
+        None => {}
+    }
+    let opened = match relay.broker.connect().await {
+        Ok(connection) => ConfirmedPublisher::on_connection(connection, &relay.topology).await,
+        Err(error) => Err(error),
+    };
+    match opened {
+        Ok(publisher) => Some(
+            publisher.with_confirm_timeout(
+                relay
+                    .config
+                    .confirm_timeout
+                    .min(relay.config.dispatch_lease / 2),
+            ),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "direct dispatch cannot open its channel");
+            None
+        }
+    }
+}
+
+/// Whether the channel is still good after a batch finished: not after a nack (a nacking
+/// channel may keep nacking, see the relay loop) or an error, whose unmarked rows go to the
+/// relays now rather than when their lease ends (the broker may have some of them: a
+/// duplicate, never a loss).
+async fn finished_well(
+    relay: &OutboxRelay,
+    ids: Vec<Uuid>,
+    finished: Result<super::BatchReport, super::RelayError>,
+) -> bool {
+    match finished {
+        Ok(report) => report.nacked == 0,
+        Err(error) => {
+            tracing::warn!(%error, "direct dispatch could not confirm or mark a batch; the relay takes the unmarked rows");
+            release(&relay.pool, &ids).await;
+            false
         }
     }
 }
