@@ -13,7 +13,9 @@ use super::acks::Acks;
 use super::handler::{Handler, HandlerError};
 use super::message::IncomingMessage;
 use super::outcome::{Settled, Unsettled};
-use super::pipeline::{DATABASE_PATIENCE, Pipeline, Received, onward_tier, panicked};
+use super::pipeline::{
+    DATABASE_PATIENCE, Pipeline, Received, commit_or_roll_back, onward_tier, panicked,
+};
 use crate::inbox;
 use crate::outbox::PendingRow;
 use crate::outbox::deferred;
@@ -106,17 +108,8 @@ impl<H: Handler> Pipeline<H> {
         batch: &[Received],
     ) -> Option<Result<(Vec<Settled>, Vec<PendingRow>), HandlerError>> {
         let mut tx = self.begin().await?;
-        Some(match self.apply_together(batch, &mut tx).await {
-            Ok(outcomes) => tx
-                .commit()
-                .await
-                .map(|()| outcomes)
-                .map_err(HandlerError::from),
-            Err(error) => {
-                let _ = tx.rollback().await;
-                Err(error)
-            }
-        })
+        let applied = self.apply_together(batch, &mut tx).await;
+        Some(commit_or_roll_back(tx, applied).await)
     }
 
     /// The batch's work in `tx`, not committed: the handler's `before_batch`, every inbox row

@@ -9,7 +9,7 @@ use super::failure::Verdict;
 use super::handler::{FailureKind, Handler, HandlerError};
 use super::message::IncomingMessage;
 use super::outcome::Settled;
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, commit_or_roll_back};
 use crate::broker::BrokerError;
 use crate::key_order::{self, Position, Turn};
 use crate::publish::ConfirmedPublisher;
@@ -98,16 +98,8 @@ impl<H: Handler> Pipeline<H> {
         message_id: &str,
         mut tx: Transaction<'static, Postgres>,
     ) -> Result<Settled, HandlerError> {
-        match self.run_handler(message, message_id, &mut tx).await {
-            Ok(settled) => {
-                tx.commit().await?;
-                Ok(settled)
-            }
-            Err(error) => {
-                let _ = tx.rollback().await;
-                Err(error)
-            }
-        }
+        let handled = self.run_handler(message, message_id, &mut tx).await;
+        commit_or_roll_back(tx, handled).await
     }
 
     /// The message its key expects: applied, it lets the key go on (releasing the next one

@@ -224,18 +224,7 @@ impl<H: Handler> Pipeline<H> {
                 .map_err(HandlerError::from),
             Err(error) => Err(error),
         };
-        let outcome = match written {
-            Ok(written) => tx
-                .commit()
-                .await
-                .map(|()| written)
-                .map_err(HandlerError::from),
-            Err(error) => {
-                let _ = tx.rollback().await;
-                Err(error)
-            }
-        };
-        match outcome {
+        match commit_or_roll_back(tx, written).await {
             Ok((settled, direct)) => {
                 if let Some(dispatch) = dispatch {
                     dispatch.send(direct).await;
@@ -313,6 +302,25 @@ impl<H: Handler> Pipeline<H> {
                 tracing::error!(%error, "database unavailable; returning the message to the broker");
             })
             .ok()
+    }
+}
+
+/// Commit `tx` when `work` succeeded (a failed commit is the result then), roll it back when
+/// it failed.
+pub(super) async fn commit_or_roll_back<T>(
+    tx: Transaction<'static, Postgres>,
+    work: Result<T, HandlerError>,
+) -> Result<T, HandlerError> {
+    match work {
+        Ok(value) => tx
+            .commit()
+            .await
+            .map(|()| value)
+            .map_err(HandlerError::from),
+        Err(error) => {
+            let _ = tx.rollback().await;
+            Err(error)
+        }
     }
 }
 
