@@ -21,9 +21,9 @@ pub fn throughput(stages: &[Stage]) -> String {
             "#e8590c"
         };
         svg.push_str(&format!(
-            r#"<text x="10" y="{ty}">{name}</text><rect x="{left}" y="{y}" width="{w:.1}" height="{bar_height}" fill="{colour}"/><text x="{tx:.1}" y="{ty}">{rate:.0}{ratio}</text>"#,
+            r#"{name}<rect x="{left}" y="{y}" width="{w:.1}" height="{bar_height}" fill="{colour}"/><text x="{tx:.1}" y="{ty}">{rate:.0}{ratio}</text>"#,
             ty = y + 18.0,
-            name = stage.name,
+            name = label(&stage.name, y),
             tx = left + w + 6.0,
             rate = stage.rate,
             ratio = stage.ratio.map(|r| format!(" ({r:.2}×)")).unwrap_or_default(),
@@ -31,6 +31,27 @@ pub fn throughput(stages: &[Stage]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// The longest stage name that fits the label column on one line (13 px sans-serif).
+const LABEL_CHARS: usize = 56;
+
+/// A stage's name left of its bar at `y`: on two lines when it would run into the bar.
+fn label(name: &str, y: f64) -> String {
+    if name.chars().count() <= LABEL_CHARS {
+        return format!(r#"<text x="10" y="{:.1}">{name}</text>"#, y + 18.0);
+    }
+    let limit = name
+        .char_indices()
+        .nth(LABEL_CHARS)
+        .map_or(name.len(), |(i, _)| i);
+    let split = name[..limit].rfind(' ').unwrap_or(limit);
+    let (first, second) = name.split_at(split);
+    format!(
+        r#"<text x="10" y="{:.1}" font-size="12"><tspan>{first}</tspan><tspan x="10" dy="13">{}</tspan></text>"#,
+        y + 11.0,
+        second.trim_start()
+    )
 }
 
 /// p50 and p99 end-to-end latency against offered load.
@@ -95,4 +116,31 @@ pub fn latency(steps: &[OpenLoopStep]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_stage_name_takes_two_lines_instead_of_running_into_its_bar() {
+        let short = label("raw: consume and ack", 36.0);
+        assert_eq!(
+            short,
+            r#"<text x="10" y="54.0">raw: consume and ack</text>"#
+        );
+        let name = "raw: consume, inbox rows of a batch in one INSERT, commit, ack (10 workers, batches of 50)";
+        let long = label(name, 36.0);
+        let lines: Vec<&str> = long
+            .split("<tspan")
+            .skip(1)
+            .map(|part| {
+                let text = &part[part.find('>').unwrap() + 1..];
+                &text[..text.find("</tspan>").unwrap()]
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "{long}");
+        assert!(lines.iter().all(|line| line.chars().count() <= LABEL_CHARS));
+        assert_eq!(format!("{} {}", lines[0], lines[1]), name);
+    }
 }
