@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
+use msgkit::config::Lookup;
 use serde::Deserialize;
 
 use crate::CliError;
@@ -27,7 +28,14 @@ pub struct QueueInfo {
 }
 
 impl BrokerConfig {
-    pub fn new(amqp_url: &str, management_url: &str) -> Result<Self, CliError> {
+    /// `settings` (the environment, files read) may name the management API's user and
+    /// password (`RABBITMQ_MANAGEMENT_USER`, `RABBITMQ_MANAGEMENT_PASSWORD` or its `_FILE`);
+    /// else the AMQP URL's are used.
+    pub fn new(
+        amqp_url: &str,
+        management_url: &str,
+        settings: &impl Lookup,
+    ) -> Result<Self, CliError> {
         // AMQP_URL may list every node of a cluster; the operator commands talk to the first.
         let amqp_url = amqp_url.split(',').next().unwrap_or_default().trim();
         let uri: AMQPUri = amqp_url.parse().map_err(|error| {
@@ -41,10 +49,8 @@ impl BrokerConfig {
             amqp_url: amqp_url.to_owned(),
             vhost: uri.vhost.clone(),
             api: management_url.trim_end_matches('/').to_owned(),
-            api_user: std::env::var("RABBITMQ_MANAGEMENT_USER")
-                .unwrap_or_else(|_| user.username.clone()),
-            api_password: std::env::var("RABBITMQ_MANAGEMENT_PASSWORD")
-                .unwrap_or_else(|_| user.password.clone()),
+            api_user: settings.string("RABBITMQ_MANAGEMENT_USER", &user.username),
+            api_password: settings.string("RABBITMQ_MANAGEMENT_PASSWORD", &user.password),
         })
     }
 

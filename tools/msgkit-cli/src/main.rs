@@ -25,6 +25,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use msgkit::config::{ConfigSource, Lookup as _};
 
 use crate::broker::BrokerConfig;
 
@@ -32,9 +33,10 @@ use crate::broker::BrokerConfig;
 #[derive(Debug, Parser)]
 #[command(name = "msgkit", version, about)]
 struct Cli {
-    /// Broker URL, vhost included.
-    #[arg(long, env = "AMQP_URL", default_value = msgkit::broker::DEFAULT_AMQP_URL, hide_env_values = true, global = true)]
-    amqp_url: String,
+    /// Broker URL, vhost included [default: the AMQP_URL setting, or the file AMQP_URL_FILE
+    /// names, else amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long, global = true)]
+    amqp_url: Option<String>,
     /// RabbitMQ management API.
     #[arg(
         long,
@@ -133,18 +135,11 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let result = match BrokerConfig::new(&cli.amqp_url, &cli.management_url) {
-        Ok(broker) => match cli.command {
-            Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,
-            Command::Chaos(args) => chaos::run(args, cli.json).await,
-            Command::Bench(args) => bench::run(args, cli.json).await,
-            Command::ClusterTest(args) => cluster::run(args, cli.json).await,
-            Command::Timers(args) => timers::run(args, cli.json).await,
-            Command::Projection(args) => projection::run(args, &broker, cli.json).await,
-            Command::Token(args) => token::run(args),
-            Command::Asyncapi(args) => asyncapi::run(args),
-        },
-        Err(error) => Err(error),
+    // The environment with every `NAME_FILE` read into `NAME`, as the services read theirs:
+    // secrets mounted as files reach the CLI too.
+    let result = match ConfigSource::from_env().with_files_read() {
+        Ok(settings) => run(cli, &settings).await,
+        Err(error) => Err(CliError::Usage(error.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,5 +147,25 @@ async fn main() -> ExitCode {
             eprintln!("msgkit: {error:#}");
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+/// Run `cli`'s command with `settings`.
+async fn run(cli: Cli, settings: &ConfigSource) -> Result<(), CliError> {
+    let amqp_url = cli
+        .amqp_url
+        .clone()
+        .or_else(|| settings.get("AMQP_URL").map(str::to_owned))
+        .unwrap_or_else(|| msgkit::broker::DEFAULT_AMQP_URL.to_owned());
+    let broker = BrokerConfig::new(&amqp_url, &cli.management_url, settings)?;
+    match cli.command {
+        Command::Dlq(command) => dlq::run(command, &broker, cli.json).await,
+        Command::Chaos(args) => chaos::run(args, cli.json).await,
+        Command::Bench(args) => bench::run(args, cli.json).await,
+        Command::ClusterTest(args) => cluster::run(args, cli.json).await,
+        Command::Timers(args) => timers::run(args, cli.json).await,
+        Command::Projection(args) => projection::run(args, &broker, cli.json).await,
+        Command::Token(args) => token::run(args, settings),
+        Command::Asyncapi(args) => asyncapi::run(args),
     }
 }

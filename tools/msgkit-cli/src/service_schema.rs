@@ -10,7 +10,9 @@ use crate::CliError;
 /// A pool on `service`'s schema, which must hold the kit's table `table` (so that a wrong
 /// service or schema is named as such, not met as a missing relation later).
 pub async fn connect(service: &str, schema: Option<&str>, table: &str) -> Result<PgPool, CliError> {
-    let mut source = ConfigSource::from_env();
+    let mut source = ConfigSource::from_env()
+        .with_files_read()
+        .map_err(|error| CliError::Usage(error.to_string()))?;
     if let Some(schema) = schema {
         source.set(format!("{}_DB_SCHEMA", env_prefix(service)), schema);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::ArgGroup;
 use msgkit::auth::{Claims, MAX_TOKEN_LIFETIME, Role, TokenKey};
+use msgkit::config::{ConfigSource, Lookup as _};
 
 use crate::CliError;
 
@@ -30,16 +31,10 @@ pub struct TokenArgs {
 }
 
 /// Print a token for `args` on stdout.
-pub fn run(args: TokenArgs) -> Result<(), CliError> {
-    let prefix = msgkit::config::env_prefix(&args.service);
-    let secret = [format!("{prefix}_TOKEN_SECRET"), "TOKEN_SECRET".to_owned()]
-        .iter()
-        .find_map(|name| {
-            std::env::var(name)
-                .ok()
-                .filter(|value| !value.trim().is_empty())
-        });
-    println!("{}", issue(&args, secret.as_deref(), Utc::now())?);
+pub fn run(args: TokenArgs, settings: &ConfigSource) -> Result<(), CliError> {
+    let scoped = settings.scoped(&args.service);
+    let secret = scoped.get(msgkit::auth::TOKEN_SECRET);
+    println!("{}", issue(&args, secret, Utc::now())?);
     Ok(())
 }
 

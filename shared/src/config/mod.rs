@@ -16,10 +16,15 @@
 //! A consumer's settings are looked up with its queue's prefix first (`NOTIFY_CONSUMER_BATCH`,
 //! `NOTIFY_RETRY_MAX_ATTEMPTS`), then without (`CONSUMER_BATCH`), then the service's own
 //! default: nothing set means the service's defaults stand.
+//!
+//! Any setting may instead name a file holding its value, `NAME_FILE` (see [`files`]): how
+//! secrets mounted by a container platform reach a service.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
+
+pub mod files;
 
 /// A setting that is present but unusable.
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +117,17 @@ impl std::fmt::Debug for ConfigSource {
 
 impl ConfigSource {
     /// The environment over the TOML file named by `<SERVICE>_CONFIG_FILE`, else
-    /// `MSGKIT_CONFIG_FILE`, when either is set.
+    /// `MSGKIT_CONFIG_FILE`, when either is set; in both, every `NAME_FILE` read into `NAME`
+    /// ([`files`]).
     pub fn load(service: &str) -> Result<Self, ConfigError> {
-        Self::from_env().with_file_of(service)
+        Self::from_env().with_files_read()?.with_file_of(service)
+    }
+
+    /// Every `NAME_FILE` replaced by `NAME` = the file's content ([`files`]).
+    pub fn with_files_read(self) -> Result<Self, ConfigError> {
+        Ok(Self {
+            values: files::read_files(self.values)?,
+        })
     }
 
     /// `self` (the environment) over the file it names for `service`, if it names one.
@@ -132,10 +145,12 @@ impl ConfigSource {
             value: path.clone(),
             reason: error.to_string(),
         })?;
-        let mut merged = Self::from_toml(&text).map_err(|mut error| {
-            error.reason = format!("{path}: {}", error.reason);
-            error
-        })?;
+        let mut merged = Self::from_toml(&text)
+            .map_err(|mut error| {
+                error.reason = format!("{path}: {}", error.reason);
+                error
+            })?
+            .with_files_read()?;
         merged.values.extend(env.values);
         Ok(merged)
     }
@@ -275,118 +290,4 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_hides_secrets_and_url_passwords() {
-        let source = ConfigSource::from_pairs([
-            ("RISK_TOKEN_SECRET", "the-secret-value-itself"),
-            ("DATABASE_URL", "postgres://app:hunter2@db:5432/msgkit"),
-            ("RISK_HTTP_ADDR", "127.0.0.1:8084"),
-        ]);
-        let shown = format!("{source:?}");
-        assert!(!shown.contains("the-secret-value-itself"), "{shown}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("127.0.0.1:8084"), "{shown}");
-    }
-
-    #[test]
-    fn a_toml_file_gives_the_same_names_as_the_environment() {
-        let source = ConfigSource::from_toml(
-            "database_url = \"postgres://db/x\"\n[consumer]\nprefetch = 64\n[notify.consumer]\nbatch = 32\n[amqp]\nurl = [\"amqp://a\", \"amqp://b\"]\n",
-        )
-        .unwrap();
-        assert_eq!(source.get("DATABASE_URL"), Some("postgres://db/x"));
-        assert_eq!(source.get("CONSUMER_PREFETCH"), Some("64"));
-        assert_eq!(source.get("NOTIFY_CONSUMER_BATCH"), Some("32"));
-        assert_eq!(source.get("AMQP_URL"), Some("amqp://a,amqp://b"));
-    }
-
-    #[test]
-    fn the_environment_wins_over_the_file_it_names_and_a_bad_file_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("msgkit-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("notify.toml");
-        std::fs::write(&file, "[consumer]\nbatch = 32\nprefetch = 64\n").unwrap();
-        let path = file.to_string_lossy().into_owned();
-        let env = ConfigSource::from_pairs([
-            ("NOTIFY_CONFIG_FILE", path.as_str()),
-            ("CONSUMER_BATCH", "8"),
-        ]);
-        let loaded = env.clone().with_file_of("notify").unwrap();
-        assert_eq!(
-            loaded.get("CONSUMER_BATCH"),
-            Some("8"),
-            "the environment wins"
-        );
-        assert_eq!(
-            loaded.get("CONSUMER_PREFETCH"),
-            Some("64"),
-            "the file fills in"
-        );
-
-        let other = ConfigSource::from_pairs([("MSGKIT_CONFIG_FILE", path.as_str())]);
-        let loaded = other.with_file_of("payment").unwrap();
-        assert_eq!(
-            loaded.get("CONSUMER_BATCH"),
-            Some("32"),
-            "the kit-wide file"
-        );
-
-        let missing = ConfigSource::from_pairs([("NOTIFY_CONFIG_FILE", "/nonexistent/x.toml")]);
-        let error = missing.with_file_of("notify").unwrap_err();
-        assert_eq!(error.name, "NOTIFY_CONFIG_FILE");
-
-        std::fs::write(&file, "consumer = [unclosed").unwrap();
-        let error = env.with_file_of("notify").unwrap_err();
-        assert!(error.reason.starts_with(&path), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_scoped_lookup_prefers_the_prefixed_name_and_falls_back_to_the_plain_one() {
-        let source = ConfigSource::from_pairs([
-            ("CONSUMER_BATCH", "4"),
-            ("NOTIFY_CONSUMER_BATCH", "2"),
-            ("CONSUMER_PREFETCH", " "),
-        ]);
-        assert_eq!(
-            source.scoped("notify").parse("CONSUMER_BATCH", 1).unwrap(),
-            2
-        );
-        assert_eq!(
-            source.scoped("order").parse("CONSUMER_BATCH", 1).unwrap(),
-            4
-        );
-        assert_eq!(
-            source
-                .scoped("order")
-                .parse("CONSUMER_PREFETCH", 32)
-                .unwrap(),
-            32,
-            "blank is unset"
-        );
-        let error = ConfigSource::from_pairs([("CONSUMER_BATCH", "many")])
-            .parse("CONSUMER_BATCH", 1usize)
-            .unwrap_err();
-        assert!(error.to_string().contains("CONSUMER_BATCH"));
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("amqp://guest:s3cret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("postgres://app:p%40ss@db/orders?sslmode=disable"),
-            "postgres://app:***@db/orders?sslmode=disable"
-        );
-        assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1/x"),
-            "postgres://postgres@127.0.0.1/x"
-        );
-        assert_eq!(redact_url("no scheme"), "<unparseable url>");
-    }
-}
+mod tests;
