@@ -20,6 +20,8 @@ test: ## Start the stack, run the quick chaos scenario, then every test in the w
 	scripts/phase.sh stack scripts/stack.sh up
 	scripts/phase.sh ui-deps scripts/ui-deps.sh
 	scripts/phase.sh build cargo build --workspace --bins
+	@# Licences, banned crates and sources of every dependency (deny.toml); installs cargo-deny once.
+	scripts/phase.sh deny scripts/deny.sh
 	@# Restarts RabbitMQ and PostgreSQL, so it runs alone, before the tests.
 	scripts/phase.sh chaos cargo run -q -p msgkit-cli --bin msgkit -- chaos --scenario quick
 	scripts/phase.sh cluster-test cargo run -q -p msgkit-cli --bin msgkit -- cluster-test
