@@ -8,8 +8,9 @@
 #
 # Endpoints once up:
 #   AMQP           amqp://guest:guest@127.0.0.1:5672/%2f
+#   AMQP over TLS  amqps://guest:guest@localhost:5671/%2f  (CA: /etc/msgkit/tls/ca.pem)
 #   Management UI  http://127.0.0.1:15672  (guest/guest)
-#   PostgreSQL     postgres://postgres@127.0.0.1:5432/msgkit
+#   PostgreSQL     postgres://postgres@127.0.0.1:5432/msgkit  (TLS too: sslmode=verify-full)
 #
 # Installing packages, editing /etc and starting/stopping the services need root; when
 # everything is already up and configured, `up` and `status` work for any user.
@@ -165,6 +166,9 @@ ensure_installed() {
 # Uncommented setting KEY present in FILE (KEY is an extended regex).
 has_setting() { [[ -f "$2" ]] && grep -Eq "^[[:space:]]*$1" "$2"; }
 
+# shellcheck source=scripts/stack-tls.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stack-tls.sh"
+
 rabbit_env_ok() { has_setting '(export[[:space:]]+)?(RABBITMQ_)?NODENAME=' "$RABBIT_ETC/rabbitmq-env.conf"; }
 rabbit_listener_ok() { has_setting 'listeners\.tcp[.[:space:]=]' "$RABBIT_ETC/rabbitmq.conf"; }
 rabbit_mgmt_conf_ok() { has_setting 'management\.tcp\.(ip|port)' "$RABBIT_ETC/rabbitmq.conf"; }
@@ -195,6 +199,7 @@ write_rabbit_base_config() {
         say "rabbitmq: AMQP listener 127.0.0.1:$AMQP_PORT in $RABBIT_ETC/rabbitmq.conf"
         append_line "$RABBIT_ETC/rabbitmq.conf" "listeners.tcp.local = 127.0.0.1:$AMQP_PORT"
     fi
+    rabbit_tls_conf_ok || write_rabbit_tls_config
 }
 
 # The plugins' HTTP listeners on loopback. Only written once the plugins are enabled:
@@ -230,7 +235,7 @@ rabbit_mgmt_listening() {
     code=$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MGMT_PORT/api/overview" 2>/dev/null || true)
     [[ -n "$code" && "$code" != 000 ]]
 }
-rabbit_ready() { tcp_open "$AMQP_PORT" && rabbit_mgmt_listening; }
+rabbit_ready() { tcp_open "$AMQP_PORT" && tcp_open "$AMQPS_PORT" && rabbit_mgmt_listening; }
 
 rabbit_wait_ready() {
     local deadline=$((SECONDS + RABBIT_READY_TIMEOUT)) started=$SECONDS
@@ -301,8 +306,8 @@ rabbit_up() {
         running=1 # still booting (or its listener is down); handled by the wait below
     fi
 
-    # Node name or AMQP listener changes only apply at boot: restart a running node.
-    if ! rabbit_env_ok || ! rabbit_listener_ok; then
+    # Node name, listener and certificate changes only apply at boot: restart a running node.
+    if ! rabbit_env_ok || ! rabbit_listener_ok || ! rabbit_tls_conf_ok || rabbit_tls_stale; then
         require_root "configuring rabbitmq ($RABBIT_ETC)"
         if [[ -n "$running" ]]; then
             say "rabbitmq: configuration changes need a restart"
@@ -566,10 +571,13 @@ take_lock() {
 cmd_up() {
     take_lock
     ensure_installed
+    tls_ensure
     rabbit_up
     pg_up
+    pg_tls_ensure
     say "ready"
     printf '  AMQP           %s\n' "$AMQP_URL_SHOWN"
+    printf '  AMQP over TLS  amqps://guest:guest@localhost:%s/%%2f  (CA %s/ca.pem)\n' "$AMQPS_PORT" "$TLS_DIR"
     printf '  Management UI  %s  (guest/guest)\n' "$MGMT_URL_SHOWN"
     printf '  PostgreSQL     %s\n' "$PG_URL_SHOWN"
 }

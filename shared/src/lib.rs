@@ -132,7 +132,7 @@ pub mod trace_context;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use broker::{BrokerError, BrokerSettings};
+pub use broker::{BrokerError, BrokerSettings, BrokerTls};
 pub use event::EventType;
 pub use message::OutgoingMessage;
 pub use outbox::{OutboxMessage, OutboxRelay, RelayConfig};

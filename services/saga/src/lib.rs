@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use msgkit::Shutdown;
+use msgkit::broker::BrokerSettings;
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 use msgkit::testing::{Probe, TestBroker, TestDatabase, service_settings, wait_until_async};
+use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -45,12 +47,32 @@ pub struct Saga {
     /// tasks on a child of the shutdown, which the root's `wait_for_tasks` does not see.
     runs: Vec<tokio::task::JoinHandle<Result<(), ServiceError>>>,
     settings: Vec<(String, String)>,
+    transport: Transport,
     db: TestDatabase,
+}
+
+/// How the services reach the broker and the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
 }
 
 impl Saga {
     /// Start all four services with `settings`.
     pub async fn start(settings: SagaSettings<'_>) -> Self {
+        Self::start_on(settings, Transport::Plain).await
+    }
+
+    /// Start all four services with `settings`, each connecting to the broker (`amqps://`,
+    /// the stack's TLS listener) and to the database (`sslmode=verify-full`) over TLS, both
+    /// verified against the stack's CA, configured as an operator would (`AMQP_URL`,
+    /// `AMQP_TLS_CA_CERT_FILE`, `DATABASE_URL`).
+    pub async fn start_over_tls(settings: SagaSettings<'_>) -> Self {
+        Self::start_on(settings, Transport::Tls).await
+    }
+
+    async fn start_on(settings: SagaSettings<'_>, transport: Transport) -> Self {
         // Service logs appear in a failing test's captured output (RUST_LOG to change).
         let _ = msgkit::telemetry::init("saga-test");
         let db = TestDatabase::create().await;
@@ -60,7 +82,7 @@ impl Saga {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let configure =
-            |name: &str, schema: &str| configured(&settings, name, schema, &db, &broker);
+            |name: &str, schema: &str| configured(&settings, name, schema, &db, &broker, transport);
 
         let order = order::startup::build(configure("order", "orders"))
             .await
@@ -113,6 +135,7 @@ impl Saga {
             inventory_run: Some((inventory_shutdown, inventory_task)),
             runs,
             settings,
+            transport,
             db,
         }
     }
@@ -120,7 +143,14 @@ impl Saga {
     /// Settings for another service of the test's system (`rebate`, say) in schema `schema` of
     /// the same database and vhost, with the same settings as the saga's services.
     pub fn settings_for(&self, name: &str, schema: &str) -> ServiceSettings {
-        configured(&self.settings, name, schema, &self.db, &self.broker)
+        configured(
+            &self.settings,
+            name,
+            schema,
+            &self.db,
+            &self.broker,
+            self.transport,
+        )
     }
 
     /// Stop the inventory service (gracefully) and start it again with `settings` instead of
@@ -144,6 +174,7 @@ impl Saga {
             "inventory",
             &self.db,
             &self.broker,
+            self.transport,
         );
         let service: Service = inventory::startup::build(settings)
             .await
@@ -346,8 +377,25 @@ fn configured(
     schema: &str,
     db: &TestDatabase,
     broker: &TestBroker,
+    transport: Transport,
 ) -> ServiceSettings {
     let mut service = service_settings(name, schema, db, broker.settings(&format!("{name}-test")));
+    if transport == Transport::Tls {
+        let ca = msgkit::testing::tls::ca_file();
+        let source = msgkit::testing::test_config([
+            ("AMQP_URL", broker.amqps_url().as_str()),
+            ("AMQP_TLS_CA_CERT_FILE", ca.to_str().unwrap()),
+            ("DATABASE_URL", db.tls_url(&ca).as_str()),
+        ])
+        .with_files_read()
+        .expect("the stack's CA is readable (scripts/stack.sh up)");
+        let mut tls = BrokerSettings::from_config(&source, format!("{name}-test"))
+            .expect("valid broker TLS settings");
+        tls.reconnect_initial = service.broker.reconnect_initial;
+        tls.reconnect_max = service.broker.reconnect_max;
+        service.broker = tls;
+        service.database.url = SecretString::from(db.tls_url(&ca));
+    }
     service.source.set("GATEWAY_LATENCY_MS", "0");
     for (key, value) in settings {
         service.source.set(key, value);

@@ -273,3 +273,42 @@ async fn the_run_completes_with_nothing_lost_when_the_broker_force_closes_every_
     }
     saga.stop().await;
 }
+
+#[tokio::test]
+async fn the_saga_completes_over_tls_to_the_broker_and_the_database() {
+    let saga = Saga::start_over_tls(&[]).await;
+    let order_id = saga.place_order("c-tls", &[("SKU-1", 1)]).await;
+    let order = saga.wait_final(&order_id).await;
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(saga.wait_notifications(&order_id, 1).await, ["confirmed"]);
+
+    // Every connection the services opened came over TLS: the broker's (two per service,
+    // publishing and consuming; the management API lists a connection once its first
+    // statistics are in, within seconds)...
+    let connections = msgkit::testing::wait_until_async(
+        "the services' connections in the management API",
+        saga::DEADLINE,
+        || async {
+            let connections = saga.broker.connections_over_tls().await;
+            (connections.len() >= 8).then_some(connections)
+        },
+    )
+    .await;
+    assert!(
+        connections.iter().all(|(_, tls)| *tls),
+        "a connection without TLS: {connections:?}"
+    );
+    // ... and the database's (the services' pools; the harness's own admin connection is
+    // not in this database).
+    let (with, without): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = current_database()",
+    )
+    .fetch_one(&saga.orders)
+    .await
+    .unwrap();
+    assert!(with >= 4, "{with} connections over TLS");
+    assert_eq!(without, 0, "connections to the database without TLS");
+    saga.stop().await;
+}

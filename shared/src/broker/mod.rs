@@ -7,6 +7,7 @@
 //! address that failed, so a dead node costs one refused attempt and is then skipped.
 
 mod error;
+pub mod tls;
 
 use std::io;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::config::{ConfigError, Lookup, redact_url};
 use crate::shutdown::Shutdown;
 
 pub use self::error::BrokerError;
+pub use self::tls::BrokerTls;
 
 /// Relative spread of reconnect delays.
 const RECONNECT_JITTER: f64 = 0.2;
@@ -55,6 +57,8 @@ pub struct BrokerSettings {
     /// broker notice a client that stopped answering (a paused or hung process) within about
     /// twice the interval instead of minutes.
     pub heartbeat_secs: Option<u16>,
+    /// What an `amqps://` connection trusts and presents ([`tls`]); `None` for plain AMQP.
+    pub tls: Option<BrokerTls>,
 }
 
 impl BrokerSettings {
@@ -77,11 +81,13 @@ impl BrokerSettings {
             reconnect_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             heartbeat_secs: None,
+            tls: None,
         }
     }
 
     /// From `AMQP_URL` (default [`DEFAULT_AMQP_URL`]; a comma-separated list for a cluster),
-    /// `AMQP_RECONNECT_INITIAL_MS`, `AMQP_RECONNECT_MAX_MS` and `AMQP_HEARTBEAT_SECS`.
+    /// `AMQP_RECONNECT_INITIAL_MS`, `AMQP_RECONNECT_MAX_MS`, `AMQP_HEARTBEAT_SECS` and, for
+    /// `amqps://`, the TLS settings of [`tls`].
     pub fn from_config(
         config: &impl Lookup,
         connection_name: impl Into<String>,
@@ -91,6 +97,11 @@ impl BrokerSettings {
             config.millis("AMQP_RECONNECT_INITIAL_MS", settings.reconnect_initial)?;
         settings.reconnect_max = config.millis("AMQP_RECONNECT_MAX_MS", settings.reconnect_max)?;
         settings.heartbeat_secs = config.parse_opt("AMQP_HEARTBEAT_SECS")?;
+        let tls_needed = settings
+            .urls
+            .iter()
+            .any(|url| tls::is_tls_url(url.expose_secret()));
+        settings.tls = BrokerTls::from_config(config, tls_needed)?;
         Ok(settings)
     }
 
@@ -204,9 +215,15 @@ impl BrokerSettings {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into());
+        let tls = self
+            .tls
+            .as_ref()
+            .map(BrokerTls::to_lapin)
+            .unwrap_or_default();
+        let runtime = lapin::runtime::default_runtime()?;
         match tokio::time::timeout(
             self.connect_timeout,
-            Connection::connect_uri(uri, properties),
+            Connection::connect_uri_with_config(uri, properties, tls, runtime),
         )
         .await
         {

@@ -70,6 +70,17 @@ impl TestBroker {
         )
     }
 
+    /// The vhost's `amqps://` URL: the stack's TLS listener ([`super::tls::amqps_addr`]).
+    pub fn amqps_url(&self) -> String {
+        format!(
+            "amqps://{}:{}@{}/{}?heartbeat=5",
+            self.user,
+            self.password,
+            super::tls::amqps_addr(),
+            self.vhost
+        )
+    }
+
     /// The upstream address for a [`super::TcpProxy`].
     pub fn amqp_addr(&self) -> &str {
         &self.amqp_addr
@@ -126,6 +137,33 @@ impl TestBroker {
             .map(|list| {
                 list.iter()
                     .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Each open client connection to this vhost: the name its client gave it (else the
+    /// broker's) and whether it came over TLS.
+    pub async fn connections_over_tls(&self) -> Vec<(String, bool)> {
+        let value = self
+            .api_call(
+                reqwest::Method::GET,
+                &format!("vhosts/{}/connections", self.vhost),
+                None,
+            )
+            .await
+            .expect("list connections");
+        value
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|c| {
+                        let name = c["user_provided_name"]
+                            .as_str()
+                            .or_else(|| c["name"].as_str())
+                            .unwrap_or_default();
+                        (name.to_owned(), c["ssl"].as_bool().unwrap_or(false))
+                    })
                     .collect()
             })
             .unwrap_or_default()

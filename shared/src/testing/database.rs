@@ -49,6 +49,21 @@ impl TestDatabase {
         self.options.to_url_lossy().to_string()
     }
 
+    /// [`TestDatabase::url`] over TLS, the server verified against the CA in `ca_file`
+    /// (`sslmode=verify-full`: the certificate must be the CA's and name the host).
+    pub fn tls_url(&self, ca_file: &std::path::Path) -> String {
+        // Built by hand: sqlx's own URL rendering writes `sslrootcert` as `file: <path>`.
+        let url = self.url();
+        let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|param| !param.is_empty() && !param.starts_with("sslmode="))
+            .collect();
+        let root = format!("sslrootcert={}", ca_file.display());
+        params.extend(["sslmode=verify-full", root.as_str()]);
+        format!("{base}?{}", params.join("&"))
+    }
+
     /// Connection options for the database.
     pub fn options(&self) -> PgConnectOptions {
         self.options.clone()

@@ -15,6 +15,7 @@ mod probe;
 mod proxy;
 mod scrape;
 pub mod sse;
+pub mod tls;
 mod wait;
 
 pub use broker::TestBroker;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use msgkit::config::Lookup;
 use serde::Deserialize;
 
@@ -12,7 +12,8 @@ use crate::CliError;
 /// Where the broker is.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    amqp_url: String,
+    /// The kit's settings for it: TLS (`amqps://` with `AMQP_TLS_*`) as the services have it.
+    settings: msgkit::BrokerSettings,
     vhost: String,
     api: String,
     api_user: String,
@@ -45,8 +46,12 @@ impl BrokerConfig {
             ))
         })?;
         let user = &uri.authority.userinfo;
+        let mut broker = msgkit::BrokerSettings::new(amqp_url, "msgkit-cli");
+        broker.tls =
+            msgkit::BrokerTls::from_config(settings, uri.scheme == lapin::uri::AMQPScheme::AMQPS)
+                .map_err(|error| CliError::Usage(error.to_string()))?;
         Ok(Self {
-            amqp_url: amqp_url.to_owned(),
+            settings: broker,
             vhost: uri.vhost.clone(),
             api: management_url.trim_end_matches('/').to_owned(),
             api_user: settings.string("RABBITMQ_MANAGEMENT_USER", &user.username),
@@ -54,27 +59,22 @@ impl BrokerConfig {
         })
     }
 
-    /// The AMQP URL (the first node's), for the kit's own connections.
-    pub fn amqp_url(&self) -> &str {
-        &self.amqp_url
-    }
-
     /// The vhost the commands work on.
     pub fn vhost(&self) -> &str {
         &self.vhost
     }
 
+    /// The kit's settings for this broker, under `connection_name`.
+    pub fn settings(&self, connection_name: &str) -> msgkit::BrokerSettings {
+        self.settings.for_role(connection_name)
+    }
+
     /// A fresh connection.
     pub async fn connection(&self) -> Result<Connection, CliError> {
-        let properties = ConnectionProperties::default().with_connection_name("msgkit-cli".into());
-        Connection::connect(&self.amqp_url, properties)
+        self.settings
+            .connect()
             .await
-            .map_err(|error| {
-                CliError::Unavailable(format!(
-                    "cannot connect to RabbitMQ at {}: {error}",
-                    msgkit::config::redact_url(&self.amqp_url)
-                ))
-            })
+            .map_err(|error| CliError::Unavailable(error.to_string()))
     }
 
     /// A channel on a fresh connection (kept alive by the returned connection).

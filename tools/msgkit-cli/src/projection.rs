@@ -56,7 +56,7 @@ pub async fn run(args: ProjectionArgs, broker: &BrokerConfig, json: bool) -> Res
     let pool =
         crate::service_schema::connect(&args.service, args.schema.as_deref(), "msgkit_projections")
             .await?;
-    let settings = msgkit::BrokerSettings::new(broker.amqp_url(), "msgkit-cli/projection");
+    let settings = broker.settings("msgkit-cli/projection");
     let bounds = admin::archive_bounds(&settings, &args.archive)
         .await
         .map_err(|error| CliError::Unavailable(error.to_string()))?;

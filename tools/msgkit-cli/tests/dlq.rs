@@ -347,3 +347,37 @@ async fn errors_are_clear_and_have_distinct_exit_codes() {
         "no credentials in errors: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_cli_reaches_the_broker_over_tls_verified_against_the_configured_ca() {
+    let broker = TestBroker::create().await;
+    let ca = msgkit::testing::tls::ca_file();
+    let other = msgkit::testing::tls::other_ca_file();
+    let list = |ca: Option<std::path::PathBuf>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_msgkit"));
+        command
+            .env("AMQP_URL", broker.amqps_url())
+            .args(["dlq", "list", "--json"]);
+        if let Some(ca) = ca {
+            command.env("AMQP_TLS_CA_CERT_FILE", ca);
+        }
+        async move {
+            let output = command.output().await.unwrap();
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, stderr) = list(Some(ca)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (code, stderr) = list(None).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("AMQP_TLS_CA_CERT_FILE"), "{stderr}");
+
+    let (code, stderr) = list(Some(other)).await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(!stderr.contains("guest:guest"), "{stderr}");
+}
