@@ -119,6 +119,7 @@ pub(crate) mod ops;
 pub mod outbox;
 pub mod projection;
 pub mod publish;
+pub mod rate_limit;
 pub mod replay;
 pub mod schema;
 pub mod service;

@@ -3,6 +3,7 @@
 
 use msgkit::admission::AdmissionConfig;
 use msgkit::consume::ConsumerConfig;
+use msgkit::rate_limit::{RateLimit, RateLimitConfig};
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
 use crate::routes::{self, AppState};
@@ -19,8 +20,12 @@ pub const SCHEMA: &str = "orders";
 const CONSUMER_BATCH: usize = 16;
 
 /// The order service, ready to run: the API (new orders shed while too many are pending,
-/// `ORDER_ADMISSION_*`), the outbox relay, the saga consumer.
+/// `ORDER_ADMISSION_*`, and limited per client when `ORDER_RATE_LIMIT_PER_SEC` is set), the
+/// outbox relay, the saga consumer.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
+    // ORDER_RATE_LIMIT_PER_SEC: off unless set (local runs, chaos and the bench are one client).
+    let rate_limit =
+        RateLimitConfig::from_config(&settings.source.scoped(NAME))?.map(RateLimit::new);
     let service = Service::start(
         settings,
         contracts::topology(),
@@ -33,6 +38,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     let api = routes::router(AppState {
         pool: service.pool().clone(),
         admission,
+        rate_limit,
     });
     service.with_http(api).with_relay().consume_with(
         ConsumerConfig::new(NAME, NAME).batch(CONSUMER_BATCH),

@@ -418,6 +418,8 @@ impl Service {
         tracing::info!(service = %self.settings.name, %addr, "listening");
         let stop = shutdown.clone();
         let stopping = self.stopping.clone();
+        // The peer's address reaches handlers and middleware (a per-client rate limit).
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 stop.triggered().await;

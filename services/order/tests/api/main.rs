@@ -11,4 +11,5 @@ mod idempotency;
 mod logs;
 mod overload;
 mod place_order;
+mod rate_limit;
 mod validation;
