@@ -139,7 +139,10 @@ try {
   }).then((response) => response.status));
   if (away !== 202) fail(`transaction refused: ${away}`);
   await until('the alert raised while away is stored', async () => {
-    const rules = await page.evaluate(() => fetch('rules').then((response) => response.json()));
+    // Reading the rules needs an operator's token (the page's own was just replaced).
+    const rules = await page.evaluate((token) => fetch('rules', {
+      headers: { Authorization: 'Bearer ' + token },
+    }).then((response) => response.json()), env.TOKEN);
     return rules.filter((rule) => String(rule.id) === ruleId)
       .reduce((sum, rule) => sum + rule.alerts, 0) === 3;
   });

@@ -86,9 +86,14 @@
 //!   malformed, wrongly signed or expired. A user's token shows that user's alerts (asking for
 //!   another's with `?user=` is 403); an operator's shows everyone's, or one user's with
 //!   `?user=`. The key comes from `RISK_TOKEN_SECRET`, else `TOKEN_SECRET` (at least 32 bytes;
-//!   shorter refuses to start). Without either the stream answers 503 `no_token_secret` and the
-//!   rest of the API works: an alert feed nobody can authenticate to is better closed than
-//!   open. `msgkit token --user U | --operator NAME [--ttl 15m]` prints a token signed with the
+//!   shorter refuses to start). Without either the stream, and every endpoint that needs a
+//!   token (alerts, rules, tokens, reconciliation), answers 503 `no_token_secret`, while
+//!   `POST /transactions` works: an alert feed nobody can authenticate to is better closed than
+//!   open.
+//! - **The rest of the API** takes tokens from `Authorization: Bearer` only (a token in a URL
+//!   ends up in histories): rules and the reconciliation section need an operator's, alerts a
+//!   user's (their own) or an operator's; `POST /tokens` lets an operator issue a token without
+//!   handing out the secret. `msgkit token --user U | --operator NAME [--ttl 15m]` prints a token signed with the
 //!   same variable. The kit's HTTP span records the query with `access_token` redacted, and
 //!   nothing here logs a token.
 //! - **Order.** Each alert gets a feed number (`seq`) as the last statement of the consumer's

@@ -3,6 +3,7 @@
 use msgkit::auth::TokenKey;
 use msgkit::config::{ConfigError, Lookup};
 use msgkit::consume::ConsumerConfig;
+use msgkit::rate_limit::{RateLimit, RateLimitConfig};
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 use uuid::Uuid;
 
@@ -39,9 +40,12 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         .source
         .scoped(NAME)
         .parse(STREAM_BUFFER, feed::BROADCAST_CAPACITY)?;
+    // RISK_RATE_LIMIT_PER_SEC: off unless set (the bench and chaos runs are one client).
+    let rate_limit =
+        RateLimitConfig::from_config(&settings.source.scoped(NAME))?.map(RateLimit::new);
     if tokens.is_none() {
         tracing::warn!(
-            "no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET): GET /alerts/stream answers 503"
+            "no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET): the alerts, rules, tokens and reconciliation endpoints answer 503"
         );
     }
     let service = Service::start(
@@ -60,6 +64,7 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         metrics: metrics.clone(),
         shutdown: service.shutdown_signal(),
         reconcile,
+        rate_limit,
     });
     let listener = {
         let (pool, metrics) = (service.pool().clone(), metrics.clone());

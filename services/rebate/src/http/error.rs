@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The service has no token secret, so it cannot verify tokens (503).
     #[error("no token secret configured (REBATE_TOKEN_SECRET or TOKEN_SECRET)")]
     NoTokenSecret,
+    /// The token does not allow this request (401, 403, or 503 without a secret).
+    #[error("{0}")]
+    Denied(msgkit::auth::Denied),
     /// Something on our side failed; details are logged, not returned (500).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -54,6 +57,7 @@ impl IntoResponse for ApiError {
             Self::Invalid { field, reason } => Problem::invalid(*field, reason),
             Self::Unauthorized(_) => Problem::unauthorized("Bearer realm=\"rebate\"", &message),
             Self::Forbidden => Problem::new(StatusCode::FORBIDDEN, "forbidden", &message),
+            Self::Denied(denied) => denied.problem("Bearer realm=\"rebate\""),
             // Retrying helps a database restart, not a missing setting.
             Self::NoTokenSecret => unavailable("no_token_secret").not_retryable(),
             Self::FeedStarting => unavailable("unavailable"),

@@ -25,8 +25,8 @@ pub use stream::KEEP_ALIVE;
 pub struct AppState {
     /// The service's database (its schema on the search path).
     pub pool: PgPool,
-    /// Verifies the stream's tokens; `None` when no secret is configured (the stream then
-    /// answers 503, the rest of the API works).
+    /// Verifies the API's tokens (a customer reads their own rebates, an operator anyone's);
+    /// `None` when no secret is configured: every endpoint then answers 503.
     pub tokens: Option<TokenKey>,
     /// This replica's balance feed.
     pub feed: Feed,

@@ -3,7 +3,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
+use msgkit::auth::Need;
 use serde::Serialize;
 use sqlx::Executor;
 
@@ -27,12 +29,21 @@ pub struct Rebates {
     pub lines: Vec<Line>,
 }
 
-/// The customer's balance and lines.
+/// The customer's balance and lines, for a token that may read them (`Authorization:
+/// Bearer`): the customer's own, or an operator's.
 pub async fn rebates(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(customer): Path<String>,
 ) -> Result<Json<Rebates>, ApiError> {
     let customer = CustomerId::parse(customer)?;
+    msgkit::auth::authorize(
+        state.tokens.as_ref(),
+        &headers,
+        Need::ReadOf(customer.as_str()),
+        Utc::now(),
+    )
+    .map_err(ApiError::Denied)?;
     let mut tx = state.pool.begin().await?;
     tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await?;

@@ -167,3 +167,28 @@ async fn a_customer_with_nothing_has_a_zero_balance_and_a_bad_id_is_refused() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["field"], "customer", "{body}");
 }
+
+#[tokio::test]
+async fn a_customer_reads_only_their_own_rebates_and_an_operator_anyones() {
+    use msgkit::auth::Role;
+
+    use crate::helpers::token;
+
+    let app = spawn_app().await;
+    let get = |bearer: Option<String>, customer: &'static str| {
+        let app = &app;
+        async move {
+            let mut request = app
+                .client
+                .get(format!("{}/rebates/{customer}", app.address));
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(Some(token("c-1", Role::User)), "c-1").await, 200);
+    assert_eq!(get(Some(token("c-1", Role::User)), "c-2").await, 403);
+    assert_eq!(get(Some(token("ops", Role::Operator)), "c-2").await, 200);
+    assert_eq!(get(None, "c-1").await, 401);
+}

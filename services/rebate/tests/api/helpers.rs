@@ -227,11 +227,12 @@ impl TestApp {
         self.get_rebates_from(&self.address, customer).await
     }
 
-    /// `GET /rebates/{customer}` from the replica at `address`.
+    /// `GET /rebates/{customer}` from the replica at `address`, as the customer.
     pub async fn get_rebates_from(&self, address: &str, customer: &str) -> (u16, Value) {
         let response = self
             .client
             .get(format!("{address}/rebates/{customer}"))
+            .bearer_auth(token(customer, Role::User))
             .send()
             .await
             .expect("GET /rebates");

@@ -21,6 +21,17 @@ impl InvalidField {
             reason: reason.into(),
         }
     }
+
+    /// A body of the wrong shape, named by the field at fault (serde names a missing field in
+    /// its message, not its path).
+    pub(crate) fn from_serde(error: &serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let message = error.inner().to_string();
+        let field = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map_or_else(|| error.path().to_string(), str::to_owned);
+        Self::new(field, message)
+    }
 }
 
 /// Why a request failed.
@@ -51,6 +62,9 @@ pub enum ApiError {
     /// The token is valid but does not allow this (403): a user asking for another's alerts.
     #[error("a user's token shows only that user's alerts")]
     Forbidden,
+    /// The token does not allow this request (401, 403, or 503 without a secret).
+    #[error("{0}")]
+    Denied(msgkit::auth::Denied),
     /// The alert feed's listener is not listening yet (503: the service is starting, or
     /// cannot reach the database).
     #[error("the alert feed is starting; retry shortly")]
@@ -124,6 +138,7 @@ impl IntoResponse for ApiError {
             Self::NotFound => Problem::new(StatusCode::NOT_FOUND, "not_found", &message),
             Self::Unauthorized(_) => Problem::unauthorized("Bearer realm=\"risk\"", &message),
             Self::Forbidden => Problem::new(StatusCode::FORBIDDEN, "forbidden", &message),
+            Self::Denied(denied) => denied.problem("Bearer realm=\"risk\""),
             // Retrying helps a database restart, not a missing setting.
             Self::NoTokenSecret => unavailable("no_token_secret").not_retryable(),
             Self::FeedStarting => unavailable("unavailable"),

@@ -2,11 +2,13 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
+use msgkit::auth::{Need, Role};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, InvalidField};
+use super::{ApiError, AppState, InvalidField, authorize};
 
 /// Most alerts one `GET /alerts` returns: the newest.
 const MAX_ALERTS: i64 = 500;
@@ -32,11 +34,20 @@ pub struct AlertView {
 }
 
 /// The newest alerts (at most [`MAX_ALERTS`]), of one user and stored after `since` when
-/// given.
+/// given. A user's token shows that user's alerts only (asking for another's is 403); an
+/// operator's shows everyone's, or the `user` asked for.
 pub async fn alerts(
     State(state): State<AppState>,
-    Query(filter): Query<AlertFilter>,
+    headers: HeaderMap,
+    Query(mut filter): Query<AlertFilter>,
 ) -> Result<Json<Vec<AlertView>>, ApiError> {
+    let claims = match filter.user.as_deref() {
+        Some(user) => authorize(&state, &headers, Need::ReadOf(user))?,
+        None => authorize(&state, &headers, Need::Any)?,
+    };
+    if claims.role == Role::User {
+        filter.user = Some(claims.sub);
+    }
     let since = filter
         .since
         .as_deref()

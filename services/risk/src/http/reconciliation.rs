@@ -11,12 +11,13 @@
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use msgkit::auth::Need;
 use msgkit::config::{ConfigError, Lookup};
 use msgkit::service::ServiceSettings;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, authorize};
 
 /// Where reconcile answers by default (its port in the design).
 pub const DEFAULT_RECONCILE_URL: &str = "http://127.0.0.1:8085";
@@ -107,7 +108,14 @@ impl ReconcileClient {
 }
 
 /// `GET /reconciliation?status=&since=`: reconcile's list.
-pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Need::Operator) {
+        return denied.into_response();
+    }
     state
         .reconcile
         .get("/reconciliation", query)
@@ -116,7 +124,10 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
 }
 
 /// `GET /reconciliation/summary`: reconcile's summary.
-pub async fn summary(State(state): State<AppState>) -> Response {
+pub async fn summary(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Need::Operator) {
+        return denied.into_response();
+    }
     state
         .reconcile
         .get("/reconciliation/summary", None)

@@ -41,15 +41,8 @@ impl NewTransaction {
         if !raw.is_object() {
             return Err(InvalidField::new("body", "must be a JSON object"));
         }
-        let request: RecordRequest = serde_path_to_error::deserialize(raw).map_err(|error| {
-            let message = error.inner().to_string();
-            // serde names a missing field in its message, not its path.
-            let field = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-                .map_or_else(|| error.path().to_string(), str::to_owned);
-            InvalidField::new(field, message)
-        })?;
+        let request: RecordRequest = serde_path_to_error::deserialize(raw)
+            .map_err(|error| InvalidField::from_serde(&error))?;
         Ok(Self(TransactionRecorded {
             transaction_id: text("transaction_id", &request.transaction_id)?,
             user_id: text("user_id", &request.user_id)?,

@@ -168,16 +168,32 @@ impl TestApp {
             .expect("POST /transactions")
     }
 
-    /// `method path` with a JSON body (or none).
+    /// `method path` with a JSON body (or none), as an operator (the rules, tokens and
+    /// reconciliation endpoints need one).
     pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> reqwest::Response {
-        let request = self
+        let operator = token("test-operator", Role::Operator);
+        self.send_as(Some(&operator), method, path, body).await
+    }
+
+    /// `method path` with a JSON body (or none) and `Authorization: Bearer <token>` if given.
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self
             .client
             .request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         let request = match body {
             Some(body) => request.json(body),
             None => request,
@@ -190,6 +206,7 @@ impl TestApp {
         url.query_pairs_mut().append_pair("user", user);
         self.client
             .get(url)
+            .bearer_auth(token("test-operator", Role::Operator))
             .send()
             .await
             .expect("GET /alerts")

@@ -2,6 +2,7 @@
 //! and vhost (see `helpers`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod access;
 mod alerts;
 mod duplicates;
 mod helpers;

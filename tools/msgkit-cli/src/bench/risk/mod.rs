@@ -31,6 +31,18 @@ use crate::saga_services::{fast_env, run_directory, sibling_binary};
 const CLIENTS: usize = 32;
 const TOKEN_SECRET: &str = "bench-risk-stream-secret-at-least-32-bytes";
 
+/// An operator's token under [`TOKEN_SECRET`]: the stage writes rules and reads every user's
+/// alert stream.
+fn operator_token() -> Result<String, CliError> {
+    let key = msgkit::auth::TokenKey::new(TOKEN_SECRET).map_err(|e| CliError::Other(e.into()))?;
+    Ok(key.issue(&msgkit::auth::Claims::new(
+        "bench",
+        msgkit::auth::Role::Operator,
+        Utc::now(),
+        chrono::TimeDelta::minutes(10),
+    )))
+}
+
 /// What the risk stage measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RiskStage {
@@ -168,9 +180,11 @@ async fn measure(
         )
         .await
         .map_err(|e| other(&e))?;
+    let operator = operator_token()?;
     for rule in rules::extra_rules() {
         let response = client
             .post(format!("{api}/rules"))
+            .bearer_auth(&operator)
             .json(&rule)
             .send()
             .await

@@ -5,14 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use msgkit::auth::{Claims, Role, TokenKey};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::Latency;
 use super::traffic::{self, Variety};
 use super::watch::{self, Sightings};
-use super::{Latency, TOKEN_SECRET};
 use crate::CliError;
 
 /// Every n-th open-loop slot posts a planted pair instead of one background transaction.
@@ -48,13 +46,7 @@ pub(super) async fn open_loop(
         Arc::clone(&sightings),
         stopped.clone(),
     ));
-    let key = TokenKey::new(TOKEN_SECRET).map_err(|e| CliError::Other(e.into()))?;
-    let token = key.issue(&Claims::new(
-        "bench",
-        Role::Operator,
-        Utc::now(),
-        chrono::TimeDelta::minutes(10),
-    ));
+    let token = super::operator_token()?;
     let (connected, answered) = tokio::sync::oneshot::channel();
     // The stream stays open for the whole step: no client-wide timeout.
     let stream_client = reqwest::Client::new();

@@ -7,6 +7,10 @@
 //! signature over `v1.<claims>`. Verification compares signatures in constant time, then
 //! checks the expiry against the caller's clock (a test clock in tests).
 
+mod access;
+
+pub use access::{Denied, Need, authorize};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeDelta, Utc};
