@@ -85,6 +85,11 @@ if [[ -z "$target_dir" ]]; then
     target_dir=${target_dir:-$PWD/target}
 fi
 
+# The whole topology first, as one step of its own (msgkit topology apply): the work queues
+# exist, and buffer events, before the services that consume them start.
+[[ -x "$target_dir/debug/msgkit" ]] || die "no binary $target_dir/debug/msgkit (cargo build --workspace --bins)"
+"$target_dir/debug/msgkit" topology apply || die "msgkit topology apply failed"
+
 declare -a names=() bins=()
 for name in $SERVICES; do
     bin="$target_dir/debug/$name"

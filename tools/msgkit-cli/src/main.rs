@@ -21,6 +21,7 @@ mod service_schema;
 mod table;
 mod timers;
 mod token;
+mod topology;
 
 use std::process::ExitCode;
 
@@ -73,6 +74,9 @@ enum Command {
     /// alerts by default, `--service rebate` for balances), signed with <SERVICE>_TOKEN_SECRET
     /// (else TOKEN_SECRET) from the environment.
     Token(token::TokenArgs),
+    /// Declare the example system's whole topology (exchange, work queues with their DLQs,
+    /// bindings, delay tiers, the archive when ARCHIVE_ENABLED) before the services start.
+    Topology(topology::TopologyArgs),
     /// Write the AsyncAPI 3.0 document of the example services' events (channels, send and
     /// receive operations, payload schemas) from the contracts crate, or `--check` a committed
     /// copy (exit 1 when it differs).
@@ -166,6 +170,7 @@ async fn run(cli: Cli, settings: &ConfigSource) -> Result<(), CliError> {
         Command::Timers(args) => timers::run(args, cli.json).await,
         Command::Projection(args) => projection::run(args, &broker, cli.json).await,
         Command::Token(args) => token::run(args, settings),
+        Command::Topology(args) => topology::run(args, &broker, settings, cli.json).await,
         Command::Asyncapi(args) => asyncapi::run(args),
     }
 }
