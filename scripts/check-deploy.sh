@@ -991,6 +991,12 @@ def cmd_dockerfile():
            f"STOPSIGNAL SIGTERM; every workspace member's targets are covered by the dependency-layer stubs")
 
 
+def schema_pattern(mapping):
+    """A RabbitMQ config schema mapping name as a regex over keys: its `$var` segments
+    (`listeners.ssl.$name`, `auth_backends.$num.authn`) stand for any one segment."""
+    return re.compile(r"\.".join("[^.]+" if seg.startswith("$") else re.escape(seg) for seg in mapping.split(".")))
+
+
 def cmd_rabbitmq_conf():
     label = "rabbitmq.conf"
     conf = (ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text()
@@ -1010,7 +1016,8 @@ def cmd_rabbitmq_conf():
         known = set()
         for s in schemas:
             known |= set(re.findall(r'\{mapping,\s*"([^"]+)"', s.read_text(errors="replace")))
-        unknown = [k for k in keys if k not in known]
+        patterns = [schema_pattern(m) for m in sorted(known)]
+        unknown = [k for k in keys if not any(p.fullmatch(k) for p in patterns)]
         if unknown:
             fail(f"{label}: unknown keys {unknown} (not in RabbitMQ's config schema)")
             return
