@@ -1030,7 +1030,10 @@ def cmd_rabbitmq_conf():
 # Kubernetes manifests
 # ------------------------------------------------------------------------------------------
 CUSTOM = {("rabbitmq.com/v1beta1", "RabbitmqCluster"), ("keda.sh/v1alpha1", "ScaledObject"),
-          ("keda.sh/v1alpha1", "TriggerAuthentication")}
+          ("keda.sh/v1alpha1", "TriggerAuthentication"), ("cert-manager.io/v1", "Certificate"),
+          ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "ClusterIssuer")}
+# Kinds without a namespace.
+CLUSTER_SCOPED = {"Namespace", "ClusterIssuer"}
 
 
 def dig(obj, *path):
@@ -1042,6 +1045,73 @@ def dig(obj, *path):
         else:
             return None
     return obj
+
+
+# cert-manager (cert-manager.io/v1): the fields used, checked by hand like the other CRDs.
+ISSUER_TYPES = {"selfSigned", "ca", "acme", "vault", "venafi"}
+CERTIFICATE_FIELDS = {"secretName", "secretTemplate", "commonName", "dnsNames", "ipAddresses", "uris",
+                      "emailAddresses", "otherNames", "subject", "literalSubject", "duration", "renewBefore",
+                      "renewBeforePercentage", "usages", "privateKey", "issuerRef", "isCA", "keystores",
+                      "revisionHistoryLimit", "additionalOutputFormats", "encodeUsagesInRequest", "nameConstraints"}
+KEY_USAGES = {"signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+              "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+              "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+              "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+KEY_SIZES = {"RSA": range(2048, 8193), "ECDSA": {256, 384, 521}, "Ed25519": {None}}
+GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+
+
+def go_duration(text):
+    """Seconds of a Go duration (`2160h`, `1h30m`), or None if it is not one."""
+    if not isinstance(text, str) or not re.fullmatch(f"(?:{GO_DURATION.pattern})+", text):
+        return None
+    unit = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * unit[u] for n, u in GO_DURATION.findall(text))
+
+
+def certificate_problems(spec):
+    p = [f"spec.{k} is not a Certificate field" for k in spec if k not in CERTIFICATE_FIELDS]
+    if not (isinstance(spec.get("secretName"), str) and spec["secretName"]):
+        p.append("spec.secretName is required")
+    ref = spec.get("issuerRef") or {}
+    if not (isinstance(ref.get("name"), str) and ref["name"]):
+        p.append("spec.issuerRef.name is required")
+    if ref.get("group", "cert-manager.io") == "cert-manager.io" and ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        p.append(f"spec.issuerRef.kind must be Issuer or ClusterIssuer, not {ref.get('kind')!r}")
+    if not any(spec.get(k) for k in ("commonName", "dnsNames", "ipAddresses", "uris", "emailAddresses",
+                                     "otherNames", "literalSubject")):
+        p.append("needs a commonName, dnsNames, ipAddresses, uris or emailAddresses")
+    if len(str(spec.get("commonName", ""))) > 64:
+        p.append("spec.commonName is longer than X.509's 64 characters")
+    for k in ("dnsNames", "ipAddresses", "uris", "emailAddresses", "usages"):
+        if k in spec and not (isinstance(spec[k], list) and all(isinstance(x, str) and x for x in spec[k])):
+            p.append(f"spec.{k} must be a list of strings")
+    if "isCA" in spec and not isinstance(spec["isCA"], bool):
+        p.append("spec.isCA must be a boolean")
+    durations = {}
+    for k in ("duration", "renewBefore"):
+        if k in spec:
+            durations[k] = go_duration(spec[k])
+            if durations[k] is None:
+                p.append(f"spec.{k} {spec[k]!r} is not a duration (e.g. 2160h)")
+    if durations.get("duration") is not None and durations["duration"] < 3600:
+        p.append("spec.duration must be at least 1h")
+    if None not in (durations.get("duration"), durations.get("renewBefore")) and len(durations) == 2 \
+            and durations["renewBefore"] >= durations["duration"]:
+        p.append("spec.renewBefore must be shorter than spec.duration")
+    p += [f"spec.usages: {u!r} is not a key usage" for u in spec.get("usages") or [] if u not in KEY_USAGES]
+    key = spec.get("privateKey") or {}
+    p += [f"spec.privateKey.{k} is not a field" for k in key if k not in {"algorithm", "encoding", "size", "rotationPolicy"}]
+    algorithm = key.get("algorithm", "RSA")
+    if algorithm not in KEY_SIZES:
+        p.append(f"spec.privateKey.algorithm must be one of {sorted(KEY_SIZES)}")
+    elif key.get("size", {"RSA": 2048, "ECDSA": 256, "Ed25519": None}[algorithm]) not in KEY_SIZES[algorithm]:
+        p.append(f"spec.privateKey.size {key.get('size')!r} is not a {algorithm} size")
+    if key.get("encoding", "PKCS1") not in ("PKCS1", "PKCS8"):
+        p.append("spec.privateKey.encoding must be PKCS1 or PKCS8")
+    if key.get("rotationPolicy", "Always") not in ("Always", "Never"):
+        p.append("spec.privateKey.rotationPolicy must be Always or Never")
+    return p
 
 
 def check_custom(doc):
@@ -1077,6 +1147,11 @@ def check_custom(doc):
         for name in mounts:
             if name not in vols:
                 p.append(f"volumeMount {name} has no volume")
+        tls = spec.get("tls")
+        if tls is not None:
+            p += [f"spec.tls.{k} is not a field" for k in tls if k not in {"secretName", "caSecretName", "disableNonTLSListeners"}]
+            if not (isinstance(tls.get("secretName"), str) and tls["secretName"]):
+                p.append("spec.tls.secretName is required with spec.tls")
     elif kind == "TriggerAuthentication":
         refs = spec.get("secretTargetRef") or []
         if not refs:
@@ -1116,6 +1191,25 @@ def check_custom(doc):
             for k, v in md.items():
                 if not isinstance(v, str):
                     p.append(f"rabbitmq trigger: metadata.{k} must be a string")
+    elif kind == "Certificate":
+        p += certificate_problems(spec)
+    elif kind in ("Issuer", "ClusterIssuer"):
+        types = [k for k in spec if k in ISSUER_TYPES]
+        p += [f"spec.{k} is not an {kind} field" for k in spec if k not in ISSUER_TYPES]
+        if len(types) != 1:
+            p.append(f"spec needs exactly one issuer type of {sorted(ISSUER_TYPES)}, has {types}")
+        if "selfSigned" in spec:
+            self_signed = spec["selfSigned"]
+            if not isinstance(self_signed, dict):
+                p.append("spec.selfSigned must be an object ({})")
+            else:
+                p += [f"spec.selfSigned.{k} is not a field" for k in self_signed if k != "crlDistributionPoints"]
+        if "ca" in spec:
+            ca = spec["ca"] if isinstance(spec["ca"], dict) else {}
+            if not (isinstance(ca.get("secretName"), str) and ca.get("secretName")):
+                p.append("spec.ca.secretName is required")
+            p += [f"spec.ca.{k} is not a field" for k in ca
+                  if k not in {"secretName", "crlDistributionPoints", "ocspServers", "issuingCertificateURLs"}]
     return p
 
 
@@ -1148,7 +1242,10 @@ def cmd_k8s():
             where = f"{doc['kind']}/{name}"
             if not name:
                 problems.append(f"{doc['kind']}: metadata.name is required")
-            if doc["kind"] != "Namespace" and dig(doc, "metadata", "namespace") != "msgkit":
+            if doc["kind"] in CLUSTER_SCOPED:
+                if dig(doc, "metadata", "namespace") is not None:
+                    problems.append(f"{where}: a {doc['kind']} is cluster-scoped: no metadata.namespace")
+            elif dig(doc, "metadata", "namespace") != "msgkit":
                 problems.append(f"{where}: metadata.namespace must be msgkit")
             if (doc["apiVersion"], doc["kind"]) in CUSTOM:
                 problems += [f"{where}: {p}" for p in check_custom(doc)]
@@ -1180,6 +1277,13 @@ def k8s_references(objects):
     secrets = {n: {**(d.get("stringData") or {}), **{k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()}}
                for n, d in by.get("Secret", {}).items()}
     configmaps = {n: d.get("data") or {} for n, d in by.get("ConfigMap", {}).items()}
+    # cert-manager writes each Certificate's Secret: tls.crt, tls.key and ca.crt.
+    for c in by.get("Certificate", {}).values():
+        sname = dig(c, "spec", "secretName")
+        if sname in secrets:
+            p.append(f"Secret {sname} is also Certificate {c['metadata']['name']}'s secretName (cert-manager overwrites it)")
+        else:
+            secrets[sname] = {"tls.crt": "", "tls.key": "", "ca.crt": ""}
     defs = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
     want_ports = SERVICE_PORTS
 
@@ -1197,6 +1301,10 @@ def k8s_references(objects):
         for v in pod.get("volumes") or []:
             if "secret" in v and v["secret"]["secretName"] not in secrets:
                 p.append(f"{owner}: volume {v['name']} refers to missing Secret {v['secret']['secretName']}")
+            elif "secret" in v:
+                for item in v["secret"].get("items") or []:
+                    if item.get("key") not in secrets[v["secret"]["secretName"]]:
+                        p.append(f"{owner}: volume {v['name']} projects missing key {v['secret']['secretName']}/{item.get('key')}")
 
     for name, port in want_ports.items():
         dep = by.get("Deployment", {}).get(name)
@@ -1300,7 +1408,7 @@ def k8s_references(objects):
             p.append(f"RabbitmqCluster {name}: needs a PodDisruptionBudget with maxUnavailable 1")
         for sname, s in secrets.items():
             for key, val in s.items():
-                if val.startswith("amqp://") and urllib.parse.urlsplit(val).hostname != f"{name}.msgkit.svc":
+                if val.startswith(("amqp://", "amqps://")) and urllib.parse.urlsplit(val).hostname != f"{name}.msgkit.svc":
                     p.append(f"Secret {sname}/{key}: AMQP host is not the RabbitmqCluster's Service {name}.msgkit.svc")
     db = secrets.get("msgkit-database", {})
     if db:
