@@ -113,7 +113,7 @@ ensure_venv() {
     printf '%s' "$REQUIREMENTS" >"$stamp"
 }
 
-for tool in python3 curl jq; do
+for tool in python3 curl jq openssl; do
     command -v "$tool" >/dev/null || { fail "tools: $tool is not installed"; exit 1; }
 done
 if ensure_venv; then
@@ -947,6 +947,281 @@ def cmd_compose():
            f"the definitions' retention")
 
 
+# ------------------------------------------------------------------------------------------
+# TLS: what both deployments share
+# ------------------------------------------------------------------------------------------
+AMQPS_PORT = 5671
+# The uid the official images run their server as (rabbitmq:3.13 and postgres:15: 999 both).
+SERVER_UID = {"rabbitmq": 999, "postgres": 999}
+
+
+def pg_key_problem(uid, gid, mode, server_uid, server_groups):
+    """Why PostgreSQL would refuse (or could not read) a key file with this owner and mode:
+    owned by its user with no group or other access, or owned by root with at most 0640
+    (src/backend/libpq/be-secure-common.c); None if it takes it."""
+    if uid == server_uid:
+        return None if mode & 0o077 == 0 else f"mode {mode:04o}: owned by the server's user, it must be 0600 or less"
+    if uid != 0:
+        return f"owned by uid {uid}: PostgreSQL takes a key owned by its user or by root only"
+    if mode & 0o037:
+        return f"mode {mode:04o}: owned by root, it must be 0640 or less"
+    if not (mode & 0o040 and gid in server_groups):
+        return f"root-owned with group {gid} and mode {mode:04o}: the server (groups {sorted(server_groups)}) cannot read it"
+    return None
+
+
+def openssl(*args):
+    import subprocess
+    r = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+def cert_verifies(ca, cert, host):
+    """Whether `cert` chains to `ca` and names `host` (a DNS name or an IP address)."""
+    flag = "-verify_ip" if re.fullmatch(r"[0-9.]+|.*:.*", host) else "-verify_hostname"
+    good, out = openssl("verify", "-CAfile", str(ca), flag, host, str(cert))
+    reasons = [line for line in out.splitlines() if re.match(r"error \d+ at \d+ depth", line)]
+    return good, (reasons or out.splitlines() or [""])[0]
+
+
+def same_key(cert, key):
+    a = openssl("x509", "-noout", "-pubkey", "-in", str(cert))
+    b = openssl("pkey", "-pubout", "-in", str(key))
+    return a[0] and b[0] and a[1] == b[1]
+
+
+def url_query(url):
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+
+
+def postgres_settings(args):
+    """`-c name=value` pairs of a postgres command line."""
+    out = {}
+    args = [str(a) for a in args or []]
+    for i, a in enumerate(args):
+        if a == "-c" and i + 1 < len(args) and "=" in args[i + 1]:
+            k, v = args[i + 1].split("=", 1)
+            out[k.strip()] = v.strip()
+        elif a.startswith("-c") and "=" in a[2:]:
+            k, v = a[2:].split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def rabbitmq_conf_settings(text):
+    return {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in text.splitlines()
+                                              if "=" in line and not line.lstrip().startswith("#"))}
+
+
+# ------------------------------------------------------------------------------------------
+# docker-compose.yml: TLS
+# ------------------------------------------------------------------------------------------
+def compose_mounts(svc):
+    """[(source, target, read_only)] of a compose service's volumes (short or long syntax)."""
+    out = []
+    for v in svc.get("volumes") or []:
+        if isinstance(v, str):
+            parts = v.split(":")
+            target = parts[1] if len(parts) > 1 else parts[0]
+            out.append((parts[0], target, len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            out.append((v.get("source", ""), v.get("target", ""), bool(v.get("read_only"))))
+    return out
+
+
+def compose_resolve(svc, path):
+    """(source, path inside it) of the file a compose service sees at `path`, or None."""
+    best = None
+    for source, target, _ in compose_mounts(svc):
+        t = target.rstrip("/")
+        if path.startswith(t + "/") and (best is None or len(t) > best[2]):
+            best = (source, path[len(t) + 1:], len(t))
+    return best and best[:2]
+
+
+def cmd_compose_tls():
+    """The TLS of docker-compose.yml: the certificate generator is run here (as the one-shot
+    service does) and every path the servers and services are given is followed through their
+    mounts into what it wrote; the certificates must verify for the host names the URLs use."""
+    import tempfile
+    import yaml
+    label = "compose tls"
+    p = []
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = data.get("services") or {}
+    named = set((data.get("volumes") or {}).keys())
+    gen_name = "tls-certs"
+    gen = services.get(gen_name)
+    if gen is None:
+        fail(f"{label}: no {gen_name} service (it writes the certificates)")
+        return
+    # The generator: a committed script, bind-mounted and run with the volume's mount as OUT_DIR.
+    script = "./deploy/tls/make-certs.sh"
+    argv = [str(a) for a in (gen.get("entrypoint") or []) + (gen.get("command") or [])]
+    script_at = [t for s, t, _ in compose_mounts(gen) if s == script]
+    if not script_at or script_at[0] not in argv:
+        p.append(f"{gen_name}: must mount {script} and run it")
+    out_arg = argv[-1] if argv else ""
+    outs = [(s, t, ro) for s, t, ro in compose_mounts(gen) if t.rstrip("/") == out_arg.rstrip("/")]
+    if not outs or outs[0][0] not in named or outs[0][2]:
+        fail(f"{label}: {gen_name} must write into a named volume, mounted read-write at its OUT_DIR argument ({out_arg!r})")
+        return
+    volume = outs[0][0]
+    if gen.get("restart", "no") != "no":
+        p.append(f"{gen_name}: a one-shot must not restart (restart: \"no\")")
+    gen_env = {k: str(v) for k, v in (gen.get("environment") or {}).items()}
+
+    def uses_volume(name):
+        return [(s, t, ro) for s, t, ro in compose_mounts(services[name]) if s == volume]
+    for name, svc in services.items():
+        if name != gen_name and any(not ro for _, _, ro in uses_volume(name)):
+            p.append(f"{name}: mounts volume {volume} read-write (only {gen_name} writes it)")
+    for name in ("rabbitmq", "postgres"):
+        cond = (((services.get(name) or {}).get("depends_on") or {}).get(gen_name) or {}).get("condition")
+        if cond != "service_completed_successfully":
+            p.append(f"{name}: must depend on {gen_name} with condition service_completed_successfully")
+
+    import atexit
+    import shutil
+    import subprocess
+    work = Path(tempfile.mkdtemp(prefix="compose-tls-"))
+    atexit.register(shutil.rmtree, work, True)  # also when a check below raises
+    out = work / "tls"
+    gen_run = {**os.environ, **gen_env}
+    r = subprocess.run(["sh", str(ROOT / script), str(out)], env=gen_run, capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"{label}: {script} failed ({r.returncode}): {(r.stdout + r.stderr).strip()[-400:]}")
+        return
+    as_root = os.geteuid() == 0
+
+    def volume_file(name, path, what):
+        """The generated file service `name` sees at `path`, or None (a problem is recorded)."""
+        hit = compose_resolve(services[name], path)
+        if hit is None or hit[0] != volume:
+            p.append(f"{name}: {what} {path} is not in a mount of volume {volume}")
+            return None
+        f = out / hit[1]
+        if not f.is_file():
+            p.append(f"{name}: {what} {path} is {volume}:{hit[1]}, which {script} does not write")
+            return None
+        return f
+
+    def key_ok(name, f, what):
+        st = f.stat()
+        if st.st_mode & 0o077:
+            p.append(f"{name}: {what} has mode {st.st_mode & 0o777:04o}; nobody but its server may read it")
+        if as_root and st.st_uid != SERVER_UID[name]:
+            p.append(f"{name}: {what} is owned by uid {st.st_uid}, not the server's {SERVER_UID[name]}")
+        if name == "postgres" and as_root:
+            why = pg_key_problem(st.st_uid, st.st_gid, st.st_mode & 0o777, SERVER_UID[name], {SERVER_UID[name]})
+            if why:
+                p.append(f"postgres: {what}: {why}")
+
+    # RabbitMQ: its rabbitmq.conf's TLS listener and files, through its mounts.
+    rabbit = services.get("rabbitmq") or {}
+    conf_src = next((s for s, t, _ in compose_mounts(rabbit) if t == "/etc/rabbitmq/rabbitmq.conf"), None)
+    rabbit_cert = None
+    conf = {}
+    if not conf_src:
+        p.append("rabbitmq: no rabbitmq.conf mounted at /etc/rabbitmq/rabbitmq.conf")
+    else:
+        conf = rabbitmq_conf_settings((ROOT / conf_src).read_text())
+        ssl_ports = [v.rsplit(":", 1)[-1] for k, v in conf.items() if re.fullmatch(r"listeners\.ssl\.[^.]+", k)]
+        if ssl_ports != [str(AMQPS_PORT)]:
+            p.append(f"rabbitmq.conf: needs one TLS listener on {AMQPS_PORT} (listeners.ssl.<name>), has {ssl_ports}")
+        if conf.get("ssl_options.verify") != "verify_peer" or conf.get("ssl_options.fail_if_no_peer_cert") != "false":
+            p.append("rabbitmq.conf: ssl_options.verify must be verify_peer and fail_if_no_peer_cert false")
+        files = {}
+        for key in ("cacertfile", "certfile", "keyfile"):
+            path = conf.get(f"ssl_options.{key}")
+            files[key] = volume_file("rabbitmq", path, f"ssl_options.{key}") if path else None
+            if not path:
+                p.append(f"rabbitmq.conf: ssl_options.{key} is not set")
+        if files["keyfile"]:
+            key_ok("rabbitmq", files["keyfile"], "ssl_options.keyfile")
+        if files["certfile"] and files["keyfile"] and not same_key(files["certfile"], files["keyfile"]):
+            p.append("rabbitmq: ssl_options.keyfile is not the key of ssl_options.certfile")
+        rabbit_cert = files["certfile"]
+    if f"{AMQPS_PORT}:{AMQPS_PORT}" not in [str(x) for x in rabbit.get("ports") or []]:
+        p.append(f"rabbitmq: port {AMQPS_PORT} is not published")
+
+    # PostgreSQL: ssl=on and its files, through its mounts.
+    pg = services.get("postgres") or {}
+    settings = postgres_settings(pg.get("command"))
+    pg_cert = None
+    if settings.get("ssl") != "on":
+        p.append("postgres: must run with -c ssl=on")
+    for key in ("ssl_cert_file", "ssl_key_file"):
+        if key not in settings:
+            p.append(f"postgres: -c {key}=... is not set")
+    if "ssl_cert_file" in settings and "ssl_key_file" in settings:
+        pg_cert = volume_file("postgres", settings["ssl_cert_file"], "ssl_cert_file")
+        pg_key = volume_file("postgres", settings["ssl_key_file"], "ssl_key_file")
+        if pg_key:
+            key_ok("postgres", pg_key, "ssl_key_file")
+        if pg_cert and pg_key and not same_key(pg_cert, pg_key):
+            p.append("postgres: ssl_key_file is not the key of ssl_cert_file")
+    if "ssl_ca_file" in settings:
+        volume_file("postgres", settings["ssl_ca_file"], "ssl_ca_file")
+    # A copy of the key per server: each readable by its own server's user only.
+    rabbit_key = compose_resolve(rabbit, conf.get("ssl_options.keyfile", "")) if conf_src else None
+    pg_key_at = compose_resolve(pg, settings.get("ssl_key_file", ""))
+    if rabbit_key and rabbit_key == pg_key_at:
+        p.append(f"rabbitmq and postgres share the key file {rabbit_key[1]}: each needs its own copy")
+
+    # The services: amqps on 5671 and verify-full, each trusting a mounted CA that signed the
+    # server's certificate for the host name in its URL.
+    for name in SERVICE_PORTS:
+        svc = services.get(name)
+        if svc is None:
+            continue  # compose semantics reports it
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if not uses_volume(name):
+            p.append(f"{name}: does not mount volume {volume}")
+        amqp = urllib.parse.urlsplit(env.get("AMQP_URL", ""))
+        if amqp.scheme != "amqps" or amqp.port != AMQPS_PORT:
+            p.append(f"{name}: AMQP_URL must be amqps://...:{AMQPS_PORT}, not {amqp.scheme}://...:{amqp.port}")
+        ca = env.get("AMQP_TLS_CA_CERT_FILE")
+        ca_file = volume_file(name, ca, "AMQP_TLS_CA_CERT_FILE") if ca else None
+        if not ca:
+            p.append(f"{name}: AMQP_TLS_CA_CERT_FILE is not set (an amqps URL needs it)")
+        if ca_file and rabbit_cert and amqp.hostname:
+            good, why = cert_verifies(ca_file, rabbit_cert, amqp.hostname)
+            if not good:
+                p.append(f"{name}: RabbitMQ's certificate does not verify against AMQP_TLS_CA_CERT_FILE for "
+                         f"{amqp.hostname}: {why}")
+        db = env.get("DATABASE_URL", "")
+        query = url_query(db)
+        if query.get("sslmode") != "verify-full":
+            p.append(f"{name}: DATABASE_URL must have sslmode=verify-full, not {query.get('sslmode')!r}")
+        root = query.get("sslrootcert")
+        root_file = volume_file(name, root, "DATABASE_URL's sslrootcert") if root else None
+        if not root:
+            p.append(f"{name}: DATABASE_URL has no sslrootcert")
+        host = urllib.parse.urlsplit(db).hostname
+        if root_file and pg_cert and host:
+            good, why = cert_verifies(root_file, pg_cert, host)
+            if not good:
+                p.append(f"{name}: PostgreSQL's certificate does not verify against sslrootcert for {host}: {why}")
+
+    # Run again: what is there is kept (the servers and the services keep one CA across restarts).
+    before = openssl("x509", "-noout", "-fingerprint", "-sha256", "-in", str(out / "ca.pem"))[1]
+    r = subprocess.run(["sh", str(ROOT / script), str(out)], env=gen_run, capture_output=True, text=True)
+    after = openssl("x509", "-noout", "-fingerprint", "-sha256", "-in", str(out / "ca.pem"))[1]
+    if r.returncode != 0 or before != after:
+        p.append(f"{script}: a second run must keep the certificates (exit {r.returncode}, CA "
+                 f"{'kept' if before == after else 'replaced'})")
+    if p:
+        for x in p:
+            fail(f"{label}: {x}")
+    else:
+        owners = "owned by uid 999 (rabbitmq, postgres), mode 0600" if as_root else "mode 0600 (not root here: owners not checked)"
+        ok(f"{label}: {script} run as {gen_name} does: RabbitMQ (listener {AMQPS_PORT}, rabbitmq.conf) and PostgreSQL "
+           f"(ssl=on) find their files in volume {volume}, keys {owners}; every service uses amqps:{AMQPS_PORT} "
+           f"and verify-full with a mounted CA that verifies both servers' certificates for the URLs' hosts; "
+           f"a second run keeps them")
+
+
 def cmd_dockerfile():
     label = "Dockerfile"
     text = (ROOT / "Dockerfile").read_text()
@@ -991,6 +1266,12 @@ def cmd_dockerfile():
            f"STOPSIGNAL SIGTERM; every workspace member's targets are covered by the dependency-layer stubs")
 
 
+def schema_pattern(mapping):
+    """A RabbitMQ config schema mapping name as a regex over keys: its `$var` segments
+    (`listeners.ssl.$name`, `auth_backends.$num.authn`) stand for any one segment."""
+    return re.compile(r"\.".join("[^.]+" if seg.startswith("$") else re.escape(seg) for seg in mapping.split(".")))
+
+
 def cmd_rabbitmq_conf():
     label = "rabbitmq.conf"
     conf = (ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text()
@@ -1010,7 +1291,8 @@ def cmd_rabbitmq_conf():
         known = set()
         for s in schemas:
             known |= set(re.findall(r'\{mapping,\s*"([^"]+)"', s.read_text(errors="replace")))
-        unknown = [k for k in keys if k not in known]
+        patterns = [schema_pattern(m) for m in sorted(known)]
+        unknown = [k for k in keys if not any(p.fullmatch(k) for p in patterns)]
         if unknown:
             fail(f"{label}: unknown keys {unknown} (not in RabbitMQ's config schema)")
             return
@@ -1023,7 +1305,10 @@ def cmd_rabbitmq_conf():
 # Kubernetes manifests
 # ------------------------------------------------------------------------------------------
 CUSTOM = {("rabbitmq.com/v1beta1", "RabbitmqCluster"), ("keda.sh/v1alpha1", "ScaledObject"),
-          ("keda.sh/v1alpha1", "TriggerAuthentication")}
+          ("keda.sh/v1alpha1", "TriggerAuthentication"), ("cert-manager.io/v1", "Certificate"),
+          ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "ClusterIssuer")}
+# Kinds without a namespace.
+CLUSTER_SCOPED = {"Namespace", "ClusterIssuer"}
 
 
 def dig(obj, *path):
@@ -1035,6 +1320,73 @@ def dig(obj, *path):
         else:
             return None
     return obj
+
+
+# cert-manager (cert-manager.io/v1): the fields used, checked by hand like the other CRDs.
+ISSUER_TYPES = {"selfSigned", "ca", "acme", "vault", "venafi"}
+CERTIFICATE_FIELDS = {"secretName", "secretTemplate", "commonName", "dnsNames", "ipAddresses", "uris",
+                      "emailAddresses", "otherNames", "subject", "literalSubject", "duration", "renewBefore",
+                      "renewBeforePercentage", "usages", "privateKey", "issuerRef", "isCA", "keystores",
+                      "revisionHistoryLimit", "additionalOutputFormats", "encodeUsagesInRequest", "nameConstraints"}
+KEY_USAGES = {"signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+              "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+              "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+              "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+KEY_SIZES = {"RSA": range(2048, 8193), "ECDSA": {256, 384, 521}, "Ed25519": {None}}
+GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+
+
+def go_duration(text):
+    """Seconds of a Go duration (`2160h`, `1h30m`), or None if it is not one."""
+    if not isinstance(text, str) or not re.fullmatch(f"(?:{GO_DURATION.pattern})+", text):
+        return None
+    unit = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * unit[u] for n, u in GO_DURATION.findall(text))
+
+
+def certificate_problems(spec):
+    p = [f"spec.{k} is not a Certificate field" for k in spec if k not in CERTIFICATE_FIELDS]
+    if not (isinstance(spec.get("secretName"), str) and spec["secretName"]):
+        p.append("spec.secretName is required")
+    ref = spec.get("issuerRef") or {}
+    if not (isinstance(ref.get("name"), str) and ref["name"]):
+        p.append("spec.issuerRef.name is required")
+    if ref.get("group", "cert-manager.io") == "cert-manager.io" and ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        p.append(f"spec.issuerRef.kind must be Issuer or ClusterIssuer, not {ref.get('kind')!r}")
+    if not any(spec.get(k) for k in ("commonName", "dnsNames", "ipAddresses", "uris", "emailAddresses",
+                                     "otherNames", "literalSubject")):
+        p.append("needs a commonName, dnsNames, ipAddresses, uris or emailAddresses")
+    if len(str(spec.get("commonName", ""))) > 64:
+        p.append("spec.commonName is longer than X.509's 64 characters")
+    for k in ("dnsNames", "ipAddresses", "uris", "emailAddresses", "usages"):
+        if k in spec and not (isinstance(spec[k], list) and all(isinstance(x, str) and x for x in spec[k])):
+            p.append(f"spec.{k} must be a list of strings")
+    if "isCA" in spec and not isinstance(spec["isCA"], bool):
+        p.append("spec.isCA must be a boolean")
+    durations = {}
+    for k in ("duration", "renewBefore"):
+        if k in spec:
+            durations[k] = go_duration(spec[k])
+            if durations[k] is None:
+                p.append(f"spec.{k} {spec[k]!r} is not a duration (e.g. 2160h)")
+    if durations.get("duration") is not None and durations["duration"] < 3600:
+        p.append("spec.duration must be at least 1h")
+    if None not in (durations.get("duration"), durations.get("renewBefore")) and len(durations) == 2 \
+            and durations["renewBefore"] >= durations["duration"]:
+        p.append("spec.renewBefore must be shorter than spec.duration")
+    p += [f"spec.usages: {u!r} is not a key usage" for u in spec.get("usages") or [] if u not in KEY_USAGES]
+    key = spec.get("privateKey") or {}
+    p += [f"spec.privateKey.{k} is not a field" for k in key if k not in {"algorithm", "encoding", "size", "rotationPolicy"}]
+    algorithm = key.get("algorithm", "RSA")
+    if algorithm not in KEY_SIZES:
+        p.append(f"spec.privateKey.algorithm must be one of {sorted(KEY_SIZES)}")
+    elif key.get("size", {"RSA": 2048, "ECDSA": 256, "Ed25519": None}[algorithm]) not in KEY_SIZES[algorithm]:
+        p.append(f"spec.privateKey.size {key.get('size')!r} is not a {algorithm} size")
+    if key.get("encoding", "PKCS1") not in ("PKCS1", "PKCS8"):
+        p.append("spec.privateKey.encoding must be PKCS1 or PKCS8")
+    if key.get("rotationPolicy", "Always") not in ("Always", "Never"):
+        p.append("spec.privateKey.rotationPolicy must be Always or Never")
+    return p
 
 
 def check_custom(doc):
@@ -1070,6 +1422,11 @@ def check_custom(doc):
         for name in mounts:
             if name not in vols:
                 p.append(f"volumeMount {name} has no volume")
+        tls = spec.get("tls")
+        if tls is not None:
+            p += [f"spec.tls.{k} is not a field" for k in tls if k not in {"secretName", "caSecretName", "disableNonTLSListeners"}]
+            if not (isinstance(tls.get("secretName"), str) and tls["secretName"]):
+                p.append("spec.tls.secretName is required with spec.tls")
     elif kind == "TriggerAuthentication":
         refs = spec.get("secretTargetRef") or []
         if not refs:
@@ -1109,6 +1466,25 @@ def check_custom(doc):
             for k, v in md.items():
                 if not isinstance(v, str):
                     p.append(f"rabbitmq trigger: metadata.{k} must be a string")
+    elif kind == "Certificate":
+        p += certificate_problems(spec)
+    elif kind in ("Issuer", "ClusterIssuer"):
+        types = [k for k in spec if k in ISSUER_TYPES]
+        p += [f"spec.{k} is not an {kind} field" for k in spec if k not in ISSUER_TYPES]
+        if len(types) != 1:
+            p.append(f"spec needs exactly one issuer type of {sorted(ISSUER_TYPES)}, has {types}")
+        if "selfSigned" in spec:
+            self_signed = spec["selfSigned"]
+            if not isinstance(self_signed, dict):
+                p.append("spec.selfSigned must be an object ({})")
+            else:
+                p += [f"spec.selfSigned.{k} is not a field" for k in self_signed if k != "crlDistributionPoints"]
+        if "ca" in spec:
+            ca = spec["ca"] if isinstance(spec["ca"], dict) else {}
+            if not (isinstance(ca.get("secretName"), str) and ca.get("secretName")):
+                p.append("spec.ca.secretName is required")
+            p += [f"spec.ca.{k} is not a field" for k in ca
+                  if k not in {"secretName", "crlDistributionPoints", "ocspServers", "issuingCertificateURLs"}]
     return p
 
 
@@ -1141,7 +1517,10 @@ def cmd_k8s():
             where = f"{doc['kind']}/{name}"
             if not name:
                 problems.append(f"{doc['kind']}: metadata.name is required")
-            if doc["kind"] != "Namespace" and dig(doc, "metadata", "namespace") != "msgkit":
+            if doc["kind"] in CLUSTER_SCOPED:
+                if dig(doc, "metadata", "namespace") is not None:
+                    problems.append(f"{where}: a {doc['kind']} is cluster-scoped: no metadata.namespace")
+            elif dig(doc, "metadata", "namespace") != "msgkit":
                 problems.append(f"{where}: metadata.namespace must be msgkit")
             if (doc["apiVersion"], doc["kind"]) in CUSTOM:
                 problems += [f"{where}: {p}" for p in check_custom(doc)]
@@ -1163,6 +1542,190 @@ def cmd_k8s():
     k8s_references(objects)
 
 
+def k8s_tls(by, secrets, configmaps, p):
+    """TLS across the manifests: the cert-manager chain, the servers' certificates and the
+    services' trust, following each path through the pod's volumes to a Certificate's Secret."""
+    certs = by.get("Certificate", {})
+    by_secret = {dig(c, "spec", "secretName"): c for c in certs.values()}
+
+    def issuer_of(cert):
+        ref = dig(cert, "spec", "issuerRef") or {}
+        if ref.get("group", "cert-manager.io") != "cert-manager.io":
+            return None
+        return by.get(ref.get("kind", "Issuer"), {}).get(ref.get("name"))
+
+    def ca_of(cert):
+        """The CA Certificate that signs `cert` (itself when self-signed), or None."""
+        issuer = issuer_of(cert)
+        spec = (issuer or {}).get("spec") or {}
+        if "selfSigned" in spec:
+            return cert
+        if "ca" in spec:
+            return by_secret.get(dig(spec, "ca", "secretName"))
+        return None
+
+    for name, cert in certs.items():
+        ref = dig(cert, "spec", "issuerRef") or {}
+        issuer = issuer_of(cert)
+        if issuer is None:
+            p.append(f"Certificate {name}: issuerRef {ref.get('kind', 'Issuer')}/{ref.get('name')} is not in these manifests")
+        elif "selfSigned" in issuer["spec"] and not dig(cert, "spec", "isCA"):
+            p.append(f"Certificate {name}: self-signed but not isCA (only the CA should be self-signed)")
+    for issuer in [*by.get("Issuer", {}).values(), *by.get("ClusterIssuer", {}).values()]:
+        where = f"{issuer['kind']} {issuer['metadata']['name']}"
+        if not any(issuer_of(c) is issuer for c in certs.values()):
+            p.append(f"{where}: issues no Certificate here")
+        if "ca" in issuer["spec"]:
+            ca = by_secret.get(dig(issuer, "spec", "ca", "secretName"))
+            if ca is None:
+                p.append(f"{where}: spec.ca.secretName {dig(issuer, 'spec', 'ca', 'secretName')} is no Certificate's secretName")
+            elif not dig(ca, "spec", "isCA"):
+                p.append(f"{where}: its Certificate {ca['metadata']['name']} is not isCA")
+            elif ca_of(ca) is not ca:
+                p.append(f"{where}: its Certificate {ca['metadata']['name']} is not self-signed (the chain's root here)")
+
+    def pod_file(pod, container, path):
+        """(Certificate, key, mode) of the cert-manager Secret file a container sees at `path`;
+        a problem is recorded and None returned when it is something else or nothing."""
+        vols = {v.get("name"): v for v in pod.get("volumes") or []}
+        for m in container.get("volumeMounts") or []:
+            base = m.get("mountPath", "").rstrip("/")
+            if not path or not path.startswith(base + "/") or m.get("subPath"):
+                continue
+            rel = path[len(base) + 1:]
+            secret = (vols.get(m.get("name")) or {}).get("secret")
+            if not secret:
+                break
+            mode = secret.get("defaultMode", 0o644)
+            items = secret.get("items")
+            if items:
+                item = next((i for i in items if i.get("path") == rel), None)
+                key, mode = (item["key"], item.get("mode", mode)) if item else (None, mode)
+            else:
+                key = rel if rel in secrets.get(secret.get("secretName"), {}) else None
+            cert = by_secret.get(secret.get("secretName"))
+            if key and cert:
+                return cert, key, mode
+            break
+        return None
+
+    def ca_in(found):
+        """The CA Certificate a mounted file holds: ca.crt of any Certificate's Secret (its
+        issuer's CA), or tls.crt of a CA's own."""
+        if not found:
+            return None
+        cert, key, _ = found
+        if key == "ca.crt":
+            return ca_of(cert)
+        if key == "tls.crt" and dig(cert, "spec", "isCA"):
+            return cert
+        return None
+
+    def names(cert):
+        return dig(cert, "spec", "dnsNames") or []
+
+    # RabbitMQ: the Cluster Operator serves spec.tls.secretName on 5671.
+    rabbit = {}  # Service host -> its Certificate
+    for name, cluster in by.get("RabbitmqCluster", {}).items():
+        tls = dig(cluster, "spec", "tls") or {}
+        cert = by_secret.get(tls.get("secretName"))
+        host = f"{name}.msgkit.svc"
+        if cert is None:
+            p.append(f"RabbitmqCluster {name}: spec.tls.secretName {tls.get('secretName')!r} is no Certificate's secretName")
+            continue
+        if host not in names(cert):
+            p.append(f"Certificate {cert['metadata']['name']}: dnsNames lack {host}, RabbitmqCluster {name}'s Service")
+        if tls.get("caSecretName") and tls["caSecretName"] not in by_secret:
+            p.append(f"RabbitmqCluster {name}: spec.tls.caSecretName {tls['caSecretName']} is no Certificate's secretName (no ca.crt)")
+        if tls.get("disableNonTLSListeners"):
+            p.append(f"RabbitmqCluster {name}: disableNonTLSListeners would close the management API's HTTP port KEDA reads")
+        rabbit[host] = cert
+
+    # PostgreSQL: ssl=on, its certificate and key from a Certificate's Secret, a key it accepts.
+    postgres = {}  # Service host -> its Certificate
+    for name, sts in by.get("StatefulSet", {}).items():
+        pod = sts["spec"]["template"]["spec"]
+        for c in pod.get("containers") or []:
+            if not str(c.get("image", "")).startswith("postgres:"):
+                continue
+            settings = postgres_settings((c.get("command") or [])[1:] + (c.get("args") or []))
+            where = f"StatefulSet {name}"
+            if settings.get("ssl") != "on":
+                p.append(f"{where}: postgres must run with -c ssl=on")
+                continue
+            cert_file = pod_file(pod, c, settings.get("ssl_cert_file"))
+            key_file = pod_file(pod, c, settings.get("ssl_key_file"))
+            if not cert_file or cert_file[1] != "tls.crt":
+                p.append(f"{where}: ssl_cert_file {settings.get('ssl_cert_file')} is not tls.crt of a mounted Certificate's Secret")
+                continue
+            if not key_file or key_file[1] != "tls.key" or key_file[0] is not cert_file[0]:
+                p.append(f"{where}: ssl_key_file {settings.get('ssl_key_file')} is not tls.key of ssl_cert_file's Secret")
+                continue
+            if settings.get("ssl_ca_file") and not ca_in(pod_file(pod, c, settings["ssl_ca_file"])):
+                p.append(f"{where}: ssl_ca_file {settings['ssl_ca_file']} is not a mounted CA certificate")
+            # Secret files are root's; with fsGroup the kubelet makes them that group and adds group read.
+            sec = pod.get("securityContext") or {}
+            fs_group = sec.get("fsGroup")
+            mode = key_file[2] | (0o440 if fs_group is not None else 0)
+            uid = dig(c, "securityContext", "runAsUser") or sec.get("runAsUser")
+            groups = {g for g in (sec.get("runAsGroup"), fs_group, *(sec.get("supplementalGroups") or [])) if g is not None}
+            why = pg_key_problem(0, fs_group if fs_group is not None else 0, mode, uid, groups)
+            if why:
+                p.append(f"{where}: ssl_key_file {settings['ssl_key_file']}: {why}")
+            host = f"{sts['spec'].get('serviceName')}.msgkit.svc"
+            if host not in names(cert_file[0]):
+                p.append(f"Certificate {cert_file[0]['metadata']['name']}: dnsNames lack {host}, StatefulSet {name}'s Service")
+            postgres[host] = cert_file[0]
+
+    # The services: amqps to the cluster's Service, verify-full to PostgreSQL's, each trusting a
+    # mounted CA that is the one that signed that server's certificate.
+    for name in SERVICE_PORTS:
+        dep = by.get("Deployment", {}).get(name)
+        if dep is None:
+            continue  # reported above
+        pod = dep["spec"]["template"]["spec"]
+        c = (pod.get("containers") or [{}])[0]
+        plain = {}
+        for e in c.get("envFrom") or []:
+            plain.update(configmaps.get(dig(e, "configMapRef", "name"), {}))
+        plain.update({e["name"]: e["value"] for e in c.get("env") or [] if "value" in e})
+        for e in c.get("env") or []:
+            ref = dig(e, "valueFrom", "secretKeyRef")
+            if ref:
+                plain[e["name"]] = secrets.get(ref.get("name"), {}).get(ref.get("key"), "")
+        where = f"Deployment {name}"
+        amqp = urllib.parse.urlsplit(plain.get("AMQP_URL", ""))
+        if amqp.scheme != "amqps" or amqp.port != AMQPS_PORT:
+            p.append(f"{where}: AMQP_URL must be amqps://...:{AMQPS_PORT}, not {amqp.scheme}://...:{amqp.port}")
+        ca_path = plain.get("AMQP_TLS_CA_CERT_FILE")
+        ca = ca_in(pod_file(pod, c, ca_path)) if ca_path else None
+        if not ca_path:
+            p.append(f"{where}: AMQP_TLS_CA_CERT_FILE is not set (an amqps URL needs it)")
+        elif ca is None:
+            p.append(f"{where}: AMQP_TLS_CA_CERT_FILE {ca_path} is not a mounted CA certificate (ca.crt of a Certificate's Secret)")
+        server = rabbit.get(amqp.hostname)
+        if server is None:
+            p.append(f"{where}: AMQP_URL host {amqp.hostname} is no RabbitmqCluster's Service with TLS")
+        elif ca is not None and ca_of(server) is not ca:
+            p.append(f"{where}: AMQP_TLS_CA_CERT_FILE is not the CA that signs {server['metadata']['name']}")
+        db = plain.get("DATABASE_URL", "")
+        query = url_query(db)
+        if query.get("sslmode") != "verify-full":
+            p.append(f"{where}: DATABASE_URL must have sslmode=verify-full, not {query.get('sslmode')!r}")
+        root = query.get("sslrootcert")
+        root_ca = ca_in(pod_file(pod, c, root)) if root else None
+        if not root:
+            p.append(f"{where}: DATABASE_URL has no sslrootcert")
+        elif root_ca is None:
+            p.append(f"{where}: DATABASE_URL's sslrootcert {root} is not a mounted CA certificate (ca.crt of a Certificate's Secret)")
+        host = urllib.parse.urlsplit(db).hostname
+        server = postgres.get(host)
+        if server is None:
+            p.append(f"{where}: DATABASE_URL host {host} is no PostgreSQL StatefulSet's Service with TLS")
+        elif root_ca is not None and ca_of(server) is not root_ca:
+            p.append(f"{where}: sslrootcert is not the CA that signs {server['metadata']['name']}")
+
+
 def k8s_references(objects):
     """Cross-references between the manifests, and agreement with deploy/rabbitmq/."""
     label = "k8s references"
@@ -1173,6 +1736,13 @@ def k8s_references(objects):
     secrets = {n: {**(d.get("stringData") or {}), **{k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()}}
                for n, d in by.get("Secret", {}).items()}
     configmaps = {n: d.get("data") or {} for n, d in by.get("ConfigMap", {}).items()}
+    # cert-manager writes each Certificate's Secret: tls.crt, tls.key and ca.crt.
+    for c in by.get("Certificate", {}).values():
+        sname = dig(c, "spec", "secretName")
+        if sname in secrets:
+            p.append(f"Secret {sname} is also Certificate {c['metadata']['name']}'s secretName (cert-manager overwrites it)")
+        else:
+            secrets[sname] = {"tls.crt": "", "tls.key": "", "ca.crt": ""}
     defs = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
     want_ports = SERVICE_PORTS
 
@@ -1190,6 +1760,10 @@ def k8s_references(objects):
         for v in pod.get("volumes") or []:
             if "secret" in v and v["secret"]["secretName"] not in secrets:
                 p.append(f"{owner}: volume {v['name']} refers to missing Secret {v['secret']['secretName']}")
+            elif "secret" in v:
+                for item in v["secret"].get("items") or []:
+                    if item.get("key") not in secrets[v["secret"]["secretName"]]:
+                        p.append(f"{owner}: volume {v['name']} projects missing key {v['secret']['secretName']}/{item.get('key')}")
 
     for name, port in want_ports.items():
         dep = by.get("Deployment", {}).get(name)
@@ -1293,7 +1867,7 @@ def k8s_references(objects):
             p.append(f"RabbitmqCluster {name}: needs a PodDisruptionBudget with maxUnavailable 1")
         for sname, s in secrets.items():
             for key, val in s.items():
-                if val.startswith("amqp://") and urllib.parse.urlsplit(val).hostname != f"{name}.msgkit.svc":
+                if val.startswith(("amqp://", "amqps://")) and urllib.parse.urlsplit(val).hostname != f"{name}.msgkit.svc":
                     p.append(f"Secret {sname}/{key}: AMQP host is not the RabbitmqCluster's Service {name}.msgkit.svc")
     db = secrets.get("msgkit-database", {})
     if db:
@@ -1302,12 +1876,17 @@ def k8s_references(objects):
             p.append("Secret msgkit-database: DATABASE_URL does not match POSTGRES_USER/PASSWORD/DB")
         if u.hostname and u.hostname.split(".")[0] not in by.get("Service", {}):
             p.append(f"Secret msgkit-database: DATABASE_URL host {u.hostname} is not a Service here")
+    k8s_tls(by, secrets, configmaps, p)
     if p:
         for x in p:
             fail(f"{label}: {x}")
     else:
         ok(f"{label}: secret/configmap keys exist, selectors match, ports/probes/env consistent, "
            f"passwords match definitions.json, the definitions Secret equals deploy/rabbitmq/definitions.json")
+        ok(f"k8s tls: cert-manager chain self-signed issuer -> CA Certificate -> CA Issuer -> "
+           f"{sum(not dig(c, 'spec', 'isCA') for c in by.get('Certificate', {}).values())} server Certificates; RabbitmqCluster spec.tls and PostgreSQL "
+           f"(ssl=on, a key it accepts) serve them for their Services' names; every service uses amqps:{AMQPS_PORT} "
+           f"and verify-full with mounted CA files that are the CA signing each server")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1571,7 +2150,8 @@ def cmd_dashboard():
 
 if __name__ == "__main__":
     try:
-        {"definitions": cmd_definitions, "compose": cmd_compose, "dockerfile": cmd_dockerfile,
+        {"definitions": cmd_definitions, "compose": cmd_compose, "compose-tls": cmd_compose_tls,
+         "dockerfile": cmd_dockerfile,
          "rabbitmq-conf": cmd_rabbitmq_conf, "k8s": cmd_k8s, "dashboard": cmd_dashboard,
          "dashboard-live": cmd_dashboard_live}[sys.argv[1]]()
     except Exception as e:  # a broken input the checks did not foresee: still one FAIL line
@@ -1608,6 +2188,7 @@ else
     fi
 fi
 run_py compose
+run_py compose-tls
 run_py dockerfile
 
 # ------------------------------------------------------------------------------------------
