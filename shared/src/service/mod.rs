@@ -179,6 +179,16 @@ impl Service {
         self.listener.local_addr()
     }
 
+    /// The topology as a component consuming `queues` declares it: all of it, or with
+    /// `TOPOLOGY_DECLARE=own` the exchange and those queues only.
+    fn declared_by(&self, queues: &[&str]) -> Topology {
+        if self.settings.declare_own_only {
+            self.topology.clone().declaring_only(queues)
+        } else {
+            self.topology.clone()
+        }
+    }
+
     /// Publish the service's outbox, with the relay settings it was started with.
     pub fn with_relay(mut self) -> Self {
         let relay = OutboxRelay::new(
@@ -186,7 +196,7 @@ impl Service {
             self.settings
                 .broker
                 .for_role(format!("{}/outbox-relay", self.settings.name)),
-            self.topology.clone(),
+            self.declared_by(&[]),
             self.settings.relay.clone(),
         )
         .with_metrics(&self.metrics);
@@ -269,10 +279,11 @@ impl Service {
             self.key_order_queues.push(queue.clone());
         }
         self.consumers.push(config.clone());
+        let declared = self.declared_by(&[&queue]);
         let consumer = Consumer::new(
             self.pool.clone(),
             self.settings.broker.clone(),
-            self.topology.clone(),
+            declared,
             config,
             handler,
         )

@@ -29,6 +29,11 @@ pub struct ServiceSettings {
     /// The event archive (`ARCHIVE_*`), when the system keeps one: the relay then writes
     /// every event to it too, and projections read it.
     pub archive: Option<Archive>,
+    /// What the service declares on the broker (`TOPOLOGY_DECLARE`): `all` (the default) the
+    /// whole topology, `own` only the exchange and the queues it consumes (with their DLQs and
+    /// bindings), for a broker user with rights on nothing else; the rest must exist
+    /// (`msgkit topology apply`).
+    pub declare_own_only: bool,
     /// What was read, for the settings derived later: each consumer's, and the service's own
     /// (e.g. the payment gateway's `GATEWAY_*`).
     pub source: ConfigSource,
@@ -65,6 +70,7 @@ impl ServiceSettings {
             broker: BrokerSettings::from_config(&source, name)?,
             relay: RelayConfig::from_config(&source, name)?,
             archive: Archive::from_config(&source)?,
+            declare_own_only: declare_own_only(&source)?,
             source,
         })
     }
@@ -76,5 +82,18 @@ impl ServiceSettings {
     pub fn consumer(&self, defaults: ConsumerConfig) -> Result<ConsumerConfig, ConfigError> {
         let scoped = self.source.scoped(&defaults.queue);
         defaults.configured(&scoped)
+    }
+}
+
+/// `TOPOLOGY_DECLARE`: `all` (default) or `own`.
+fn declare_own_only(source: &ConfigSource) -> Result<bool, ConfigError> {
+    match source.get("TOPOLOGY_DECLARE").map(str::trim) {
+        None | Some("all") => Ok(false),
+        Some("own") => Ok(true),
+        Some(other) => Err(ConfigError {
+            name: "TOPOLOGY_DECLARE".to_owned(),
+            value: other.to_owned(),
+            reason: "must be `all` or `own`".to_owned(),
+        }),
     }
 }

@@ -138,6 +138,8 @@ pub struct Topology {
     exchange: String,
     queues: Vec<WorkQueue>,
     archive: Option<Archive>,
+    /// `Some(queues)`: [`Topology::declare`] declares the exchange and these queues only.
+    declared_only: Option<Vec<String>>,
 }
 
 impl Default for Topology {
@@ -153,7 +155,24 @@ impl Topology {
             exchange: exchange.into(),
             queues: Vec::new(),
             archive: None,
+            declared_only: None,
         }
+    }
+
+    /// The same topology, of which [`Topology::declare`] declares only the exchange and the
+    /// work queues named in `queues` (with their DLQs and bindings): what a service whose
+    /// broker user may configure nothing else declares. The rest (other services' queues, the
+    /// delay tiers, the archive) must exist already: `msgkit topology apply` (or the broker's
+    /// definitions) declares it. Everything else about the topology (its queues' bindings,
+    /// the archive a relay copies to) stays as it is.
+    pub fn declaring_only(mut self, queues: &[&str]) -> Self {
+        self.declared_only = Some(queues.iter().map(|&q| q.to_owned()).collect());
+        self
+    }
+
+    /// Whether [`Topology::declare`] declares the whole topology.
+    pub fn declares_all(&self) -> bool {
+        self.declared_only.is_none()
     }
 
     /// Also keep every event in `archive` (see [`Archive`]).
@@ -188,7 +207,8 @@ impl Topology {
         self.queues.iter().find(|q| q.name == name)
     }
 
-    /// Declare the exchange, every queue with its DLQ, and every binding. Idempotent; fails
+    /// Declare the exchange, every queue with its DLQ, and every binding, the delay tiers and
+    /// the archive (or, [`Topology::declaring_only`], the exchange and those queues). Idempotent; fails
     /// with `PRECONDITION_FAILED` (closing the channel) if a queue exists with other arguments.
     // `queues` as an `i64`: a `usize` would be exported as a string.
     #[tracing::instrument(skip_all, fields(exchange = %self.exchange, queues = i64::try_from(self.queues.len()).unwrap_or(i64::MAX)))]
@@ -212,7 +232,12 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        for queue in &self.queues {
+        let declared = self.queues.iter().filter(|queue| {
+            self.declared_only
+                .as_ref()
+                .is_none_or(|only| only.contains(&queue.name))
+        });
+        for queue in declared {
             let dlq = queue.dead_letter_queue();
             channel
                 .queue_declare(dlq.as_str().into(), durable, quorum_arguments())
@@ -240,6 +265,9 @@ impl Topology {
                         queue.name
                     )))?;
             }
+        }
+        if !self.declares_all() {
+            return Ok(());
         }
         if !self.queues.is_empty() {
             declare_delay_tiers(channel).await?;
