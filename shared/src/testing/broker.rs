@@ -81,6 +81,19 @@ impl TestBroker {
         )
     }
 
+    /// The vhost's AMQP URL for another user.
+    pub fn amqp_url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "amqp://{user}:{password}@{}/{}?heartbeat=5",
+            self.amqp_addr, self.vhost
+        )
+    }
+
+    /// Where the management API is and who may use it, for cleanups outside the test's runtime.
+    pub(super) fn admin(&self) -> (String, String, String) {
+        (self.api.clone(), self.user.clone(), self.password.clone())
+    }
+
     /// The upstream address for a [`super::TcpProxy`].
     pub fn amqp_addr(&self) -> &str {
         &self.amqp_addr
@@ -320,7 +333,7 @@ impl TestBroker {
         Probe::new(connection, channel, consumer)
     }
 
-    async fn api_call(
+    pub(super) async fn api_call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -16,6 +16,7 @@ mod proxy;
 mod scrape;
 pub mod sse;
 pub mod tls;
+mod users;
 mod wait;
 
 pub use broker::TestBroker;
@@ -24,6 +25,7 @@ pub use message::TestMessage;
 pub use probe::Probe;
 pub use proxy::{Connectivity, Faults, ProxyControl, ProxyCounters, TcpProxy};
 pub use scrape::{metric_value, scrape};
+pub use users::{Permissions, TestUser};
 pub use wait::{try_wait_until, wait_until, wait_until_async};
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -5,16 +5,16 @@
 //! and requests carrying a token in the query and in `Authorization`.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use msgkit::auth::{Claims, Role, TokenKey};
 use msgkit::testing::{TestDatabase, wait_until_async};
+use support::{Running, binary, free_port};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const AMQP_USER: &str = "user-from-a-file";
@@ -33,87 +33,6 @@ const SERVICES: [&str; 7] = [
     "reconcile",
     "rebate",
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// A service binary built beside this package's `msgkit` (`make test` builds them first).
-fn binary(name: &str) -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_msgkit"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        binary.is_file(),
-        "{} is missing: cargo build --workspace --bins",
-        binary.display()
-    );
-    binary
-}
-
-/// A running service and everything it has written to stdout and stderr.
-struct Running {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(command: &mut Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(String::new()));
-        let streams: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        let readers = streams
-            .into_iter()
-            .map(|mut stream| {
-                let output = Arc::clone(&output);
-                std::thread::spawn(move || {
-                    let mut buffer = [0u8; 8192];
-                    while let Ok(n) = stream.read(&mut buffer) {
-                        if n == 0 {
-                            break;
-                        }
-                        output
-                            .lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&buffer[..n]));
-                    }
-                })
-            })
-            .collect();
-        Self {
-            child,
-            output,
-            readers,
-        }
-    }
-
-    fn has_logged(&self, text: &str) -> bool {
-        self.output.lock().unwrap().contains(text)
-    }
-
-    /// Kill it and return all it wrote.
-    fn stop(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        for reader in self.readers {
-            reader.join().unwrap();
-        }
-        self.output.lock().unwrap().clone()
-    }
-}
 
 /// Write `content` to a file of `dir` named `name` (with the trailing newline an editor adds).
 fn secret_file(dir: &Path, name: &str, content: &str) -> String {
