@@ -63,7 +63,7 @@ async fn without_a_valid_token_the_stream_is_refused() {
 }
 
 #[tokio::test]
-async fn without_a_token_secret_the_stream_is_unavailable_and_the_rest_works() {
+async fn without_a_token_secret_what_needs_a_token_is_unavailable_and_recording_works() {
     let app = spawn_app_with(|settings| {
         settings.source = msgkit::testing::test_config([]);
     })
@@ -77,8 +77,14 @@ async fn without_a_token_secret_the_stream_is_unavailable_and_the_rest_works() {
     )
     .await;
     assert_refused(response, 503, "no_token_secret").await;
-    let alerts = app.send(reqwest::Method::GET, "/alerts", None).await;
-    assert_eq!(alerts.status(), 200);
+    // Everything that needs a token is closed rather than open...
+    for path in ["/alerts", "/rules"] {
+        let closed = app.send(reqwest::Method::GET, path, None).await;
+        assert_refused(closed, 503, "no_token_secret").await;
+    }
+    // ... and recording transactions, which needs none, works.
+    let body = crate::helpers::transaction("t-open", "10.00", "Shanghai", chrono::Utc::now());
+    assert_eq!(app.post_transaction(&body).await.status(), 202);
 }
 
 #[tokio::test]
