@@ -81,6 +81,7 @@ impl Saga {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        apply_topology(&broker, &settings).await;
         let configure =
             |name: &str, schema: &str| configured(&settings, name, schema, &db, &broker, transport);
 
@@ -371,6 +372,27 @@ impl Saga {
 
 /// Service `name`'s settings in this test's database and vhost: the harness's fast defaults,
 /// an instant gateway, then the test's own `settings`.
+/// The whole topology, declared as `msgkit topology apply` (and a deployment) does before the
+/// services start: each service then declares only its own part (`TOPOLOGY_DECLARE=own`),
+/// as it does under a broker user with rights on nothing else.
+async fn apply_topology(broker: &TestBroker, settings: &[(String, String)]) {
+    let source =
+        msgkit::testing::test_config(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut topology = contracts::topology();
+    if let Some(archive) = msgkit::topology::Archive::from_config(&source)
+        .expect("the test's archive settings are valid")
+    {
+        topology = topology.with_archive(archive);
+    }
+    let connection = broker.connect().await;
+    let channel = connection.create_channel().await.expect("a channel");
+    topology
+        .declare(&channel)
+        .await
+        .expect("the topology applies");
+    let _ = connection.close(200, "topology applied".into()).await;
+}
+
 fn configured(
     settings: &[(String, String)],
     name: &str,
@@ -400,6 +422,8 @@ fn configured(
     for (key, value) in settings {
         service.source.set(key, value);
     }
+    // The harness applied the topology (apply_topology): each service declares its own part.
+    service.declare_own_only = true;
     // Settings derived when the source was first read, and changed by the test's.
     service.archive = msgkit::topology::Archive::from_config(&service.source)
         .expect("the test's archive settings are valid");
