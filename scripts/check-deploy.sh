@@ -1239,6 +1239,15 @@ def cmd_dockerfile():
             problems.append(f"services/{svc} does not exist, but the image ships it")
         if f"/out/{svc}" not in text or not re.search(rf"for svc in [^;]*\b{svc}\b", text):
             problems.append(f"the builder stage does not build {svc} or the runtime stage does not copy it")
+    # The operator CLI: the deploy step `msgkit topology apply` (compose one-shot, k8s Job) runs
+    # from this image.
+    cli = ROOT / "tools/msgkit-cli/Cargo.toml"
+    if not (cli.exists() and re.search(r'\[\[bin\]\]\s*\nname\s*=\s*"msgkit"', cli.read_text())):
+        problems.append("tools/msgkit-cli has no [[bin]] named msgkit")
+    if "/out/msgkit" not in text or not re.search(r"for svc in [^;]*\bmsgkit\b", text) \
+            or not re.search(r"COPY --from=builder [^\n]*(\\\n[^\n]*)*/out/msgkit", text):
+        problems.append("the builder stage does not copy the msgkit CLI to /out or the runtime stage does not ship it "
+                        "(the topology apply step runs it)")
     for needle in ("FROM rust:1-bookworm", "FROM debian:bookworm-slim", "cargo build --release --locked --bins",
                    "USER 10001", "STOPSIGNAL SIGTERM", "ARG SERVICE", "ENV SERVICE"):
         if needle not in text:
@@ -1262,7 +1271,7 @@ def cmd_dockerfile():
             fail(f"{label}: {p}")
     else:
         note = f" (not yet in this workspace: {', '.join(pending)}, so the image does not build yet)" if pending else ""
-        ok(f"{label}: builds --release --locked, ships the {len(SERVICE_PORTS)} services' [[bin]]s{note}, non-root, "
+        ok(f"{label}: builds --release --locked, ships the {len(SERVICE_PORTS)} services' [[bin]]s{note} and the msgkit CLI, non-root, "
            f"STOPSIGNAL SIGTERM; every workspace member's targets are covered by the dependency-layer stubs")
 
 
