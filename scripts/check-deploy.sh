@@ -366,6 +366,30 @@ class Kit:
             out["read"] += [n for n in everything if n != self.archive]
         return out
 
+    # The topology user (`msgkit topology apply`, Topology::declare of the whole topology):
+    # declares the exchange, every work queue with its DLQ and bindings, the delay tiers (a
+    # fanout exchange and a queue of the same name, bound) and the archive; it publishes and
+    # consumes nothing. Creating the work queues and the tier queues (dead-letter exchange "")
+    # needs read on them and write on amq.default.
+    def topology_needed(self):
+        work = list(self.queues)
+        delays = [self.delay_name(d) for d in self.delays]
+        return {"configure": [self.exchange] + work + [f"{q}.dlq" for q in work] + delays + [self.archive],
+                "write": work + delays + ["amq.default"],
+                "read": [self.exchange] + work + delays}
+
+    def topology_not_needed(self):
+        foreign = ["amq.direct", "amq.topic", "other", "events2", "xorder", "order2",
+                   "msgkit.delay.x", "msgkit.delayed", f"{self.archive}2", f"{self.exchange}.archived"]
+        dlqs = [f"{q}.dlq" for q in self.queues]
+        return {"configure": foreign + [f"{self.exchange}.dlq", "amq.default"],
+                "write": foreign + dlqs + [self.exchange, self.archive],
+                "read": foreign + dlqs + [self.archive, "amq.default"]}
+
+
+# The broker user of the deploy step that declares the whole topology (`msgkit topology apply`:
+# a one-shot in docker-compose.yml, a Job in k8s/) before the services start.
+TOPOLOGY_USER = "topology"
 
 # Each service's HTTP port (compose, Kubernetes, Prometheus).
 SERVICE_PORTS = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084,
@@ -462,7 +486,7 @@ def definitions_static(kit, path):
     # Users: password hashes in RabbitMQ's SHA-256 format, of the documented dev passwords.
     users = {u.get("name"): u for u in doc.get("users", [])}
     SERVICE_USERS = list(kit.users)
-    for name in SERVICE_USERS + ["admin", "keda"]:
+    for name in SERVICE_USERS + [TOPOLOGY_USER, "admin", "keda"]:
         u = users.get(name)
         if u is None:
             problems.append(f"user {name} is missing")
@@ -475,7 +499,8 @@ def definitions_static(kit, path):
             good = False
         if not good:
             problems.append(f"user {name}: password_hash is not base64(salt4 + sha256(salt4 + '{name}-dev-password'))")
-    want_tags = {**{s: [] for s in SERVICE_USERS}, "admin": ["administrator"], "keda": ["management"]}
+    want_tags = {**{s: [] for s in SERVICE_USERS}, TOPOLOGY_USER: [], "admin": ["administrator"],
+                 "keda": ["management"]}
     for name, tags in want_tags.items():
         if name in users and sorted(users[name].get("tags") or []) != tags:
             problems.append(f"user {name}: tags must be {tags}")
@@ -485,21 +510,23 @@ def definitions_static(kit, path):
     # Permissions: allow what the kit does, nothing more (checked on names; the live check
     # below proves it on the broker).
     perms = {p.get("user"): p for p in doc.get("permissions", [])}
-    for svc in SERVICE_USERS:
-        p = perms.get(svc)
+    expectations = [(svc, kit.needed(svc), kit.not_needed(svc)) for svc in SERVICE_USERS]
+    expectations.append((TOPOLOGY_USER, kit.topology_needed(), kit.topology_not_needed()))
+    for user, needed, not_needed in expectations:
+        p = perms.get(user)
         if p is None:
-            problems.append(f"permissions of {svc} are missing")
+            problems.append(f"permissions of {user} are missing")
             continue
-        for what, names in kit.needed(svc).items():
+        for what, names in needed.items():
             rx = p.get(what, "")
             miss = [n for n in names if not re.search(rx, n)]
             if miss:
-                problems.append(f"{svc}: {what} permission {rx!r} does not allow {miss[:4]}")
-        for what, names in kit.not_needed(svc).items():
+                problems.append(f"{user}: {what} permission {rx!r} does not allow {miss[:4]}")
+        for what, names in not_needed.items():
             rx = p.get(what, "")
             extra = [n for n in names if re.search(rx, n)]
             if extra:
-                problems.append(f"{svc}: {what} permission {rx!r} allows more than needed: {extra[:4]}")
+                problems.append(f"{user}: {what} permission {rx!r} allows more than needed: {extra[:4]}")
     if "keda" in perms and any(perms["keda"].get(k) != "^$" for k in ("configure", "write", "read")):
         problems.append("keda must have no configure/write/read permission (^$)")
     if problems:
@@ -508,7 +535,7 @@ def definitions_static(kit, path):
         return None
     ok(f"{label}: {len(expected)} queues, {len(expected_x)} exchanges, {len(got_b)} bindings equal the kit's "
        f"(shared/src/topology/, services/contracts); {len(users)} users with valid sha256 hashes; "
-       f"least-privilege permissions")
+       f"least-privilege permissions (services, and {TOPOLOGY_USER} for the whole topology)")
     return doc
 
 
@@ -858,6 +885,24 @@ def amqp_credentials_ok(url, doc, problems, where):
     return user
 
 
+def compose_argv(svc):
+    """What a compose service runs: its entrypoint and command, as lists."""
+    import shlex
+    argv = []
+    for key in ("entrypoint", "command"):
+        v = svc.get(key)
+        argv += shlex.split(v) if isinstance(v, str) else [str(x) for x in v or []]
+    return argv
+
+
+def runs_topology_apply(argv):
+    """Whether argv runs `msgkit ... topology apply` (the CLI's global flags may come first)."""
+    if not argv or Path(argv[0]).name != "msgkit" or "topology" not in argv:
+        return False
+    i = argv.index("topology")
+    return argv[i + 1:i + 2] == ["apply"]
+
+
 def cmd_compose():
     import yaml
     label = "compose semantics"
@@ -938,13 +983,48 @@ def cmd_compose():
     for name in ("rabbitmq", "postgres"):
         if not (services.get(name) or {}).get("healthcheck"):
             problems.append(f"{name}: needs a healthcheck (services wait for it)")
+    # The topology step: a one-shot running `msgkit topology apply` as the topology user, from
+    # the image (which ships the CLI), once the broker is up; every service waits for it to have
+    # succeeded and declares only its own part (TOPOLOGY_DECLARE=own), which is all its broker
+    # user may configure.
+    steps = [name for name, svc in services.items() if runs_topology_apply(compose_argv(svc))]
+    if len(steps) != 1:
+        problems.append(f"exactly one service must run `msgkit topology apply` (the topology step); found {steps}")
+    else:
+        step = steps[0]
+        svc = services[step]
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if not svc.get("build"):
+            problems.append(f"{step}: must be built from the Dockerfile (the image that ships the msgkit CLI)")
+        if str(svc.get("restart", "no")) != "no":
+            problems.append(f"{step}: a one-shot must not restart (restart: \"no\")")
+        if ((svc.get("depends_on") or {}).get("rabbitmq") or {}).get("condition") != "service_healthy":
+            problems.append(f"{step}: depends_on rabbitmq must wait for service_healthy")
+        if not env.get("AMQP_URL"):
+            problems.append(f"{step}: AMQP_URL is not set")
+        elif amqp_credentials_ok(env["AMQP_URL"], doc, problems, f"{step} AMQP_URL") != TOPOLOGY_USER:
+            problems.append(f"{step}: must connect as the broker user {TOPOLOGY_USER}")
+        # It declares the archive: with the definitions' retention, or the services' and the
+        # broker's would disagree with it.
+        archive_settings(env, doc, step, problems)
+        for name in SERVICE_PORTS:
+            svc = services.get(name)
+            if svc is None:
+                continue  # reported above
+            if str((svc.get("environment") or {}).get("TOPOLOGY_DECLARE", "")).strip() != "own":
+                problems.append(f"{name}: TOPOLOGY_DECLARE must be own (its broker user may configure only its own queue)")
+            cond = ((svc.get("depends_on") or {}).get(step) or {}).get("condition")
+            if cond != "service_completed_successfully":
+                problems.append(f"{name}: depends_on {step} must wait for service_completed_successfully "
+                                f"(the topology is declared before the service starts)")
     if problems:
         for p in problems:
             fail(f"{label}: {p}")
     else:
         ok(f"{label}: mounts exist, depends_on/healthchecks/ports/env consistent, AMQP passwords match "
            f"definitions.json, no unescaped $, Prometheus targets match, every service archives with "
-           f"the definitions' retention")
+           f"the definitions' retention; the one-shot {steps[0]} runs `msgkit topology apply` as {TOPOLOGY_USER} "
+           f"before every service, each with TOPOLOGY_DECLARE=own")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1169,9 +1249,10 @@ def cmd_compose_tls():
     if rabbit_key and rabbit_key == pg_key_at:
         p.append(f"rabbitmq and postgres share the key file {rabbit_key[1]}: each needs its own copy")
 
-    # The services: amqps on 5671 and verify-full, each trusting a mounted CA that signed the
-    # server's certificate for the host name in its URL.
-    for name in SERVICE_PORTS:
+    # The services and the topology step: amqps on 5671 (and the services verify-full), each
+    # trusting a mounted CA that signed the server's certificate for the host name in its URL.
+    steps = [n for n, svc in services.items() if runs_topology_apply(compose_argv(svc))]
+    for name in [*SERVICE_PORTS, *steps]:
         svc = services.get(name)
         if svc is None:
             continue  # compose semantics reports it
@@ -1190,6 +1271,8 @@ def cmd_compose_tls():
             if not good:
                 p.append(f"{name}: RabbitMQ's certificate does not verify against AMQP_TLS_CA_CERT_FILE for "
                          f"{amqp.hostname}: {why}")
+        if name in steps:
+            continue  # no database
         db = env.get("DATABASE_URL", "")
         query = url_query(db)
         if query.get("sslmode") != "verify-full":
@@ -1218,7 +1301,8 @@ def cmd_compose_tls():
         owners = "owned by uid 999 (rabbitmq, postgres), mode 0600" if as_root else "mode 0600 (not root here: owners not checked)"
         ok(f"{label}: {script} run as {gen_name} does: RabbitMQ (listener {AMQPS_PORT}, rabbitmq.conf) and PostgreSQL "
            f"(ssl=on) find their files in volume {volume}, keys {owners}; every service uses amqps:{AMQPS_PORT} "
-           f"and verify-full with a mounted CA that verifies both servers' certificates for the URLs' hosts; "
+           f"and verify-full with a mounted CA that verifies both servers' certificates for the URLs' hosts "
+           f"(the topology step amqps likewise); "
            f"a second run keeps them")
 
 
@@ -1551,6 +1635,16 @@ def cmd_k8s():
     k8s_references(objects)
 
 
+def k8s_apply_jobs(by):
+    """The Jobs whose (first) container runs `msgkit topology apply`."""
+    out = {}
+    for name, job in by.get("Job", {}).items():
+        c = (dig(job, "spec", "template", "spec", "containers") or [{}])[0]
+        if runs_topology_apply([str(x) for x in (c.get("command") or []) + (c.get("args") or [])]):
+            out[name] = job
+    return out
+
+
 def k8s_tls(by, secrets, configmaps, p):
     """TLS across the manifests: the cert-manager chain, the servers' certificates and the
     services' trust, following each path through the pod's volumes to a Certificate's Secret."""
@@ -1687,9 +1781,11 @@ def k8s_tls(by, secrets, configmaps, p):
             postgres[host] = cert_file[0]
 
     # The services: amqps to the cluster's Service, verify-full to PostgreSQL's, each trusting a
-    # mounted CA that is the one that signed that server's certificate.
-    for name in SERVICE_PORTS:
-        dep = by.get("Deployment", {}).get(name)
+    # mounted CA that is the one that signed that server's certificate. The topology Job: amqps
+    # likewise (it has no database).
+    workloads = [(f"Deployment {name}", by.get("Deployment", {}).get(name)) for name in SERVICE_PORTS]
+    workloads += [(f"Job {name}", job) for name, job in k8s_apply_jobs(by).items()]
+    for where, dep in workloads:
         if dep is None:
             continue  # reported above
         pod = dep["spec"]["template"]["spec"]
@@ -1702,7 +1798,6 @@ def k8s_tls(by, secrets, configmaps, p):
             ref = dig(e, "valueFrom", "secretKeyRef")
             if ref:
                 plain[e["name"]] = secrets.get(ref.get("name"), {}).get(ref.get("key"), "")
-        where = f"Deployment {name}"
         amqp = urllib.parse.urlsplit(plain.get("AMQP_URL", ""))
         if amqp.scheme != "amqps" or amqp.port != AMQPS_PORT:
             p.append(f"{where}: AMQP_URL must be amqps://...:{AMQPS_PORT}, not {amqp.scheme}://...:{amqp.port}")
@@ -1717,6 +1812,8 @@ def k8s_tls(by, secrets, configmaps, p):
             p.append(f"{where}: AMQP_URL host {amqp.hostname} is no RabbitmqCluster's Service with TLS")
         elif ca is not None and ca_of(server) is not ca:
             p.append(f"{where}: AMQP_TLS_CA_CERT_FILE is not the CA that signs {server['metadata']['name']}")
+        if where.startswith("Job "):
+            continue  # no database
         db = plain.get("DATABASE_URL", "")
         query = url_query(db)
         if query.get("sslmode") != "verify-full":
@@ -1820,6 +1917,8 @@ def k8s_references(objects):
             plain.update(configmaps.get(dig(e, "configMapRef", "name"), {}))
         plain.update({k: v["value"] for k, v in env.items() if "value" in v})
         archive_settings(plain, defs, f"Deployment {name}", p)
+        if str(plain.get("TOPOLOGY_DECLARE", "")).strip() != "own":
+            p.append(f"Deployment {name}: TOPOLOGY_DECLARE must be own (its broker user may configure only its own queue)")
         check_pod(f"Deployment {name}", pod)
         svc = by.get("Service", {}).get(name)
         if svc is None or any(labels.get(k) != v for k, v in (svc["spec"].get("selector") or {}).items()):
@@ -1830,6 +1929,46 @@ def k8s_references(objects):
         if pdb is None or pdb["spec"].get("minAvailable") != 1 or any(
                 labels.get(k) != v for k, v in (dig(pdb, "spec", "selector", "matchLabels") or {}).items()):
             p.append(f"PodDisruptionBudget {name}: missing, not minAvailable 1, or not selecting the pods")
+    # The topology step: a Job running `msgkit topology apply` as the topology user, with the
+    # services' CA and archive settings, applied before the Deployments (its file sorts first).
+    jobs = k8s_apply_jobs(by)
+    if len(jobs) != 1:
+        p.append(f"exactly one Job must run `msgkit topology apply` (the topology step); found {sorted(jobs)}")
+    for name, job in jobs.items():
+        where = f"Job {name}"
+        pod = job["spec"]["template"]["spec"]
+        c = (pod.get("containers") or [{}])[0]
+        env = {e["name"]: e for e in c.get("env") or []}
+        plain = {}
+        for e in c.get("envFrom") or []:
+            plain.update(configmaps.get(dig(e, "configMapRef", "name"), {}))
+        plain.update({k: v["value"] for k, v in env.items() if "value" in v})
+        amqp = dig(env, "AMQP_URL", "valueFrom", "secretKeyRef")
+        if not amqp:
+            p.append(f"{where}: AMQP_URL must come from a Secret (secretKeyRef)")
+        elif amqp.get("key") in secrets.get(amqp.get("name"), {}):
+            url = secrets[amqp["name"]][amqp["key"]]
+            if amqp_credentials_ok(url, defs, p, f"{where} AMQP_URL") != TOPOLOGY_USER:
+                p.append(f"{where}: must connect as the broker user {TOPOLOGY_USER}")
+            for dname in SERVICE_PORTS:
+                dpod = dig(by.get("Deployment", {}).get(dname) or {}, "spec", "template", "spec") or {}
+                for dc in dpod.get("containers") or []:
+                    if any(dig(e, "valueFrom", "secretKeyRef", "name") == amqp["name"] for e in dc.get("env") or []):
+                        p.append(f"Deployment {dname}: refers to Secret {amqp['name']}, the topology user's "
+                                 f"(keep it out of the services' pods)")
+        archive_settings(plain, defs, where, p)
+        if pod.get("restartPolicy") not in ("OnFailure", "Never"):
+            p.append(f"{where}: restartPolicy must be OnFailure or Never")
+        if not (dig(pod, "securityContext", "runAsNonRoot") and dig(c, "securityContext", "readOnlyRootFilesystem")):
+            p.append(f"{where}: must run as non-root with a read-only root filesystem")
+        if not (dig(c, "resources", "requests") and dig(c, "resources", "limits")):
+            p.append(f"{where}: needs resource requests and limits")
+        check_pod(where, pod)
+        files = {d["metadata"]["name"]: rel for rel, d in objects if d["kind"] in ("Job", "Deployment")}
+        late = [n for n in SERVICE_PORTS if n in files and str(files[n]) <= str(files[name])]
+        if late:
+            p.append(f"{where}: its file {files[name]} must sort before the Deployments' (kubectl apply -f k8s/ "
+                     f"applies in name order), not after {late}")
     for name, sts in by.get("StatefulSet", {}).items():
         check_pod(f"StatefulSet {name}", sts["spec"]["template"]["spec"])
         if sts["spec"].get("serviceName") not in by.get("Service", {}):
@@ -1891,11 +2030,13 @@ def k8s_references(objects):
             fail(f"{label}: {x}")
     else:
         ok(f"{label}: secret/configmap keys exist, selectors match, ports/probes/env consistent, "
-           f"passwords match definitions.json, the definitions Secret equals deploy/rabbitmq/definitions.json")
+           f"passwords match definitions.json, the definitions Secret equals deploy/rabbitmq/definitions.json; "
+           f"the Job {', '.join(k8s_apply_jobs(by))} runs `msgkit topology apply` as {TOPOLOGY_USER} before the "
+           f"Deployments, each with TOPOLOGY_DECLARE=own")
         ok(f"k8s tls: cert-manager chain self-signed issuer -> CA Certificate -> CA Issuer -> "
            f"{sum(not dig(c, 'spec', 'isCA') for c in by.get('Certificate', {}).values())} server Certificates; RabbitmqCluster spec.tls and PostgreSQL "
            f"(ssl=on, a key it accepts) serve them for their Services' names; every service uses amqps:{AMQPS_PORT} "
-           f"and verify-full with mounted CA files that are the CA signing each server")
+           f"and verify-full with mounted CA files that are the CA signing each server (the topology Job amqps likewise)")
 
 
 # ------------------------------------------------------------------------------------------
