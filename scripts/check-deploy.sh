@@ -333,18 +333,27 @@ class Kit:
     # exchange.declare = configure; queue.bind = write on the queue, read on the exchange;
     # basic.publish = write on the exchange, "" being checked as amq.default;
     # basic.consume = read on the queue).
-    # The archive: every service declaring the topology declares it (configure; a stream has
-    # no dead-letter exchange); the relay's copy goes through the default exchange (write on
-    # amq.default only, not on the stream); a projection consumes it (read).
+    # The services run with TOPOLOGY_DECLARE=own (docker-compose.yml, k8s/): each declares the
+    # events exchange and its own queue with its DLQ and bindings (Topology::declaring_only),
+    # nothing else; the shared rest (the other queues, the delay tiers, the archive) is the
+    # topology user's (`msgkit topology apply`), and the definitions pre-declare all of it.
+    # At run time a consumer consumes its queue, republishes retries to a delay tier exchange
+    # (routing key = its queue) and dead letters through the default exchange to its DLQ; a
+    # relay publishes to events, and its archive copies and its timers through the default
+    # exchange; a projection consumes the archive.
     def needed(self, svc):
-        work = list(self.queues)
         delays = [self.delay_name(d) for d in self.delays]
         archive = [self.archive] if svc in self.readers else []
         if svc not in self.queues:  # a projection only: declares nothing, publishes nothing
             return {"configure": [], "write": [], "read": archive}
-        configure = [self.exchange] + work + [f"{q}.dlq" for q in work] + delays + [self.archive]
-        write = work + delays + ["amq.default"] + ([self.exchange] if svc in self.publishers else [])
-        read = [self.exchange] + work + delays + archive
+        # configure: exchange.declare events, queue.declare <svc> and <svc>.dlq.
+        configure = [self.exchange, svc, f"{svc}.dlq"]
+        # write: queue.bind <svc>; publishing retries (the tier exchanges), dead letters, archive
+        # copies and timers (amq.default, which creating <svc> with its dead-letter exchange ""
+        # needs too), events (the relay).
+        write = [svc, "amq.default"] + delays + ([self.exchange] if svc in self.publishers else [])
+        # read: queue.bind from events; consuming <svc> (and creating it: it has a DLX).
+        read = [self.exchange, svc] + archive
         return {"configure": configure, "write": write, "read": read}
 
     def not_needed(self, svc):
@@ -352,15 +361,18 @@ class Kit:
         foreign = ["amq.direct", "amq.topic", "other", "events2", "xorder", "order2",
                    "msgkit.delay.x", "msgkit.delayed", f"{self.archive}2", f"{self.exchange}.archived"]
         work = list(self.queues)
-        out = {"configure": foreign + [f"{self.exchange}.dlq"],
-               "write": foreign + [f"{q}.dlq" for q in work] + [self.archive],
-               "read": foreign + [f"{q}.dlq" for q in work] + ["amq.default"]}
+        delays = [self.delay_name(d) for d in self.delays]
+        others = [q for q in work if q != svc]
+        out = {"configure": foreign + [f"{self.exchange}.dlq", "amq.default", self.archive] + delays
+                           + others + [f"{q}.dlq" for q in others],
+               "write": foreign + [f"{q}.dlq" for q in work] + [self.archive] + others,
+               "read": foreign + [f"{q}.dlq" for q in work] + ["amq.default"] + delays + others}
         if svc not in self.publishers:
             out["write"].append(self.exchange)
         if svc not in self.readers:
             out["read"].append(self.archive)
         if svc not in self.queues:
-            everything = [self.exchange, self.archive, "amq.default"] + work + [self.delay_name(d) for d in self.delays]
+            everything = [self.exchange, self.archive, "amq.default"] + work + delays
             out["configure"] += everything
             out["write"] += everything
             out["read"] += [n for n in everything if n != self.archive]
@@ -535,7 +547,7 @@ def definitions_static(kit, path):
         return None
     ok(f"{label}: {len(expected)} queues, {len(expected_x)} exchanges, {len(got_b)} bindings equal the kit's "
        f"(shared/src/topology/, services/contracts); {len(users)} users with valid sha256 hashes; "
-       f"least-privilege permissions (services, and {TOPOLOGY_USER} for the whole topology)")
+       f"least-privilege permissions (each service its own queue and DLQ, {TOPOLOGY_USER} the whole topology)")
     return doc
 
 
@@ -575,21 +587,26 @@ def definitions_live(kit, doc):
     host, port = os.environ["RABBITMQ_AMQP_HOST"], int(os.environ["RABBITMQ_AMQP_PORT"])
     services = list(kit.queues)
     v_defs = f"{prefix}-defs"
-    v_fresh = {svc: f"{prefix}-fresh-{svc}" for svc in services}
+    # Two empty vhosts for the creation paths: in v_apply the topology user creates everything
+    # (as `msgkit topology apply` on a broker without the definitions), in v_own each service
+    # first creates its own part, then the topology user the rest.
+    v_apply, v_own = f"{prefix}-fresh-apply", f"{prefix}-fresh-own"
+    fresh_users = set(services) | {TOPOLOGY_USER}
     rename = lambda user: f"{prefix}-{user}"  # noqa: E731
 
     # The definitions, into throw-away vhosts: v_defs gets everything (users renamed, since
-    # users are global); one empty vhost per service gets only that service's permissions, for
-    # it to declare the topology from scratch (creating needs more than re-declaring).
+    # users are global); the empty vhosts get only the permissions of the topology user and of
+    # the services that declare something.
     def moved(items, vhost):
         return [{**i, "vhost": vhost} for i in items]
 
     perms = doc["permissions"]
     imp = {
-        "vhosts": [{"name": v_defs}] + [{"name": v} for v in v_fresh.values()],
+        "vhosts": [{"name": v} for v in (v_defs, v_apply, v_own)],
         "users": [{**u, "name": rename(u["name"])} for u in doc["users"]],
         "permissions": [{**p, "user": rename(p["user"]), "vhost": v_defs} for p in perms]
-                       + [{**p, "user": rename(p["user"]), "vhost": v_fresh[p["user"]]} for p in perms if p["user"] in v_fresh],
+                       + [{**p, "user": rename(p["user"]), "vhost": v} for v in (v_apply, v_own)
+                          for p in perms if p["user"] in fresh_users],
         "exchanges": moved(doc["exchanges"], v_defs),
         "queues": moved(doc["queues"], v_defs),
         "bindings": moved(doc["bindings"], v_defs),
@@ -625,24 +642,26 @@ def definitions_live(kit, doc):
         ok(f"{label}: definitions imported into vhost {v_defs}; the broker holds every queue with the "
            f"exact arguments, every binding and every permission")
 
-    # 2. Each service, as its own user (so the dev passwords match the hashes), does what the
-    #    kit does: declare the whole topology with the kit's arguments (an inequivalent argument
-    #    would close the channel with PRECONDITION_FAILED), publish events (relay), retries (delay
-    #    tier, routing key = its queue) and dead letters (default exchange -> <queue>.dlq), all
-    #    mandatory and confirmed, and consume its queue.
+    # 2. Each user (its dev password must match its hash) does what the kit does with it, and is
+    #    refused what it does not need.
     def connect(user, vhost):
         params = pika.ConnectionParameters(host=host, port=port, virtual_host=vhost,
                                            credentials=pika.PlainCredentials(rename(user), f"{user}-dev-password"),
                                            connection_attempts=1, socket_timeout=10, blocked_connection_timeout=30)
         return pika.BlockingConnection(params)
 
+    def declare_queue(ch, name):
+        """A work queue with its DLQ and bindings, in Topology::declare's order."""
+        ch.queue_declare(f"{name}.dlq", durable=True, arguments=kit.dlq_args())
+        ch.queue_declare(name, durable=True, arguments=kit.work_args(name))
+        for key in kit.queues[name]["bindings"]:
+            ch.queue_bind(name, kit.exchange, routing_key=key)
+
     def declare_topology(ch):
+        """What `msgkit topology apply` declares (Topology::declare, the whole topology)."""
         ch.exchange_declare(kit.exchange, exchange_type="topic", durable=True)
-        for name, spec in kit.queues.items():
-            ch.queue_declare(f"{name}.dlq", durable=True, arguments=kit.dlq_args())
-            ch.queue_declare(name, durable=True, arguments=kit.work_args(name))
-            for key in spec["bindings"]:
-                ch.queue_bind(name, kit.exchange, routing_key=key)
+        for name in kit.queues:
+            declare_queue(ch, name)
         for d in kit.delays:
             n = kit.delay_name(d)
             ch.exchange_declare(n, exchange_type="fanout", durable=True)
@@ -650,10 +669,18 @@ def definitions_live(kit, doc):
             ch.queue_bind(n, n, routing_key="")
         ch.queue_declare(kit.archive, durable=True, arguments=kit.archive_args())
 
-    def consume_archive(ch, on_message=lambda *a: None):
-        # A stream consumer needs a per-consumer prefetch (basic.qos, not global).
+    def declare_own(ch, svc):
+        """What a service with TOPOLOGY_DECLARE=own declares (Topology::declaring_only): the
+        exchange and its own queue with its DLQ and bindings."""
+        ch.exchange_declare(kit.exchange, exchange_type="topic", durable=True)
+        declare_queue(ch, svc)
+
+    def consume_archive(ch, on_message=lambda *a: None, offset="first"):
+        # A stream consumer needs a per-consumer prefetch (basic.qos, not global). Where only the
+        # right to consume is probed, offset "next" gets no message: pika would reject the ones
+        # it holds when the channel closes, which a stream answers by closing the connection.
         ch.basic_qos(prefetch_count=50)
-        return ch.basic_consume(kit.archive, on_message, arguments={"x-stream-offset": "first"})
+        return ch.basic_consume(kit.archive, on_message, arguments={"x-stream-offset": offset})
 
     def refused(conn, action):
         """Run action on a fresh channel; return the broker's reply code if it closed the channel."""
@@ -679,9 +706,22 @@ def definitions_live(kit, doc):
         own = kit.queues.get(svc, {}).get("bindings", [])
         return own[0].replace("*", "deploy-check") if own else None
 
+    def expect_refused(conn, denied, problems):
+        for what, action, code in denied:
+            got_code = refused(conn, action)
+            if got_code != code:
+                problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+    first = kit.delay_name(kit.delays[0])
     connections = []
     try:
+        # 2a. Each service, as its own user, in own mode: declares the exchange and its own part
+        #     over the imported topology (an inequivalent argument would close the channel with
+        #     PRECONDITION_FAILED); publishes events and their archive copies and fires timers
+        #     (publishers: the relay), retries (delay tier exchange, routing key = its queue) and
+        #     dead letters (default exchange -> <queue>.dlq), all mandatory and confirmed, and
+        #     consumes its queue.
         for svc in services:
             problems = []
             try:
@@ -690,7 +730,8 @@ def definitions_live(kit, doc):
                 fail(f"{label}: {svc} cannot log in with {svc}-dev-password: {e!r}")
                 continue
             connections.append(conn)
-            steps = [("declare the topology", declare_topology)]
+            steps = [(f"declare {kit.exchange} and {svc} with its DLQ and bindings",
+                      lambda ch, svc=svc: declare_own(ch, svc))]
             if svc in kit.publishers:
                 key = routed_key(svc)
                 steps.append((f"publish {key} to {kit.exchange}",
@@ -698,7 +739,9 @@ def definitions_live(kit, doc):
                 # The relay's archive copy: through the default exchange, to the stream.
                 steps.append((f"publish an archive copy to {kit.archive}",
                               lambda ch, svc=svc: ch.basic_publish("", kit.archive, svc.encode(), props, mandatory=True)))
-            first = kit.delay_name(kit.delays[0])
+                # A timer firing: the relay publishes it through the default exchange to the queue.
+                steps.append((f"publish a timer to {svc} (default exchange)",
+                              lambda ch, svc=svc: ch.basic_publish("", svc, b"{}", props, mandatory=True)))
             steps.append((f"publish a retry to {first}",
                           lambda ch, svc=svc: ch.basic_publish(first, svc, b"{}", props, mandatory=True)))
             steps.append((f"publish a dead letter to {svc}.dlq",
@@ -710,29 +753,43 @@ def definitions_live(kit, doc):
                 if code is not None:
                     problems.append(f"{what}: refused ({code})")
             # Least privilege, live: what the service does not need is refused.
+            other = next(x for x in services if x != svc)
+            other_key = (kit.queues[other]["bindings"] or ["x.y"])[0]
             denied = [("declare a foreign queue", lambda ch: ch.queue_declare(f"{prefix}-foreign", durable=True), 403),
+                      (f"declare {other} (another service's queue)",
+                       lambda ch: ch.queue_declare(other, durable=True, arguments=kit.work_args(other)), 403),
+                      (f"declare {other}.dlq", lambda ch: ch.queue_declare(f"{other}.dlq", durable=True,
+                                                                            arguments=kit.dlq_args()), 403),
+                      (f"bind {other} to {kit.exchange}",
+                       lambda ch: ch.queue_bind(other, kit.exchange, routing_key=other_key), 403),
+                      (f"consume {other}", lambda ch: ch.basic_consume(other, lambda *a: None), 403),
+                      (f"declare the delay tier exchange {first}",
+                       lambda ch: ch.exchange_declare(first, exchange_type="fanout", durable=True), 403),
+                      (f"declare the delay tier queue {first}",
+                       lambda ch: ch.queue_declare(first, durable=True, arguments=kit.delay_args(kit.delays[0])), 403),
+                      (f"declare {kit.archive}",
+                       lambda ch: ch.queue_declare(kit.archive, durable=True, arguments=kit.archive_args()), 403),
                       (f"consume {svc}.dlq", lambda ch: ch.basic_consume(f"{svc}.dlq", lambda *a: None), 403),
                       ("publish to amq.topic", lambda ch: ch.basic_publish("amq.topic", "x", b"{}", props), 403)]
             if svc not in kit.publishers:
                 denied.append((f"publish to {kit.exchange}",
                                lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403))
             if svc not in kit.readers:
-                denied.append((f"consume {kit.archive}", lambda ch: consume_archive(ch), 403))
-            for what, action, code in denied:
-                got_code = refused(conn, action)
-                if got_code != code:
-                    problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+                denied.append((f"consume {kit.archive}", lambda ch: consume_archive(ch, offset="next"), 403))
+            expect_refused(conn, denied, problems)
             if problems:
                 for p in problems:
                     fail(f"{label}: as {svc}: {p}")
             else:
-                ok(f"{label}: as {svc}: declares the kit's topology and the archive over the imported ones (equivalent), "
-                   f"{'publishes events and their archive copies, ' if svc in kit.publishers else ''}"
-                   f"retries and dead letters, consumes {svc}; refused what it does not need")
+                ok(f"{label}: as {svc} (own mode): declares {kit.exchange} and {svc} with its DLQ and bindings over "
+                   f"the imported ones (equivalent), "
+                   f"{'publishes events, their archive copies and timers, ' if svc in kit.publishers else ''}"
+                   f"retries to {first} and dead letters, consumes {svc}; refused declaring, binding or consuming "
+                   f"{other}, declaring a delay tier or the archive, and what else it does not need")
 
         # 2b. Each projection, as its own user, reads the archive from its first offset and gets
         #     the copies the publishers just wrote; it is refused everything else (it declares
-        #     nothing: the services declare the archive, the definitions pre-declare it).
+        #     nothing: the topology user declares the archive, the definitions pre-declare it).
         for svc in sorted(kit.readers - set(services)):
             problems = []
             try:
@@ -763,10 +820,7 @@ def definitions_live(kit, doc):
                       (f"publish to {kit.exchange}", lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403),
                       (f"publish to {kit.archive} (default exchange)",
                        lambda ch: ch.basic_publish("", kit.archive, b"{}", props), 403)]
-            for what, action, code in denied:
-                got_code = refused(conn, action)
-                if got_code != code:
-                    problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+            expect_refused(conn, denied, problems)
             if problems:
                 for p in problems:
                     fail(f"{label}: as {svc}: {p}")
@@ -774,51 +828,119 @@ def definitions_live(kit, doc):
                 ok(f"{label}: as {svc}: reads {kit.archive} from its first offset (every publisher's copy is "
                    f"there); refused declaring, publishing and consuming anything else")
 
-        # 3. Negative control: the same declaration with one argument changed must fail, or the
-        #    equivalence above proves nothing.
+        # 2c. The topology user (`msgkit topology apply`) declares the whole topology over the
+        #     imported one (equivalent). It is refused publishing events and reading the archive
+        #     and the DLQs. (Not refusable by name: write on the delay tiers, since a tier's
+        #     exchange and queue share a name and binding the queue needs write; read on the work
+        #     queues and amq.default, which creating them with their dead-letter exchange needs.)
+        problems = []
+        topo = None
+        try:
+            topo = connect(TOPOLOGY_USER, v_defs)
+        except Exception as e:
+            fail(f"{label}: {TOPOLOGY_USER} cannot log in with {TOPOLOGY_USER}-dev-password: {e!r}")
+        if topo is not None:
+            connections.append(topo)
+            code = refused(topo, declare_topology)
+            if code is not None:
+                problems.append(f"declare the whole topology: refused ({code})")
+            denied = [("declare a foreign queue", lambda ch: ch.queue_declare(f"{prefix}-foreign", durable=True), 403),
+                      (f"publish to {kit.exchange}", lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403),
+                      (f"consume {kit.archive}", lambda ch: consume_archive(ch, offset="next"), 403),
+                      (f"consume {services[0]}.dlq", lambda ch: ch.basic_consume(f"{services[0]}.dlq", lambda *a: None), 403),
+                      ("publish to amq.topic", lambda ch: ch.basic_publish("amq.topic", "x", b"{}", props), 403)]
+            expect_refused(topo, denied, problems)
+            if problems:
+                for p in problems:
+                    fail(f"{label}: as {TOPOLOGY_USER}: {p}")
+            else:
+                ok(f"{label}: as {TOPOLOGY_USER}: declares the whole topology (exchange, work queues with their "
+                   f"DLQs and bindings, {len(kit.delays)} delay tiers, the archive) over the imported one; refused "
+                   f"publishing to {kit.exchange}, consuming the archive or a DLQ, another name")
+
+        # 3. Negative controls: the same declaration with one argument changed must fail, or the
+        #    equivalence above proves nothing. A service redeclares its own queue; the topology
+        #    user the archive (services with other retention settings must not start silently
+        #    against it, and `msgkit topology apply` with them must fail).
         conn = connections[0] if connections else connect(services[0], v_defs)
         name = services[0]
         bad = {**kit.work_args(name), "x-delivery-limit": kit.queues[name]["limit"] + 1}
         code = refused(conn, lambda ch: ch.queue_declare(name, durable=True, arguments=bad))
         if code == 406:
-            ok(f"{label}: negative control: declaring {name} with x-delivery-limit "
+            ok(f"{label}: negative control: {name} declaring {name} with x-delivery-limit "
                f"{bad['x-delivery-limit']} is refused with PRECONDITION_FAILED")
         else:
             fail(f"{label}: negative control: an inequivalent {name} declaration was not refused (got {code})")
-        # The same for the archive: services with other retention settings must not start
-        # silently against it.
         other_age = "1D" if kit.archive_defaults["x-max-age"] != "1D" else "2D"
         bad = {**kit.archive_args(), "x-max-age": other_age}
-        code = refused(conn, lambda ch: ch.queue_declare(kit.archive, durable=True, arguments=bad))
+        code = refused(topo, lambda ch: ch.queue_declare(kit.archive, durable=True, arguments=bad)) if topo else None
         if code == 406:
-            ok(f"{label}: negative control: declaring {kit.archive} with x-max-age {other_age} is refused "
-               f"with PRECONDITION_FAILED")
+            ok(f"{label}: negative control: {TOPOLOGY_USER} declaring {kit.archive} with x-max-age {other_age} is "
+               f"refused with PRECONDITION_FAILED")
         else:
             fail(f"{label}: negative control: an inequivalent {kit.archive} declaration was not refused (got {code})")
 
-        # 4. Creation path: in an empty vhost, each service declares everything from scratch
-        #    (queue.declare with a dead-letter exchange then also needs read on the queue and
-        #    write on amq.default, which re-declaring does not); the result must equal the
-        #    definitions.
+        # 4. Creation paths (creating a queue with a dead-letter exchange needs read on it and
+        #    write on amq.default, which re-declaring does not). The result must equal the
+        #    definitions: queues with their arguments, exchanges, bindings.
         want = {x["name"]: x["arguments"] for x in doc["queues"]}
-        created = []
-        for svc in services:
-            conn = connect(svc, v_fresh[svc])
+        want_x = {x["name"]: x["type"] for x in doc["exchanges"]}
+        want_b = {(b["source"], b["destination"], b["routing_key"]) for b in doc["bindings"]}
+
+        def differs(vhost):
+            _, fresh = api.call("GET", f"/queues/{q(vhost)}?columns=name,arguments")
+            fresh = {x["name"]: x["arguments"] for x in fresh}
+            _, xs = api.call("GET", f"/exchanges/{q(vhost)}?columns=name,type")
+            xs = {x["name"]: x["type"] for x in xs if x["name"] and not x["name"].startswith("amq.")}
+            _, bs = api.call("GET", f"/bindings/{q(vhost)}")
+            bs = {(b["source"], b["destination"], b["routing_key"]) for b in bs if b["source"]}
+            diff = sorted(n for n in set(fresh) | set(want) if fresh.get(n) != want.get(n))
+            diff += sorted(n for n in set(xs) | set(want_x) if xs.get(n) != want_x.get(n))
+            diff += [f"binding {b}" for b in sorted(bs ^ want_b)]
+            return diff
+
+        def apply_as_topology(vhost, what):
+            try:
+                conn = connect(TOPOLOGY_USER, vhost)
+            except Exception as e:
+                fail(f"{label}: {TOPOLOGY_USER} cannot log in to {vhost}: {e!r}")
+                return False
             connections.append(conn)
             code = refused(conn, declare_topology)
             if code is not None:
-                fail(f"{label}: as {svc}: declaring the topology in an empty vhost is refused ({code})")
-                continue
-            _, fresh = api.call("GET", f"/queues/{q(v_fresh[svc])}?columns=name,arguments")
-            fresh = {x["name"]: x["arguments"] for x in fresh}
-            if fresh != want:
-                diff = sorted(n for n in set(fresh) | set(want) if fresh.get(n) != want.get(n))
-                fail(f"{label}: queues declared by {svc} differ from the definitions: {diff[:4]}")
-            else:
-                created.append(svc)
-        if created == services:
-            ok(f"{label}: each of {', '.join(services)} creates the whole topology in an empty vhost "
-               f"with its own permissions; the result equals definitions.json")
+                fail(f"{label}: as {TOPOLOGY_USER}: declaring the topology {what} is refused ({code})")
+                return False
+            diff = differs(vhost)
+            if diff:
+                fail(f"{label}: the topology {TOPOLOGY_USER} declared {what} differs from the definitions: {diff[:4]}")
+                return False
+            return True
+
+        def own_parts(vhost, what):
+            good = []
+            for svc in services:
+                conn = connect(svc, vhost)
+                connections.append(conn)
+                code = refused(conn, lambda ch, svc=svc: declare_own(ch, svc))
+                if code is not None:
+                    fail(f"{label}: as {svc}: declaring its own part {what} is refused ({code})")
+                else:
+                    good.append(svc)
+            return good == services
+
+        # 4a. As `msgkit topology apply` on a broker without the definitions: the topology user
+        #     creates everything in an empty vhost; then each service declares its own part there.
+        if apply_as_topology(v_apply, "in an empty vhost") and own_parts(v_apply, "after the apply"):
+            ok(f"{label}: {TOPOLOGY_USER} creates the whole topology in an empty vhost with its own permissions "
+               f"and the result equals definitions.json; then each of {', '.join(services)} declares its own part "
+               f"there in own mode")
+        # 4b. A service finding its own queue missing (a service started before the apply, or a
+        #     queue an operator deleted) creates it with its own permissions; the apply then
+        #     declares the rest, and the result is the same.
+        if own_parts(v_own, "in an empty vhost") and apply_as_topology(v_own, "after the services' own parts"):
+            ok(f"{label}: each of {', '.join(services)} creates {kit.exchange} and its own queue, DLQ and bindings "
+               f"in an empty vhost with its own permissions; {TOPOLOGY_USER} then declares the rest, and the "
+               f"result equals definitions.json")
 
         # 5. KEDA's user reads queue lengths over HTTP and nothing else; the admin logs in.
         status, body = api.call("GET", f"/queues/{q(v_defs)}/{services[-1]}", user=rename("keda"),
@@ -842,7 +964,7 @@ def definitions_live(kit, doc):
                 pass
         # rabbitmq-server#16652: let quorum queues finish starting before deleting their vhost.
         time.sleep(1.5)
-        for v in [v_defs, *v_fresh.values()]:
+        for v in (v_defs, v_apply, v_own):
             api.call("DELETE", f"/vhosts/{q(v)}", expect=None)
         for u in doc["users"]:
             api.call("DELETE", f"/users/{q(rename(u['name']))}", expect=None)
