@@ -1,6 +1,8 @@
-# One image for the msgkit services (order, inventory, payment, notify, risk, reconcile, rebate).
+# One image for the msgkit services (order, inventory, payment, notify, risk, reconcile, rebate)
+# and the operator CLI `msgkit` (the deploy step `msgkit topology apply` runs from it).
 #
 #   docker build --build-arg SERVICE=order -t msgkit/order:dev .
+#   docker build --build-arg SERVICE=msgkit -t msgkit/msgkit:dev .   # the CLI: give it a command
 #
 # The image holds every service's binary; SERVICE (build arg, and environment variable at run time)
 # picks the one that runs, so a single image can also be deployed once per service with a different
@@ -45,7 +47,7 @@ RUN set -eux; \
     find . -name '*.rs' -not -path './target/*' -exec touch '{}' +; \
     cargo build --release --locked --bins; \
     mkdir -p /out; \
-    for svc in order inventory payment notify risk reconcile rebate; do \
+    for svc in order inventory payment notify risk reconcile rebate msgkit; do \
         cp "target/release/$svc" /out/; \
     done
 
@@ -63,7 +65,7 @@ RUN set -eux; \
         --shell /usr/sbin/nologin msgkit
 
 COPY --from=builder /out/order /out/inventory /out/payment /out/notify /out/risk /out/reconcile /out/rebate \
-    /usr/local/bin/
+    /out/msgkit /usr/local/bin/
 
 # Which binary runs. Declared late so the layers above are shared by the services' builds.
 ARG SERVICE=order

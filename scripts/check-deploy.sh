@@ -333,18 +333,27 @@ class Kit:
     # exchange.declare = configure; queue.bind = write on the queue, read on the exchange;
     # basic.publish = write on the exchange, "" being checked as amq.default;
     # basic.consume = read on the queue).
-    # The archive: every service declaring the topology declares it (configure; a stream has
-    # no dead-letter exchange); the relay's copy goes through the default exchange (write on
-    # amq.default only, not on the stream); a projection consumes it (read).
+    # The services run with TOPOLOGY_DECLARE=own (docker-compose.yml, k8s/): each declares the
+    # events exchange and its own queue with its DLQ and bindings (Topology::declaring_only),
+    # nothing else; the shared rest (the other queues, the delay tiers, the archive) is the
+    # topology user's (`msgkit topology apply`), and the definitions pre-declare all of it.
+    # At run time a consumer consumes its queue, republishes retries to a delay tier exchange
+    # (routing key = its queue) and dead letters through the default exchange to its DLQ; a
+    # relay publishes to events, and its archive copies and its timers through the default
+    # exchange; a projection consumes the archive.
     def needed(self, svc):
-        work = list(self.queues)
         delays = [self.delay_name(d) for d in self.delays]
         archive = [self.archive] if svc in self.readers else []
         if svc not in self.queues:  # a projection only: declares nothing, publishes nothing
             return {"configure": [], "write": [], "read": archive}
-        configure = [self.exchange] + work + [f"{q}.dlq" for q in work] + delays + [self.archive]
-        write = work + delays + ["amq.default"] + ([self.exchange] if svc in self.publishers else [])
-        read = [self.exchange] + work + delays + archive
+        # configure: exchange.declare events, queue.declare <svc> and <svc>.dlq.
+        configure = [self.exchange, svc, f"{svc}.dlq"]
+        # write: queue.bind <svc>; publishing retries (the tier exchanges), dead letters, archive
+        # copies and timers (amq.default, which creating <svc> with its dead-letter exchange ""
+        # needs too), events (the relay).
+        write = [svc, "amq.default"] + delays + ([self.exchange] if svc in self.publishers else [])
+        # read: queue.bind from events; consuming <svc> (and creating it: it has a DLX).
+        read = [self.exchange, svc] + archive
         return {"configure": configure, "write": write, "read": read}
 
     def not_needed(self, svc):
@@ -352,20 +361,47 @@ class Kit:
         foreign = ["amq.direct", "amq.topic", "other", "events2", "xorder", "order2",
                    "msgkit.delay.x", "msgkit.delayed", f"{self.archive}2", f"{self.exchange}.archived"]
         work = list(self.queues)
-        out = {"configure": foreign + [f"{self.exchange}.dlq"],
-               "write": foreign + [f"{q}.dlq" for q in work] + [self.archive],
-               "read": foreign + [f"{q}.dlq" for q in work] + ["amq.default"]}
+        delays = [self.delay_name(d) for d in self.delays]
+        others = [q for q in work if q != svc]
+        out = {"configure": foreign + [f"{self.exchange}.dlq", "amq.default", self.archive] + delays
+                           + others + [f"{q}.dlq" for q in others],
+               "write": foreign + [f"{q}.dlq" for q in work] + [self.archive] + others,
+               "read": foreign + [f"{q}.dlq" for q in work] + ["amq.default"] + delays + others}
         if svc not in self.publishers:
             out["write"].append(self.exchange)
         if svc not in self.readers:
             out["read"].append(self.archive)
         if svc not in self.queues:
-            everything = [self.exchange, self.archive, "amq.default"] + work + [self.delay_name(d) for d in self.delays]
+            everything = [self.exchange, self.archive, "amq.default"] + work + delays
             out["configure"] += everything
             out["write"] += everything
             out["read"] += [n for n in everything if n != self.archive]
         return out
 
+    # The topology user (`msgkit topology apply`, Topology::declare of the whole topology):
+    # declares the exchange, every work queue with its DLQ and bindings, the delay tiers (a
+    # fanout exchange and a queue of the same name, bound) and the archive; it publishes and
+    # consumes nothing. Creating the work queues and the tier queues (dead-letter exchange "")
+    # needs read on them and write on amq.default.
+    def topology_needed(self):
+        work = list(self.queues)
+        delays = [self.delay_name(d) for d in self.delays]
+        return {"configure": [self.exchange] + work + [f"{q}.dlq" for q in work] + delays + [self.archive],
+                "write": work + delays + ["amq.default"],
+                "read": [self.exchange] + work + delays}
+
+    def topology_not_needed(self):
+        foreign = ["amq.direct", "amq.topic", "other", "events2", "xorder", "order2",
+                   "msgkit.delay.x", "msgkit.delayed", f"{self.archive}2", f"{self.exchange}.archived"]
+        dlqs = [f"{q}.dlq" for q in self.queues]
+        return {"configure": foreign + [f"{self.exchange}.dlq", "amq.default"],
+                "write": foreign + dlqs + [self.exchange, self.archive],
+                "read": foreign + dlqs + [self.archive, "amq.default"]}
+
+
+# The broker user of the deploy step that declares the whole topology (`msgkit topology apply`:
+# a one-shot in docker-compose.yml, a Job in k8s/) before the services start.
+TOPOLOGY_USER = "topology"
 
 # Each service's HTTP port (compose, Kubernetes, Prometheus).
 SERVICE_PORTS = {"order": 8080, "inventory": 8081, "payment": 8082, "notify": 8083, "risk": 8084,
@@ -462,7 +498,7 @@ def definitions_static(kit, path):
     # Users: password hashes in RabbitMQ's SHA-256 format, of the documented dev passwords.
     users = {u.get("name"): u for u in doc.get("users", [])}
     SERVICE_USERS = list(kit.users)
-    for name in SERVICE_USERS + ["admin", "keda"]:
+    for name in SERVICE_USERS + [TOPOLOGY_USER, "admin", "keda"]:
         u = users.get(name)
         if u is None:
             problems.append(f"user {name} is missing")
@@ -475,7 +511,8 @@ def definitions_static(kit, path):
             good = False
         if not good:
             problems.append(f"user {name}: password_hash is not base64(salt4 + sha256(salt4 + '{name}-dev-password'))")
-    want_tags = {**{s: [] for s in SERVICE_USERS}, "admin": ["administrator"], "keda": ["management"]}
+    want_tags = {**{s: [] for s in SERVICE_USERS}, TOPOLOGY_USER: [], "admin": ["administrator"],
+                 "keda": ["management"]}
     for name, tags in want_tags.items():
         if name in users and sorted(users[name].get("tags") or []) != tags:
             problems.append(f"user {name}: tags must be {tags}")
@@ -485,21 +522,23 @@ def definitions_static(kit, path):
     # Permissions: allow what the kit does, nothing more (checked on names; the live check
     # below proves it on the broker).
     perms = {p.get("user"): p for p in doc.get("permissions", [])}
-    for svc in SERVICE_USERS:
-        p = perms.get(svc)
+    expectations = [(svc, kit.needed(svc), kit.not_needed(svc)) for svc in SERVICE_USERS]
+    expectations.append((TOPOLOGY_USER, kit.topology_needed(), kit.topology_not_needed()))
+    for user, needed, not_needed in expectations:
+        p = perms.get(user)
         if p is None:
-            problems.append(f"permissions of {svc} are missing")
+            problems.append(f"permissions of {user} are missing")
             continue
-        for what, names in kit.needed(svc).items():
+        for what, names in needed.items():
             rx = p.get(what, "")
             miss = [n for n in names if not re.search(rx, n)]
             if miss:
-                problems.append(f"{svc}: {what} permission {rx!r} does not allow {miss[:4]}")
-        for what, names in kit.not_needed(svc).items():
+                problems.append(f"{user}: {what} permission {rx!r} does not allow {miss[:4]}")
+        for what, names in not_needed.items():
             rx = p.get(what, "")
             extra = [n for n in names if re.search(rx, n)]
             if extra:
-                problems.append(f"{svc}: {what} permission {rx!r} allows more than needed: {extra[:4]}")
+                problems.append(f"{user}: {what} permission {rx!r} allows more than needed: {extra[:4]}")
     if "keda" in perms and any(perms["keda"].get(k) != "^$" for k in ("configure", "write", "read")):
         problems.append("keda must have no configure/write/read permission (^$)")
     if problems:
@@ -508,7 +547,7 @@ def definitions_static(kit, path):
         return None
     ok(f"{label}: {len(expected)} queues, {len(expected_x)} exchanges, {len(got_b)} bindings equal the kit's "
        f"(shared/src/topology/, services/contracts); {len(users)} users with valid sha256 hashes; "
-       f"least-privilege permissions")
+       f"least-privilege permissions (each service its own queue and DLQ, {TOPOLOGY_USER} the whole topology)")
     return doc
 
 
@@ -548,21 +587,26 @@ def definitions_live(kit, doc):
     host, port = os.environ["RABBITMQ_AMQP_HOST"], int(os.environ["RABBITMQ_AMQP_PORT"])
     services = list(kit.queues)
     v_defs = f"{prefix}-defs"
-    v_fresh = {svc: f"{prefix}-fresh-{svc}" for svc in services}
+    # Two empty vhosts for the creation paths: in v_apply the topology user creates everything
+    # (as `msgkit topology apply` on a broker without the definitions), in v_own each service
+    # first creates its own part, then the topology user the rest.
+    v_apply, v_own = f"{prefix}-fresh-apply", f"{prefix}-fresh-own"
+    fresh_users = set(services) | {TOPOLOGY_USER}
     rename = lambda user: f"{prefix}-{user}"  # noqa: E731
 
     # The definitions, into throw-away vhosts: v_defs gets everything (users renamed, since
-    # users are global); one empty vhost per service gets only that service's permissions, for
-    # it to declare the topology from scratch (creating needs more than re-declaring).
+    # users are global); the empty vhosts get only the permissions of the topology user and of
+    # the services that declare something.
     def moved(items, vhost):
         return [{**i, "vhost": vhost} for i in items]
 
     perms = doc["permissions"]
     imp = {
-        "vhosts": [{"name": v_defs}] + [{"name": v} for v in v_fresh.values()],
+        "vhosts": [{"name": v} for v in (v_defs, v_apply, v_own)],
         "users": [{**u, "name": rename(u["name"])} for u in doc["users"]],
         "permissions": [{**p, "user": rename(p["user"]), "vhost": v_defs} for p in perms]
-                       + [{**p, "user": rename(p["user"]), "vhost": v_fresh[p["user"]]} for p in perms if p["user"] in v_fresh],
+                       + [{**p, "user": rename(p["user"]), "vhost": v} for v in (v_apply, v_own)
+                          for p in perms if p["user"] in fresh_users],
         "exchanges": moved(doc["exchanges"], v_defs),
         "queues": moved(doc["queues"], v_defs),
         "bindings": moved(doc["bindings"], v_defs),
@@ -598,24 +642,26 @@ def definitions_live(kit, doc):
         ok(f"{label}: definitions imported into vhost {v_defs}; the broker holds every queue with the "
            f"exact arguments, every binding and every permission")
 
-    # 2. Each service, as its own user (so the dev passwords match the hashes), does what the
-    #    kit does: declare the whole topology with the kit's arguments (an inequivalent argument
-    #    would close the channel with PRECONDITION_FAILED), publish events (relay), retries (delay
-    #    tier, routing key = its queue) and dead letters (default exchange -> <queue>.dlq), all
-    #    mandatory and confirmed, and consume its queue.
+    # 2. Each user (its dev password must match its hash) does what the kit does with it, and is
+    #    refused what it does not need.
     def connect(user, vhost):
         params = pika.ConnectionParameters(host=host, port=port, virtual_host=vhost,
                                            credentials=pika.PlainCredentials(rename(user), f"{user}-dev-password"),
                                            connection_attempts=1, socket_timeout=10, blocked_connection_timeout=30)
         return pika.BlockingConnection(params)
 
+    def declare_queue(ch, name):
+        """A work queue with its DLQ and bindings, in Topology::declare's order."""
+        ch.queue_declare(f"{name}.dlq", durable=True, arguments=kit.dlq_args())
+        ch.queue_declare(name, durable=True, arguments=kit.work_args(name))
+        for key in kit.queues[name]["bindings"]:
+            ch.queue_bind(name, kit.exchange, routing_key=key)
+
     def declare_topology(ch):
+        """What `msgkit topology apply` declares (Topology::declare, the whole topology)."""
         ch.exchange_declare(kit.exchange, exchange_type="topic", durable=True)
-        for name, spec in kit.queues.items():
-            ch.queue_declare(f"{name}.dlq", durable=True, arguments=kit.dlq_args())
-            ch.queue_declare(name, durable=True, arguments=kit.work_args(name))
-            for key in spec["bindings"]:
-                ch.queue_bind(name, kit.exchange, routing_key=key)
+        for name in kit.queues:
+            declare_queue(ch, name)
         for d in kit.delays:
             n = kit.delay_name(d)
             ch.exchange_declare(n, exchange_type="fanout", durable=True)
@@ -623,10 +669,18 @@ def definitions_live(kit, doc):
             ch.queue_bind(n, n, routing_key="")
         ch.queue_declare(kit.archive, durable=True, arguments=kit.archive_args())
 
-    def consume_archive(ch, on_message=lambda *a: None):
-        # A stream consumer needs a per-consumer prefetch (basic.qos, not global).
+    def declare_own(ch, svc):
+        """What a service with TOPOLOGY_DECLARE=own declares (Topology::declaring_only): the
+        exchange and its own queue with its DLQ and bindings."""
+        ch.exchange_declare(kit.exchange, exchange_type="topic", durable=True)
+        declare_queue(ch, svc)
+
+    def consume_archive(ch, on_message=lambda *a: None, offset="first"):
+        # A stream consumer needs a per-consumer prefetch (basic.qos, not global). Where only the
+        # right to consume is probed, offset "next" gets no message: pika would reject the ones
+        # it holds when the channel closes, which a stream answers by closing the connection.
         ch.basic_qos(prefetch_count=50)
-        return ch.basic_consume(kit.archive, on_message, arguments={"x-stream-offset": "first"})
+        return ch.basic_consume(kit.archive, on_message, arguments={"x-stream-offset": offset})
 
     def refused(conn, action):
         """Run action on a fresh channel; return the broker's reply code if it closed the channel."""
@@ -652,9 +706,22 @@ def definitions_live(kit, doc):
         own = kit.queues.get(svc, {}).get("bindings", [])
         return own[0].replace("*", "deploy-check") if own else None
 
+    def expect_refused(conn, denied, problems):
+        for what, action, code in denied:
+            got_code = refused(conn, action)
+            if got_code != code:
+                problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+    first = kit.delay_name(kit.delays[0])
     connections = []
     try:
+        # 2a. Each service, as its own user, in own mode: declares the exchange and its own part
+        #     over the imported topology (an inequivalent argument would close the channel with
+        #     PRECONDITION_FAILED); publishes events and their archive copies and fires timers
+        #     (publishers: the relay), retries (delay tier exchange, routing key = its queue) and
+        #     dead letters (default exchange -> <queue>.dlq), all mandatory and confirmed, and
+        #     consumes its queue.
         for svc in services:
             problems = []
             try:
@@ -663,7 +730,8 @@ def definitions_live(kit, doc):
                 fail(f"{label}: {svc} cannot log in with {svc}-dev-password: {e!r}")
                 continue
             connections.append(conn)
-            steps = [("declare the topology", declare_topology)]
+            steps = [(f"declare {kit.exchange} and {svc} with its DLQ and bindings",
+                      lambda ch, svc=svc: declare_own(ch, svc))]
             if svc in kit.publishers:
                 key = routed_key(svc)
                 steps.append((f"publish {key} to {kit.exchange}",
@@ -671,7 +739,9 @@ def definitions_live(kit, doc):
                 # The relay's archive copy: through the default exchange, to the stream.
                 steps.append((f"publish an archive copy to {kit.archive}",
                               lambda ch, svc=svc: ch.basic_publish("", kit.archive, svc.encode(), props, mandatory=True)))
-            first = kit.delay_name(kit.delays[0])
+                # A timer firing: the relay publishes it through the default exchange to the queue.
+                steps.append((f"publish a timer to {svc} (default exchange)",
+                              lambda ch, svc=svc: ch.basic_publish("", svc, b"{}", props, mandatory=True)))
             steps.append((f"publish a retry to {first}",
                           lambda ch, svc=svc: ch.basic_publish(first, svc, b"{}", props, mandatory=True)))
             steps.append((f"publish a dead letter to {svc}.dlq",
@@ -683,29 +753,43 @@ def definitions_live(kit, doc):
                 if code is not None:
                     problems.append(f"{what}: refused ({code})")
             # Least privilege, live: what the service does not need is refused.
+            other = next(x for x in services if x != svc)
+            other_key = (kit.queues[other]["bindings"] or ["x.y"])[0]
             denied = [("declare a foreign queue", lambda ch: ch.queue_declare(f"{prefix}-foreign", durable=True), 403),
+                      (f"declare {other} (another service's queue)",
+                       lambda ch: ch.queue_declare(other, durable=True, arguments=kit.work_args(other)), 403),
+                      (f"declare {other}.dlq", lambda ch: ch.queue_declare(f"{other}.dlq", durable=True,
+                                                                            arguments=kit.dlq_args()), 403),
+                      (f"bind {other} to {kit.exchange}",
+                       lambda ch: ch.queue_bind(other, kit.exchange, routing_key=other_key), 403),
+                      (f"consume {other}", lambda ch: ch.basic_consume(other, lambda *a: None), 403),
+                      (f"declare the delay tier exchange {first}",
+                       lambda ch: ch.exchange_declare(first, exchange_type="fanout", durable=True), 403),
+                      (f"declare the delay tier queue {first}",
+                       lambda ch: ch.queue_declare(first, durable=True, arguments=kit.delay_args(kit.delays[0])), 403),
+                      (f"declare {kit.archive}",
+                       lambda ch: ch.queue_declare(kit.archive, durable=True, arguments=kit.archive_args()), 403),
                       (f"consume {svc}.dlq", lambda ch: ch.basic_consume(f"{svc}.dlq", lambda *a: None), 403),
                       ("publish to amq.topic", lambda ch: ch.basic_publish("amq.topic", "x", b"{}", props), 403)]
             if svc not in kit.publishers:
                 denied.append((f"publish to {kit.exchange}",
                                lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403))
             if svc not in kit.readers:
-                denied.append((f"consume {kit.archive}", lambda ch: consume_archive(ch), 403))
-            for what, action, code in denied:
-                got_code = refused(conn, action)
-                if got_code != code:
-                    problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+                denied.append((f"consume {kit.archive}", lambda ch: consume_archive(ch, offset="next"), 403))
+            expect_refused(conn, denied, problems)
             if problems:
                 for p in problems:
                     fail(f"{label}: as {svc}: {p}")
             else:
-                ok(f"{label}: as {svc}: declares the kit's topology and the archive over the imported ones (equivalent), "
-                   f"{'publishes events and their archive copies, ' if svc in kit.publishers else ''}"
-                   f"retries and dead letters, consumes {svc}; refused what it does not need")
+                ok(f"{label}: as {svc} (own mode): declares {kit.exchange} and {svc} with its DLQ and bindings over "
+                   f"the imported ones (equivalent), "
+                   f"{'publishes events, their archive copies and timers, ' if svc in kit.publishers else ''}"
+                   f"retries to {first} and dead letters, consumes {svc}; refused declaring, binding or consuming "
+                   f"{other}, declaring a delay tier or the archive, and what else it does not need")
 
         # 2b. Each projection, as its own user, reads the archive from its first offset and gets
         #     the copies the publishers just wrote; it is refused everything else (it declares
-        #     nothing: the services declare the archive, the definitions pre-declare it).
+        #     nothing: the topology user declares the archive, the definitions pre-declare it).
         for svc in sorted(kit.readers - set(services)):
             problems = []
             try:
@@ -736,10 +820,7 @@ def definitions_live(kit, doc):
                       (f"publish to {kit.exchange}", lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403),
                       (f"publish to {kit.archive} (default exchange)",
                        lambda ch: ch.basic_publish("", kit.archive, b"{}", props), 403)]
-            for what, action, code in denied:
-                got_code = refused(conn, action)
-                if got_code != code:
-                    problems.append(f"{what}: expected to be refused with {code}, got {got_code}")
+            expect_refused(conn, denied, problems)
             if problems:
                 for p in problems:
                     fail(f"{label}: as {svc}: {p}")
@@ -747,51 +828,119 @@ def definitions_live(kit, doc):
                 ok(f"{label}: as {svc}: reads {kit.archive} from its first offset (every publisher's copy is "
                    f"there); refused declaring, publishing and consuming anything else")
 
-        # 3. Negative control: the same declaration with one argument changed must fail, or the
-        #    equivalence above proves nothing.
+        # 2c. The topology user (`msgkit topology apply`) declares the whole topology over the
+        #     imported one (equivalent). It is refused publishing events and reading the archive
+        #     and the DLQs. (Not refusable by name: write on the delay tiers, since a tier's
+        #     exchange and queue share a name and binding the queue needs write; read on the work
+        #     queues and amq.default, which creating them with their dead-letter exchange needs.)
+        problems = []
+        topo = None
+        try:
+            topo = connect(TOPOLOGY_USER, v_defs)
+        except Exception as e:
+            fail(f"{label}: {TOPOLOGY_USER} cannot log in with {TOPOLOGY_USER}-dev-password: {e!r}")
+        if topo is not None:
+            connections.append(topo)
+            code = refused(topo, declare_topology)
+            if code is not None:
+                problems.append(f"declare the whole topology: refused ({code})")
+            denied = [("declare a foreign queue", lambda ch: ch.queue_declare(f"{prefix}-foreign", durable=True), 403),
+                      (f"publish to {kit.exchange}", lambda ch: ch.basic_publish(kit.exchange, "x.y", b"{}", props), 403),
+                      (f"consume {kit.archive}", lambda ch: consume_archive(ch, offset="next"), 403),
+                      (f"consume {services[0]}.dlq", lambda ch: ch.basic_consume(f"{services[0]}.dlq", lambda *a: None), 403),
+                      ("publish to amq.topic", lambda ch: ch.basic_publish("amq.topic", "x", b"{}", props), 403)]
+            expect_refused(topo, denied, problems)
+            if problems:
+                for p in problems:
+                    fail(f"{label}: as {TOPOLOGY_USER}: {p}")
+            else:
+                ok(f"{label}: as {TOPOLOGY_USER}: declares the whole topology (exchange, work queues with their "
+                   f"DLQs and bindings, {len(kit.delays)} delay tiers, the archive) over the imported one; refused "
+                   f"publishing to {kit.exchange}, consuming the archive or a DLQ, another name")
+
+        # 3. Negative controls: the same declaration with one argument changed must fail, or the
+        #    equivalence above proves nothing. A service redeclares its own queue; the topology
+        #    user the archive (services with other retention settings must not start silently
+        #    against it, and `msgkit topology apply` with them must fail).
         conn = connections[0] if connections else connect(services[0], v_defs)
         name = services[0]
         bad = {**kit.work_args(name), "x-delivery-limit": kit.queues[name]["limit"] + 1}
         code = refused(conn, lambda ch: ch.queue_declare(name, durable=True, arguments=bad))
         if code == 406:
-            ok(f"{label}: negative control: declaring {name} with x-delivery-limit "
+            ok(f"{label}: negative control: {name} declaring {name} with x-delivery-limit "
                f"{bad['x-delivery-limit']} is refused with PRECONDITION_FAILED")
         else:
             fail(f"{label}: negative control: an inequivalent {name} declaration was not refused (got {code})")
-        # The same for the archive: services with other retention settings must not start
-        # silently against it.
         other_age = "1D" if kit.archive_defaults["x-max-age"] != "1D" else "2D"
         bad = {**kit.archive_args(), "x-max-age": other_age}
-        code = refused(conn, lambda ch: ch.queue_declare(kit.archive, durable=True, arguments=bad))
+        code = refused(topo, lambda ch: ch.queue_declare(kit.archive, durable=True, arguments=bad)) if topo else None
         if code == 406:
-            ok(f"{label}: negative control: declaring {kit.archive} with x-max-age {other_age} is refused "
-               f"with PRECONDITION_FAILED")
+            ok(f"{label}: negative control: {TOPOLOGY_USER} declaring {kit.archive} with x-max-age {other_age} is "
+               f"refused with PRECONDITION_FAILED")
         else:
             fail(f"{label}: negative control: an inequivalent {kit.archive} declaration was not refused (got {code})")
 
-        # 4. Creation path: in an empty vhost, each service declares everything from scratch
-        #    (queue.declare with a dead-letter exchange then also needs read on the queue and
-        #    write on amq.default, which re-declaring does not); the result must equal the
-        #    definitions.
+        # 4. Creation paths (creating a queue with a dead-letter exchange needs read on it and
+        #    write on amq.default, which re-declaring does not). The result must equal the
+        #    definitions: queues with their arguments, exchanges, bindings.
         want = {x["name"]: x["arguments"] for x in doc["queues"]}
-        created = []
-        for svc in services:
-            conn = connect(svc, v_fresh[svc])
+        want_x = {x["name"]: x["type"] for x in doc["exchanges"]}
+        want_b = {(b["source"], b["destination"], b["routing_key"]) for b in doc["bindings"]}
+
+        def differs(vhost):
+            _, fresh = api.call("GET", f"/queues/{q(vhost)}?columns=name,arguments")
+            fresh = {x["name"]: x["arguments"] for x in fresh}
+            _, xs = api.call("GET", f"/exchanges/{q(vhost)}?columns=name,type")
+            xs = {x["name"]: x["type"] for x in xs if x["name"] and not x["name"].startswith("amq.")}
+            _, bs = api.call("GET", f"/bindings/{q(vhost)}")
+            bs = {(b["source"], b["destination"], b["routing_key"]) for b in bs if b["source"]}
+            diff = sorted(n for n in set(fresh) | set(want) if fresh.get(n) != want.get(n))
+            diff += sorted(n for n in set(xs) | set(want_x) if xs.get(n) != want_x.get(n))
+            diff += [f"binding {b}" for b in sorted(bs ^ want_b)]
+            return diff
+
+        def apply_as_topology(vhost, what):
+            try:
+                conn = connect(TOPOLOGY_USER, vhost)
+            except Exception as e:
+                fail(f"{label}: {TOPOLOGY_USER} cannot log in to {vhost}: {e!r}")
+                return False
             connections.append(conn)
             code = refused(conn, declare_topology)
             if code is not None:
-                fail(f"{label}: as {svc}: declaring the topology in an empty vhost is refused ({code})")
-                continue
-            _, fresh = api.call("GET", f"/queues/{q(v_fresh[svc])}?columns=name,arguments")
-            fresh = {x["name"]: x["arguments"] for x in fresh}
-            if fresh != want:
-                diff = sorted(n for n in set(fresh) | set(want) if fresh.get(n) != want.get(n))
-                fail(f"{label}: queues declared by {svc} differ from the definitions: {diff[:4]}")
-            else:
-                created.append(svc)
-        if created == services:
-            ok(f"{label}: each of {', '.join(services)} creates the whole topology in an empty vhost "
-               f"with its own permissions; the result equals definitions.json")
+                fail(f"{label}: as {TOPOLOGY_USER}: declaring the topology {what} is refused ({code})")
+                return False
+            diff = differs(vhost)
+            if diff:
+                fail(f"{label}: the topology {TOPOLOGY_USER} declared {what} differs from the definitions: {diff[:4]}")
+                return False
+            return True
+
+        def own_parts(vhost, what):
+            good = []
+            for svc in services:
+                conn = connect(svc, vhost)
+                connections.append(conn)
+                code = refused(conn, lambda ch, svc=svc: declare_own(ch, svc))
+                if code is not None:
+                    fail(f"{label}: as {svc}: declaring its own part {what} is refused ({code})")
+                else:
+                    good.append(svc)
+            return good == services
+
+        # 4a. As `msgkit topology apply` on a broker without the definitions: the topology user
+        #     creates everything in an empty vhost; then each service declares its own part there.
+        if apply_as_topology(v_apply, "in an empty vhost") and own_parts(v_apply, "after the apply"):
+            ok(f"{label}: {TOPOLOGY_USER} creates the whole topology in an empty vhost with its own permissions "
+               f"and the result equals definitions.json; then each of {', '.join(services)} declares its own part "
+               f"there in own mode")
+        # 4b. A service finding its own queue missing (a service started before the apply, or a
+        #     queue an operator deleted) creates it with its own permissions; the apply then
+        #     declares the rest, and the result is the same.
+        if own_parts(v_own, "in an empty vhost") and apply_as_topology(v_own, "after the services' own parts"):
+            ok(f"{label}: each of {', '.join(services)} creates {kit.exchange} and its own queue, DLQ and bindings "
+               f"in an empty vhost with its own permissions; {TOPOLOGY_USER} then declares the rest, and the "
+               f"result equals definitions.json")
 
         # 5. KEDA's user reads queue lengths over HTTP and nothing else; the admin logs in.
         status, body = api.call("GET", f"/queues/{q(v_defs)}/{services[-1]}", user=rename("keda"),
@@ -815,7 +964,7 @@ def definitions_live(kit, doc):
                 pass
         # rabbitmq-server#16652: let quorum queues finish starting before deleting their vhost.
         time.sleep(1.5)
-        for v in [v_defs, *v_fresh.values()]:
+        for v in (v_defs, v_apply, v_own):
             api.call("DELETE", f"/vhosts/{q(v)}", expect=None)
         for u in doc["users"]:
             api.call("DELETE", f"/users/{q(rename(u['name']))}", expect=None)
@@ -856,6 +1005,24 @@ def amqp_credentials_ok(url, doc, problems, where):
     elif not check_hash(urllib.parse.unquote(u.password or ""), users[user]["password_hash"]):
         problems.append(f"{where}: the password of {user} does not match its hash in definitions.json")
     return user
+
+
+def compose_argv(svc):
+    """What a compose service runs: its entrypoint and command, as lists."""
+    import shlex
+    argv = []
+    for key in ("entrypoint", "command"):
+        v = svc.get(key)
+        argv += shlex.split(v) if isinstance(v, str) else [str(x) for x in v or []]
+    return argv
+
+
+def runs_topology_apply(argv):
+    """Whether argv runs `msgkit ... topology apply` (the CLI's global flags may come first)."""
+    if not argv or Path(argv[0]).name != "msgkit" or "topology" not in argv:
+        return False
+    i = argv.index("topology")
+    return argv[i + 1:i + 2] == ["apply"]
 
 
 def cmd_compose():
@@ -938,13 +1105,48 @@ def cmd_compose():
     for name in ("rabbitmq", "postgres"):
         if not (services.get(name) or {}).get("healthcheck"):
             problems.append(f"{name}: needs a healthcheck (services wait for it)")
+    # The topology step: a one-shot running `msgkit topology apply` as the topology user, from
+    # the image (which ships the CLI), once the broker is up; every service waits for it to have
+    # succeeded and declares only its own part (TOPOLOGY_DECLARE=own), which is all its broker
+    # user may configure.
+    steps = [name for name, svc in services.items() if runs_topology_apply(compose_argv(svc))]
+    if len(steps) != 1:
+        problems.append(f"exactly one service must run `msgkit topology apply` (the topology step); found {steps}")
+    else:
+        step = steps[0]
+        svc = services[step]
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        if not svc.get("build"):
+            problems.append(f"{step}: must be built from the Dockerfile (the image that ships the msgkit CLI)")
+        if str(svc.get("restart", "no")) != "no":
+            problems.append(f"{step}: a one-shot must not restart (restart: \"no\")")
+        if ((svc.get("depends_on") or {}).get("rabbitmq") or {}).get("condition") != "service_healthy":
+            problems.append(f"{step}: depends_on rabbitmq must wait for service_healthy")
+        if not env.get("AMQP_URL"):
+            problems.append(f"{step}: AMQP_URL is not set")
+        elif amqp_credentials_ok(env["AMQP_URL"], doc, problems, f"{step} AMQP_URL") != TOPOLOGY_USER:
+            problems.append(f"{step}: must connect as the broker user {TOPOLOGY_USER}")
+        # It declares the archive: with the definitions' retention, or the services' and the
+        # broker's would disagree with it.
+        archive_settings(env, doc, step, problems)
+        for name in SERVICE_PORTS:
+            svc = services.get(name)
+            if svc is None:
+                continue  # reported above
+            if str((svc.get("environment") or {}).get("TOPOLOGY_DECLARE", "")).strip() != "own":
+                problems.append(f"{name}: TOPOLOGY_DECLARE must be own (its broker user may configure only its own queue)")
+            cond = ((svc.get("depends_on") or {}).get(step) or {}).get("condition")
+            if cond != "service_completed_successfully":
+                problems.append(f"{name}: depends_on {step} must wait for service_completed_successfully "
+                                f"(the topology is declared before the service starts)")
     if problems:
         for p in problems:
             fail(f"{label}: {p}")
     else:
         ok(f"{label}: mounts exist, depends_on/healthchecks/ports/env consistent, AMQP passwords match "
            f"definitions.json, no unescaped $, Prometheus targets match, every service archives with "
-           f"the definitions' retention")
+           f"the definitions' retention; the one-shot {steps[0]} runs `msgkit topology apply` as {TOPOLOGY_USER} "
+           f"before every service, each with TOPOLOGY_DECLARE=own")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1169,9 +1371,10 @@ def cmd_compose_tls():
     if rabbit_key and rabbit_key == pg_key_at:
         p.append(f"rabbitmq and postgres share the key file {rabbit_key[1]}: each needs its own copy")
 
-    # The services: amqps on 5671 and verify-full, each trusting a mounted CA that signed the
-    # server's certificate for the host name in its URL.
-    for name in SERVICE_PORTS:
+    # The services and the topology step: amqps on 5671 (and the services verify-full), each
+    # trusting a mounted CA that signed the server's certificate for the host name in its URL.
+    steps = [n for n, svc in services.items() if runs_topology_apply(compose_argv(svc))]
+    for name in [*SERVICE_PORTS, *steps]:
         svc = services.get(name)
         if svc is None:
             continue  # compose semantics reports it
@@ -1190,6 +1393,8 @@ def cmd_compose_tls():
             if not good:
                 p.append(f"{name}: RabbitMQ's certificate does not verify against AMQP_TLS_CA_CERT_FILE for "
                          f"{amqp.hostname}: {why}")
+        if name in steps:
+            continue  # no database
         db = env.get("DATABASE_URL", "")
         query = url_query(db)
         if query.get("sslmode") != "verify-full":
@@ -1218,7 +1423,8 @@ def cmd_compose_tls():
         owners = "owned by uid 999 (rabbitmq, postgres), mode 0600" if as_root else "mode 0600 (not root here: owners not checked)"
         ok(f"{label}: {script} run as {gen_name} does: RabbitMQ (listener {AMQPS_PORT}, rabbitmq.conf) and PostgreSQL "
            f"(ssl=on) find their files in volume {volume}, keys {owners}; every service uses amqps:{AMQPS_PORT} "
-           f"and verify-full with a mounted CA that verifies both servers' certificates for the URLs' hosts; "
+           f"and verify-full with a mounted CA that verifies both servers' certificates for the URLs' hosts "
+           f"(the topology step amqps likewise); "
            f"a second run keeps them")
 
 
@@ -1239,6 +1445,15 @@ def cmd_dockerfile():
             problems.append(f"services/{svc} does not exist, but the image ships it")
         if f"/out/{svc}" not in text or not re.search(rf"for svc in [^;]*\b{svc}\b", text):
             problems.append(f"the builder stage does not build {svc} or the runtime stage does not copy it")
+    # The operator CLI: the deploy step `msgkit topology apply` (compose one-shot, k8s Job) runs
+    # from this image.
+    cli = ROOT / "tools/msgkit-cli/Cargo.toml"
+    if not (cli.exists() and re.search(r'\[\[bin\]\]\s*\nname\s*=\s*"msgkit"', cli.read_text())):
+        problems.append("tools/msgkit-cli has no [[bin]] named msgkit")
+    if "/out/msgkit" not in text or not re.search(r"for svc in [^;]*\bmsgkit\b", text) \
+            or not re.search(r"COPY --from=builder [^\n]*(\\\n[^\n]*)*/out/msgkit", text):
+        problems.append("the builder stage does not copy the msgkit CLI to /out or the runtime stage does not ship it "
+                        "(the topology apply step runs it)")
     for needle in ("FROM rust:1-bookworm", "FROM debian:bookworm-slim", "cargo build --release --locked --bins",
                    "USER 10001", "STOPSIGNAL SIGTERM", "ARG SERVICE", "ENV SERVICE"):
         if needle not in text:
@@ -1262,7 +1477,7 @@ def cmd_dockerfile():
             fail(f"{label}: {p}")
     else:
         note = f" (not yet in this workspace: {', '.join(pending)}, so the image does not build yet)" if pending else ""
-        ok(f"{label}: builds --release --locked, ships the {len(SERVICE_PORTS)} services' [[bin]]s{note}, non-root, "
+        ok(f"{label}: builds --release --locked, ships the {len(SERVICE_PORTS)} services' [[bin]]s{note} and the msgkit CLI, non-root, "
            f"STOPSIGNAL SIGTERM; every workspace member's targets are covered by the dependency-layer stubs")
 
 
@@ -1542,6 +1757,16 @@ def cmd_k8s():
     k8s_references(objects)
 
 
+def k8s_apply_jobs(by):
+    """The Jobs whose (first) container runs `msgkit topology apply`."""
+    out = {}
+    for name, job in by.get("Job", {}).items():
+        c = (dig(job, "spec", "template", "spec", "containers") or [{}])[0]
+        if runs_topology_apply([str(x) for x in (c.get("command") or []) + (c.get("args") or [])]):
+            out[name] = job
+    return out
+
+
 def k8s_tls(by, secrets, configmaps, p):
     """TLS across the manifests: the cert-manager chain, the servers' certificates and the
     services' trust, following each path through the pod's volumes to a Certificate's Secret."""
@@ -1678,9 +1903,11 @@ def k8s_tls(by, secrets, configmaps, p):
             postgres[host] = cert_file[0]
 
     # The services: amqps to the cluster's Service, verify-full to PostgreSQL's, each trusting a
-    # mounted CA that is the one that signed that server's certificate.
-    for name in SERVICE_PORTS:
-        dep = by.get("Deployment", {}).get(name)
+    # mounted CA that is the one that signed that server's certificate. The topology Job: amqps
+    # likewise (it has no database).
+    workloads = [(f"Deployment {name}", by.get("Deployment", {}).get(name)) for name in SERVICE_PORTS]
+    workloads += [(f"Job {name}", job) for name, job in k8s_apply_jobs(by).items()]
+    for where, dep in workloads:
         if dep is None:
             continue  # reported above
         pod = dep["spec"]["template"]["spec"]
@@ -1693,7 +1920,6 @@ def k8s_tls(by, secrets, configmaps, p):
             ref = dig(e, "valueFrom", "secretKeyRef")
             if ref:
                 plain[e["name"]] = secrets.get(ref.get("name"), {}).get(ref.get("key"), "")
-        where = f"Deployment {name}"
         amqp = urllib.parse.urlsplit(plain.get("AMQP_URL", ""))
         if amqp.scheme != "amqps" or amqp.port != AMQPS_PORT:
             p.append(f"{where}: AMQP_URL must be amqps://...:{AMQPS_PORT}, not {amqp.scheme}://...:{amqp.port}")
@@ -1708,6 +1934,8 @@ def k8s_tls(by, secrets, configmaps, p):
             p.append(f"{where}: AMQP_URL host {amqp.hostname} is no RabbitmqCluster's Service with TLS")
         elif ca is not None and ca_of(server) is not ca:
             p.append(f"{where}: AMQP_TLS_CA_CERT_FILE is not the CA that signs {server['metadata']['name']}")
+        if where.startswith("Job "):
+            continue  # no database
         db = plain.get("DATABASE_URL", "")
         query = url_query(db)
         if query.get("sslmode") != "verify-full":
@@ -1811,6 +2039,8 @@ def k8s_references(objects):
             plain.update(configmaps.get(dig(e, "configMapRef", "name"), {}))
         plain.update({k: v["value"] for k, v in env.items() if "value" in v})
         archive_settings(plain, defs, f"Deployment {name}", p)
+        if str(plain.get("TOPOLOGY_DECLARE", "")).strip() != "own":
+            p.append(f"Deployment {name}: TOPOLOGY_DECLARE must be own (its broker user may configure only its own queue)")
         check_pod(f"Deployment {name}", pod)
         svc = by.get("Service", {}).get(name)
         if svc is None or any(labels.get(k) != v for k, v in (svc["spec"].get("selector") or {}).items()):
@@ -1821,6 +2051,46 @@ def k8s_references(objects):
         if pdb is None or pdb["spec"].get("minAvailable") != 1 or any(
                 labels.get(k) != v for k, v in (dig(pdb, "spec", "selector", "matchLabels") or {}).items()):
             p.append(f"PodDisruptionBudget {name}: missing, not minAvailable 1, or not selecting the pods")
+    # The topology step: a Job running `msgkit topology apply` as the topology user, with the
+    # services' CA and archive settings, applied before the Deployments (its file sorts first).
+    jobs = k8s_apply_jobs(by)
+    if len(jobs) != 1:
+        p.append(f"exactly one Job must run `msgkit topology apply` (the topology step); found {sorted(jobs)}")
+    for name, job in jobs.items():
+        where = f"Job {name}"
+        pod = job["spec"]["template"]["spec"]
+        c = (pod.get("containers") or [{}])[0]
+        env = {e["name"]: e for e in c.get("env") or []}
+        plain = {}
+        for e in c.get("envFrom") or []:
+            plain.update(configmaps.get(dig(e, "configMapRef", "name"), {}))
+        plain.update({k: v["value"] for k, v in env.items() if "value" in v})
+        amqp = dig(env, "AMQP_URL", "valueFrom", "secretKeyRef")
+        if not amqp:
+            p.append(f"{where}: AMQP_URL must come from a Secret (secretKeyRef)")
+        elif amqp.get("key") in secrets.get(amqp.get("name"), {}):
+            url = secrets[amqp["name"]][amqp["key"]]
+            if amqp_credentials_ok(url, defs, p, f"{where} AMQP_URL") != TOPOLOGY_USER:
+                p.append(f"{where}: must connect as the broker user {TOPOLOGY_USER}")
+            for dname in SERVICE_PORTS:
+                dpod = dig(by.get("Deployment", {}).get(dname) or {}, "spec", "template", "spec") or {}
+                for dc in dpod.get("containers") or []:
+                    if any(dig(e, "valueFrom", "secretKeyRef", "name") == amqp["name"] for e in dc.get("env") or []):
+                        p.append(f"Deployment {dname}: refers to Secret {amqp['name']}, the topology user's "
+                                 f"(keep it out of the services' pods)")
+        archive_settings(plain, defs, where, p)
+        if pod.get("restartPolicy") not in ("OnFailure", "Never"):
+            p.append(f"{where}: restartPolicy must be OnFailure or Never")
+        if not (dig(pod, "securityContext", "runAsNonRoot") and dig(c, "securityContext", "readOnlyRootFilesystem")):
+            p.append(f"{where}: must run as non-root with a read-only root filesystem")
+        if not (dig(c, "resources", "requests") and dig(c, "resources", "limits")):
+            p.append(f"{where}: needs resource requests and limits")
+        check_pod(where, pod)
+        files = {d["metadata"]["name"]: rel for rel, d in objects if d["kind"] in ("Job", "Deployment")}
+        late = [n for n in SERVICE_PORTS if n in files and str(files[n]) <= str(files[name])]
+        if late:
+            p.append(f"{where}: its file {files[name]} must sort before the Deployments' (kubectl apply -f k8s/ "
+                     f"applies in name order), not after {late}")
     for name, sts in by.get("StatefulSet", {}).items():
         check_pod(f"StatefulSet {name}", sts["spec"]["template"]["spec"])
         if sts["spec"].get("serviceName") not in by.get("Service", {}):
@@ -1882,11 +2152,13 @@ def k8s_references(objects):
             fail(f"{label}: {x}")
     else:
         ok(f"{label}: secret/configmap keys exist, selectors match, ports/probes/env consistent, "
-           f"passwords match definitions.json, the definitions Secret equals deploy/rabbitmq/definitions.json")
+           f"passwords match definitions.json, the definitions Secret equals deploy/rabbitmq/definitions.json; "
+           f"the Job {', '.join(k8s_apply_jobs(by))} runs `msgkit topology apply` as {TOPOLOGY_USER} before the "
+           f"Deployments, each with TOPOLOGY_DECLARE=own")
         ok(f"k8s tls: cert-manager chain self-signed issuer -> CA Certificate -> CA Issuer -> "
            f"{sum(not dig(c, 'spec', 'isCA') for c in by.get('Certificate', {}).values())} server Certificates; RabbitmqCluster spec.tls and PostgreSQL "
            f"(ssl=on, a key it accepts) serve them for their Services' names; every service uses amqps:{AMQPS_PORT} "
-           f"and verify-full with mounted CA files that are the CA signing each server")
+           f"and verify-full with mounted CA files that are the CA signing each server (the topology Job amqps likewise)")
 
 
 # ------------------------------------------------------------------------------------------
