@@ -67,10 +67,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 : "${GATEWAY_CALLBACK_SECRET:=msgkit-local-development-gateway-callback-secret}"
 # The rebate balance stream takes the same tokens as risk's alert stream.
 : "${REBATE_TOKEN_SECRET:=$RISK_TOKEN_SECRET}"
+# Reconcile's API is for operators; risk's page passes its operator's token on to it.
+: "${RECONCILE_TOKEN_SECRET:=$RISK_TOKEN_SECRET}"
 # The event archive, on in every service and not overridable here: rebate projects it, and a
 # service started without it would leave its events out of the history for good.
 ARCHIVE_ENABLED=true
-export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET GATEWAY_CALLBACK_SECRET REBATE_TOKEN_SECRET ARCHIVE_ENABLED
+export AMQP_URL DATABASE_URL RISK_TOKEN_SECRET GATEWAY_CALLBACK_SECRET REBATE_TOKEN_SECRET RECONCILE_TOKEN_SECRET ARCHIVE_ENABLED
 
 if [[ -n "$build" ]]; then
     say "building (cargo build --workspace --bins) ..."

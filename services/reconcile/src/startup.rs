@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use msgkit::auth::TokenKey;
 use msgkit::clock::Clock;
 use msgkit::config::{ConfigError, Lookup};
 use msgkit::consume::ConsumerConfig;
@@ -48,6 +49,12 @@ pub async fn build_with_clock(
     clock: Clock,
 ) -> Result<Service, ServiceError> {
     let (window, retention) = join_settings(&settings)?;
+    let tokens = TokenKey::from_config(&settings.source, NAME)?;
+    if tokens.is_none() {
+        tracing::warn!(
+            "no token secret configured (RECONCILE_TOKEN_SECRET or TOKEN_SECRET): the reconciliation API answers 503"
+        );
+    }
     let service = Service::start(
         settings,
         contracts::topology(),
@@ -57,6 +64,7 @@ pub async fn build_with_clock(
     let (metrics, registry) = ReconcileMetrics::new();
     let api = http::router(AppState {
         pool: service.pool().clone(),
+        tokens,
     });
     let refresh = {
         let (pool, metrics) = (service.pool().clone(), metrics.clone());

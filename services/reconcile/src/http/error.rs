@@ -14,6 +14,9 @@ pub enum ApiError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The request's token does not allow it (401, 403, or 503 without a token secret).
+    #[error("{0}")]
+    Denied(msgkit::auth::Denied),
     /// The database cannot be reached right now (503).
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
@@ -36,6 +39,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = match &self {
             Self::Invalid { field, reason } => Problem::invalid(*field, reason),
+            Self::Denied(denied) => denied.problem("Bearer realm=\"reconcile\""),
             Self::Unavailable(error) | Self::Internal(error) => Problem::database(error),
         };
         problem.into_response()

@@ -5,7 +5,9 @@ mod error;
 mod queries;
 
 use axum::Router;
+use axum::http::HeaderMap;
 use axum::routing::get;
+use msgkit::auth::{Need, TokenKey};
 use sqlx::PgPool;
 
 pub use error::ApiError;
@@ -16,9 +18,25 @@ pub use queries::{MAX_ROWS, ReconciliationView, Summary};
 pub struct AppState {
     /// The service's database (its schema on the search path).
     pub pool: PgPool,
+    /// Verifies operators' tokens (`RECONCILE_TOKEN_SECRET`, else `TOKEN_SECRET`); `None`: the
+    /// API answers 503, since nobody could be let in.
+    pub tokens: Option<TokenKey>,
 }
 
-/// The API's routes.
+/// That the request carries an operator's token (`Authorization: Bearer`): reconciliations
+/// are every customer's payments.
+fn operator_only(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    msgkit::auth::authorize(
+        state.tokens.as_ref(),
+        headers,
+        Need::Operator,
+        chrono::Utc::now(),
+    )
+    .map(|_| ())
+    .map_err(ApiError::Denied)
+}
+
+/// The API's routes, for operators only.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/reconciliation", get(queries::list))

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, operator_only};
 use crate::join::Outcome;
 
 /// Most rows one `GET /reconciliation` returns: the most recently changed.
@@ -61,8 +62,10 @@ pub struct ReconciliationView {
 /// [`MAX_ROWS`].
 pub async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(filter): Query<Filter>,
 ) -> Result<Json<Vec<ReconciliationView>>, ApiError> {
+    operator_only(&state, &headers)?;
     let since = filter
         .since
         .as_deref()
@@ -124,7 +127,11 @@ pub struct Summary {
 }
 
 /// Counts by outcome, the match rate and the time to match.
-pub async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, ApiError> {
+pub async fn summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Summary>, ApiError> {
+    operator_only(&state, &headers)?;
     let counts: Vec<(String, i64)> =
         sqlx::query_as("SELECT outcome, count(*) FROM reconciliations GROUP BY outcome")
             .fetch_all(&state.pool)

@@ -17,6 +17,21 @@ use uuid::Uuid;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The token secret every test service gets.
+pub const TEST_SECRET: &str = "a local test secret, 32 bytes or more";
+
+/// A token for `sub` in `role`, valid for 15 minutes, signed with [`TEST_SECRET`].
+pub fn token(sub: &str, role: msgkit::auth::Role) -> String {
+    msgkit::auth::TokenKey::new(TEST_SECRET)
+        .expect("a long enough secret")
+        .issue(&msgkit::auth::Claims::new(
+            sub,
+            role,
+            Utc::now(),
+            chrono::TimeDelta::minutes(15),
+        ))
+}
+
 /// Timers looked for often, so that a moved clock fires them within a tenth of a second.
 pub const FAST_TIMERS: (&str, &str) = ("TIMER_POLL_INTERVAL_MS", "100");
 
@@ -54,6 +69,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let broker = TestBroker::create().await;
     let mut settings = service_settings(NAME, NAME, &db, broker.settings(NAME));
     settings.source.set(FAST_TIMERS.0, FAST_TIMERS.1);
+    settings.source.set("RECONCILE_TOKEN_SECRET", TEST_SECRET);
     for (name, value) in extra {
         settings.source.set(*name, *value);
     }
@@ -224,12 +240,22 @@ impl TestApp {
             .unwrap_or_else(|| panic!("order {order_id} not listed"))
     }
 
+    /// `GET path` as an operator (the API is for operators).
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.address))
-            .send()
-            .await
-            .expect("the request is sent")
+        self.get_as(
+            Some(&token("test-operator", msgkit::auth::Role::Operator)),
+            path,
+        )
+        .await
+    }
+
+    /// `GET path` with `Authorization: Bearer <token>` if given.
+    pub async fn get_as(&self, token: Option<&str>, path: &str) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("the request is sent")
     }
 
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {

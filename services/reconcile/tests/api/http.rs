@@ -47,6 +47,7 @@ async fn the_summary_counts_outcomes_and_the_list_filters_by_status() {
     let later: Vec<ReconciliationView> = app
         .client
         .get(url)
+        .bearer_auth(crate::helpers::token("ops", msgkit::auth::Role::Operator))
         .send()
         .await
         .unwrap()
@@ -75,4 +76,25 @@ async fn the_summary_counts_outcomes_and_the_list_filters_by_status() {
         (app.metric("reconcile_open_mismatches", &[]).await == Some(1.0)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_api_is_for_operators_only() {
+    use msgkit::auth::Role;
+
+    use crate::helpers::token;
+
+    let app = spawn_app().await;
+    for path in ["/reconciliation", "/reconciliation/summary"] {
+        let anonymous = app.get_as(None, path).await;
+        assert_eq!(anonymous.status(), 401, "{path}");
+        assert_eq!(
+            anonymous.headers()["www-authenticate"],
+            "Bearer realm=\"reconcile\""
+        );
+        let user = app.get_as(Some(&token("u-1", Role::User)), path).await;
+        assert_eq!(user.status(), 403, "{path}");
+        let operator = app.get_as(Some(&token("ops", Role::Operator)), path).await;
+        assert_eq!(operator.status(), 200, "{path}");
+    }
 }

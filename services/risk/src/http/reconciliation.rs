@@ -68,7 +68,14 @@ impl ReconcileClient {
 
     /// `GET <base><path>?<query>`, passed through; `Err` when reconcile did not answer.
     #[tracing::instrument(skip_all, fields(path = %path))]
-    async fn get(&self, path: &str, query: Option<String>) -> Result<Response, ApiError> {
+    /// `GET path?query` on reconcile, passing on the operator's `Authorization` (reconcile
+    /// checks it too: its API is for operators, whoever asks).
+    async fn get(
+        &self,
+        path: &str,
+        query: Option<String>,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Response, ApiError> {
         let mut url = format!("{}{path}", self.base);
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             url.push('?');
@@ -78,7 +85,11 @@ impl ReconcileClient {
             url: self.base.clone(),
             error,
         };
-        let answer = self.client.get(&url).send().await.map_err(unavailable)?;
+        let mut request = self.client.get(&url);
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let answer = request.send().await.map_err(unavailable)?;
         let status = StatusCode::from_u16(answer.status().as_u16())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
@@ -118,7 +129,7 @@ pub async fn list(
     }
     state
         .reconcile
-        .get("/reconciliation", query)
+        .get("/reconciliation", query, headers.get(header::AUTHORIZATION))
         .await
         .into_response()
 }
@@ -130,7 +141,11 @@ pub async fn summary(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
     state
         .reconcile
-        .get("/reconciliation/summary", None)
+        .get(
+            "/reconciliation/summary",
+            None,
+            headers.get(header::AUTHORIZATION),
+        )
         .await
         .into_response()
 }

@@ -238,6 +238,10 @@ async fn spawn_with_reconcile() -> (TestApp, Reconcile) {
     // a window long enough that only the test's moving the clock ends it (a slow browser start
     // must not).
     settings.source.set("TIMER_POLL_INTERVAL_MS", "100");
+    // Risk passes the operator's token on: reconcile checks it with the same secret.
+    settings
+        .source
+        .set("RECONCILE_TOKEN_SECRET", crate::helpers::TEST_SECRET);
     settings
         .source
         .set("RECONCILE_WINDOW_MS", WINDOW.as_millis().to_string());
