@@ -86,8 +86,8 @@ pub trait Lookup {
 }
 
 /// Settings as read once: the environment over an optional TOML file. Its `Debug` hides
-/// secrets: values of names containing `SECRET`, `PASSWORD` or `TOKEN` are not shown, and
-/// URLs (`*_URL`) lose their passwords.
+/// secrets: values of names containing `SECRET`, `PASSWORD` or `TOKEN`, or ending in `_KEY`,
+/// are not shown, and URLs (`*_URL`) lose their passwords.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConfigSource {
     values: BTreeMap<String, String>,
@@ -97,9 +97,11 @@ impl std::fmt::Debug for ConfigSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let shown = self.values.iter().map(|(name, value)| {
             let upper = name.to_ascii_uppercase();
+            // A private key (`AMQP_TLS_CLIENT_KEY`) is as secret as a password.
             let value = if ["SECRET", "PASSWORD", "TOKEN"]
                 .iter()
                 .any(|word| upper.contains(word))
+                || upper.ends_with("_KEY")
             {
                 "<redacted>".to_owned()
             } else if upper.ends_with("_URL") {

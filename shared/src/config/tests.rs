@@ -6,10 +6,15 @@ fn debug_hides_secrets_and_url_passwords() {
         ("RISK_TOKEN_SECRET", "the-secret-value-itself"),
         ("DATABASE_URL", "postgres://app:hunter2@db:5432/msgkit"),
         ("RISK_HTTP_ADDR", "127.0.0.1:8084"),
+        (
+            "AMQP_TLS_CLIENT_KEY",
+            "-----BEGIN PRIVATE KEY-----key-material",
+        ),
     ]);
     let shown = format!("{source:?}");
     assert!(!shown.contains("the-secret-value-itself"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("key-material"), "{shown}");
     assert!(shown.contains("127.0.0.1:8084"), "{shown}");
 }
 

@@ -135,8 +135,8 @@ impl TestBroker {
         }
     }
 
-    /// Names of the open client connections to this vhost.
-    pub async fn connections(&self) -> Vec<String> {
+    /// The management API's record of each open client connection to this vhost.
+    async fn connection_records(&self) -> Vec<serde_json::Value> {
         let value = self
             .api_call(
                 reqwest::Method::GET,
@@ -145,41 +145,32 @@ impl TestBroker {
             )
             .await
             .expect("list connections");
-        value
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        value.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Names of the open client connections to this vhost.
+    pub async fn connections(&self) -> Vec<String> {
+        self.connection_records()
+            .await
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
     }
 
     /// Each open client connection to this vhost: the name its client gave it (else the
     /// broker's) and whether it came over TLS.
     pub async fn connections_over_tls(&self) -> Vec<(String, bool)> {
-        let value = self
-            .api_call(
-                reqwest::Method::GET,
-                &format!("vhosts/{}/connections", self.vhost),
-                None,
-            )
+        self.connection_records()
             .await
-            .expect("list connections");
-        value
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|c| {
-                        let name = c["user_provided_name"]
-                            .as_str()
-                            .or_else(|| c["name"].as_str())
-                            .unwrap_or_default();
-                        (name.to_owned(), c["ssl"].as_bool().unwrap_or(false))
-                    })
-                    .collect()
+            .iter()
+            .map(|c| {
+                let name = c["user_provided_name"]
+                    .as_str()
+                    .or_else(|| c["name"].as_str())
+                    .unwrap_or_default();
+                (name.to_owned(), c["ssl"].as_bool().unwrap_or(false))
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Force-close every client connection to this vhost, as an operator would from the

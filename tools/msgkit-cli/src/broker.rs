@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::CliError;
 
-/// Where the broker is.
-#[derive(Debug, Clone)]
+/// Where the broker is. Its `Debug` leaves out the management API's password.
+#[derive(Clone)]
 pub struct BrokerConfig {
     /// The kit's settings for it: TLS (`amqps://` with `AMQP_TLS_*`) as the services have it.
     settings: msgkit::BrokerSettings,
@@ -18,6 +18,17 @@ pub struct BrokerConfig {
     api: String,
     api_user: String,
     api_password: String,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("settings", &self.settings)
+            .field("vhost", &self.vhost)
+            .field("api", &self.api)
+            .field("api_user", &self.api_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A queue as the management API lists it.
