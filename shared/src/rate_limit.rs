@@ -22,6 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{ConfigError, Lookup};
 use crate::http::Problem;
@@ -83,6 +84,8 @@ impl RateLimitConfig {
 pub struct RateLimit {
     config: Arc<RateLimitConfig>,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    /// `msgkit_rate_limited_total`, when the limit belongs to a service.
+    refused: Option<Counter>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,7 +100,14 @@ impl RateLimit {
         Self {
             config: Arc::new(config),
             buckets: Arc::default(),
+            refused: None,
         }
+    }
+
+    /// Count what it refuses in `counter`.
+    pub(crate) fn counting(mut self, counter: Counter) -> Self {
+        self.refused = Some(counter);
+        self
     }
 
     /// Take one request from `client`'s bucket at `now`, or say how long until one is there.
@@ -170,6 +180,9 @@ pub async fn guard(State(limit): State<RateLimit>, request: Request, next: Next)
     match limit.check(&client, Instant::now()) {
         Ok(()) => next.run(request).await,
         Err(wait) => {
+            if let Some(refused) = &limit.refused {
+                refused.inc();
+            }
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,

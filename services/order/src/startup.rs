@@ -3,7 +3,6 @@
 
 use msgkit::admission::AdmissionConfig;
 use msgkit::consume::ConsumerConfig;
-use msgkit::rate_limit::{RateLimit, RateLimitConfig};
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 
 use crate::routes::{self, AppState};
@@ -23,9 +22,6 @@ const CONSUMER_BATCH: usize = 16;
 /// `ORDER_ADMISSION_*`, and limited per client when `ORDER_RATE_LIMIT_PER_SEC` is set), the
 /// outbox relay, the saga consumer.
 pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
-    // ORDER_RATE_LIMIT_PER_SEC: off unless set (local runs, chaos and the bench are one client).
-    let rate_limit =
-        RateLimitConfig::from_config(&settings.source.scoped(NAME))?.map(RateLimit::new);
     let service = Service::start(
         settings,
         contracts::topology(),
@@ -35,6 +31,8 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
     // POST /orders only, and only new orders: see routes::orders::place_order.
     let (service, admission) =
         service.with_admission(AdmissionConfig::default(), storage::pending_backlog)?;
+    // ORDER_RATE_LIMIT_PER_SEC: off unless set (local runs, chaos and the bench are one client).
+    let rate_limit = service.rate_limit()?;
     let api = routes::router(AppState {
         pool: service.pool().clone(),
         admission,

@@ -3,7 +3,6 @@
 use msgkit::auth::TokenKey;
 use msgkit::config::{ConfigError, Lookup};
 use msgkit::consume::ConsumerConfig;
-use msgkit::rate_limit::{RateLimit, RateLimitConfig};
 use msgkit::service::{Service, ServiceError, ServiceSettings};
 use uuid::Uuid;
 
@@ -40,9 +39,6 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         .source
         .scoped(NAME)
         .parse(STREAM_BUFFER, feed::BROADCAST_CAPACITY)?;
-    // RISK_RATE_LIMIT_PER_SEC: off unless set (the bench and chaos runs are one client).
-    let rate_limit =
-        RateLimitConfig::from_config(&settings.source.scoped(NAME))?.map(RateLimit::new);
     if tokens.is_none() {
         tracing::warn!(
             "no token secret configured (RISK_TOKEN_SECRET or TOKEN_SECRET): the alerts, rules, tokens and reconciliation endpoints answer 503"
@@ -54,6 +50,8 @@ pub async fn build(settings: ServiceSettings) -> Result<Service, ServiceError> {
         sqlx::migrate!("./migrations"),
     )
     .await?;
+    // RISK_RATE_LIMIT_PER_SEC: off unless set (the bench and chaos runs are one client).
+    let rate_limit = service.rate_limit()?;
     let (metrics, registry) = RiskMetrics::new();
     let replica = Uuid::now_v7();
     let feed = Feed::with_capacity(buffer);

@@ -1,4 +1,5 @@
-//! What an admission guard records (see [`crate::admission`]).
+//! What an admission guard records (see [`crate::admission`]), and a per-client rate limit
+//! ([`crate::rate_limit`]): the two ways an API turns requests away.
 
 use std::sync::atomic::AtomicU64;
 
@@ -16,6 +17,7 @@ pub(super) struct AdmissionFamilies {
     backlog: Family<One, Gauge>,
     oldest_age: Family<One, Gauge<f64, AtomicU64>>,
     probe_errors: Family<One, Counter>,
+    rate_limited: Family<One, Counter>,
 }
 
 impl AdmissionFamilies {
@@ -26,6 +28,7 @@ impl AdmissionFamilies {
             backlog: Family::default(),
             oldest_age: Family::default(),
             probe_errors: Family::default(),
+            rate_limited: Family::default(),
         }
     }
 
@@ -55,6 +58,18 @@ impl AdmissionFamilies {
             "Backlog probes that failed or timed out (the last reading stands meanwhile)",
             self.probe_errors.clone(),
         );
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 + Retry-After because their client passed its rate limit",
+            self.rate_limited.clone(),
+        );
+    }
+
+    /// `service`'s count of rate-limited requests, created at 0.
+    pub(super) fn rate_limited_of(&self, service: &str) -> Counter {
+        self.rate_limited
+            .get_or_create(&[("service", service.to_owned())])
+            .clone()
     }
 
     /// `service`'s admission metrics, created at 0.

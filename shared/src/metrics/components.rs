@@ -114,4 +114,12 @@ impl Metrics {
     pub(crate) fn register_admission(&self, service: &str) -> AdmissionMetrics {
         self.0.admission.for_service(service)
     }
+
+    /// `service`'s count of requests its rate limit turned away, created at 0.
+    pub(crate) fn register_rate_limit(
+        &self,
+        service: &str,
+    ) -> prometheus_client::metrics::counter::Counter {
+        self.0.admission.rate_limited_of(service)
+    }
 }

@@ -1,5 +1,5 @@
 //! [`Service::with_admission`]: the admission guard of a service's API, its probe a task the
-//! service owns.
+//! service owns; [`Service::rate_limit`]: its per-client rate limit.
 
 use std::future::Future;
 
@@ -7,6 +7,8 @@ use sqlx::PgPool;
 
 use super::{Service, ServiceError};
 use crate::admission::{Admission, AdmissionConfig, Backlog};
+use crate::config::ConfigError;
+use crate::rate_limit::{RateLimit, RateLimitConfig};
 
 impl Service {
     /// Guard routes with admission control (see [`crate::admission`]): `probe` reads the
@@ -36,5 +38,17 @@ impl Service {
             Box::pin(task.run(pool, probe, shutdown))
         }));
         Ok((self, admission))
+    }
+
+    /// The per-client rate limit of this service's open endpoints, when its settings give one
+    /// (`<NAME>_RATE_LIMIT_PER_SEC`, else `RATE_LIMIT_PER_SEC`; see [`crate::rate_limit`]),
+    /// counting what it refuses in `msgkit_rate_limited_total{service}`. Guard the routes with
+    /// `route_layer(axum::middleware::from_fn_with_state(limit, msgkit::rate_limit::guard))`.
+    pub fn rate_limit(&self) -> Result<Option<RateLimit>, ConfigError> {
+        let config =
+            RateLimitConfig::from_config(&self.settings.source.scoped(&self.settings.name))?;
+        Ok(config.map(|config| {
+            RateLimit::new(config).counting(self.metrics.register_rate_limit(&self.settings.name))
+        }))
     }
 }

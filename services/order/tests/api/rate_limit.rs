@@ -1,6 +1,7 @@
 //! A per-client rate limit on `POST /orders` (off by default): a client past its burst gets
 //! 429 + Retry-After and nothing is stored; reads are not limited.
 
+use msgkit::testing::{metric_value, scrape};
 use serde_json::Value;
 
 use crate::helpers::{spawn_app, spawn_app_with, valid_order};
@@ -14,6 +15,11 @@ async fn a_client_past_its_burst_gets_429_with_retry_after_and_nothing_is_stored
         ("ORDER_RATE_LIMIT_BURST", "2"),
     ])
     .await;
+    let refused_so_far = || async {
+        let metrics = scrape(&app.client, &app.address).await;
+        metric_value(&metrics, "msgkit_rate_limited_total", &[("service", "order")])
+    };
+    assert_eq!(refused_so_far().await, Some(0.0), "on /metrics from the start");
     for _ in 0..2 {
         assert_eq!(app.post_order(&valid_order()).await.status(), 202);
     }
