@@ -17,9 +17,17 @@ async fn a_client_past_its_burst_gets_429_with_retry_after_and_nothing_is_stored
     .await;
     let refused_so_far = || async {
         let metrics = scrape(&app.client, &app.address).await;
-        metric_value(&metrics, "msgkit_rate_limited_total", &[("service", "order")])
+        metric_value(
+            &metrics,
+            "msgkit_rate_limited_total",
+            &[("service", "order")],
+        )
     };
-    assert_eq!(refused_so_far().await, Some(0.0), "on /metrics from the start");
+    assert_eq!(
+        refused_so_far().await,
+        Some(0.0),
+        "on /metrics from the start"
+    );
     for _ in 0..2 {
         assert_eq!(app.post_order(&valid_order()).await.status(), 202);
     }
