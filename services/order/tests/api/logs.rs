@@ -1,8 +1,6 @@
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 
-use msgkit::testing::{TestDatabase, wait_until_async};
+use msgkit::testing::{Running, TestDatabase, wait_until_async};
 use serde_json::Value;
 
 use crate::helpers::DEADLINE;
@@ -30,45 +28,18 @@ async fn json_logs_carry_trace_ids_and_never_a_password() {
         1,
     );
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_order"))
-        .env("DATABASE_URL", &db_url)
-        .env(
-            "AMQP_URL",
-            format!("amqp://guest:{AMQP_PASSWORD}@127.0.0.1:{dead_broker}/%2f"),
-        )
-        .env("AMQP_RECONNECT_MAX_MS", "200")
-        .env("ORDER_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Collect the output as it comes, to wait on what has been logged.
-    let output = Arc::new(Mutex::new(String::new()));
-    let streams: [Box<dyn Read + Send>; 2] = [
-        Box::new(child.stdout.take().unwrap()),
-        Box::new(child.stderr.take().unwrap()),
-    ];
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|mut stream| {
-            let output = Arc::clone(&output);
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buffer) {
-                    if n == 0 {
-                        break;
-                    }
-                    output
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            })
-        })
-        .collect();
+    let running = Running::start(
+        Command::new(env!("CARGO_BIN_EXE_order"))
+            .env("DATABASE_URL", &db_url)
+            .env(
+                "AMQP_URL",
+                format!("amqp://guest:{AMQP_PASSWORD}@127.0.0.1:{dead_broker}/%2f"),
+            )
+            .env("AMQP_RECONNECT_MAX_MS", "200")
+            .env("ORDER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info"),
+    );
 
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
@@ -100,21 +71,10 @@ async fn json_logs_carry_trace_ids_and_never_a_password() {
     wait_until_async(
         "a broker connection failure to be logged",
         DEADLINE,
-        || async {
-            output
-                .lock()
-                .unwrap()
-                .contains("broker connection failed")
-                .then_some(())
-        },
+        || async { running.has_logged("broker connection failed").then_some(()) },
     )
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for reader in readers {
-        reader.join().unwrap();
-    }
-    let output = output.lock().unwrap().clone();
+    let output = running.stop();
 
     assert!(
         !output.contains(AMQP_PASSWORD),
