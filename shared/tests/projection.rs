@@ -468,7 +468,11 @@ async fn a_rebuild_is_refused_when_retention_removed_part_of_the_history() {
         ..Archive::default()
     };
     let (db, broker, publisher) = setup(&archive).await;
-    let mut expected = publish(&publisher, &archive, 0, 50).await;
+    // Few enough events that retention cannot have removed any before the projection reads
+    // them (an event takes several hundred bytes with its headers: 50 of them came near the
+    // stream's 30,000 bytes, and a projection starting late on a loaded machine found its
+    // first events gone).
+    let mut expected = publish(&publisher, &archive, 0, 10).await;
     let shutdown = Shutdown::new();
     start(
         db.settings(SCHEMA),
@@ -482,16 +486,13 @@ async fn a_rebuild_is_refused_when_retention_removed_part_of_the_history() {
     wait_for_totals(&pool, &expected, "the first events").await;
 
     // Write until retention has removed the segment holding the projection's first event, in
-    // rounds the projection applies before the next (retention must not overtake it: that is
-    // another loss, not this test's).
+    // rounds the projection applies before the next, each well under the retention's size
+    // (retention must not overtake it: that is another loss, not this test's).
     let settings = broker.settings("cli");
-    let mut from = 50;
+    let mut from = 10;
     let bounds = loop {
-        merge(
-            &mut expected,
-            publish(&publisher, &archive, from, 100).await,
-        );
-        from += 100;
+        merge(&mut expected, publish(&publisher, &archive, from, 20).await);
+        from += 20;
         wait_for_totals(&pool, &expected, "the live projection").await;
         let bounds = admin::archive_bounds(&settings, &archive.name)
             .await
